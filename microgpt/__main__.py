@@ -1,0 +1,5 @@
+"""`python -m microgpt ...` is the `microgpt` command."""
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,377 @@
+"""The reference backend: every kernel of the contract in plain NumPy.
+
+This file is the *specification*. Each function states its formula and computes it in the
+most direct NumPy, in the dtype it is given (float32 for training, float64 for gradient
+checks). The C and CUDA kernels are tested against these functions, so clarity wins over
+speed everywhere here — attention, for instance, builds the whole (T, T) score matrix.
+
+Shape alphabet: N rows, V vocab, B batch, T time, C channels, NH query heads,
+NKV key/value heads, HS head size.
+"""
+import numpy as np
+
+AVAILABLE = True
+NAME = "reference"
+GELU_SCALE = np.sqrt(2.0 / np.pi)   # GPT-2's tanh approximation of GELU
+
+
+# --- arrays: creation, transfer, bookkeeping ---------------------------------------------
+
+def asarray(host_array, dtype):
+    return np.array(host_array, dtype=dtype, copy=True, order="C")
+
+
+def to_numpy(a):
+    return np.asarray(a)
+
+
+def zeros(shape, dtype):
+    return np.zeros(shape, dtype=dtype)
+
+
+def full(shape, value, dtype):
+    return np.full(shape, value, dtype=dtype)
+
+
+def accumulate(dst, src):
+    dst += src
+
+
+# --- elementwise ---------------------------------------------------------------------------
+
+def add(a, b):
+    return np.add(a, b)
+
+
+def sub(a, b):
+    return np.subtract(a, b)
+
+
+def mul(a, b):
+    return np.multiply(a, b)
+
+
+def div(a, b):
+    return np.divide(a, b)
+
+
+def neg(a):
+    return np.negative(a)
+
+
+def pow_scalar(a, p):
+    return np.power(a, a.dtype.type(p))
+
+
+def exp(a):
+    return np.exp(a)
+
+
+def log(a):
+    return np.log(a)
+
+
+def sqrt(a):
+    return np.sqrt(a)
+
+
+def tanh(a):
+    return np.tanh(a)
+
+
+def relu_forward(x):
+    return np.maximum(x, 0)
+
+
+def relu_backward(dout, x):
+    return dout * (x > 0)
+
+
+def gelu_forward(x):
+    # gelu(x) = 0.5 x (1 + tanh(s (x + 0.044715 x^3))),  s = sqrt(2/pi)
+    inner = GELU_SCALE * (x + 0.044715 * x ** 3)
+    return (0.5 * x * (1.0 + np.tanh(inner))).astype(x.dtype)
+
+
+def gelu_backward(dout, x):
+    # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 * 0.044715 x^2),  t = tanh(s (x + 0.044715 x^3))
+    t = np.tanh(GELU_SCALE * (x + 0.044715 * x ** 3))
+    local = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_SCALE * (1.0 + 3 * 0.044715 * x * x)
+    return (dout * local).astype(x.dtype)
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def silu_forward(x):
+    # silu(x) = x * sigmoid(x)
+    return x * _sigmoid(x)
+
+
+def silu_backward(dout, x):
+    # d/dx = sigmoid(x) (1 + x (1 - sigmoid(x)))
+    s = _sigmoid(x)
+    return dout * s * (1.0 + x * (1.0 - s))
+
+
+# --- reductions and shapes -----------------------------------------------------------------
+
+def sum(a, axes, keepdims):   # noqa: A001 - the contract's name
+    return np.asarray(np.sum(a, axis=axes, keepdims=keepdims), dtype=a.dtype)
+
+
+def max(a, axes, keepdims):   # noqa: A001
+    return np.asarray(np.max(a, axis=axes, keepdims=keepdims), dtype=a.dtype)
+
+
+def max_backward(dout, a, out, axes):
+    # The gradient flows to every position equal to the maximum, split evenly among ties.
+    out_kept = np.expand_dims(out, axes) if out.ndim < a.ndim else out
+    dout_kept = np.expand_dims(dout, axes) if dout.ndim < a.ndim else dout
+    is_max = (a == out_kept)
+    ties = np.sum(is_max, axis=axes, keepdims=True)
+    return (is_max * (dout_kept / ties)).astype(a.dtype)
+
+
+def sum_to_shape(g, shape):
+    # Broadcasting prepends axes and stretches size-1 axes; sum both back out.
+    shape = tuple(shape)
+    extra = g.ndim - len(shape)
+    if extra:
+        g = np.sum(g, axis=tuple(range(extra)))
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    if stretched:
+        g = np.sum(g, axis=stretched, keepdims=True)
+    return np.ascontiguousarray(g)
+
+
+def broadcast_to(a, shape):
+    return np.ascontiguousarray(np.broadcast_to(a, shape))
+
+
+def reshape(a, shape):
+    return np.reshape(a, shape)
+
+
+def permute(a, axes):
+    return np.ascontiguousarray(np.transpose(a, axes))
+
+
+def getitem(a, index):
+    return np.ascontiguousarray(a[index])
+
+
+def getitem_backward(dout, shape, index):
+    # add.at accumulates repeated integer indices instead of keeping only the last write.
+    da = np.zeros(shape, dtype=dout.dtype)
+    np.add.at(da, index, dout)
+    return da
+
+
+def concatenate(arrays, axis):
+    return np.concatenate(arrays, axis=axis)
+
+
+# --- linear algebra --------------------------------------------------------------------------
+
+def matmul_forward(a, b):
+    return np.matmul(a, b)
+
+
+def matmul_backward(dout, a, b):
+    # out = a @ b  =>  da = dout @ b^T,  db = a^T @ dout, each summed over broadcast batch dims.
+    da = np.matmul(dout, np.swapaxes(b, -1, -2))
+    db = np.matmul(np.swapaxes(a, -1, -2), dout)
+    return sum_to_shape(da, a.shape), sum_to_shape(db, b.shape)
+
+
+def linear_forward(x, w, b):
+    # out = x @ w^T + b,  x (..., C), w (OC, C)  ->  out (..., OC)
+    out = np.matmul(x, w.T)
+    if b is not None:
+        out += b
+    return out
+
+
+def linear_backward(dout, x, w, has_bias):
+    # dx = dout @ w,  dw = dout^T @ x (over all rows),  db = sum of dout rows
+    rows_out = dout.reshape(-1, dout.shape[-1])
+    rows_x = x.reshape(-1, x.shape[-1])
+    dx = np.matmul(dout, w)
+    dw = rows_out.T @ rows_x
+    db = rows_out.sum(axis=0) if has_bias else None
+    return dx, dw, db
+
+
+# --- softmax family ----------------------------------------------------------------------------
+
+def softmax_forward(x):
+    # softmax(x)_i = exp(x_i - max x) / sum_j exp(x_j - max x); the shift keeps exp finite.
+    shifted = np.exp(x - np.max(x, axis=-1, keepdims=True))
+    return shifted / np.sum(shifted, axis=-1, keepdims=True)
+
+
+def softmax_backward(dout, out):
+    # dx_i = y_i (dout_i - sum_j dout_j y_j)
+    return out * (dout - np.sum(dout * out, axis=-1, keepdims=True))
+
+
+def _logsumexp(x):
+    peak = np.max(x, axis=-1, keepdims=True)
+    return (peak + np.log(np.sum(np.exp(x - peak), axis=-1, keepdims=True)))[..., 0]
+
+
+def log_softmax_forward(x):
+    return x - _logsumexp(x)[..., None]
+
+
+def log_softmax_backward(dout, out):
+    # out = x - lse(x)  =>  dx = dout - softmax(x) * sum(dout),  softmax(x) = exp(out)
+    return dout - np.exp(out) * np.sum(dout, axis=-1, keepdims=True)
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    # loss_n = lse(logits_n) - logits_n[target_n]; rows whose target is ignore_index give 0.
+    lse = _logsumexp(logits)
+    kept = targets != ignore_index
+    safe_targets = np.where(kept, targets, 0)
+    picked = np.take_along_axis(logits, safe_targets[:, None], axis=1)[:, 0]
+    losses = np.where(kept, lse - picked, 0).astype(logits.dtype)
+    return losses, lse.astype(logits.dtype)
+
+
+def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
+    # dlogits_n = dloss_n (softmax(logits_n) - onehot(target_n)); ignored rows get 0.
+    kept = targets != ignore_index
+    probs = np.exp(logits - lse[:, None])
+    probs[np.arange(len(targets))[kept], targets[kept]] -= 1
+    return (probs * np.where(kept, dlosses, 0)[:, None]).astype(logits.dtype)
+
+
+# --- embedding -----------------------------------------------------------------------------------
+
+def embedding_forward(ids, weight):
+    return weight[ids]
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    dweight = np.zeros((num_embeddings, dout.shape[-1]), dtype=dout.dtype)
+    np.add.at(dweight, ids.reshape(-1), dout.reshape(-1, dout.shape[-1]))
+    return dweight
+
+
+# --- normalization -------------------------------------------------------------------------------
+
+def layer_norm_forward(x, w, b, eps):
+    # xhat = (x - mean) * rstd,  rstd = 1 / sqrt(var + eps);  out = xhat * w + b
+    mean = np.mean(x, axis=-1)
+    var = np.mean((x - mean[..., None]) ** 2, axis=-1)
+    rstd = (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    out = (x - mean[..., None]) * rstd[..., None] * w
+    if b is not None:
+        out = out + b
+    return out.astype(x.dtype), mean.astype(x.dtype), rstd
+
+
+def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
+    # With g = dout * w:  dx = rstd (g - mean(g) - xhat mean(g xhat));  dw = sum dout xhat; db = sum dout
+    xhat = (x - mean[..., None]) * rstd[..., None]
+    g = dout * w
+    dx = rstd[..., None] * (g - g.mean(axis=-1, keepdims=True)
+                            - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    rows = tuple(range(x.ndim - 1))
+    dw = np.sum(dout * xhat, axis=rows)
+    db = np.sum(dout, axis=rows) if has_bias else None
+    return dx.astype(x.dtype), dw.astype(x.dtype), db
+
+
+def rms_norm_forward(x, w, eps):
+    # out = x * rstd * w,  rstd = 1 / sqrt(mean(x^2) + eps)
+    rstd = (1.0 / np.sqrt(np.mean(x * x, axis=-1) + eps)).astype(x.dtype)
+    return (x * rstd[..., None] * w).astype(x.dtype), rstd
+
+
+def rms_norm_backward(dout, x, w, rstd):
+    # With g = dout * w, xhat = x rstd:  dx = rstd (g - xhat mean(g xhat));  dw = sum dout xhat
+    xhat = x * rstd[..., None]
+    g = dout * w
+    dx = rstd[..., None] * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    dw = np.sum(dout * xhat, axis=tuple(range(x.ndim - 1)))
+    return dx.astype(x.dtype), dw.astype(x.dtype)
+
+
+# --- rotary position embedding ---------------------------------------------------------------------
+
+def rope_forward(x, cos, sin):
+    # Rotate each pair (x1_i, x2_i) = (x[..., i], x[..., i + HS/2]) by angle theta_{t,i}:
+    #   out1 = x1 cos - x2 sin,   out2 = x2 cos + x1 sin      ("rotate_half", as in HF Llama)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def rope_backward(dout, cos, sin):
+    # A rotation's transpose is the rotation by -theta.
+    half = dout.shape[-1] // 2
+    d1, d2 = dout[..., :half], dout[..., half:]
+    return np.concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
+
+
+# --- causal self-attention ---------------------------------------------------------------------------
+
+def _expand_kv(kv, num_heads):
+    # Grouped-query attention: query head h reads key/value head h // (NH / NKV).
+    return np.repeat(kv, num_heads // kv.shape[1], axis=1)
+
+
+def _causal_mask(tq, tk):
+    # Query i sits at position tk - tq + i and may see keys 0 .. tk - tq + i.
+    return np.arange(tk)[None, :] <= (tk - tq + np.arange(tq))[:, None]
+
+
+def attention_forward(q, k, v):
+    # S = q k^T / sqrt(HS) (causal), lse = logsumexp_j S_ij, P = exp(S - lse), out = P v
+    nh, tq, hs = q.shape[1], q.shape[2], q.shape[3]
+    keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
+    scores = np.matmul(q, np.swapaxes(keys, -1, -2)) / np.sqrt(hs)
+    scores = np.where(_causal_mask(tq, k.shape[2]), scores, -np.inf)
+    lse = _logsumexp(scores)
+    probs = np.exp(scores - lse[..., None])
+    return np.matmul(probs, values).astype(q.dtype), lse.astype(q.dtype)
+
+
+def attention_backward(dout, q, k, v, out, lse):
+    # Recompute P from lse (nothing T x T was saved), then
+    #   dV = P^T dout,  dP = dout V^T,  dS = P (dP - rowsum(dout * out)),
+    #   dQ = dS K / sqrt(HS),  dK = dS^T Q / sqrt(HS); GQA sums dK, dV over each head group.
+    b, nh, tq, hs = q.shape
+    nkv = k.shape[1]
+    keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
+    scale = 1.0 / np.sqrt(hs)
+    scores = np.matmul(q, np.swapaxes(keys, -1, -2)) * scale
+    scores = np.where(_causal_mask(tq, k.shape[2]), scores, -np.inf)
+    probs = np.exp(scores - lse[..., None])
+    dvalues = np.matmul(np.swapaxes(probs, -1, -2), dout)
+    dprobs = np.matmul(dout, np.swapaxes(values, -1, -2))
+    dscores = probs * (dprobs - np.sum(dout * out, axis=-1, keepdims=True))
+    dq = np.matmul(dscores, keys) * scale
+    dkeys = np.matmul(np.swapaxes(dscores, -1, -2), q) * scale
+    group = nh // nkv
+    dk = dkeys.reshape(b, nkv, group, -1, hs).sum(axis=2)
+    dv = dvalues.reshape(b, nkv, group, -1, hs).sum(axis=2)
+    return dq.astype(q.dtype), dk.astype(q.dtype), dv.astype(q.dtype)
+
+
+# --- optimizer ------------------------------------------------------------------------------------------
+
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    # m = b1 m + (1 - b1) g;   v = b2 v + (1 - b2) g^2
+    # p -= lr (wd p + mhat / (sqrt(vhat) + eps)),  mhat = m / (1 - b1^t),  vhat = v / (1 - b2^t)
+    m *= beta1
+    m += (1 - beta1) * grad
+    v *= beta2
+    v += (1 - beta2) * grad * grad
+    m_hat = m / (1 - beta1 ** step)
+    v_hat = v / (1 - beta2 ** step)
+    param -= (lr * (weight_decay * param + m_hat / (np.sqrt(v_hat) + eps))).astype(param.dtype)
