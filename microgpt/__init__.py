@@ -1,5 +1,27 @@
 """microgpt: a large-language-model engine from scratch.
 
-Public names are imported lazily where they live; see README.md for the map of the package.
+    from microgpt import Tensor, no_grad, GPT, GPTConfig, Tokenizer, AdamW
+
+The layers, bottom up: backends/ (kernels: NumPy reference, C, CUDA) -> tensor.py and ops.py
+(autograd and the math of every op) -> nn/ (layers, GPT) -> tokenizer/, data/, train/ ->
+inference/, finetune/, eval/ -> cli.py. README.md has the map.
 """
+from .errors import MicrogptError
+from .nn import GPT, GPTConfig
+from .tensor import Tensor, no_grad
+
 __version__ = "0.1.0"
+
+# Names served from the higher layers, imported on first use so `import microgpt` stays light.
+_LAZY = {"Tokenizer": "microgpt.tokenizer", "StreamDecoder": "microgpt.tokenizer",
+         "AdamW": "microgpt.train.optim"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'microgpt' has no attribute {name!r}")
+
+
+__all__ = ["Tensor", "no_grad", "GPT", "GPTConfig", "MicrogptError", *_LAZY]

@@ -1,0 +1,176 @@
+"""GPT: the decoder-only Transformer, in its GPT-2 and Llama families.
+
+    x = embed(idx) [+ wpe(positions)]            (B, T) -> (B, T, C)
+    for each block:  x = x + attn(norm_1(x))      pre-norm residual blocks
+                     x = x + mlp(norm_2(x))
+    logits = norm_f(x) @ W_out^T                  (B, T, V)
+    loss = cross_entropy(logits, targets)
+
+                   GPT-2 family                   Llama family
+    positions      learned table (wpe)            rotary (RoPE) inside attention
+    norm           LayerNorm with bias            RMSNorm
+    MLP            GELU, hidden 4C                SwiGLU
+    heads          MHA (GQA allowed)              GQA
+    biases         yes                            no
+    names          transformer.h.0.attn.c_attn    model.layers.0.self_attn.q_proj
+
+Parameter names follow each family's Hugging Face checkpoints, so real weights map by name
+(GPT-2's Conv1D weights are the transpose of our Linear's). Initialization is GPT-2's:
+N(0, 0.02), with the residual output projections scaled by 1/sqrt(2 L) so the residual
+stream's variance does not grow with depth.
+"""
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import ops
+from ..errors import ConfigError, ShapeError
+from ..tensor import Tensor
+from .attention import CausalSelfAttention, KVCache, RotaryTables
+from .layers import INIT_STD, MLP, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
+from .module import Module, ModuleList
+
+FAMILIES = ("gpt2", "llama")
+
+
+@dataclass
+class GPTConfig:
+    family: str = "gpt2"
+    vocab_size: int = 50304
+    block_size: int = 256              # the longest context
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: Optional[int] = None    # None: as many as n_head (plain multi-head attention)
+    n_embd: int = 384
+    mlp_hidden: Optional[int] = None   # None: 4C (gpt2), about 8C/3 rounded up to 64 (llama)
+    dropout: float = 0.0
+    bias: Optional[bool] = None        # None: True for gpt2, False for llama
+    tie_embeddings: bool = True
+    norm_eps: Optional[float] = None   # None: 1e-5 (LayerNorm), 1e-6 (RMSNorm)
+    rope_theta: float = 10000.0
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise ConfigError(f"family must be one of {FAMILIES}, got {self.family!r}")
+        llama = self.family == "llama"
+        self.n_kv_head = self.n_head if self.n_kv_head is None else self.n_kv_head
+        self.bias = (not llama) if self.bias is None else self.bias
+        self.norm_eps = (1e-6 if llama else 1e-5) if self.norm_eps is None else self.norm_eps
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64) if llama else 4 * self.n_embd
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.n_embd % self.n_head:
+            raise ConfigError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.n_head % self.n_kv_head:
+            raise ConfigError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
+        if llama and self.head_size % 2:
+            raise ConfigError(f"rotary positions need an even head size, got {self.head_size}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+
+    @property
+    def head_size(self):
+        return self.n_embd // self.n_head
+
+    def to_dict(self):
+        return asdict(self)
+
+
+class Block(Module):
+    """One pre-norm Transformer block; attribute names follow the family's checkpoints."""
+
+    def __init__(self, config, rng, proj_std, dtype):
+        self.family = config.family
+        attn = CausalSelfAttention(config, rng, proj_std, dtype)
+        if config.family == "gpt2":
+            self.ln_1 = LayerNorm(config.n_embd, config.bias, config.norm_eps, dtype)
+            self.attn = attn
+            self.ln_2 = LayerNorm(config.n_embd, config.bias, config.norm_eps, dtype)
+            self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std, dtype)
+        else:
+            self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
+            self.self_attn = attn
+            self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
+            self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std, dtype)
+
+    def forward(self, x, rotary=None, cache=None, layer=0):
+        if self.family == "gpt2":
+            x = x + self.attn(self.ln_1(x), rotary, cache, layer)
+            return x + self.mlp(self.ln_2(x))
+        x = x + self.self_attn(self.input_layernorm(x), rotary, cache, layer)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Group(Module):
+    """A named bag of modules (GPT-2's `transformer`, Llama's `model`)."""
+
+    def __init__(self, **children):
+        for name, child in children.items():
+            setattr(self, name, child)
+
+
+class GPT(Module):
+    def __init__(self, config, seed=0, dtype=np.float32):
+        self.config = config
+        rng = np.random.default_rng(seed)
+        proj_std = INIT_STD / math.sqrt(2 * config.n_layer)
+        c, v = config.n_embd, config.vocab_size
+        blocks = ModuleList([Block(config, rng, proj_std, dtype) for _ in range(config.n_layer)])
+        if config.family == "gpt2":
+            self.transformer = _Group(wte=Embedding(v, c, rng, dtype=dtype),
+                                      wpe=Embedding(config.block_size, c, rng, dtype=dtype),
+                                      drop=Dropout(config.dropout, rng), h=blocks,
+                                      ln_f=LayerNorm(c, config.bias, config.norm_eps, dtype))
+            token_table, self.rotary = self.transformer.wte, None
+        else:
+            self.model = _Group(embed_tokens=Embedding(v, c, rng, dtype=dtype), layers=blocks,
+                                norm=RMSNorm(c, config.norm_eps, dtype))
+            token_table = self.model.embed_tokens
+            self.rotary = RotaryTables(config.block_size, config.head_size, config.rope_theta)
+        self.lm_head = Linear(c, v, bias=False, rng=rng, dtype=dtype)
+        if config.tie_embeddings:
+            self.lm_head.weight = token_table.weight      # one Parameter under two names
+
+    @property
+    def blocks(self):
+        return self.transformer.h if self.config.family == "gpt2" else self.model.layers
+
+    def new_kv_cache(self, batch_size=1):
+        """An empty cache for incremental decoding (the batch size is set by the first call)."""
+        return KVCache(self.config.n_layer, self.config.block_size)
+
+    def forward(self, idx, targets=None, kv_cache=None, ignore_index=-100, loss_weights=None):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None)."""
+        ids = idx.numpy() if isinstance(idx, Tensor) else np.asarray(idx)
+        if ids.ndim != 2:
+            raise ShapeError(f"GPT.forward: idx must be (B, T), got shape {ids.shape}")
+        b, t = ids.shape
+        start = kv_cache.position if kv_cache is not None else 0
+        if start + t > self.config.block_size:
+            raise ShapeError(f"GPT.forward: positions up to {start + t} exceed block_size "
+                             f"{self.config.block_size}")
+        if self.config.family == "gpt2":
+            tr = self.transformer
+            x = tr.wte(ids) + tr.wpe(np.arange(start, start + t))      # (B, T, C) + (T, C)
+            x, rotary, norm_f = tr.drop(x), None, tr.ln_f
+        else:
+            x = self.model.embed_tokens(ids)
+            rotary = self.rotary.slice(start, t, self.device, self.dtype)
+            norm_f = self.model.norm
+        for layer, block in enumerate(self.blocks):
+            x = block(x, rotary, kv_cache, layer)
+        if kv_cache is not None:
+            kv_cache.position = start + t
+        logits = self.lm_head(norm_f(x))                               # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = ops.cross_entropy(logits, targets, ignore_index, loss_weights)
+        return logits, loss
+
+    def _on_moved(self):
+        if self.rotary is not None:
+            self.rotary._tables.clear()

@@ -1,0 +1,93 @@
+"""The layers a Transformer is built from: Linear, Embedding, norms, dropout, the two MLPs.
+
+Initialization follows GPT-2: weights ~ N(0, 0.02), biases 0, norm gains 1. The residual
+output projections (c_proj, o_proj, down_proj) are scaled further by the GPT model, which
+knows the depth. Every layer draws from a numpy Generator passed in, so a seed fixes a model.
+"""
+import numpy as np
+
+from .. import ops
+from .module import Module, Parameter
+
+INIT_STD = 0.02
+
+
+def normal(rng, shape, std, dtype):
+    return rng.normal(0.0, std, size=shape).astype(dtype)
+
+
+class Linear(Module):
+    """y = x W^T + b with W of shape (out_features, in_features)."""
+
+    def __init__(self, in_features, out_features, bias=True, rng=None, std=INIT_STD, dtype=np.float32):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.weight = Parameter(normal(rng, (out_features, in_features), std, dtype))
+        self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
+
+    def forward(self, x):
+        return ops.linear(x, self.weight, self.bias)
+
+
+class Embedding(Module):
+    """A table of num_embeddings vectors; forward(ids) looks rows up."""
+
+    def __init__(self, num_embeddings, dim, rng=None, std=INIT_STD, dtype=np.float32):
+        rng = rng if rng is not None else np.random.default_rng(0)
+        self.weight = Parameter(normal(rng, (num_embeddings, dim), std, dtype))
+
+    def forward(self, ids):
+        return ops.embedding(ids, self.weight)
+
+
+class LayerNorm(Module):
+    def __init__(self, dim, bias=True, eps=1e-5, dtype=np.float32):
+        self.weight = Parameter(np.ones(dim, dtype=dtype))
+        self.bias = Parameter(np.zeros(dim, dtype=dtype)) if bias else None
+        self.eps = eps
+
+    def forward(self, x):
+        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+
+
+class RMSNorm(Module):
+    def __init__(self, dim, eps=1e-6, dtype=np.float32):
+        self.weight = Parameter(np.ones(dim, dtype=dtype))
+        self.eps = eps
+
+    def forward(self, x):
+        return ops.rms_norm(x, self.weight, self.eps)
+
+
+class Dropout(Module):
+    """Inverted dropout with masks drawn from a shared, seeded Generator; off in eval()."""
+
+    def __init__(self, p, rng):
+        self.p, self.rng = float(p), rng
+
+    def forward(self, x):
+        return ops.dropout(x, self.p, self.rng, self.training)
+
+
+class MLP(Module):
+    """GPT-2's feed-forward block: c_proj(gelu(c_fc(x))), hidden size 4C."""
+
+    def __init__(self, dim, hidden, bias, dropout, rng, proj_std, dtype=np.float32):
+        self.c_fc = Linear(dim, hidden, bias, rng, dtype=dtype)
+        self.c_proj = Linear(hidden, dim, bias, rng, std=proj_std, dtype=dtype)
+        self.dropout = Dropout(dropout, rng)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(ops.gelu(self.c_fc(x))))
+
+
+class SwiGLU(Module):
+    """Llama's feed-forward block: down_proj(silu(gate_proj(x)) * up_proj(x))."""
+
+    def __init__(self, dim, hidden, bias, dropout, rng, proj_std, dtype=np.float32):
+        self.gate_proj = Linear(dim, hidden, bias, rng, dtype=dtype)
+        self.up_proj = Linear(dim, hidden, bias, rng, dtype=dtype)
+        self.down_proj = Linear(hidden, dim, bias, rng, std=proj_std, dtype=dtype)
+        self.dropout = Dropout(dropout, rng)
+
+    def forward(self, x):
+        return self.dropout(self.down_proj(ops.silu(self.gate_proj(x)) * self.up_proj(x)))
