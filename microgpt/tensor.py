@@ -46,13 +46,19 @@ def is_grad_enabled():
 
 def _to_array(data, dtype, device):
     """Turn user data (nested lists, NumPy arrays, scalars) into a backend array."""
-    if not hasattr(data, "shape") or isinstance(data, np.generic):   # lists, Python numbers
+    from_python = not hasattr(data, "shape")          # lists and Python numbers
+    if from_python or isinstance(data, np.generic):
         data = np.asarray(data)
     if isinstance(data, np.ndarray):
         if dtype is None:
-            dtype = data.dtype if data.dtype in _FLOAT_DTYPES else DEFAULT_DTYPE
-            if np.issubdtype(data.dtype, np.integer) or data.dtype == np.bool_:
-                dtype = np.int64 if np.issubdtype(data.dtype, np.integer) else DEFAULT_DTYPE
+            # NumPy float arrays keep their dtype; Python floats and bools become float32,
+            # integers int64 (token ids).
+            if np.issubdtype(data.dtype, np.integer):
+                dtype = np.int64
+            elif data.dtype in _FLOAT_DTYPES and not from_python:
+                dtype = data.dtype
+            else:
+                dtype = DEFAULT_DTYPE
         return backends.get(device or "cpu").asarray(data, np.dtype(dtype))
     if dtype is not None and np.dtype(dtype) != data.dtype:
         raise DTypeError(f"Tensor: data of dtype {data.dtype} given with dtype={np.dtype(dtype)}; "

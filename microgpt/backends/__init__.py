@@ -17,6 +17,7 @@ Choosing: a device ("cpu" or "cuda") maps to one backend. The "cpu" device uses 
 backend when it is built, else the reference; MICROGPT_BACKEND=reference|cpu|cuda or
 `use(name)` overrides that, at this single point.
 """
+import contextlib
 import importlib
 import os
 
@@ -131,6 +132,21 @@ def use(name):
     module = _load(name)
     _chosen[_BACKEND_DEVICE[name]] = name
     return module
+
+
+@contextlib.contextmanager
+def using(name):
+    """Serve `name`'s device with backend `name` inside a with-block (tests, benchmarks)."""
+    device = _BACKEND_DEVICE.get(name, "cpu")
+    previous = _chosen.get(device)
+    use(name)
+    try:
+        yield _loaded[name]
+    finally:
+        if previous is None:
+            _chosen.pop(device, None)
+        else:
+            _chosen[device] = previous
 
 
 def _default(device):

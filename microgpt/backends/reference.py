@@ -17,6 +17,11 @@ GELU_SCALE = np.sqrt(2.0 / np.pi)   # GPT-2's tanh approximation of GELU
 
 # --- arrays: creation, transfer, bookkeeping ---------------------------------------------
 
+def _contiguous(a):
+    """A C-contiguous ndarray; unlike np.ascontiguousarray it keeps 0-d arrays 0-d."""
+    return np.asarray(a, order="C")
+
+
 def asarray(host_array, dtype):
     return np.array(host_array, dtype=dtype, copy=True, order="C")
 
@@ -38,45 +43,47 @@ def accumulate(dst, src):
 
 
 # --- elementwise ---------------------------------------------------------------------------
+# NumPy ufuncs turn 0-d arrays into scalars; np.asarray keeps every result an ndarray, so
+# accumulate() can always add in place.
 
 def add(a, b):
-    return np.add(a, b)
+    return np.asarray(np.add(a, b))
 
 
 def sub(a, b):
-    return np.subtract(a, b)
+    return np.asarray(np.subtract(a, b))
 
 
 def mul(a, b):
-    return np.multiply(a, b)
+    return np.asarray(np.multiply(a, b))
 
 
 def div(a, b):
-    return np.divide(a, b)
+    return np.asarray(np.divide(a, b))
 
 
 def neg(a):
-    return np.negative(a)
+    return np.asarray(np.negative(a))
 
 
 def pow_scalar(a, p):
-    return np.power(a, a.dtype.type(p))
+    return np.asarray(np.power(a, a.dtype.type(p)))
 
 
 def exp(a):
-    return np.exp(a)
+    return np.asarray(np.exp(a))
 
 
 def log(a):
-    return np.log(a)
+    return np.asarray(np.log(a))
 
 
 def sqrt(a):
-    return np.sqrt(a)
+    return np.asarray(np.sqrt(a))
 
 
 def tanh(a):
-    return np.tanh(a)
+    return np.asarray(np.tanh(a))
 
 
 def relu_forward(x):
@@ -143,11 +150,11 @@ def sum_to_shape(g, shape):
     stretched = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
     if stretched:
         g = np.sum(g, axis=stretched, keepdims=True)
-    return np.ascontiguousarray(g)
+    return _contiguous(g)
 
 
 def broadcast_to(a, shape):
-    return np.ascontiguousarray(np.broadcast_to(a, shape))
+    return _contiguous(np.broadcast_to(a, shape))
 
 
 def reshape(a, shape):
@@ -155,11 +162,11 @@ def reshape(a, shape):
 
 
 def permute(a, axes):
-    return np.ascontiguousarray(np.transpose(a, axes))
+    return _contiguous(np.transpose(a, axes))
 
 
 def getitem(a, index):
-    return np.ascontiguousarray(a[index])
+    return _contiguous(a[index])
 
 
 def getitem_backward(dout, shape, index):

@@ -1,0 +1,35 @@
+"""Shared test settings: hypothesis profiles and helpers to build tensors."""
+import os
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+
+# "ci" (default) keeps the suite quick; HYPOTHESIS_PROFILE=thorough draws many more cases.
+settings.register_profile("ci", max_examples=12, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.register_profile("thorough", max_examples=200, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture
+def reference_backend():
+    """Run a test on the NumPy reference backend, restoring the previous choice afterwards."""
+    from microgpt import backends
+    with backends.using("reference") as module:
+        yield module
+
+
+def assert_close(actual, expected, atol, rtol, what=""):
+    """|actual - expected| <= atol + rtol*|expected| elementwise; report the worst elements."""
+    actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    error = np.abs(actual - expected)
+    bad = ~(error <= atol + rtol * np.abs(expected))
+    if np.any(bad):
+        worst = np.argsort(np.where(bad, error, -1).ravel())[::-1][:5]
+        rows = [f"  at {np.unravel_index(i, actual.shape)}: got {actual.ravel()[i]:.8g}, "
+                f"expected {expected.ravel()[i]:.8g}" for i in worst if bad.ravel()[i]]
+        raise AssertionError(f"{what}: {int(bad.sum())} of {bad.size} elements out of tolerance "
+                             f"(atol {atol}, rtol {rtol})\n" + "\n".join(rows))

@@ -1,0 +1,235 @@
+"""Every op's backward against float64 central differences, on shapes drawn by hypothesis.
+
+CHECKS maps each op in ops.OPS to the test that checks it; test_every_op_is_checked fails
+when an op is added without a gradient check. Shapes include size-1 dims, broadcasting,
+non-square matrices and transposed (permuted) inputs; values are drawn from a seeded rng.
+"""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import array_shapes
+
+from microgpt import ops
+from microgpt.gradcheck import GradcheckError, gradcheck
+from microgpt.nn import rope_tables
+from microgpt.tensor import Tensor
+
+pytestmark = pytest.mark.usefixtures("reference_backend")
+CHECKS = {}
+seeds = st.integers(0, 2**31 - 1)
+small_shapes = array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=4)
+
+
+def checks(*names):
+    def register(test):
+        for name in names:
+            CHECKS[name] = test
+        return test
+    return register
+
+
+def t64(rng, shape, low=None, high=None):
+    values = rng.standard_normal(shape) if low is None else rng.uniform(low, high, shape)
+    return Tensor(values, dtype=np.float64, requires_grad=True)
+
+
+def broadcast_partner(shape, data):
+    """A shape that broadcasts against `shape`: some dims set to 1, maybe fewer leading dims."""
+    drop = data.draw(st.integers(0, len(shape) - 1))
+    return tuple(1 if data.draw(st.booleans()) else n for n in shape[drop:])
+
+
+def test_every_op_is_checked():
+    missing = sorted(set(ops.OPS) - set(CHECKS))
+    assert not missing, f"ops without a gradient check: {missing}"
+
+
+def test_gradcheck_catches_a_wrong_backward():
+    def wrong_square(x):
+        be = x.backend
+        return Tensor._from_op(be.mul(x.data, x.data), (x,), lambda d: ops._send(x, d), "wrong")
+    with pytest.raises(GradcheckError, match="out of tolerance"):
+        gradcheck(wrong_square, [Tensor(np.array([1.5, -2.0]), dtype=np.float64, requires_grad=True)])
+
+
+@checks("add", "sub", "mul", "div")
+@given(st.data(), small_shapes, seeds)
+def test_binary_broadcasting(data, shape, seed):
+    rng = np.random.default_rng(seed)
+    other = broadcast_partner(shape, data)
+    a, b = t64(rng, shape), t64(rng, other)
+    if data.draw(st.booleans()):
+        a, b = b, a
+    gradcheck(ops.add, [a, b])
+    gradcheck(ops.sub, [a, b])
+    gradcheck(ops.mul, [a, b])
+    b_away_from_zero = Tensor(np.sign(b.numpy()) * (0.5 + np.abs(b.numpy())), dtype=np.float64, requires_grad=True)
+    gradcheck(ops.div, [a, b_away_from_zero])
+    gradcheck(lambda x: 2.0 * x - 1.0 / (x * x + 1.0), [a], name="scalars")
+
+
+@checks("neg", "exp", "tanh", "relu", "gelu", "silu", "log", "sqrt", "pow")
+@given(small_shapes, seeds, st.sampled_from([-1.5, 0.5, 2.0, 3.0]))
+def test_unary(shape, seed, exponent):
+    rng = np.random.default_rng(seed)
+    x, positive = t64(rng, shape), t64(rng, shape, 0.5, 2.0)
+    for fn in (ops.neg, ops.exp, ops.tanh, ops.relu, ops.gelu, ops.silu):
+        gradcheck(fn, [x])
+    gradcheck(ops.log, [positive])
+    gradcheck(ops.sqrt, [positive])
+    gradcheck(lambda v: v ** exponent, [positive], name=f"pow {exponent}")
+
+
+def draw_axis(data, ndim):
+    return data.draw(st.one_of(st.none(), st.integers(-ndim, ndim - 1),
+                               st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True).map(tuple)))
+
+
+@checks("sum", "mean", "max")
+@given(st.data(), small_shapes, seeds, st.booleans())
+def test_reductions(data, shape, seed, keepdims):
+    rng = np.random.default_rng(seed)
+    x = t64(rng, shape)
+    axis = draw_axis(data, len(shape))
+    gradcheck(lambda v: ops.sum(v, axis, keepdims), [x], name="sum")
+    gradcheck(lambda v: ops.mean(v, axis, keepdims), [x], name="mean")
+    gradcheck(lambda v: ops.max(v, axis, keepdims), [x], name="max")
+
+
+@checks("reshape", "permute")
+@given(st.data(), small_shapes, seeds)
+def test_shapes(data, shape, seed):
+    rng = np.random.default_rng(seed)
+    x = t64(rng, shape)
+    order = data.draw(st.permutations(range(len(shape))))
+    gradcheck(lambda v: ops.reshape(v, tuple(shape[i] for i in order)), [x], name="reshape")
+    gradcheck(lambda v: ops.reshape(v, (-1,)), [x], name="reshape -1")
+    gradcheck(lambda v: ops.permute(v, tuple(order)), [x], name="permute")
+    gradcheck(lambda v: ops.transpose(v, 0, -1) * 3.0, [x], name="transpose")
+
+
+@checks("getitem")
+@given(st.data(), array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=5), seeds)
+def test_getitem(data, shape, seed):
+    rng = np.random.default_rng(seed)
+    x = t64(rng, shape)
+    start = data.draw(st.integers(0, shape[0] - 1))
+    step = data.draw(st.integers(1, 2))
+    gradcheck(lambda v: v[start::step], [x], name="slice")
+    gradcheck(lambda v: v[:, -1], [x], name="int index")
+    repeated = rng.integers(0, shape[0], size=data.draw(st.integers(1, 6)))   # repeats accumulate
+    gradcheck(lambda v: v[repeated], [x], name="integer array")
+    gradcheck(lambda v: v[..., None, 0], [x], name="ellipsis/None")
+
+
+@checks("concatenate")
+@given(st.data(), small_shapes, seeds)
+def test_concatenate_split_stack(data, shape, seed):
+    rng = np.random.default_rng(seed)
+    axis = data.draw(st.integers(0, len(shape) - 1))
+    other = tuple(n + 1 if i == axis else n for i, n in enumerate(shape))
+    a, b = t64(rng, shape), t64(rng, other)
+    gradcheck(lambda p, q: ops.concatenate([p, q, p], axis), [a, b], name="concatenate")
+    sizes = [shape[axis], other[axis]]
+    gradcheck(lambda p, q: ops.split(ops.concatenate([p, q], axis), sizes, axis)[1] * 2.0, [a, b], name="split")
+    gradcheck(lambda p: ops.stack([p, p * 2.0], axis), [a], name="stack")
+
+
+@checks("matmul")
+@given(st.data(), seeds)
+def test_matmul(data, seed):
+    rng = np.random.default_rng(seed)
+    n, k, m = (data.draw(st.integers(1, 5)) for _ in range(3))
+    batch = data.draw(array_shapes(min_dims=0, max_dims=2, min_side=1, max_side=3))
+    other = tuple(1 if data.draw(st.booleans()) else d for d in batch)
+    a, b = t64(rng, batch + (n, k)), t64(rng, other + (k, m))
+    gradcheck(ops.matmul, [a, b])
+    transposed = t64(rng, batch + (k, n))     # a transposed (permuted) operand
+    gradcheck(lambda p, q: ops.matmul(ops.transpose(p), q), [transposed, b], name="matmul of a^T")
+
+
+@checks("linear")
+@given(st.data(), seeds, st.booleans())
+def test_linear(data, seed, with_bias):
+    rng = np.random.default_rng(seed)
+    lead = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
+    c, oc = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    x, w = t64(rng, lead + (c,)), t64(rng, (oc, c))
+    inputs = [x, w, t64(rng, (oc,))] if with_bias else [x, w]
+    gradcheck(ops.linear, inputs)
+
+
+@checks("softmax", "log_softmax")
+@given(st.data(), small_shapes, seeds)
+def test_softmax_family(data, shape, seed):
+    rng = np.random.default_rng(seed)
+    x = t64(rng, shape)
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    gradcheck(lambda v: ops.softmax(v, axis), [x], name="softmax")
+    gradcheck(lambda v: ops.log_softmax(v, axis), [x], name="log_softmax")
+
+
+@checks("cross_entropy")
+@given(st.data(), seeds, st.booleans())
+def test_cross_entropy(data, seed, weighted):
+    rng = np.random.default_rng(seed)
+    lead = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
+    vocab = data.draw(st.integers(1, 7))
+    logits = t64(rng, lead + (vocab,))
+    targets = rng.integers(0, vocab, size=lead)
+    targets[rng.random(lead) < 0.3] = -100                       # masked / ignored targets
+    weights = rng.uniform(0.1, 2.0, size=lead) if weighted else None
+    gradcheck(lambda v: ops.cross_entropy(v, targets, -100, weights), [logits])
+
+
+@checks("embedding")
+@given(st.data(), seeds)
+def test_embedding(data, seed):
+    rng = np.random.default_rng(seed)
+    num, dim = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 4))
+    ids = rng.integers(0, num, size=data.draw(array_shapes(min_dims=1, max_dims=2, max_side=5)))
+    gradcheck(lambda w: ops.embedding(ids, w), [t64(rng, (num, dim))])
+
+
+@checks("dropout")
+@given(small_shapes, seeds, st.sampled_from([0.0, 0.1, 0.5]))
+def test_dropout(shape, seed, p):
+    rng = np.random.default_rng(seed)
+    # A fresh generator per call draws the same mask, so finite differences see one function.
+    gradcheck(lambda v: ops.dropout(v, p, np.random.default_rng(seed)), [t64(rng, shape)])
+
+
+@checks("layer_norm", "rms_norm")
+@given(st.data(), array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=5), seeds, st.booleans())
+def test_norms(data, shape, seed, with_bias):
+    rng = np.random.default_rng(seed)
+    c = shape[-1]
+    x, w = t64(rng, shape), t64(rng, (c,))
+    inputs = [x, w, t64(rng, (c,))] if with_bias else [x, w]
+    if c > 1:   # with one channel, layer_norm's output is the constant bias: nothing to check in x
+        gradcheck(lambda *v: ops.layer_norm(*v, eps=1e-5), inputs, name="layer_norm")
+    gradcheck(lambda v, g: ops.rms_norm(v, g, eps=1e-6), [x, w], name="rms_norm")
+
+
+@checks("rope")
+@given(st.data(), seeds)
+def test_rope(data, seed):
+    rng = np.random.default_rng(seed)
+    b, nh, t = (data.draw(st.integers(1, 3)) for _ in range(3))
+    hs = 2 * data.draw(st.integers(1, 4))
+    cos, sin = rope_tables(t, hs, 10000.0, np.float64)
+    gradcheck(lambda v: ops.rope(v, cos, sin), [t64(rng, (b, nh, t, hs))])
+
+
+@checks("attention")
+@given(st.data(), seeds)
+def test_attention(data, seed):
+    rng = np.random.default_rng(seed)
+    b, nkv, group = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    tk = data.draw(st.integers(1, 5))
+    tq = data.draw(st.integers(1, tk))                     # Tq < Tk: the KV-cache case
+    hs = data.draw(st.integers(1, 4))
+    q = t64(rng, (b, nkv * group, tq, hs))
+    k, v = t64(rng, (b, nkv, tk, hs)), t64(rng, (b, nkv, tk, hs))
+    gradcheck(ops.attention, [q, k, v])
