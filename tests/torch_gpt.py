@@ -1,0 +1,88 @@
+"""The PyTorch peer: our GPT (both families) written independently with torch primitives.
+
+It takes a dict of torch tensors under *our* parameter names (so identical weights are one
+`state_dict()` away) and computes logits and loss with PyTorch's own layer_norm, gelu,
+scaled_dot_product_attention and cross_entropy. Tests use it as the autograd oracle; the
+benchmarks import it as the peer to time. Never imported by the microgpt package.
+"""
+import torch
+import torch.nn.functional as F
+
+
+def parameters_from(model, dtype=torch.float32, device="cpu"):
+    """Our model's weights as torch leaf tensors that require gradients."""
+    return {name: torch.tensor(array, dtype=dtype, device=device, requires_grad=True)
+            for name, array in model.state_dict().items()}
+
+
+def _linear(x, params, prefix):
+    bias = params.get(prefix + ".bias")
+    return F.linear(x, params[prefix + ".weight"], bias)
+
+
+def _rms_norm(x, weight, eps):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
+
+
+def _rope(x, theta):
+    t, hs = x.shape[-2], x.shape[-1]
+    inv_freq = 1.0 / theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    angles = torch.arange(t, dtype=torch.float64)[:, None] * inv_freq[None, :]
+    cos = torch.cat([angles.cos(), angles.cos()], -1).to(x.dtype).to(x.device)
+    sin = torch.cat([angles.sin(), angles.sin()], -1).to(x.dtype).to(x.device)
+    x1, x2 = x[..., : hs // 2], x[..., hs // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def _attention(q, k, v, n_head):
+    group = n_head // k.shape[1]
+    if group > 1:
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def forward(params, config, idx, targets=None):
+    """Logits (B, T, V) and mean cross-entropy (ignore_index -100) of our GPT in PyTorch."""
+    c, nh, nkv, hs = config.n_embd, config.n_head, config.n_kv_head, config.head_size
+    b, t = idx.shape
+    gpt2 = config.family == "gpt2"
+    p = params
+    if gpt2:
+        x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][torch.arange(t)]
+        blocks = "transformer.h"
+    else:
+        x = p["model.embed_tokens.weight"][idx]
+        blocks = "model.layers"
+    for layer in range(config.n_layer):
+        pre = f"{blocks}.{layer}."
+        if gpt2:
+            h = F.layer_norm(x, (c,), p[pre + "ln_1.weight"], p.get(pre + "ln_1.bias"), config.norm_eps)
+            qkv = _linear(h, p, pre + "attn.c_attn").view(b, t, nh + 2 * nkv, hs).transpose(1, 2)
+            q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]
+        else:
+            h = _rms_norm(x, p[pre + "input_layernorm.weight"], config.norm_eps)
+            q, k, v = (_linear(h, p, pre + f"self_attn.{name}").view(b, t, n, hs).transpose(1, 2)
+                       for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)))
+            q, k = _rope(q, config.rope_theta), _rope(k, config.rope_theta)
+        y = _attention(q, k, v, nh).transpose(1, 2).reshape(b, t, nh * hs)
+        if gpt2:
+            x = x + _linear(y, p, pre + "attn.c_proj")
+            h = F.layer_norm(x, (c,), p[pre + "ln_2.weight"], p.get(pre + "ln_2.bias"), config.norm_eps)
+            x = x + _linear(F.gelu(_linear(h, p, pre + "mlp.c_fc"), approximate="tanh"), p, pre + "mlp.c_proj")
+        else:
+            x = x + _linear(y, p, pre + "self_attn.o_proj")
+            h = _rms_norm(x, p[pre + "post_attention_layernorm.weight"], config.norm_eps)
+            gate = F.silu(_linear(h, p, pre + "mlp.gate_proj")) * _linear(h, p, pre + "mlp.up_proj")
+            x = x + _linear(gate, p, pre + "mlp.down_proj")
+    if gpt2:
+        x = F.layer_norm(x, (c,), p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"), config.norm_eps)
+        head = p["transformer.wte.weight"] if config.tie_embeddings else p["lm_head.weight"]
+    else:
+        x = _rms_norm(x, p["model.norm.weight"], config.norm_eps)
+        head = p["model.embed_tokens.weight"] if config.tie_embeddings else p["lm_head.weight"]
+    logits = x @ head.T
+    loss = None
+    if targets is not None:
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
+    return logits, loss
+
