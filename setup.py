@@ -7,7 +7,9 @@ The CUDA library (cuda/) is built by its own builder when nvcc is present.
 from setuptools import find_packages, setup
 
 # One entry per compiled extension: "path/to/builder.py:ffibuilder".
-CFFI_MODULES = []
+CFFI_MODULES = [
+    "microgpt/backends/cpu_build.py:ffibuilder",      # C kernels (csrc/) -> microgpt.backends._cpu
+]
 
 setup(
     name="microgpt",

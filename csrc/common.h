@@ -1,0 +1,52 @@
+/* common.h — helpers shared by the kernel files (not part of the ABI, never seen by cffi).
+ *
+ * MG_CLONES   GCC target_clones: the compiler emits an AVX-512 (x86-64-v4), an AVX2+FMA
+ *             (x86-64-v3) and a baseline copy of the function, and the loader picks one for
+ *             this CPU (ifunc). Elementwise and row kernels use it; matmul dispatches by hand.
+ * MG_PAR(n)   OpenMP `if` clause threshold: fork threads only when a kernel touches enough
+ *             values for the fork (~ a few microseconds) to pay off.
+ * mg_expf     e^x in plain float arithmetic, so loops calling it vectorize (libm's expf does
+ *             not without -ffast-math). Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2,
+ *             then e^r by a degree-6 Taylor polynomial (error < 2 ulp on [-87, 88]) and 2^k by
+ *             writing k into the float exponent bits.
+ */
+#ifndef MICROGPT_COMMON_H
+#define MICROGPT_COMMON_H
+#include <stdint.h>
+#include <string.h>
+#include <math.h>
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(__clang__) \
+    && !defined(MICROGPT_NO_CLONES)
+#define MG_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define MG_CLONES
+#endif
+
+#define MG_PAR_MIN 32768L   /* values a kernel must touch before it forks threads */
+
+static inline float mg_expf(float x) {
+    const float log2e = 1.44269504088896341f;
+    const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+    float k = floorf(xc * log2e + 0.5f);            /* nearest integer to x / ln2 */
+    float r = xc - k * ln2_hi - k * ln2_lo;         /* |r| <= ln2 / 2, in two steps for accuracy */
+    float p = 1.0f / 720.0f;                        /* e^r = sum r^i / i!, Horner form */
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    int32_t bits = ((int32_t)k + 127) << 23;        /* 2^k as a float: exponent field only */
+    float two_k;
+    memcpy(&two_k, &bits, sizeof two_k);
+    float y = p * two_k;
+    return x < -87.0f ? 0.0f : y;                   /* e^-inf = 0; tiny values flush to 0 */
+}
+
+static inline long mg_min(long a, long b) { return a < b ? a : b; }
+
+int microgpt_simd_level(void);      /* threads.c: 0 scalar, 1 avx2, 2 avx512 (matmul's path) */
+
+#endif /* MICROGPT_COMMON_H */

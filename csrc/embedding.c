@@ -1,0 +1,34 @@
+/* embedding.c — token/position embedding lookup and its scatter-add backward.
+ *
+ * forward:  out[n] = weight[ids[n]]                         (a row copy per id)
+ * backward: dweight = 0; dweight[ids[n]] += dout[n] for all n  (repeated ids accumulate)
+ * The backward is threaded over columns, not rows: every thread owns a slice of the C
+ * channels of every row of dweight, so two threads never add into the same float and the
+ * sum order (n ascending) is fixed, whatever the thread count.
+ * The binding checked 0 <= ids[n] < V.
+ */
+#include "common.h"
+#include "microgpt.h"
+
+void embedding_forward(float* out, const int64_t* ids, const float* weight, long N, long V, long C) {
+    (void)V;
+    #pragma omp parallel for schedule(static) if (N * C >= MG_PAR_MIN)
+    for (long n = 0; n < N; n++)
+        memcpy(out + n * C, weight + ids[n] * C, (size_t)C * sizeof(float));
+}
+
+MG_CLONES static void add_span(float* dst, const float* src, long len) {
+    #pragma omp simd
+    for (long j = 0; j < len; j++) dst[j] += src[j];
+}
+
+void embedding_backward(float* dweight, const float* dout, const int64_t* ids, long N, long V, long C) {
+    memset(dweight, 0, (size_t)V * (size_t)C * sizeof(float));
+    const long slice = 64;                               /* channels per work item */
+    #pragma omp parallel for schedule(static) if (N * C >= MG_PAR_MIN)
+    for (long j0 = 0; j0 < C; j0 += slice) {
+        long len = mg_min(slice, C - j0);
+        for (long n = 0; n < N; n++)
+            add_span(dweight + ids[n] * C + j0, dout + n * C + j0, len);
+    }
+}

@@ -1,0 +1,316 @@
+/* matmul.c — single-precision matrix multiply as a ladder of rungs (BLIS's design, own code).
+ *
+ *   v1_naive     the definition: out[i][j] = sum_k A[i][k] B[k][j], one dot product per entry
+ *   v2_blocked   loop order i-k-j over cache-sized tiles: the inner loop streams rows, vectorizes
+ *   v3_packed    BLIS: copy K x NC panels of B and MR x KC slivers of A into contiguous,
+ *                zero-padded buffers, then an MR x NR register-blocked SIMD micro-kernel
+ *                (AVX-512 12x32, AVX2+FMA 6x16, portable C 4x8; chosen at run time)
+ *   v4_threaded  v3 with the (A sliver, B sliver-group) tiles shared among OpenMP threads
+ *   matmul_forward = v4 (production); matmul_forward_batched, linear_forward/backward use it.
+ *
+ * Every rung computes out (M, N) = op(a) @ op(b) (+ out when accumulate), where op transposes
+ * a stored (K, M) or b stored (N, K) on request: packing reads either layout, so the
+ * micro-kernel never sees a transpose.
+ */
+#include <stdlib.h>
+#include <omp.h>
+#include "common.h"
+#include "microgpt.h"
+
+#if defined(__GNUC__) && defined(__x86_64__)
+#include <immintrin.h>
+#define MG_X86 1
+#endif
+
+/* element (i, k) of op(a) and (k, j) of op(b) */
+#define OPA(i, k) (trans_a ? a[(k) * M + (i)] : a[(i) * K + (k)])
+#define OPB(k, j) (trans_b ? b[(j) * K + (k)] : b[(k) * N + (j)])
+
+/* ---- v1: the definition ---------------------------------------------------------------- */
+void matmul_forward_v1_naive(float* out, const float* a, const float* b,
+                             long M, long N, long K, int trans_a, int trans_b, int accumulate) {
+    for (long i = 0; i < M; i++)
+        for (long j = 0; j < N; j++) {
+            float s = accumulate ? out[i * N + j] : 0.0f;
+            for (long k = 0; k < K; k++) s += OPA(i, k) * OPB(k, j);
+            out[i * N + j] = s;
+        }
+}
+
+/* ---- v2: cache blocking; i-k-j order so the inner loop is a vectorizable row update -------- */
+#define V2_MB 64
+#define V2_KB 256
+#define V2_NB 1024
+MG_CLONES void matmul_forward_v2_blocked(float* out, const float* a, const float* b,
+                                         long M, long N, long K, int trans_a, int trans_b,
+                                         int accumulate) {
+    if (!accumulate) memset(out, 0, (size_t)M * (size_t)N * sizeof(float));
+    for (long i0 = 0; i0 < M; i0 += V2_MB)
+        for (long k0 = 0; k0 < K; k0 += V2_KB)
+            for (long j0 = 0; j0 < N; j0 += V2_NB)
+                for (long i = i0; i < mg_min(i0 + V2_MB, M); i++)
+                    for (long k = k0; k < mg_min(k0 + V2_KB, K); k++) {
+                        float aik = OPA(i, k);
+                        float* row = out + i * N;
+                        long j1 = mg_min(j0 + V2_NB, N);
+                        if (!trans_b) {
+                            const float* brow = b + k * N;
+                            #pragma omp simd
+                            for (long j = j0; j < j1; j++) row[j] += aik * brow[j];
+                        } else {
+                            for (long j = j0; j < j1; j++) row[j] += aik * b[j * K + k];
+                        }
+                    }
+}
+
+/* ---- v3/v4: packing ------------------------------------------------------------------------
+ * Packed A sliver (MR rows x kc):   ap[k * MR + i] = op(a)[i0 + i][k0 + k], zero past M.
+ * Packed B sliver (kc x NR cols):   bp[k * NR + j] = op(b)[k0 + k][j0 + j], zero past N.
+ * The micro-kernel then reads both with unit stride, and edge tiles need no special case. */
+#define KC 384          /* depth of one pass: an A sliver (12 x 384 floats = 18 KiB) fits L1 */
+#define NC 3072         /* columns of one packed B panel (384 x 3072 floats = 4.5 MiB, in L3) */
+
+static void pack_a(float* ap, const float* a, int trans_a, long M, long K,
+                   long i0, long k0, long kc, int MR) {
+    long rows = mg_min(MR, M - i0);
+    if (rows < MR) memset(ap, 0, (size_t)kc * MR * sizeof(float));
+    if (trans_a) {
+        for (long k = 0; k < kc; k++)
+            memcpy(ap + k * MR, a + (k0 + k) * M + i0, (size_t)rows * sizeof(float));
+    } else {
+        for (long i = 0; i < rows; i++) {
+            const float* src = a + (i0 + i) * K + k0;
+            for (long k = 0; k < kc; k++) ap[k * MR + i] = src[k];
+        }
+    }
+}
+
+static void pack_b(float* bp, const float* b, int trans_b, long N, long K,
+                   long j0, long k0, long kc, int NR) {
+    long cols = mg_min(NR, N - j0);
+    if (cols < NR) memset(bp, 0, (size_t)kc * NR * sizeof(float));
+    if (!trans_b) {
+        for (long k = 0; k < kc; k++)
+            memcpy(bp + k * NR, b + (k0 + k) * N + j0, (size_t)cols * sizeof(float));
+    } else {
+        for (long j = 0; j < cols; j++) {
+            const float* src = b + (j0 + j) * K + k0;
+            for (long k = 0; k < kc; k++) bp[k * NR + j] = src[k];
+        }
+    }
+}
+
+/* ---- micro-kernels: c (MR x NR, row stride ldc) = [c +] ap^T bp over kc -------------------- */
+typedef void (*micro_kernel)(long kc, const float* ap, const float* bp, float* c, long ldc, int acc);
+
+#ifdef MG_X86
+/* AVX-512: 12 rows x 32 columns = 24 zmm accumulators; per k, 2 loads of B and 12 broadcasts
+ * of A feed 24 FMAs (768 flops per 14 memory operands, all from L1). */
+__attribute__((target("avx512f")))
+static void kernel_avx512_12x32(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
+    __m512 c0[12], c1[12];
+    #pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) { c0[i] = _mm512_setzero_ps(); c1[i] = _mm512_setzero_ps(); }
+    for (long k = 0; k < kc; k++) {
+        __m512 b0 = _mm512_load_ps(bp + k * 32), b1 = _mm512_load_ps(bp + k * 32 + 16);
+        #pragma GCC unroll 12
+        for (int i = 0; i < 12; i++) {
+            __m512 av = _mm512_set1_ps(ap[k * 12 + i]);
+            c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
+            c1[i] = _mm512_fmadd_ps(av, b1, c1[i]);
+        }
+    }
+    #pragma GCC unroll 12
+    for (int i = 0; i < 12; i++) {
+        float* row = c + i * ldc;
+        if (acc) {
+            c0[i] = _mm512_add_ps(c0[i], _mm512_loadu_ps(row));
+            c1[i] = _mm512_add_ps(c1[i], _mm512_loadu_ps(row + 16));
+        }
+        _mm512_storeu_ps(row, c0[i]);
+        _mm512_storeu_ps(row + 16, c1[i]);
+    }
+}
+
+/* AVX2 + FMA: 6 rows x 16 columns = 12 ymm accumulators, 2 for B, 1 broadcast: 15 of 16. */
+__attribute__((target("avx2,fma")))
+static void kernel_avx2_6x16(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
+    __m256 c0[6], c1[6];
+    #pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) { c0[i] = _mm256_setzero_ps(); c1[i] = _mm256_setzero_ps(); }
+    for (long k = 0; k < kc; k++) {
+        __m256 b0 = _mm256_load_ps(bp + k * 16), b1 = _mm256_load_ps(bp + k * 16 + 8);
+        #pragma GCC unroll 6
+        for (int i = 0; i < 6; i++) {
+            __m256 av = _mm256_broadcast_ss(ap + k * 6 + i);
+            c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+        }
+    }
+    #pragma GCC unroll 6
+    for (int i = 0; i < 6; i++) {
+        float* row = c + i * ldc;
+        if (acc) {
+            c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(row));
+            c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(row + 8));
+        }
+        _mm256_storeu_ps(row, c0[i]);
+        _mm256_storeu_ps(row + 8, c1[i]);
+    }
+}
+#endif
+
+/* Portable C: 4 x 8, written so any compiler keeps the tile in registers. */
+static void kernel_scalar_4x8(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
+    float t[4][8] = {{0}};
+    for (long k = 0; k < kc; k++)
+        for (int i = 0; i < 4; i++)
+            for (int j = 0; j < 8; j++) t[i][j] += ap[k * 4 + i] * bp[k * 8 + j];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 8; j++) c[i * ldc + j] = (acc ? c[i * ldc + j] : 0.0f) + t[i][j];
+}
+
+typedef struct { micro_kernel kernel; int MR, NR; } kernel_choice;
+
+static kernel_choice choose_kernel(void) {
+#ifdef MG_X86
+    int level = microgpt_simd_level();
+    if (level == 2) return (kernel_choice){kernel_avx512_12x32, 12, 32};
+    if (level == 1) return (kernel_choice){kernel_avx2_6x16, 6, 16};
+#endif
+    return (kernel_choice){kernel_scalar_4x8, 4, 8};
+}
+
+/* ---- v3/v4: the five loops --------------------------------------------------------------------
+ * for jc (NC columns of B)   for pc (KC of depth)   pack the B panel, all threads together
+ *   for (A sliver ir, group of B slivers) tiles, shared among threads:
+ *     pack the MR x kc A sliver (L1), then for each NR-wide B sliver: one micro-kernel call.
+ * When A has few slivers (small M), the B slivers of each are split into groups as well so
+ * every thread has work. Edge tiles go through a small buffer, so the kernels stay branch-free. */
+static void gemm_packed(float* out, const float* a, const float* b, long M, long N, long K,
+                        int trans_a, int trans_b, int accumulate, int threads) {
+    if (M == 0 || N == 0) return;
+    if (K == 0) {
+        if (!accumulate) memset(out, 0, (size_t)M * (size_t)N * sizeof(float));
+        return;
+    }
+    kernel_choice ch = choose_kernel();
+    const int MR = ch.MR, NR = ch.NR;
+    long nc_max = mg_min(NC, (N + NR - 1) / NR * NR);
+    float* bpack = aligned_alloc(64, (size_t)KC * nc_max * sizeof(float));
+    float* apack = aligned_alloc(64, (size_t)threads * KC * MR * sizeof(float));
+    if (!bpack || !apack) {                  /* out of memory: the blocked rung needs none */
+        free(bpack);
+        free(apack);
+        matmul_forward_v2_blocked(out, a, b, M, N, K, trans_a, trans_b, accumulate);
+        return;
+    }
+    long n_ir = (M + MR - 1) / MR;
+    #pragma omp parallel num_threads(threads)
+    {
+        float* ap = apack + (long)omp_get_thread_num() * KC * MR;
+        float ctile[12 * 32] __attribute__((aligned(64)));
+        for (long jc = 0; jc < N; jc += NC) {
+            long n_jr = (mg_min(NC, N - jc) + NR - 1) / NR;
+            long groups = n_ir >= 4 * threads ? 1 : mg_min(n_jr, (4 * threads + n_ir - 1) / n_ir);
+            for (long pc = 0; pc < K; pc += KC) {
+                long kc = mg_min(KC, K - pc);
+                int acc = accumulate || pc > 0;
+                #pragma omp for schedule(static)
+                for (long s = 0; s < n_jr; s++)
+                    pack_b(bpack + s * kc * NR, b, trans_b, N, K, jc + s * NR, pc, kc, NR);
+                long packed_ir = -1;
+                #pragma omp for schedule(static)
+                for (long t = 0; t < n_ir * groups; t++) {
+                    long ir = t / groups, g = t % groups;
+                    long i0 = ir * MR, rows = mg_min(MR, M - i0);
+                    if (ir != packed_ir) pack_a(ap, a, trans_a, M, K, i0, pc, kc, MR);
+                    packed_ir = ir;
+                    for (long s = g * n_jr / groups; s < (g + 1) * n_jr / groups; s++) {
+                        long j0 = jc + s * NR, cols = mg_min(NR, N - j0);
+                        float* c = out + i0 * N + j0;
+                        const float* bp = bpack + s * kc * NR;
+                        if (rows == MR && cols == NR) {
+                            ch.kernel(kc, ap, bp, c, N, acc);
+                            continue;
+                        }
+                        ch.kernel(kc, ap, bp, ctile, NR, 0);
+                        for (long i = 0; i < rows; i++)
+                            for (long j = 0; j < cols; j++)
+                                c[i * N + j] = (acc ? c[i * N + j] : 0.0f) + ctile[i * NR + j];
+                    }
+                }
+            }
+        }
+    }
+    free(bpack);
+    free(apack);
+}
+
+void matmul_forward_v3_packed(float* out, const float* a, const float* b,
+                              long M, long N, long K, int trans_a, int trans_b, int accumulate) {
+    gemm_packed(out, a, b, M, N, K, trans_a, trans_b, accumulate, 1);
+}
+
+/* Below ~ 2^18 multiply-adds the fork/join of a thread team costs more than it saves. */
+static int threads_for(long M, long N, long K) {
+    return (double)M * (double)N * (double)K < 262144.0 ? 1 : omp_get_max_threads();
+}
+
+void matmul_forward_v4_threaded(float* out, const float* a, const float* b,
+                                long M, long N, long K, int trans_a, int trans_b, int accumulate) {
+    gemm_packed(out, a, b, M, N, K, trans_a, trans_b, accumulate, threads_for(M, N, K));
+}
+
+void matmul_forward(float* out, const float* a, const float* b,
+                    long M, long N, long K, int trans_a, int trans_b, int accumulate) {
+    matmul_forward_v4_threaded(out, a, b, M, N, K, trans_a, trans_b, accumulate);
+}
+
+/* Many small products: one per thread (each single-threaded); few large ones: one at a time,
+ * each threaded. */
+void matmul_forward_batched(float* out, const float* a, const float* b, long batch,
+                            long stride_out, long stride_a, long stride_b,
+                            long M, long N, long K, int trans_a, int trans_b, int accumulate) {
+    int threads = omp_get_max_threads();
+    if (threads > 1 && batch >= threads && (double)M * N * K < 4194304.0) {
+        #pragma omp parallel for schedule(static) if ((double)batch * M * N * K >= 262144.0)
+        for (long i = 0; i < batch; i++)
+            gemm_packed(out + i * stride_out, a + i * stride_a, b + i * stride_b, M, N, K,
+                        trans_a, trans_b, accumulate, 1);
+        return;
+    }
+    for (long i = 0; i < batch; i++)
+        matmul_forward(out + i * stride_out, a + i * stride_a, b + i * stride_b, M, N, K,
+                       trans_a, trans_b, accumulate);
+}
+
+/* ---- linear layers: out = inp @ weight^T + bias, weight (OC, C) as in PyTorch and GPT-2 ---- */
+void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
+                    long N, long C, long OC) {
+    if (bias)
+        for (long n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
+    matmul_forward(out, inp, weight, N, OC, C, 0, 1, bias != NULL);
+}
+
+MG_CLONES static void column_sums(float* dbias, const float* dout, long N, long OC, long j0, long j1) {
+    for (long j = j0; j < j1; j++) dbias[j] = 0.0f;
+    for (long n = 0; n < N; n++) {
+        const float* row = dout + n * OC;
+        #pragma omp simd
+        for (long j = j0; j < j1; j++) dbias[j] += row[j];
+    }
+}
+
+/* dinp (N, C) = dout (N, OC) @ weight (OC, C);  dweight (OC, C) = dout^T @ inp;  dbias = sum_n dout */
+void linear_backward(float* dinp, float* dweight, float* dbias,
+                     const float* dout, const float* inp, const float* weight,
+                     long N, long C, long OC) {
+    matmul_forward(dinp, dout, weight, N, C, OC, 0, 0, 0);
+    matmul_forward(dweight, dout, inp, OC, C, N, 1, 0, 0);
+    if (dbias) {
+        #pragma omp parallel for schedule(static) if (N * OC >= MG_PAR_MIN)
+        for (long j0 = 0; j0 < OC; j0 += 256)
+            column_sums(dbias, dout, N, OC, j0, mg_min(j0 + 256, OC));
+    }
+}

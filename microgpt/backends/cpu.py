@@ -1,0 +1,424 @@
+"""The C backend: csrc/ kernels through cffi, behind the contract of backends/__init__.py.
+
+Each binding validates its arguments once (cpu_checks.py: dtype, C-contiguity, shapes,
+sizes, id ranges, aliasing) and raises ShapeError/DTypeError before any C runs, so no call
+from Python can crash the process; then it allocates the outputs and calls one C function.
+
+Which kernels run in C (float32 only; float64 arrays take the NumPy reference path, for
+gradient checks):
+  matmul, linear, softmax, log_softmax, cross_entropy, embedding, layer_norm, rms_norm,
+  rope, gelu, silu, attention (once csrc/attention.c is built), adamw_update.
+Which reuse backends/reference.py as they are: array creation and transfer, the elementwise
+arithmetic (add ... tanh, relu), reductions, and shape bookkeeping (reshape, permute,
+getitem, concatenate ...). These are memory-bound one-liners that NumPy already runs at
+memory speed; a C copy would add code without adding speed.
+
+Threads: MICROGPT_NUM_THREADS (default: every core) sizes the one OpenMP team of the C
+kernels. NumPy's OpenBLAS keeps its own pool, but the two never run at once: every float32
+matmul goes through C, so OpenBLAS only serves float64 reference work. Kernels below a size
+threshold stay on one thread (forking costs microseconds), which matters on tiny models.
+"""
+import os
+
+import numpy as np
+
+from ..errors import BackendError, ShapeError
+from . import cpu_checks as check
+from . import reference as _ref
+
+NAME = "cpu"
+try:
+    from ._cpu import ffi, lib
+    AVAILABLE, UNAVAILABLE_REASON = True, ""
+except ImportError as exc:      # not compiled: backends.get("cpu") falls back to the reference
+    ffi = lib = None
+    AVAILABLE = False
+    UNAVAILABLE_REASON = f"the C kernels are not built ({exc}); run `pip install -e .`"
+
+
+def set_num_threads(n):
+    """Threads used by the C kernels from now on (MICROGPT_NUM_THREADS sets the default)."""
+    lib.microgpt_set_num_threads(check.integer("set_num_threads", "n", n, low=1))
+
+
+def get_num_threads():
+    return lib.microgpt_get_num_threads()
+
+
+def simd_path():
+    """The matmul micro-kernel in use: 'avx512', 'avx2' or 'scalar'."""
+    return ffi.string(lib.microgpt_simd_path()).decode()
+
+
+def _threads_from_env():
+    text = os.environ.get("MICROGPT_NUM_THREADS", "").strip()
+    if not text:
+        return os.cpu_count() or 1
+    if not text.isdigit() or int(text) < 1:
+        raise BackendError(f"MICROGPT_NUM_THREADS={text!r} must be a positive integer")
+    return int(text)
+
+
+if AVAILABLE:
+    set_num_threads(_threads_from_env())
+
+
+def _fp(x):
+    return ffi.from_buffer("float[]", x)
+
+
+def _ip(x):
+    return ffi.from_buffer("int64_t[]", x)
+
+
+def _opt(x):
+    return ffi.NULL if x is None else _fp(x)
+
+
+# --- reused from the reference: creation, elementwise arithmetic, reductions, shapes -----------
+
+asarray, to_numpy, zeros, full, accumulate = (_ref.asarray, _ref.to_numpy, _ref.zeros, _ref.full,
+                                              _ref.accumulate)
+add, sub, mul, div, neg, pow_scalar = _ref.add, _ref.sub, _ref.mul, _ref.div, _ref.neg, _ref.pow_scalar
+exp, log, sqrt, tanh = _ref.exp, _ref.log, _ref.sqrt, _ref.tanh
+relu_forward, relu_backward = _ref.relu_forward, _ref.relu_backward
+sum, max, max_backward, sum_to_shape = _ref.sum, _ref.max, _ref.max_backward, _ref.sum_to_shape  # noqa: A001
+broadcast_to, reshape, permute, concatenate = _ref.broadcast_to, _ref.reshape, _ref.permute, _ref.concatenate
+getitem, getitem_backward = _ref.getitem, _ref.getitem_backward
+
+
+# --- matmul and linear ----------------------------------------------------------------------------
+
+def _gemm(out, a, b, M, N, K, trans_a, trans_b, accumulate=0, batch=1, strides=(0, 0, 0)):
+    if batch == 1:
+        lib.matmul_forward(_fp(out), _fp(a), _fp(b), M, N, K, trans_a, trans_b, accumulate)
+    else:
+        lib.matmul_forward_batched(_fp(out), _fp(a), _fp(b), batch, *strides,
+                                   M, N, K, trans_a, trans_b, accumulate)
+
+
+def _matmul_shapes(op, a, b):
+    """Batch shape of a @ b (NumPy broadcasting), or ShapeError."""
+    check.min_ndim(op, "a", a, 2)
+    check.min_ndim(op, "b", b, 2)
+    if a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"{op}: a {a.shape} @ b {b.shape}: inner sizes {a.shape[-1]} != {b.shape[-2]}")
+    try:
+        return np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"{op}: batch dims of a {a.shape} and b {b.shape} do not broadcast") from None
+
+
+def matmul_forward(a, b):
+    # float64, and vectors (NumPy's 1-D rules), take the reference path
+    if not check.floats("matmul_forward", a=a, b=b) or a.ndim < 2 or b.ndim < 2:
+        return _ref.matmul_forward(a, b)
+    batch = _matmul_shapes("matmul_forward", a, b)
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    out = np.empty(batch + (M, N), dtype=a.dtype)
+    if b.size == K * N:                     # b has no real batch: fold a's batch into rows
+        _gemm(out, a, b, out.size // N, N, K, 0, 0)
+        return out
+    count = out.size // (M * N)
+    if a.size == M * K:                     # a has no real batch: broadcast it with stride 0
+        _gemm(out, a, b, M, N, K, 0, 0, 0, count, (M * N, 0, K * N))
+        return out
+    if a.shape[:-2] != batch or b.shape[:-2] != batch:
+        a = np.ascontiguousarray(np.broadcast_to(a, batch + (M, K)))
+        b = np.ascontiguousarray(np.broadcast_to(b, batch + (K, N)))
+    _gemm(out, a, b, M, N, K, 0, 0, 0, count, (M * N, M * K, K * N))
+    return out
+
+
+def matmul_backward(dout, a, b):
+    # da = dout @ b^T, db = a^T @ dout, each summed back to its input's shape.
+    if not check.floats("matmul_backward", dout=dout, a=a, b=b) or a.ndim < 2 or b.ndim < 2:
+        return _ref.matmul_backward(dout, a, b)
+    batch = _matmul_shapes("matmul_backward", a, b)
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    check.shape("matmul_backward", "dout", dout, batch + (M, N))
+    if b.size == K * N:                     # b has no real batch: all rows of a at once
+        rows = dout.size // N               # (a then holds every row: the batch is a's)
+        da, db = np.empty(batch + (M, K), dtype=a.dtype), np.empty((K, N), dtype=a.dtype)
+        _gemm(da, dout, b, rows, K, N, 0, 1)
+        _gemm(db, a, dout, K, N, rows, 1, 0)
+        return _ref.sum_to_shape(da, a.shape), db.reshape(b.shape)
+    count = dout.size // (M * N)
+    a_full = np.ascontiguousarray(np.broadcast_to(a, batch + (M, K)))
+    b_full = np.ascontiguousarray(np.broadcast_to(b, batch + (K, N)))
+    da = np.empty(batch + (M, K), dtype=a.dtype)
+    db = np.empty(batch + (K, N), dtype=a.dtype)
+    _gemm(da, dout, b_full, M, K, N, 0, 1, 0, count, (M * K, M * N, K * N))
+    _gemm(db, a_full, dout, K, N, M, 1, 0, 0, count, (K * N, M * K, M * N))
+    return _ref.sum_to_shape(da, a.shape), _ref.sum_to_shape(db, b.shape)
+
+
+def _linear_check(op, x, w, b=None):
+    check.min_ndim(op, "x", x, 1)
+    check.min_ndim(op, "w", w, 2)
+    OC, C = w.shape[0], x.shape[-1]
+    check.shape(op, "w", w, (OC, C))
+    if b is not None:
+        check.shape(op, "b", b, (OC,))
+    return x.size // C, C, OC
+
+
+def linear_forward(x, w, b):
+    if not check.floats("linear_forward", x=x, w=w, b=b):
+        return _ref.linear_forward(x, w, b)
+    N, C, OC = _linear_check("linear_forward", x, w, b)
+    out = np.empty(x.shape[:-1] + (OC,), dtype=x.dtype)
+    lib.linear_forward(_fp(out), _fp(x), _fp(w), _opt(b), N, C, OC)
+    return out
+
+
+def linear_backward(dout, x, w, has_bias):
+    if not check.floats("linear_backward", dout=dout, x=x, w=w):
+        return _ref.linear_backward(dout, x, w, has_bias)
+    N, C, OC = _linear_check("linear_backward", x, w)
+    check.shape("linear_backward", "dout", dout, x.shape[:-1] + (OC,))
+    dx, dw = np.empty(x.shape, dtype=x.dtype), np.empty((OC, C), dtype=x.dtype)
+    db = np.empty(OC, dtype=x.dtype) if has_bias else None
+    lib.linear_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), N, C, OC)
+    return dx, dw, db
+
+
+# --- softmax family and cross-entropy ------------------------------------------------------------
+
+def _rows(x):
+    return x.size // x.shape[-1], x.shape[-1]
+
+
+def _softmax_like(op, c_fn, ref_fn, x):
+    if not check.floats(op, x=x):
+        return ref_fn(x)
+    out = np.empty_like(x)
+    c_fn(_fp(out), _fp(x), *_rows(x))
+    return out
+
+
+def _softmax_like_backward(op, c_fn, ref_fn, dout, out):
+    if not check.floats(op, dout=dout, out=out):
+        return ref_fn(dout, out)
+    check.shape(op, "dout", dout, out.shape)
+    dx = np.empty_like(out)
+    c_fn(_fp(dx), _fp(dout), _fp(out), *_rows(out))
+    return dx
+
+
+def softmax_forward(x):
+    return _softmax_like("softmax_forward", lib.softmax_forward, _ref.softmax_forward, x)
+
+
+def softmax_backward(dout, out):
+    return _softmax_like_backward("softmax_backward", lib.softmax_backward, _ref.softmax_backward,
+                                  dout, out)
+
+
+def log_softmax_forward(x):
+    return _softmax_like("log_softmax_forward", lib.log_softmax_forward, _ref.log_softmax_forward, x)
+
+
+def log_softmax_backward(dout, out):
+    return _softmax_like_backward("log_softmax_backward", lib.log_softmax_backward,
+                                  _ref.log_softmax_backward, dout, out)
+
+
+def _ce_check(op, logits, targets, ignore_index):
+    if logits.ndim != 2:
+        raise ShapeError(f"{op}: logits must be (N, V), got shape {logits.shape}")
+    ignore_index = check.integer(op, "ignore_index", ignore_index)
+    targets = check.ids(op, "targets", targets, logits.shape[1], ignore=ignore_index)
+    check.shape(op, "targets", targets, logits.shape[:1])
+    return targets, ignore_index
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    op = "cross_entropy_forward"
+    if not check.floats(op, logits=logits):
+        return _ref.cross_entropy_forward(logits, targets, ignore_index)
+    targets, ignore_index = _ce_check(op, logits, targets, ignore_index)
+    N, V = logits.shape
+    losses, lse = np.empty(N, dtype=logits.dtype), np.empty(N, dtype=logits.dtype)
+    lib.cross_entropy_forward(_fp(losses), _fp(lse), _fp(logits), _ip(targets), ignore_index, N, V)
+    return losses, lse
+
+
+def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
+    op = "cross_entropy_backward"
+    if not check.floats(op, dlosses=dlosses, logits=logits, lse=lse):
+        return _ref.cross_entropy_backward(dlosses, logits, targets, lse, ignore_index)
+    targets, ignore_index = _ce_check(op, logits, targets, ignore_index)
+    N, V = logits.shape
+    check.shape(op, "dlosses", dlosses, (N,))
+    check.shape(op, "lse", lse, (N,))
+    dlogits = np.empty_like(logits)
+    lib.cross_entropy_backward(_fp(dlogits), _fp(dlosses), _fp(logits), _ip(targets), _fp(lse),
+                               ignore_index, N, V)
+    return dlogits
+
+
+# --- embedding -----------------------------------------------------------------------------------
+
+def embedding_forward(ids, weight):
+    op = "embedding_forward"
+    if not check.floats(op, weight=weight):
+        return _ref.embedding_forward(ids, weight)
+    if weight.ndim != 2:
+        raise ShapeError(f"{op}: weight must be (V, C), got shape {weight.shape}")
+    V, C = weight.shape
+    ids = check.ids(op, "ids", ids, V)
+    out = np.empty(ids.shape + (C,), dtype=weight.dtype)
+    lib.embedding_forward(_fp(out), _ip(ids), _fp(weight), ids.size, V, C)
+    return out
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    op = "embedding_backward"
+    if not check.floats(op, dout=dout):
+        return _ref.embedding_backward(dout, ids, num_embeddings)
+    V = check.integer(op, "num_embeddings", num_embeddings, low=1)
+    ids = check.ids(op, "ids", ids, V)
+    check.shape(op, "dout", dout, ids.shape + dout.shape[-1:])
+    C = dout.shape[-1]
+    dweight = np.empty((V, C), dtype=dout.dtype)
+    lib.embedding_backward(_fp(dweight), _fp(dout), _ip(ids), ids.size, V, C)
+    return dweight
+
+
+# --- normalization -------------------------------------------------------------------------------
+
+def _norm_check(op, x, w, b=None, stats=()):
+    C = x.shape[-1]
+    check.shape(op, "w", w, (C,))
+    if b is not None:
+        check.shape(op, "b", b, (C,))
+    for name, s in stats:
+        check.shape(op, name, s, x.shape[:-1])
+    return x.size // C, C
+
+
+def layer_norm_forward(x, w, b, eps):
+    op = "layer_norm_forward"
+    if not check.floats(op, x=x, w=w, b=b):
+        return _ref.layer_norm_forward(x, w, b, eps)
+    N, C = _norm_check(op, x, w, b)
+    out, mean, rstd = np.empty_like(x), np.empty(x.shape[:-1], x.dtype), np.empty(x.shape[:-1], x.dtype)
+    lib.layer_norm_forward(_fp(out), _fp(mean), _fp(rstd), _fp(x), _fp(w), _opt(b),
+                           check.real(op, "eps", eps), N, C)
+    return out, mean, rstd
+
+
+def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
+    op = "layer_norm_backward"
+    if not check.floats(op, dout=dout, x=x, w=w, mean=mean, rstd=rstd):
+        return _ref.layer_norm_backward(dout, x, w, mean, rstd, has_bias)
+    check.shape(op, "dout", dout, x.shape)
+    N, C = _norm_check(op, x, w, stats=(("mean", mean), ("rstd", rstd)))
+    dx, dw = np.empty_like(x), np.empty_like(w)
+    db = np.empty_like(w) if has_bias else None
+    lib.layer_norm_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), _fp(mean),
+                            _fp(rstd), N, C)
+    return dx, dw, db
+
+
+def rms_norm_forward(x, w, eps):
+    op = "rms_norm_forward"
+    if not check.floats(op, x=x, w=w):
+        return _ref.rms_norm_forward(x, w, eps)
+    N, C = _norm_check(op, x, w)
+    out, rstd = np.empty_like(x), np.empty(x.shape[:-1], x.dtype)
+    lib.rms_norm_forward(_fp(out), _fp(rstd), _fp(x), _fp(w), check.real(op, "eps", eps), N, C)
+    return out, rstd
+
+
+def rms_norm_backward(dout, x, w, rstd):
+    op = "rms_norm_backward"
+    if not check.floats(op, dout=dout, x=x, w=w, rstd=rstd):
+        return _ref.rms_norm_backward(dout, x, w, rstd)
+    check.shape(op, "dout", dout, x.shape)
+    N, C = _norm_check(op, x, w, stats=(("rstd", rstd),))
+    dx, dw = np.empty_like(x), np.empty_like(w)
+    lib.rms_norm_backward(_fp(dx), _fp(dw), _fp(dout), _fp(x), _fp(w), _fp(rstd), N, C)
+    return dx, dw
+
+
+# --- rotary embedding and activations ---------------------------------------------------------------
+
+def _rope(op, c_fn, ref_fn, x, cos, sin):
+    if not check.floats(op, x=x, cos=cos, sin=sin):
+        return ref_fn(x, cos, sin)
+    check.min_ndim(op, "x", x, 2)
+    T, HS = x.shape[-2], x.shape[-1]
+    if HS % 2:
+        raise ShapeError(f"{op}: head size {HS} must be even to rotate pairs")
+    check.shape(op, "cos", cos, (T, HS // 2))
+    check.shape(op, "sin", sin, (T, HS // 2))
+    out = np.empty_like(x)
+    c_fn(_fp(out), _fp(x), _fp(cos), _fp(sin), x.size // (T * HS), T, HS)
+    return out
+
+
+def rope_forward(x, cos, sin):
+    return _rope("rope_forward", lib.rope_forward, _ref.rope_forward, x, cos, sin)
+
+
+def rope_backward(dout, cos, sin):
+    return _rope("rope_backward", lib.rope_backward, _ref.rope_backward, dout, cos, sin)
+
+
+def _unary(op, c_fn, ref_fn, x):
+    if not check.floats(op, x=x):
+        return ref_fn(x)
+    out = np.empty_like(x)
+    c_fn(_fp(out), _fp(x), x.size)
+    return out
+
+
+def _unary_backward(op, c_fn, ref_fn, dout, x):
+    if not check.floats(op, dout=dout, x=x):
+        return ref_fn(dout, x)
+    check.shape(op, "dout", dout, x.shape)
+    dx = np.empty_like(x)
+    c_fn(_fp(dx), _fp(dout), _fp(x), x.size)
+    return dx
+
+
+def gelu_forward(x):
+    return _unary("gelu_forward", lib.gelu_forward, _ref.gelu_forward, x)
+
+
+def gelu_backward(dout, x):
+    return _unary_backward("gelu_backward", lib.gelu_backward, _ref.gelu_backward, dout, x)
+
+
+def silu_forward(x):
+    return _unary("silu_forward", lib.silu_forward, _ref.silu_forward, x)
+
+
+def silu_backward(dout, x):
+    return _unary_backward("silu_backward", lib.silu_backward, _ref.silu_backward, dout, x)
+
+
+# --- optimizer -------------------------------------------------------------------------------------
+
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    op = "adamw_update"
+    is32 = check.floats(op, param=param, grad=grad, m=m, v=v)
+    for name, x in (("grad", grad), ("m", m), ("v", v)):
+        check.shape(op, name, x, param.shape)
+    check.writeable(op, param=param, m=m, v=v)
+    check.disjoint(op, param=param, grad=grad, m=m, v=v)
+    scalars = [check.real(op, name, value) for name, value in
+               (("lr", lr), ("beta1", beta1), ("beta2", beta2), ("eps", eps), ("weight_decay", weight_decay))]
+    step = check.integer(op, "step", step, low=1)
+    if not is32:
+        return _ref.adamw_update(param, grad, m, v, *scalars, step)
+    lib.adamw_update(_fp(param), _fp(m), _fp(v), _fp(grad), param.size, *scalars, step)
+
+
+# === attention (owned by the attention helper; bindings of csrc/attention.c) ========================
+# Until csrc/attention.c is built, attention runs on the NumPy reference.
+attention_forward = _ref.attention_forward
+attention_backward = _ref.attention_backward
+# === end attention ===================================================================================

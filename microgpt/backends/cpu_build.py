@@ -1,0 +1,78 @@
+"""cffi builder of the C kernels: module `microgpt.backends._cpu` from csrc/.
+
+Out-of-line API mode: cffi reads the declarations between the CDEF markers of
+csrc/microgpt.h, writes a C extension that includes the header, and compiles it together
+with the kernel sources listed in SOURCES below (an explicit list: the tokenizer's bpe.c and
+the dedup code's minhash.c are other modules, built by their own builders).
+
+Portability: no -march flag. The build runs on any x86-64; the SIMD paths are chosen at run
+time (matmul.c asks __builtin_cpu_supports, the elementwise kernels are GCC target_clones),
+so a wheel built on an AVX-512 machine still runs on an AVX2-only or SSE2-only one.
+OpenMP (-fopenmp) gives the threads.
+
+Run by setup.py (CFFI_MODULES) during `pip install -e .`; by hand:
+    python microgpt/backends/cpu_build.py   # compiles, copies the .so next to this file
+The attention kernels (csrc/attention.c) join the build when that file exists; until then
+their block of the header is left out of the cdef so the module still links.
+"""
+import os
+import re
+
+from cffi import FFI
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CSRC = os.path.join(ROOT, "csrc")
+HEADER = os.path.join(CSRC, "microgpt.h")
+SOURCES = ["threads.c", "matmul.c", "softmax.c", "crossentropy.c", "norm.c",
+           "activation.c", "rope.c", "embedding.c", "adamw.c"]
+ATTENTION_SOURCE = "attention.c"
+CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+LDFLAGS = ["-fopenmp"]
+
+
+def cdef_text():
+    """The declarations between the CDEF markers; the attention block only when it is built."""
+    with open(HEADER) as f:
+        text = f.read()
+    match = re.search(r"/\* BEGIN CDEF \*/(.*)/\* END CDEF \*/", text, re.S)
+    if match is None:
+        raise RuntimeError(f"{HEADER} lacks the /* BEGIN CDEF */ ... /* END CDEF */ markers")
+    body = match.group(1)
+    if not os.path.exists(os.path.join(CSRC, ATTENTION_SOURCE)):
+        body = re.sub(r"BEGIN ATTENTION.*?/\* END ATTENTION \*/", "*/", body, flags=re.S)
+    return body
+
+
+def _path(path, absolute):
+    # setup.py wants paths relative to the repository root (its working directory);
+    # cffi's own compile() changes directory, so the __main__ build passes absolute ones.
+    return path if absolute else os.path.relpath(path, os.getcwd())
+
+
+def sources(absolute=False):
+    names = list(SOURCES)
+    if os.path.exists(os.path.join(CSRC, ATTENTION_SOURCE)):
+        names.append(ATTENTION_SOURCE)
+    return [_path(os.path.join(CSRC, name), absolute) for name in names]
+
+
+def make_builder(absolute=False):
+    builder = FFI()
+    builder.cdef(cdef_text())
+    builder.set_source(
+        "microgpt.backends._cpu",
+        '#include "microgpt.h"',
+        sources=sources(absolute),
+        include_dirs=[_path(CSRC, absolute)],
+        extra_compile_args=CFLAGS,
+        extra_link_args=LDFLAGS,
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    import shutil
+    built = make_builder(absolute=True).compile(tmpdir=os.path.join(ROOT, "build", "cffi_cpu"))
+    shutil.copy(built, os.path.join(ROOT, "microgpt", "backends", os.path.basename(built)))
