@@ -41,40 +41,44 @@ def _attention(q, k, v, n_head):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
+def block_forward(params, config, x, layer):
+    """One pre-norm Transformer block of layer `layer` on activations x (B, T, C)."""
+    c, nh, nkv, hs = config.n_embd, config.n_head, config.n_kv_head, config.head_size
+    b, t, _ = x.shape
+    p = params
+    if config.family == "gpt2":
+        pre = f"transformer.h.{layer}."
+        h = F.layer_norm(x, (c,), p[pre + "ln_1.weight"], p.get(pre + "ln_1.bias"), config.norm_eps)
+        qkv = _linear(h, p, pre + "attn.c_attn").view(b, t, nh + 2 * nkv, hs).transpose(1, 2)
+        q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]
+        y = _attention(q, k, v, nh).transpose(1, 2).reshape(b, t, nh * hs)
+        x = x + _linear(y, p, pre + "attn.c_proj")
+        h = F.layer_norm(x, (c,), p[pre + "ln_2.weight"], p.get(pre + "ln_2.bias"), config.norm_eps)
+        return x + _linear(F.gelu(_linear(h, p, pre + "mlp.c_fc"), approximate="tanh"), p, pre + "mlp.c_proj")
+    pre = f"model.layers.{layer}."
+    h = _rms_norm(x, p[pre + "input_layernorm.weight"], config.norm_eps)
+    q, k, v = (_linear(h, p, pre + f"self_attn.{name}").view(b, t, n, hs).transpose(1, 2)
+               for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)))
+    q, k = _rope(q, config.rope_theta), _rope(k, config.rope_theta)
+    y = _attention(q, k, v, nh).transpose(1, 2).reshape(b, t, nh * hs)
+    x = x + _linear(y, p, pre + "self_attn.o_proj")
+    h = _rms_norm(x, p[pre + "post_attention_layernorm.weight"], config.norm_eps)
+    gate = F.silu(_linear(h, p, pre + "mlp.gate_proj")) * _linear(h, p, pre + "mlp.up_proj")
+    return x + _linear(gate, p, pre + "mlp.down_proj")
+
+
 def forward(params, config, idx, targets=None):
     """Logits (B, T, V) and mean cross-entropy (ignore_index -100) of our GPT in PyTorch."""
-    c, nh, nkv, hs = config.n_embd, config.n_head, config.n_kv_head, config.head_size
-    b, t = idx.shape
-    gpt2 = config.family == "gpt2"
+    c = config.n_embd
+    t = idx.shape[1]
     p = params
-    if gpt2:
-        x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][torch.arange(t)]
-        blocks = "transformer.h"
+    if config.family == "gpt2":
+        x = p["transformer.wte.weight"][idx] + p["transformer.wpe.weight"][torch.arange(t, device=idx.device)]
     else:
         x = p["model.embed_tokens.weight"][idx]
-        blocks = "model.layers"
     for layer in range(config.n_layer):
-        pre = f"{blocks}.{layer}."
-        if gpt2:
-            h = F.layer_norm(x, (c,), p[pre + "ln_1.weight"], p.get(pre + "ln_1.bias"), config.norm_eps)
-            qkv = _linear(h, p, pre + "attn.c_attn").view(b, t, nh + 2 * nkv, hs).transpose(1, 2)
-            q, k, v = qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]
-        else:
-            h = _rms_norm(x, p[pre + "input_layernorm.weight"], config.norm_eps)
-            q, k, v = (_linear(h, p, pre + f"self_attn.{name}").view(b, t, n, hs).transpose(1, 2)
-                       for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)))
-            q, k = _rope(q, config.rope_theta), _rope(k, config.rope_theta)
-        y = _attention(q, k, v, nh).transpose(1, 2).reshape(b, t, nh * hs)
-        if gpt2:
-            x = x + _linear(y, p, pre + "attn.c_proj")
-            h = F.layer_norm(x, (c,), p[pre + "ln_2.weight"], p.get(pre + "ln_2.bias"), config.norm_eps)
-            x = x + _linear(F.gelu(_linear(h, p, pre + "mlp.c_fc"), approximate="tanh"), p, pre + "mlp.c_proj")
-        else:
-            x = x + _linear(y, p, pre + "self_attn.o_proj")
-            h = _rms_norm(x, p[pre + "post_attention_layernorm.weight"], config.norm_eps)
-            gate = F.silu(_linear(h, p, pre + "mlp.gate_proj")) * _linear(h, p, pre + "mlp.up_proj")
-            x = x + _linear(gate, p, pre + "mlp.down_proj")
-    if gpt2:
+        x = block_forward(p, config, x, layer)
+    if config.family == "gpt2":
         x = F.layer_norm(x, (c,), p["transformer.ln_f.weight"], p.get("transformer.ln_f.bias"), config.norm_eps)
         head = p["transformer.wte.weight"] if config.tie_embeddings else p["lm_head.weight"]
     else:
@@ -85,4 +89,3 @@ def forward(params, config, idx, targets=None):
     if targets is not None:
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
     return logits, loss
-
