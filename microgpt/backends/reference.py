@@ -170,9 +170,12 @@ def getitem(a, index):
 
 
 def getitem_backward(dout, shape, index):
-    # add.at accumulates repeated integer indices instead of keeping only the last write.
     da = np.zeros(shape, dtype=dout.dtype)
-    np.add.at(da, index, dout)
+    parts = index if isinstance(index, tuple) else (index,)
+    if any(isinstance(part, np.ndarray) for part in parts):
+        np.add.at(da, index, dout)    # integer arrays may repeat an index: accumulate every hit
+    else:
+        da[index] = dout              # basic indexing selects each element at most once
     return da
 
 
