@@ -1,0 +1,109 @@
+/* minhash.c — word shingling and MinHash signatures for near-duplicate detection.
+ *
+ * One pass per document: split the UTF-8 bytes into words (hashing each with FNV-1a as it
+ * is read), combine k consecutive word ids into a shingle hash, and fold every shingle into
+ * the P running minima. The definitions are in minhash.h; the Python specification they are
+ * tested against is microgpt/data/dedup.py (shingle_hashes_reference,
+ * signatures_reference). The P-wide min-update loop is the hot spot: with GCC on x86-64 it
+ * is compiled twice (target_clones), an AVX2 clone and a baseline one, chosen at load time.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "minhash.h"
+
+#define FNV_OFFSET 0xcbf29ce484222325ULL
+#define FNV_PRIME 0x100000001b3ULL
+#define SHINGLE_MUL 0x9E3779B97F4A7C15ULL
+
+#if defined(__GNUC__) && defined(__x86_64__) && !defined(__clang__)
+#define MINHASH_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MINHASH_CLONES
+#endif
+
+static inline int is_word_byte(uint8_t c) {
+    return c >= 0x80 || (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+           (c >= 'A' && c <= 'Z') || c == '_';
+}
+
+/* splitmix64 finalizer: spreads every input bit over the 64 output bits. */
+static inline uint64_t mix64(uint64_t x) {
+    x ^= x >> 30; x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27; x *= 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* Word ids of text into ids[]; returns the number of words. ids must hold len/2+1. */
+static int64_t word_ids(uint64_t *ids, const uint8_t *text, int64_t len) {
+    int64_t n = 0, i = 0;
+    while (i < len) {
+        while (i < len && !is_word_byte(text[i])) i++;
+        if (i >= len) break;
+        uint64_t h = FNV_OFFSET;
+        while (i < len && is_word_byte(text[i])) {
+            uint8_t c = text[i++];
+            if (c >= 'A' && c <= 'Z') c += 32;
+            h = (h ^ c) * FNV_PRIME;
+        }
+        ids[n++] = h;
+    }
+    return n;
+}
+
+/* Shingle hashes from word ids, in place (shingle i only reads ids[i .. i+k-1]). */
+static int64_t shingles_from_ids(uint64_t *ids, int64_t n, int32_t k) {
+    if (n == 0) return 0;
+    int64_t m = n >= k ? n - k + 1 : 1;
+    int64_t width = n >= k ? k : n;
+    for (int64_t i = 0; i < m; i++) {
+        uint64_t h = 0;
+        for (int64_t j = 0; j < width; j++) h = h * SHINGLE_MUL + ids[i + j];
+        ids[i] = mix64(h);
+    }
+    return m;
+}
+
+int64_t minhash_shingles(uint64_t *out, int64_t cap, const uint8_t *text, int64_t len,
+                         int32_t shingle) {
+    uint64_t *ids = malloc(sizeof(uint64_t) * (size_t)(len / 2 + 1));
+    if (!ids) return -1;
+    int64_t m = shingles_from_ids(ids, word_ids(ids, text, len), shingle);
+    memcpy(out, ids, sizeof(uint64_t) * (size_t)(m < cap ? m : cap));
+    free(ids);
+    return m;
+}
+
+/* sig[p] = min(sig[p], hi32(a[p] * x + b[p])) for every shingle x. */
+MINHASH_CLONES
+static void fold_minima(uint32_t *restrict sig, const uint64_t *restrict xs, int64_t m,
+                        const uint64_t *restrict a, const uint64_t *restrict b, int32_t P) {
+    for (int64_t i = 0; i < m; i++) {
+        uint64_t x = xs[i];
+        for (int32_t p = 0; p < P; p++) {
+            uint32_t v = (uint32_t)((a[p] * x + b[p]) >> 32);
+            sig[p] = v < sig[p] ? v : sig[p];
+        }
+    }
+}
+
+int32_t minhash_signatures(uint32_t *sig, const uint8_t *text, const int64_t *offsets,
+                           const uint64_t *a, const uint64_t *b,
+                           int64_t D, int32_t P, int32_t shingle) {
+    int64_t longest = 0;
+    for (int64_t d = 0; d < D; d++) {
+        int64_t len = offsets[d + 1] - offsets[d];
+        if (len > longest) longest = len;
+    }
+    uint64_t *ids = malloc(sizeof(uint64_t) * (size_t)(longest / 2 + 1));
+    if (!ids) return -1;
+    for (int64_t d = 0; d < D; d++) {
+        const uint8_t *doc = text + offsets[d];
+        int64_t len = offsets[d + 1] - offsets[d];
+        uint32_t *row = sig + d * (int64_t)P;
+        for (int32_t p = 0; p < P; p++) row[p] = 0xFFFFFFFFu;
+        int64_t m = shingles_from_ids(ids, word_ids(ids, doc, len), shingle);
+        fold_minima(row, ids, m, a, b, P);
+    }
+    free(ids);
+    return 0;
+}

@@ -1,0 +1,30 @@
+/* minhash.h — the C ABI of the MinHash kernels behind microgpt/data/dedup.py.
+ *
+ * Definitions (the NumPy/Python specification is microgpt/data/dedup.py, *_reference):
+ *   word      a maximal run of "word bytes" of the UTF-8 text: [0-9A-Za-z_] or any byte
+ *             >= 0x80 (so every non-ASCII letter belongs to a word); A-Z are lowercased.
+ *   word id   64-bit FNV-1a of the word's bytes.
+ *   shingle   k consecutive words; its hash is h = 0; h = h * SHINGLE_MUL + id  (mod 2^64)
+ *             over the k ids, then the splitmix64 finalizer. A document with 1 <= n < k
+ *             words has one shingle of all n words; one with no words has none.
+ *   signature sig[p] = min over shingles x of (uint32)((a[p] * x + b[p]) mod 2^64 >> 32),
+ *             multiply-add-shift hashing (Dietzfelbinger 1996), a[p] odd; an empty document
+ *             has sig[p] = 0xFFFFFFFF.
+ * Sizes: D documents, P permutations, k shingle size. Outputs first, then inputs, then sizes.
+ */
+#ifndef MICROGPT_MINHASH_H
+#define MICROGPT_MINHASH_H
+#include <stdint.h>
+
+/* BEGIN CDEF */
+/* Shingle hashes of one document: writes min(count, cap) hashes, returns count. */
+int64_t minhash_shingles(uint64_t *out, int64_t cap, const uint8_t *text, int64_t len,
+                         int32_t shingle);
+/* Signatures (D, P) of D documents packed in text; document d is text[offsets[d]:offsets[d+1]].
+ * Returns 0, or -1 when scratch memory could not be allocated. */
+int32_t minhash_signatures(uint32_t *sig, const uint8_t *text, const int64_t *offsets,
+                           const uint64_t *a, const uint64_t *b,
+                           int64_t D, int32_t P, int32_t shingle);
+/* END CDEF */
+
+#endif

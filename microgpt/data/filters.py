@@ -1,0 +1,280 @@
+"""Quality filters: named document rules with thresholds, and boilerplate line removal.
+
+    text, removed = strip_boilerplate(text, cfg)     # line-level, C4 style
+    verdict = check_quality(text, cfg)               # None, or (rule_name, "why")
+
+The rules follow Gopher (Rae et al. 2021, appendix A), C4 (Raffel et al. 2020) and FineWeb
+(Penedo et al. 2024); the defaults are Gopher's published values. Words are `text.split()`,
+lines are `text.split("\\n")`, "non-empty lines" ignore blank ones. A document is dropped by
+the FIRST rule it fails, checked cheapest first in the order of RULES:
+
+  word_count         min_words <= words <= max_words                       (Gopher 50..100k)
+  mean_word_length   min <= mean len(word) <= max                          (Gopher 3..10)
+  alpha_fraction     alphabetic chars / non-whitespace chars >= min        (0.5)
+  symbol_word_ratio  ("#" + "..." + "…" occurrences) / words <= max        (Gopher 0.1)
+  bullet_lines       lines starting with a bullet / non-empty lines <= max (Gopher 0.9)
+  ellipsis_lines     lines ending in "..." or "…" / non-empty lines <= max (Gopher 0.3)
+  lorem_ipsum        the text contains "lorem ipsum" (C4 drops the page)
+  dup_lines          repeated lines (2nd, 3rd ... occurrence) / non-empty lines <= max (0.3)
+  dup_line_chars     chars in repeated lines / chars in non-empty lines <= max (0.2)
+  top_ngram          for n = 2, 3, 4: chars covered by the most frequent word n-gram
+                     (count * its length in chars, only when it occurs twice or more)
+                     / chars in words <= (0.20, 0.18, 0.16)
+  dup_ngram          for n = 5..10: chars of the words covered by some repeated occurrence
+                     (not the first) of an n-gram / chars in words <= (0.15, 0.14, ... 0.10)
+
+Boilerplate lines (cookie banners, "please enable JavaScript") are removed rather than the
+whole page, as C4 does; unlike C4 we match whole phrases, not every line with the word
+"javascript", so prose and code about JavaScript survive. The n-gram statistics are
+vectorized with NumPy over 64-bit word ids (Python's hash of each word, used only for
+equality, so decisions do not depend on PYTHONHASHSEED except by a 2^-64 collision).
+"""
+import re
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Optional, Tuple
+
+import numpy as np
+
+from ..errors import ConfigError
+
+_BULLETS = ("•", "-", "*", "·", "‣", "–", "●", "▪", "◦", "➢", "→")
+_BOILERPLATE = re.compile(
+    r"(?i)\b(?:(?:please )?(?:enable|turn on|activate) javascript"
+    r"|javascript (?:is|must be|has been) (?:disabled|enabled|required|turned off)"
+    r"|(?:requires?|needs?) javascript (?:to|in order)"
+    r"|(?:this|our) (?:web ?)?site uses cookies|we use cookies|uses? cookies to"
+    r"|accept (?:all )?cookies|cookie (?:policy|settings|preferences|consent)"
+    r"|by (?:continuing to (?:use|browse)|using) (?:this|our) (?:web ?)?site)")
+_BOILERPLATE_MAX_LINE = 300          # longer lines are prose that mentions the words
+_LOREM = re.compile(r"(?i)lorem ipsum")
+_NON_ALPHA = re.compile(r"[\W\d_]+")
+_SPACE = re.compile(r"\s+")
+_BLANK_RUNS = re.compile("\n{3,}")
+_MUL = np.uint64(0x9E3779B97F4A7C15)      # odd 64-bit multiplier for the n-gram polynomial
+
+
+@dataclass
+class FilterConfig:
+    """Thresholds of the quality rules; a rule listed in `disabled` is skipped."""
+    min_words: int = 50
+    max_words: int = 100_000
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    min_alpha_fraction: float = 0.5
+    max_symbol_word_ratio: float = 0.1
+    max_bullet_lines: float = 0.9
+    max_ellipsis_lines: float = 0.3
+    max_dup_lines: float = 0.3
+    max_dup_line_chars: float = 0.2
+    max_top_ngram: Tuple[float, ...] = (0.20, 0.18, 0.16)                 # n = 2, 3, 4
+    max_dup_ngram: Tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)  # n = 5..10
+    strip_boilerplate: bool = True
+    disabled: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        self.max_top_ngram = tuple(self.max_top_ngram)
+        self.max_dup_ngram = tuple(self.max_dup_ngram)
+        self.disabled = tuple(self.disabled)
+        for f in fields(self):
+            value = getattr(self, f.name)
+            values = value if isinstance(value, tuple) and f.name != "disabled" else (value,)
+            if f.name.endswith(("lines", "chars", "fraction", "ngram", "ratio")):
+                if any(not 0.0 <= v <= 1.0 for v in values):
+                    raise ConfigError(f"filters.{f.name} must lie in [0, 1], got {value!r}")
+        if not 0 <= self.min_words <= self.max_words:
+            raise ConfigError(f"need 0 <= min_words <= max_words, got {self.min_words}, "
+                              f"{self.max_words}")
+        if not 0 < self.min_mean_word_length <= self.max_mean_word_length:
+            raise ConfigError("need 0 < min_mean_word_length <= max_mean_word_length")
+        unknown = set(self.disabled) - set(RULES)
+        if unknown:
+            raise ConfigError(f"unknown rules in filters.disabled: {sorted(unknown)}; "
+                              f"rules are {list(RULES)}")
+
+
+def strip_boilerplate(text: str, cfg: FilterConfig) -> Tuple[str, int]:
+    """Text without boilerplate lines, and how many characters were removed."""
+    if not cfg.strip_boilerplate or not _BOILERPLATE.search(text):
+        return text, 0
+    kept = [line for line in text.split("\n")
+            if len(line) > _BOILERPLATE_MAX_LINE or not _BOILERPLATE.search(line)]
+    out = _BLANK_RUNS.sub("\n\n", "\n".join(kept)).strip("\n")
+    return out, len(text) - len(out)
+
+
+class _Doc:
+    """Statistics shared by several rules, computed once and only when asked for."""
+
+    def __init__(self, text):
+        self.text = text
+        self.words = text.split()
+        self._lines = None
+
+    @property
+    def lines(self):
+        if self._lines is None:
+            self._lines = [line for line in self.text.split("\n") if line.strip()]
+        return self._lines
+
+
+def _word_count(d, c):
+    n = len(d.words)
+    if n < c.min_words:
+        return f"{n} words < {c.min_words}"
+    if n > c.max_words:
+        return f"{n} words > {c.max_words}"
+    return None
+
+
+def _mean_word_length(d, c):
+    if not d.words:
+        return None
+    mean = sum(map(len, d.words)) / len(d.words)
+    if not c.min_mean_word_length <= mean <= c.max_mean_word_length:
+        return (f"mean word length {mean:.2f} outside "
+                f"[{c.min_mean_word_length}, {c.max_mean_word_length}]")
+    return None
+
+
+def _alpha_fraction(d, c):
+    nonspace = len(_SPACE.sub("", d.text))
+    if nonspace == 0:
+        return None
+    frac = len(_NON_ALPHA.sub("", d.text)) / nonspace
+    return f"alphabetic fraction {frac:.2f} < {c.min_alpha_fraction}" \
+        if frac < c.min_alpha_fraction else None
+
+
+def _symbol_word_ratio(d, c):
+    if not d.words:
+        return None
+    symbols = d.text.count("#") + d.text.count("...") + d.text.count("…")
+    ratio = symbols / len(d.words)
+    return f"symbol/word ratio {ratio:.3f} > {c.max_symbol_word_ratio}" \
+        if ratio > c.max_symbol_word_ratio else None
+
+
+def _line_fraction(d, predicate):
+    return sum(map(predicate, d.lines)) / len(d.lines) if d.lines else 0.0
+
+
+def _bullet_lines(d, c):
+    frac = _line_fraction(d, lambda line: line.lstrip().startswith(_BULLETS))
+    return f"bullet lines {frac:.2f} > {c.max_bullet_lines}" if frac > c.max_bullet_lines else None
+
+
+def _ellipsis_lines(d, c):
+    frac = _line_fraction(d, lambda line: line.rstrip().endswith(("...", "…")))
+    return f"ellipsis lines {frac:.2f} > {c.max_ellipsis_lines}" \
+        if frac > c.max_ellipsis_lines else None
+
+
+def _lorem_ipsum(d, c):
+    return "contains 'lorem ipsum'" if _LOREM.search(d.text) else None
+
+
+def _dup_line_stats(d):
+    """(repeated lines / lines, chars in repeated lines / chars in lines), non-empty lines."""
+    counts = Counter(d.lines)
+    total_chars = sum(len(line) for line in d.lines)
+    dup_lines = sum(n - 1 for n in counts.values())
+    dup_chars = sum((n - 1) * len(line) for line, n in counts.items())
+    return dup_lines / max(len(d.lines), 1), dup_chars / max(total_chars, 1)
+
+
+def _dup_lines(d, c):
+    frac, _ = _dup_line_stats(d)
+    return f"duplicate lines {frac:.2f} > {c.max_dup_lines}" if frac > c.max_dup_lines else None
+
+
+def _dup_line_chars(d, c):
+    _, frac = _dup_line_stats(d)
+    return f"chars in duplicate lines {frac:.2f} > {c.max_dup_line_chars}" \
+        if frac > c.max_dup_line_chars else None
+
+
+def _ngram_ids(ids, n, prev):
+    """64-bit ids of every word n-gram: g_n[i] = g_{n-1}[i] * MUL + id[i + n - 1] (mod 2^64)."""
+    m = len(ids) - n + 1
+    return prev[:m] * _MUL + ids[n - 1:n - 1 + m]
+
+
+def _ngram_arrays(d):
+    ids = np.fromiter(map(hash, d.words), dtype=np.int64, count=len(d.words)).view(np.uint64)
+    lens = np.fromiter(map(len, d.words), dtype=np.int64, count=len(d.words))
+    return ids, lens
+
+
+def _top_ngram(d, c):
+    ids, lens = _ngram_arrays(d)
+    total = lens.sum()
+    grams = ids
+    for n, limit in zip(range(2, 2 + len(c.max_top_ngram)), c.max_top_ngram):
+        if len(ids) < n:
+            return None
+        grams = _ngram_ids(ids, n, grams)
+        uniq, first, counts = np.unique(grams, return_index=True, return_counts=True)
+        top = int(np.argmax(counts))
+        if counts[top] < 2:
+            continue
+        start = first[top]
+        frac = counts[top] * lens[start:start + n].sum() / total
+        if frac > limit:
+            return f"top {n}-gram covers {frac:.2f} of chars > {limit}"
+    return None
+
+
+def _dup_ngram(d, c):
+    ids, lens = _ngram_arrays(d)
+    total, nwords = lens.sum(), len(ids)
+    grams = ids
+    for n in range(2, 5):
+        if nwords < n:
+            return None
+        grams = _ngram_ids(ids, n, grams)
+    for n, limit in zip(range(5, 5 + len(c.max_dup_ngram)), c.max_dup_ngram):
+        if nwords < n:
+            return None
+        grams = _ngram_ids(ids, n, grams)
+        _, first = np.unique(grams, return_index=True)
+        repeated = np.ones(len(grams), dtype=bool)
+        repeated[first] = False
+        starts = np.flatnonzero(repeated)
+        if len(starts) == 0:
+            continue
+        # word w is covered when some repeated n-gram starts in [w - n + 1, w]
+        delta = np.bincount(starts, minlength=nwords + 1)[:nwords + 1] \
+            - np.bincount(starts + n, minlength=nwords + 1)[:nwords + 1]
+        covered = np.cumsum(delta)[:nwords] > 0
+        frac = lens[covered].sum() / total
+        if frac > limit:
+            return f"repeated {n}-grams cover {frac:.2f} of chars > {limit}"
+    return None
+
+
+RULES = {
+    "word_count": _word_count,
+    "mean_word_length": _mean_word_length,
+    "alpha_fraction": _alpha_fraction,
+    "symbol_word_ratio": _symbol_word_ratio,
+    "bullet_lines": _bullet_lines,
+    "ellipsis_lines": _ellipsis_lines,
+    "lorem_ipsum": _lorem_ipsum,
+    "dup_lines": _dup_lines,
+    "dup_line_chars": _dup_line_chars,
+    "top_ngram": _top_ngram,
+    "dup_ngram": _dup_ngram,
+}
+
+
+def check_quality(text: str, cfg: FilterConfig) -> Optional[Tuple[str, str]]:
+    """None if the document passes every enabled rule, else (rule name, explanation)."""
+    doc = _Doc(text)
+    for name, rule in RULES.items():
+        if name in cfg.disabled:
+            continue
+        why = rule(doc, cfg)
+        if why is not None:
+            return name, why
+    return None
