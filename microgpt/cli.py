@@ -34,7 +34,49 @@ def _add_data_prepare(data_sub):
 
 
 def _add_data_clean(data_sub):
-    """`microgpt data clean`: normalize, filter, dedup, scrub (the data issue fills this in)."""
+    """`microgpt data clean`: normalize, scrub PII, filter, dedup (microgpt/data/pipeline.py)."""
+    p = data_sub.add_parser("clean", help="normalize, scrub PII, quality-filter and dedup text")
+    p.add_argument("inputs", nargs="+", help="text files, directories, .jsonl, .gz of these")
+    p.add_argument("-o", "--output", required=True, help="output .jsonl or .jsonl.gz")
+    p.add_argument("--config", help="TOML file of CleanConfig ([filters], [dedup] tables)")
+    p.add_argument("--report", help="report JSON path (default: OUTPUT stem + .report.json)")
+    p.add_argument("--text-field", help="JSONL field holding the text (default text)")
+    p.add_argument("--skip-bad-lines", action="store_true",
+                   help="skip and count bad JSONL lines instead of stopping")
+    p.add_argument("--no-normalize", action="store_true")
+    p.add_argument("--no-pii", action="store_true")
+    p.add_argument("--no-exact", action="store_true", help="no exact dedup")
+    p.add_argument("--no-near", action="store_true", help="no MinHash near-dup dedup")
+    p.add_argument("--threshold", type=float, help="near-dup Jaccard threshold (0.8)")
+    p.add_argument("--num-perm", type=int, help="MinHash permutations (128)")
+    p.add_argument("--shingle", type=int, help="words per shingle (5)")
+    p.add_argument("--seed", type=int, help="MinHash seed (0)")
+    p.add_argument("--min-words", type=int, help="word_count lower bound (50)")
+    p.add_argument("--disable", action="append", default=[], metavar="RULE",
+                   help="skip a quality rule by name (repeatable)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_data_clean)
+
+
+def _run_data_clean(args):
+    from .data.pipeline import CleanConfig, clean_corpus, load_config
+    top = {"text_field": args.text_field, "progress": False if args.no_progress else None,
+           "on_bad_line": "skip" if args.skip_bad_lines else None,
+           "normalize": False if args.no_normalize else None,
+           "pii": False if args.no_pii else None}
+    dedup = {"threshold": args.threshold, "num_perm": args.num_perm, "shingle": args.shingle,
+             "seed": args.seed, "exact": False if args.no_exact else None,
+             "near": False if args.no_near else None}
+    filters = {"min_words": args.min_words, "disabled": tuple(args.disable) or None}
+    cfg = load_config(args.config) if args.config else CleanConfig()
+    cfg = CleanConfig(**{**vars(cfg), **{k: v for k, v in top.items() if v is not None},
+                         "filters": {**vars(cfg.filters),
+                                     **{k: v for k, v in filters.items() if v is not None}},
+                         "dedup": {**vars(cfg.dedup),
+                                   **{k: v for k, v in dedup.items() if v is not None}}})
+    report = clean_corpus(args.inputs, args.output, cfg, report_path=args.report)
+    print(report.summary())
+    return 0
 
 
 def _add_tokenizer(sub):
