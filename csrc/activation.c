@@ -4,8 +4,9 @@
  *   d/dx  = 0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 * 0.044715 x^2),  t = tanh(u)
  * silu(x) = x sigmoid(x),  d/dx = sigmoid(x) (1 + x (1 - sigmoid(x)))
  *
- * tanh(u) = 1 - 2 / (e^(2u) + 1) and sigmoid(x) = 1 / (1 + e^-x) go through mg_expf, so the
- * loops vectorize; u is clamped to |u| <= 9, where tanh is 1 to float precision.
+ * With e = e^(2u):  tanh(u) = (e - 1) / (e + 1)  and  1 - tanh^2(u) = 4e / (e + 1)^2 (no
+ * cancellation where t is near +-1); sigmoid(x) = 1 / (1 + e^-x). All go through mg_expf, so
+ * the loops vectorize; u is clamped to |u| <= 20, where 1 - tanh^2 < 1e-16.
  */
 #include "common.h"
 #include "microgpt.h"
@@ -13,9 +14,9 @@
 #define GELU_S 0.7978845608028654f     /* sqrt(2 / pi) */
 #define GELU_A 0.044715f
 
-static inline float tanh_fast(float u) {
-    u = u > 9.0f ? 9.0f : (u < -9.0f ? -9.0f : u);
-    return 1.0f - 2.0f / (mg_expf(2.0f * u) + 1.0f);
+static inline float exp_2u(float u) {
+    u = u > 20.0f ? 20.0f : (u < -20.0f ? -20.0f : u);
+    return mg_expf(2.0f * u);
 }
 
 static inline float sigmoid_fast(float x) {
@@ -25,17 +26,18 @@ static inline float sigmoid_fast(float x) {
 MG_CLONES static void gelu_forward_span(float* y, const float* x, long n) {
     #pragma omp simd
     for (long i = 0; i < n; i++) {
-        float t = tanh_fast(GELU_S * (x[i] + GELU_A * x[i] * x[i] * x[i]));
-        y[i] = 0.5f * x[i] * (1.0f + t);
+        float e = exp_2u(GELU_S * (x[i] + GELU_A * x[i] * x[i] * x[i]));
+        y[i] = 0.5f * x[i] * (1.0f + (e - 1.0f) / (e + 1.0f));
     }
 }
 
 MG_CLONES static void gelu_backward_span(float* dx, const float* dy, const float* x, long n) {
     #pragma omp simd
     for (long i = 0; i < n; i++) {
-        float t = tanh_fast(GELU_S * (x[i] + GELU_A * x[i] * x[i] * x[i]));
+        float e = exp_2u(GELU_S * (x[i] + GELU_A * x[i] * x[i] * x[i]));
+        float t = (e - 1.0f) / (e + 1.0f), sech2 = 4.0f * e / ((e + 1.0f) * (e + 1.0f));
         float local = 0.5f * (1.0f + t)
-                    + 0.5f * x[i] * (1.0f - t * t) * GELU_S * (1.0f + 3.0f * GELU_A * x[i] * x[i]);
+                    + 0.5f * x[i] * sech2 * GELU_S * (1.0f + 3.0f * GELU_A * x[i] * x[i]);
         dx[i] = dy[i] * local;
     }
 }

@@ -75,4 +75,8 @@ ffibuilder = make_builder()
 if __name__ == "__main__":
     import shutil
     built = make_builder(absolute=True).compile(tmpdir=os.path.join(ROOT, "build", "cffi_cpu"))
-    shutil.copy(built, os.path.join(ROOT, "microgpt", "backends", os.path.basename(built)))
+    package = os.path.join(ROOT, "microgpt", "backends")
+    for name in os.listdir(package):          # a stale _cpu.*.so of another suffix would win
+        if name.startswith("_cpu.") and name.endswith(".so"):
+            os.remove(os.path.join(package, name))
+    shutil.copy(built, os.path.join(package, os.path.basename(built)))
