@@ -8,6 +8,7 @@ from setuptools import find_packages, setup
 
 # One entry per compiled extension: "path/to/builder.py:ffibuilder".
 CFFI_MODULES = [
+    "microgpt/tokenizer/bpe_build.py:ffibuilder",     # BPE core (csrc/bpe.c) -> microgpt.tokenizer._bpe
     "microgpt/backends/cpu_build.py:ffibuilder",      # C kernels (csrc/) -> microgpt.backends._cpu
 ]
 

@@ -1,0 +1,18 @@
+"""Byte-level BPE tokenizer: train, encode, decode, exact against tiktoken.
+
+    from microgpt.tokenizer import Tokenizer, StreamDecoder
+    tok = Tokenizer.train("corpus/", vocab_size=8192)           # pattern="gpt4" by default
+    ids = tok.encode("hello world")                              # specials disallowed
+    ids = tok.encode("<|endoftext|>hi", allowed_special="all")
+    tok.decode(ids); tok.save("tok.txt"); Tokenizer.load("tok.txt")
+
+Chapters: patterns.py (split regexes, Unicode classes), bpe.py (Tokenizer, encoding rules),
+train.py (the training algorithm), fileformat.py (save/load), stream.py (StreamDecoder),
+native.py (the C objects of csrc/bpe.c), bpe_build.py (the cffi builder).
+"""
+from .bpe import DEFAULT_SPECIALS, Tokenizer, TokenizerError
+from .patterns import GPT2_PATTERN, GPT4_PATTERN
+from .stream import StreamDecoder
+
+__all__ = ["Tokenizer", "StreamDecoder", "TokenizerError", "DEFAULT_SPECIALS",
+           "GPT2_PATTERN", "GPT4_PATTERN"]

@@ -1,0 +1,244 @@
+"""The Tokenizer: byte-level BPE encode/decode with special tokens, tiktoken-exact.
+
+Vocabulary. Token id i is a byte string; ids 0..n-1 are the "ordinary" tokens, ranked by
+id (a lower id was merged earlier in training), and they include all 256 single bytes, so
+any text encodes. Special tokens (<|endoftext|> ...) take ids of their own, by default
+n, n+1, ...; they are produced only when the caller allows them (see encode).
+
+Encoding a text (tiktoken's algorithm, which we match id for id):
+  1. split the text into chunks with the pattern (patterns.py); merges never cross chunks;
+  2. for each chunk, start from its bytes and repeatedly merge the adjacent pair whose
+     concatenation is the token of lowest rank, the leftmost such pair on ties, until no
+     adjacent pair concatenates to a token. A trained vocabulary has exactly the tokens
+     its merges made, so this replays the training merges in order.
+The C core (csrc/bpe.c) does both steps for the built-in patterns, with a cache of chunk
+-> ids per call (code and prose repeat their chunks a lot), a direct lookup for a chunk
+that is itself one token, and a heap for long chunks so that "a" * 10**6 stays
+O(n log n). Custom patterns split with the `regex` module, then merge in C.
+
+Special tokens follow tiktoken's rules:
+  encode(text, allowed_special=frozenset(), disallowed_special="all")
+  * allowed_special: "all" or a set of special strings; where they occur in the text they
+    become their special ids.
+  * disallowed_special: "all" (= every special not allowed) or a set; if one of them occurs
+    in the text, encode raises TokenizerError instead of silently encoding it as ordinary
+    text (the default, which protects against prompt text forging <|endoftext|>).
+    Pass disallowed_special=() to encode such text as ordinary bytes.
+encode_ordinary(text) ignores specials entirely (they are ordinary text).
+
+Decoding concatenates token bytes; bytes that are not valid UTF-8 become U+FFFD in
+decode (decode_bytes returns them raw); an id outside the vocabulary raises.
+Strings with lone surrogates (not encodable as UTF-8) have them replaced by U+FFFD first,
+as tiktoken does.
+"""
+import concurrent.futures
+import os
+
+import numpy as np
+
+from ..errors import MicrogptError
+from . import patterns
+from .native import Encoder
+
+DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+class TokenizerError(MicrogptError, ValueError):
+    """Invalid tokenizer input: a disallowed special token, an unknown id, a bad file."""
+
+
+def _utf8(text):
+    if not isinstance(text, str):
+        raise TypeError(f"expected str, got {type(text).__name__}")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
+
+
+class Tokenizer:
+    """A byte-level BPE vocabulary with a split pattern and special tokens.
+
+    Build one with Tokenizer.train, Tokenizer.load, Tokenizer.from_tiktoken_ranks or
+    Tokenizer.bytes_level; the constructor takes the vocabulary directly:
+    tokens[i] = bytes of ordinary token i; special_tokens = {text: id}.
+    """
+
+    def __init__(self, tokens, pattern="gpt4", special_tokens=None):
+        tokens = list(tokens)
+        for i, tok in enumerate(tokens):
+            if not isinstance(tok, bytes) or not tok:
+                raise TokenizerError(f"token {i} must be non-empty bytes, got {tok!r}")
+        if len(set(tokens)) != len(tokens):
+            raise TokenizerError("two token ids have the same bytes; ranks would be ambiguous")
+        missing = set(range(256)) - {t[0] for t in tokens if len(t) == 1}
+        if missing:
+            raise TokenizerError(f"byte-level BPE needs all 256 single bytes as tokens; "
+                                 f"missing {len(missing)}, e.g. {bytes([min(missing)])!r}")
+        self.pattern_name, self.pattern, self._native = patterns.resolve(pattern)
+        self.special_tokens = self._check_specials(special_tokens or {}, len(tokens))
+        size = max([len(tokens)] + [i + 1 for i in self.special_tokens.values()])
+        self._id_bytes = tokens + [None] * (size - len(tokens))     # id -> bytes (None: gap)
+        for text, i in self.special_tokens.items():
+            self._id_bytes[i] = text.encode("utf-8")
+        self.n_ordinary = len(tokens)
+        self._encoder = Encoder(tokens, self._native)
+        self._special_splitters = {}
+
+    @staticmethod
+    def _check_specials(specials, n):
+        specials = dict(specials)
+        for text, i in specials.items():
+            if not isinstance(text, str) or not text:
+                raise TokenizerError(f"special token must be a non-empty str, got {text!r}")
+            if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or i < n:
+                raise TokenizerError(f"special token {text!r} has id {i!r}; special ids must "
+                                     f"be ints >= {n}, past the ordinary tokens")
+        if len(set(specials.values())) != len(specials):
+            raise TokenizerError(f"two special tokens share an id: {specials}")
+        return {text: int(i) for text, i in specials.items()}
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def train(cls, source, vocab_size, pattern="gpt4", special_tokens=DEFAULT_SPECIALS,
+              progress=True):
+        """Train on `source` (a path to a file or directory, a list of paths, or an iterable
+        of str) up to `vocab_size` ids, the special tokens included. See train.py."""
+        from .train import train
+        return train(cls, source, vocab_size, pattern, special_tokens, progress)
+
+    @classmethod
+    def bytes_level(cls, pattern="gpt4", special_tokens=DEFAULT_SPECIALS):
+        """No merges: the 256 byte tokens, then the special tokens (for tiny demos)."""
+        return cls([bytes([b]) for b in range(256)], pattern,
+                   {text: 256 + k for k, text in enumerate(special_tokens)})
+
+    @classmethod
+    def from_tiktoken_ranks(cls, mergeable_ranks, pattern, special_tokens=None):
+        """From tiktoken's pieces: {bytes: rank} with ranks 0..n-1, a pattern ('gpt2',
+        'gpt4' or regex string) and {special text: id}."""
+        ranks = sorted(mergeable_ranks.items(), key=lambda item: item[1])
+        for expected, (tok, rank) in enumerate(ranks):
+            if rank != expected:
+                raise TokenizerError(f"ranks must be exactly 0..{len(ranks) - 1}; rank "
+                                     f"{expected} is missing (next is {rank} for {tok!r})")
+        return cls([tok for tok, _ in ranks], pattern, special_tokens)
+
+    def to_tiktoken_ranks(self):
+        """{bytes: rank} for the ordinary tokens: tiktoken.Encoding(mergeable_ranks=...)."""
+        return {tok: i for i, tok in enumerate(self._id_bytes[:self.n_ordinary])}
+
+    def save(self, path):
+        """Write the versioned text format (fileformat.py), atomically."""
+        from .fileformat import save
+        save(self, path)
+
+    @classmethod
+    def load(cls, path):
+        from .fileformat import load
+        return load(cls, path)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def vocab_size(self):
+        """Number of ids: max id + 1 (the ordinary tokens plus the special tokens)."""
+        return len(self._id_bytes)
+
+    @property
+    def eot_id(self):
+        return self.special_tokens.get("<|endoftext|>")
+
+    def token_bytes(self, i):
+        return self.decode_bytes([i])
+
+    def __repr__(self):
+        return (f"Tokenizer(vocab_size={self.vocab_size}, pattern="
+                f"{self.pattern_name or self.pattern!r}, specials={list(self.special_tokens)})")
+
+    # ------------------------------------------------------------------ encoding
+    def encode_ordinary(self, text):
+        """Text -> ids, special-token strings treated as plain text."""
+        data = _utf8(text)
+        if self._native != patterns.NATIVE_NONE:
+            return self._encoder.encode(data)
+        text = data.decode("utf-8")                     # with any lone surrogate replaced
+        chunks = [c.encode("utf-8") for c in patterns.compiled(self.pattern).findall(text)]
+        ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
+        return self._encoder.encode_chunks(b"".join(chunks), ends)
+
+    def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
+        """Text -> ids with tiktoken's special-token rules (see the module docstring)."""
+        allowed = self._special_set(allowed_special, "allowed_special")
+        if disallowed_special == "all":
+            disallowed = set(self.special_tokens) - allowed
+        else:
+            disallowed = self._special_set(disallowed_special, "disallowed_special")
+        if not isinstance(text, str):
+            raise TypeError(f"expected str, got {type(text).__name__}")
+        for special in sorted(disallowed):
+            if special in text:
+                raise TokenizerError(
+                    f"the text contains the special token {special!r}, which is disallowed: "
+                    f"pass allowed_special={{{special!r}}} (or 'all') to encode it as its "
+                    f"special id, or disallowed_special=() to encode it as ordinary text")
+        if not allowed or not any(s in text for s in allowed):
+            return self.encode_ordinary(text)
+        ids = []
+        splitter = self._splitter(frozenset(allowed))
+        pieces = splitter.split(text)                   # ordinary, special, ordinary, ...
+        for k, piece in enumerate(pieces):
+            if k % 2:
+                ids.append(self.special_tokens[piece])
+            elif piece:
+                ids.extend(self.encode_ordinary(piece))
+        return ids
+
+    def _special_set(self, value, name):
+        if value == "all":
+            return set(self.special_tokens)
+        if value == "none":
+            return set()
+        if isinstance(value, str):
+            raise TokenizerError(f"{name} must be 'all', 'none' or a set of special tokens, "
+                                 f"got the string {value!r} (did you mean {{{value!r}}}?)")
+        value = set(value)
+        unknown = value - set(self.special_tokens)
+        if unknown and name == "allowed_special":
+            raise TokenizerError(f"{name} names unknown special tokens {sorted(unknown)}; "
+                                 f"this tokenizer has {sorted(self.special_tokens)}")
+        return value
+
+    def _splitter(self, allowed):
+        """A regex whose capture group is any allowed special, longest first."""
+        if allowed not in self._special_splitters:
+            alternatives = "|".join(patterns.regex.escape(s)
+                                    for s in sorted(allowed, key=lambda s: (-len(s), s)))
+            self._special_splitters[allowed] = patterns.regex.compile(f"({alternatives})")
+        return self._special_splitters[allowed]
+
+    def encode_batch(self, texts, num_threads=None, **kwargs):
+        """Encode many texts on `num_threads` threads (default: all cores); the C core
+        releases the GIL. kwargs go to encode."""
+        texts = list(texts)
+        threads = num_threads or os.cpu_count() or 1
+        if threads == 1 or len(texts) < 2:
+            return [self.encode(t, **kwargs) for t in texts]
+        with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(lambda t: self.encode(t, **kwargs), texts))
+
+    # ------------------------------------------------------------------ decoding
+    def decode_bytes(self, ids):
+        """ids -> the concatenated token bytes; unknown ids raise TokenizerError."""
+        ids = ids.tolist() if isinstance(ids, np.ndarray) else list(ids)
+        table = self._id_bytes
+        try:
+            return b"".join([table[i] if i >= 0 else None for i in ids])
+        except (IndexError, TypeError):
+            bad = next(i for i in ids if not (isinstance(i, (int, np.integer))
+                                              and 0 <= i < len(table) and table[i] is not None))
+            raise TokenizerError(f"id {bad!r} is not in the vocabulary (valid ids: 0.."
+                                 f"{len(table) - 1}, without gaps)") from None
+
+    def decode(self, ids):
+        """ids -> str; bytes that are not valid UTF-8 become U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors="replace")
