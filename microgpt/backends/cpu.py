@@ -112,6 +112,9 @@ def _matmul_shapes(op, a, b):
 def matmul_forward(a, b):
     # float64, and vectors (NumPy's 1-D rules), take the reference path
     if not check.floats("matmul_forward", a=a, b=b) or a.ndim < 2 or b.ndim < 2:
+        inner = b.shape[0] if b.ndim == 1 else b.shape[-2]
+        if a.shape[-1] != inner:
+            raise ShapeError(f"matmul_forward: a {a.shape} @ b {b.shape}: inner sizes differ")
         return _ref.matmul_forward(a, b)
     batch = _matmul_shapes("matmul_forward", a, b)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -132,11 +135,12 @@ def matmul_forward(a, b):
 
 def matmul_backward(dout, a, b):
     # da = dout @ b^T, db = a^T @ dout, each summed back to its input's shape.
-    if not check.floats("matmul_backward", dout=dout, a=a, b=b) or a.ndim < 2 or b.ndim < 2:
-        return _ref.matmul_backward(dout, a, b)
+    is32 = check.floats("matmul_backward", dout=dout, a=a, b=b)
     batch = _matmul_shapes("matmul_backward", a, b)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
     check.shape("matmul_backward", "dout", dout, batch + (M, N))
+    if not is32:
+        return _ref.matmul_backward(dout, a, b)
     if b.size == K * N:                     # b has no real batch: all rows of a at once
         rows = dout.size // N               # (a then holds every row: the batch is a's)
         da, db = np.empty(batch + (M, K), dtype=a.dtype), np.empty((K, N), dtype=a.dtype)
@@ -164,19 +168,22 @@ def _linear_check(op, x, w, b=None):
 
 
 def linear_forward(x, w, b):
-    if not check.floats("linear_forward", x=x, w=w, b=b):
-        return _ref.linear_forward(x, w, b)
+    is32 = check.floats("linear_forward", x=x, w=w, b=b)
     N, C, OC = _linear_check("linear_forward", x, w, b)
+    if not is32:
+        return _ref.linear_forward(x, w, b)
     out = np.empty(x.shape[:-1] + (OC,), dtype=x.dtype)
     lib.linear_forward(_fp(out), _fp(x), _fp(w), _opt(b), N, C, OC)
     return out
 
 
 def linear_backward(dout, x, w, has_bias):
-    if not check.floats("linear_backward", dout=dout, x=x, w=w):
-        return _ref.linear_backward(dout, x, w, has_bias)
+    has_bias = check.flag("linear_backward", "has_bias", has_bias)
+    is32 = check.floats("linear_backward", dout=dout, x=x, w=w)
     N, C, OC = _linear_check("linear_backward", x, w)
     check.shape("linear_backward", "dout", dout, x.shape[:-1] + (OC,))
+    if not is32:
+        return _ref.linear_backward(dout, x, w, has_bias)
     dx, dw = np.empty(x.shape, dtype=x.dtype), np.empty((OC, C), dtype=x.dtype)
     db = np.empty(OC, dtype=x.dtype) if has_bias else None
     lib.linear_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), N, C, OC)
@@ -198,9 +205,10 @@ def _softmax_like(op, c_fn, ref_fn, x):
 
 
 def _softmax_like_backward(op, c_fn, ref_fn, dout, out):
-    if not check.floats(op, dout=dout, out=out):
-        return ref_fn(dout, out)
+    is32 = check.floats(op, dout=dout, out=out)
     check.shape(op, "dout", dout, out.shape)
+    if not is32:
+        return ref_fn(dout, out)
     dx = np.empty_like(out)
     c_fn(_fp(dx), _fp(dout), _fp(out), *_rows(out))
     return dx
@@ -235,9 +243,10 @@ def _ce_check(op, logits, targets, ignore_index):
 
 def cross_entropy_forward(logits, targets, ignore_index):
     op = "cross_entropy_forward"
-    if not check.floats(op, logits=logits):
-        return _ref.cross_entropy_forward(logits, targets, ignore_index)
+    is32 = check.floats(op, logits=logits)
     targets, ignore_index = _ce_check(op, logits, targets, ignore_index)
+    if not is32:
+        return _ref.cross_entropy_forward(logits, targets, ignore_index)
     N, V = logits.shape
     losses, lse = np.empty(N, dtype=logits.dtype), np.empty(N, dtype=logits.dtype)
     lib.cross_entropy_forward(_fp(losses), _fp(lse), _fp(logits), _ip(targets), ignore_index, N, V)
@@ -246,12 +255,13 @@ def cross_entropy_forward(logits, targets, ignore_index):
 
 def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
     op = "cross_entropy_backward"
-    if not check.floats(op, dlosses=dlosses, logits=logits, lse=lse):
-        return _ref.cross_entropy_backward(dlosses, logits, targets, lse, ignore_index)
+    is32 = check.floats(op, dlosses=dlosses, logits=logits, lse=lse)
     targets, ignore_index = _ce_check(op, logits, targets, ignore_index)
     N, V = logits.shape
     check.shape(op, "dlosses", dlosses, (N,))
     check.shape(op, "lse", lse, (N,))
+    if not is32:
+        return _ref.cross_entropy_backward(dlosses, logits, targets, lse, ignore_index)
     dlogits = np.empty_like(logits)
     lib.cross_entropy_backward(_fp(dlogits), _fp(dlosses), _fp(logits), _ip(targets), _fp(lse),
                                ignore_index, N, V)
@@ -262,12 +272,13 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
 
 def embedding_forward(ids, weight):
     op = "embedding_forward"
-    if not check.floats(op, weight=weight):
-        return _ref.embedding_forward(ids, weight)
+    is32 = check.floats(op, weight=weight)
     if weight.ndim != 2:
         raise ShapeError(f"{op}: weight must be (V, C), got shape {weight.shape}")
     V, C = weight.shape
     ids = check.ids(op, "ids", ids, V)
+    if not is32:
+        return _ref.embedding_forward(ids, weight)
     out = np.empty(ids.shape + (C,), dtype=weight.dtype)
     lib.embedding_forward(_fp(out), _ip(ids), _fp(weight), ids.size, V, C)
     return out
@@ -275,11 +286,12 @@ def embedding_forward(ids, weight):
 
 def embedding_backward(dout, ids, num_embeddings):
     op = "embedding_backward"
-    if not check.floats(op, dout=dout):
-        return _ref.embedding_backward(dout, ids, num_embeddings)
+    is32 = check.floats(op, dout=dout)
     V = check.integer(op, "num_embeddings", num_embeddings, low=1)
     ids = check.ids(op, "ids", ids, V)
     check.shape(op, "dout", dout, ids.shape + dout.shape[-1:])
+    if not is32:
+        return _ref.embedding_backward(dout, ids, V)
     C = dout.shape[-1]
     dweight = np.empty((V, C), dtype=dout.dtype)
     lib.embedding_backward(_fp(dweight), _fp(dout), _ip(ids), ids.size, V, C)
@@ -300,21 +312,24 @@ def _norm_check(op, x, w, b=None, stats=()):
 
 def layer_norm_forward(x, w, b, eps):
     op = "layer_norm_forward"
-    if not check.floats(op, x=x, w=w, b=b):
-        return _ref.layer_norm_forward(x, w, b, eps)
+    is32 = check.floats(op, x=x, w=w, b=b)
     N, C = _norm_check(op, x, w, b)
+    eps = check.real(op, "eps", eps)
+    if not is32:
+        return _ref.layer_norm_forward(x, w, b, eps)
     out, mean, rstd = np.empty_like(x), np.empty(x.shape[:-1], x.dtype), np.empty(x.shape[:-1], x.dtype)
-    lib.layer_norm_forward(_fp(out), _fp(mean), _fp(rstd), _fp(x), _fp(w), _opt(b),
-                           check.real(op, "eps", eps), N, C)
+    lib.layer_norm_forward(_fp(out), _fp(mean), _fp(rstd), _fp(x), _fp(w), _opt(b), eps, N, C)
     return out, mean, rstd
 
 
 def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
     op = "layer_norm_backward"
-    if not check.floats(op, dout=dout, x=x, w=w, mean=mean, rstd=rstd):
-        return _ref.layer_norm_backward(dout, x, w, mean, rstd, has_bias)
+    has_bias = check.flag(op, "has_bias", has_bias)
+    is32 = check.floats(op, dout=dout, x=x, w=w, mean=mean, rstd=rstd)
     check.shape(op, "dout", dout, x.shape)
     N, C = _norm_check(op, x, w, stats=(("mean", mean), ("rstd", rstd)))
+    if not is32:
+        return _ref.layer_norm_backward(dout, x, w, mean, rstd, has_bias)
     dx, dw = np.empty_like(x), np.empty_like(w)
     db = np.empty_like(w) if has_bias else None
     lib.layer_norm_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), _fp(mean),
@@ -324,20 +339,23 @@ def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
 
 def rms_norm_forward(x, w, eps):
     op = "rms_norm_forward"
-    if not check.floats(op, x=x, w=w):
-        return _ref.rms_norm_forward(x, w, eps)
+    is32 = check.floats(op, x=x, w=w)
     N, C = _norm_check(op, x, w)
+    eps = check.real(op, "eps", eps)
+    if not is32:
+        return _ref.rms_norm_forward(x, w, eps)
     out, rstd = np.empty_like(x), np.empty(x.shape[:-1], x.dtype)
-    lib.rms_norm_forward(_fp(out), _fp(rstd), _fp(x), _fp(w), check.real(op, "eps", eps), N, C)
+    lib.rms_norm_forward(_fp(out), _fp(rstd), _fp(x), _fp(w), eps, N, C)
     return out, rstd
 
 
 def rms_norm_backward(dout, x, w, rstd):
     op = "rms_norm_backward"
-    if not check.floats(op, dout=dout, x=x, w=w, rstd=rstd):
-        return _ref.rms_norm_backward(dout, x, w, rstd)
+    is32 = check.floats(op, dout=dout, x=x, w=w, rstd=rstd)
     check.shape(op, "dout", dout, x.shape)
     N, C = _norm_check(op, x, w, stats=(("rstd", rstd),))
+    if not is32:
+        return _ref.rms_norm_backward(dout, x, w, rstd)
     dx, dw = np.empty_like(x), np.empty_like(w)
     lib.rms_norm_backward(_fp(dx), _fp(dw), _fp(dout), _fp(x), _fp(w), _fp(rstd), N, C)
     return dx, dw
@@ -346,14 +364,15 @@ def rms_norm_backward(dout, x, w, rstd):
 # --- rotary embedding and activations ---------------------------------------------------------------
 
 def _rope(op, c_fn, ref_fn, x, cos, sin):
-    if not check.floats(op, x=x, cos=cos, sin=sin):
-        return ref_fn(x, cos, sin)
+    is32 = check.floats(op, x=x, cos=cos, sin=sin)
     check.min_ndim(op, "x", x, 2)
     T, HS = x.shape[-2], x.shape[-1]
     if HS % 2:
         raise ShapeError(f"{op}: head size {HS} must be even to rotate pairs")
     check.shape(op, "cos", cos, (T, HS // 2))
     check.shape(op, "sin", sin, (T, HS // 2))
+    if not is32:
+        return ref_fn(x, cos, sin)
     out = np.empty_like(x)
     c_fn(_fp(out), _fp(x), _fp(cos), _fp(sin), x.size // (T * HS), T, HS)
     return out
@@ -376,9 +395,10 @@ def _unary(op, c_fn, ref_fn, x):
 
 
 def _unary_backward(op, c_fn, ref_fn, dout, x):
-    if not check.floats(op, dout=dout, x=x):
-        return ref_fn(dout, x)
+    is32 = check.floats(op, dout=dout, x=x)
     check.shape(op, "dout", dout, x.shape)
+    if not is32:
+        return ref_fn(dout, x)
     dx = np.empty_like(x)
     c_fn(_fp(dx), _fp(dout), _fp(x), x.size)
     return dx

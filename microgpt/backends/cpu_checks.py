@@ -74,6 +74,13 @@ def integer(op, name, value, low=None):
     return value
 
 
+def flag(op, name, value):
+    """A Python or NumPy bool; returned as bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise DTypeError(f"{op}: {name} must be True or False, got {value!r}")
+    return bool(value)
+
+
 def real(op, name, value):
     """A finite Python or NumPy real number; returned as float."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
