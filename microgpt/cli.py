@@ -80,7 +80,72 @@ def _run_data_clean(args):
 
 
 def _add_tokenizer(sub):
-    """`microgpt tokenizer train|encode|decode|info` (the tokenizer issue fills this in)."""
+    """`microgpt tokenizer train|encode|decode|info` (microgpt/tokenizer/)."""
+    tok = sub.add_parser("tokenizer", help="train and use a byte-level BPE tokenizer")
+    tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
+    p = tok_sub.add_parser("train", help="train on text files or directories")
+    p.add_argument("inputs", nargs="+", help="text files or directories (read recursively)")
+    p.add_argument("-o", "--output", required=True, help="tokenizer file to write")
+    p.add_argument("--vocab-size", type=int, default=8192, help="ids incl. specials (8192)")
+    p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 (default) or a regex")
+    p.add_argument("--special", action="append", metavar="TOKEN",
+                   help="special token (repeatable; default <|endoftext|> <|im_start|> "
+                        "<|im_end|>)")
+    p.add_argument("--no-progress", action="store_true")
+    p = tok_sub.add_parser("encode", help="text -> ids, printed space-separated")
+    p.add_argument("tokenizer", help="tokenizer file")
+    p.add_argument("--text", help="text to encode (default: --file, else stdin)")
+    p.add_argument("--file", help="file to encode")
+    p.add_argument("--allow-special", action="store_true",
+                   help="encode special-token text as special ids (default: it is an error)")
+    p = tok_sub.add_parser("decode", help="ids -> text")
+    p.add_argument("tokenizer", help="tokenizer file")
+    p.add_argument("ids", nargs="*", help="ids (default: read from stdin)")
+    p = tok_sub.add_parser("info", help="vocabulary size, pattern, specials, longest tokens")
+    p.add_argument("tokenizer", help="tokenizer file")
+    p.add_argument("--text", help="also show how this text splits into tokens")
+    for parser in tok_sub.choices.values():
+        parser.set_defaults(handler=_run_tokenizer)
+
+
+def _run_tokenizer(args):
+    from .tokenizer import DEFAULT_SPECIALS, Tokenizer, TokenizerError
+    command = args.tokenizer_command
+    if command == "train":
+        tok = Tokenizer.train(args.inputs, args.vocab_size, pattern=args.pattern,
+                              special_tokens=args.special or DEFAULT_SPECIALS,
+                              progress=not args.no_progress)
+        tok.save(args.output)
+        print(f"wrote {args.output}: {tok}")
+        return 0
+    tok = Tokenizer.load(args.tokenizer)
+    if command == "encode":
+        if args.text is not None:
+            text = args.text
+        elif args.file:
+            with open(args.file, encoding="utf-8", newline="") as f:
+                text = f.read()
+        else:
+            text = sys.stdin.read()
+        ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
+        print(" ".join(map(str, ids)))
+    elif command == "decode":
+        words = args.ids or sys.stdin.read().split()
+        try:
+            ids = [int(word) for word in words]
+        except ValueError as exc:
+            raise TokenizerError(f"ids must be integers: {exc}") from None
+        sys.stdout.write(tok.decode(ids))
+    else:
+        print(tok)
+        print(f"ordinary tokens: {tok.n_ordinary}; specials: {tok.special_tokens}")
+        print(f"pattern: {tok.pattern}")
+        longest = sorted(range(tok.n_ordinary), key=lambda i: -len(tok.token_bytes(i)))[:10]
+        print("longest tokens: " + ", ".join(f"{i}={tok.token_bytes(i)!r}" for i in longest))
+        if args.text is not None:
+            ids = tok.encode(args.text, allowed_special="all")
+            print(f"{len(ids)} tokens: " + " | ".join(repr(tok.decode([i])) for i in ids))
+    return 0
 
 
 def build_parser():
