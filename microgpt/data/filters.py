@@ -50,6 +50,8 @@ _BOILERPLATE_MAX_LINE = 300          # longer lines are prose that mentions the 
 _LOREM = re.compile(r"(?i)lorem ipsum")
 _NON_ALPHA = re.compile(r"[\W\d_]+")
 _SPACE = re.compile(r"\s+")
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"        # what str.isspace() accepts in ASCII
+_ASCII_NON_ALPHA = bytes(c for c in range(128) if not chr(c).isalpha())
 _BLANK_RUNS = re.compile("\n{3,}")
 _MUL = np.uint64(0x9E3779B97F4A7C15)      # odd 64-bit multiplier for the n-gram polynomial
 
@@ -110,6 +112,16 @@ class _Doc:
         self.text = text
         self.words = text.split()
         self._lines = None
+        self._ngram = None
+
+    @property
+    def ngram_arrays(self):
+        """(ids, lens): 64-bit id and length of every word."""
+        if self._ngram is None:
+            n = len(self.words)
+            ids = np.fromiter(map(hash, self.words), dtype=np.int64, count=n).view(np.uint64)
+            self._ngram = ids, np.fromiter(map(len, self.words), dtype=np.int64, count=n)
+        return self._ngram
 
     @property
     def lines(self):
@@ -138,10 +150,16 @@ def _mean_word_length(d, c):
 
 
 def _alpha_fraction(d, c):
-    nonspace = len(_SPACE.sub("", d.text))
+    if d.text.isascii():               # bytes.translate counts at GB/s; regex for the rest
+        data = d.text.encode("ascii")
+        nonspace = len(data.translate(None, _ASCII_SPACE))
+        alpha = len(data.translate(None, _ASCII_NON_ALPHA))
+    else:
+        nonspace = len(_SPACE.sub("", d.text))
+        alpha = len(_NON_ALPHA.sub("", d.text))
     if nonspace == 0:
         return None
-    frac = len(_NON_ALPHA.sub("", d.text)) / nonspace
+    frac = alpha / nonspace
     return f"alphabetic fraction {frac:.2f} < {c.min_alpha_fraction}" \
         if frac < c.min_alpha_fraction else None
 
@@ -200,14 +218,8 @@ def _ngram_ids(ids, n, prev):
     return prev[:m] * _MUL + ids[n - 1:n - 1 + m]
 
 
-def _ngram_arrays(d):
-    ids = np.fromiter(map(hash, d.words), dtype=np.int64, count=len(d.words)).view(np.uint64)
-    lens = np.fromiter(map(len, d.words), dtype=np.int64, count=len(d.words))
-    return ids, lens
-
-
 def _top_ngram(d, c):
-    ids, lens = _ngram_arrays(d)
+    ids, lens = d.ngram_arrays
     total = lens.sum()
     grams = ids
     for n, limit in zip(range(2, 2 + len(c.max_top_ngram)), c.max_top_ngram):
@@ -226,7 +238,7 @@ def _top_ngram(d, c):
 
 
 def _dup_ngram(d, c):
-    ids, lens = _ngram_arrays(d)
+    ids, lens = d.ngram_arrays
     total, nwords = lens.sum(), len(ids)
     grams = ids
     for n in range(2, 5):
