@@ -18,7 +18,91 @@ from .errors import MicrogptError
 
 
 def _add_train(sub):
-    """`microgpt train`, `generate`, `plot` (the pre-training issue fills these in)."""
+    """`microgpt train`, `generate`, `plot` (microgpt/train/, microgpt/inference/)."""
+    from .train.config import add_arguments
+    p = sub.add_parser("train", help="pre-train a GPT (no arguments: the demo on the built-in "
+                                     "corpus, ~10 minutes on 2 cores)")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue the newest complete checkpoint of RUN_DIR, bit for bit")
+    add_arguments(p)
+    p.set_defaults(handler=_run_train)
+
+    g = sub.add_parser("generate", help="sample text from a trained model (KV-cache decoding)")
+    g.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a checkpoint directory")
+    g.add_argument("--prompt", action="append", default=None,
+                   help="prompt text (repeat for a batch; default: start a new document)")
+    g.add_argument("--max-new-tokens", type=int, default=200)
+    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, default=None, help="0 = off (default: the run's)")
+    g.add_argument("--top-p", type=float, default=1.0)
+    g.add_argument("--repetition-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--stop", action="append", default=[],
+                   help="stop string, backslash escapes allowed: --stop '\\n\\n' (repeatable)")
+    g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    g.set_defaults(handler=_run_generate)
+
+    pl = sub.add_parser("plot", help="draw a run's loss curve (needs matplotlib)")
+    pl.add_argument("run_dir", metavar="RUN_DIR")
+    pl.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
+    pl.set_defaults(handler=_run_plot)
+
+
+def _run_train(args):
+    from .errors import ConfigError
+    from .train.config import make_config, overrides_from_args
+    from .train.trainer import resume, train
+    overrides = overrides_from_args(args)
+    if args.resume:
+        if args.preset or args.config:
+            raise ConfigError("--resume takes its config from the checkpoint; drop --preset/--config")
+        summary = resume(args.resume, overrides)
+    else:
+        summary = train(make_config(args.preset, args.config, overrides))
+    print(f"\n{summary['steps']} steps in {summary['wall_s']:.0f}s at "
+          f"{summary['tokens_per_s']:,.0f} tokens/s; train loss {summary['train_loss'] or 0:.4f}, "
+          f"val loss {summary['val_loss'] or 0:.4f}, {summary['val_bpb'] or 0:.3f} bits/byte")
+    print(f"checkpoint: {summary['checkpoint']}")
+    for i, text in enumerate(summary["samples"]):
+        print(f"\n--- sample {i + 1} ---\n{text}")
+    try:
+        from .train.plot import plot_run
+        print(f"\nloss curve: {plot_run(summary['run_dir'])}")
+    except ConfigError as exc:
+        print(f"\n(no loss curve: {exc})")
+    print(f"\nnext: microgpt generate {summary['run_dir']} --prompt 'def '")
+    return 0
+
+
+def _run_generate(args):
+    import codecs
+    from .inference.engine import Engine
+    from .inference.sampling import SamplingConfig
+    from .train.checkpoint import load_model
+    model, tokenizer, gen = load_model(args.run_dir, args.device)
+    sampling = SamplingConfig(
+        temperature=gen.get("temperature", 0.8) if args.temperature is None else args.temperature,
+        top_k=gen.get("top_k", 0) if args.top_k is None else args.top_k,
+        top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+    prompts = args.prompt or [""]
+    stops = [codecs.decode(s, "unicode_escape") for s in args.stop]
+    engine = Engine(model, tokenizer)
+    if len(prompts) == 1:                       # stream the one completion as it is decoded
+        print(prompts[0], end="", flush=True)
+        out = engine.generate(prompts, args.max_new_tokens, sampling, args.seed, stops,
+                              on_text=lambda row, piece: print(piece, end="", flush=True))
+        print(f"\n[{len(out[0].ids)} tokens, {out[0].finish_reason}]", file=sys.stderr)
+        return 0
+    outs = engine.generate(prompts, args.max_new_tokens, sampling, args.seed, stops)
+    for prompt, out in zip(prompts, outs):
+        print(f"--- [{len(out.ids)} tokens, {out.finish_reason}]\n{prompt}{out.text}")
+    return 0
+
+
+def _run_plot(args):
+    from .train.plot import plot_run
+    print(plot_run(args.run_dir, args.out))
+    return 0
 
 
 def _add_data(sub):
@@ -30,7 +114,45 @@ def _add_data(sub):
 
 
 def _add_data_prepare(data_sub):
-    """`microgpt data prepare`: text -> token shards (the pre-training issue fills this in)."""
+    """`microgpt data prepare`: text -> token shards (microgpt/data/shards.py)."""
+    p = data_sub.add_parser("prepare", help="tokenize text into train/val token shards")
+    p.add_argument("inputs", nargs="+",
+                   help="text files, directories, .jsonl, .gz, or 'builtin' (the built-in corpus)")
+    p.add_argument("-o", "--out", required=True, help="output directory for shards + tokenizer")
+    p.add_argument("--tokenizer", help="a saved tokenizer file (default: train a BPE here)")
+    p.add_argument("--vocab-size", type=int, default=8192, help="vocab of the BPE to train")
+    p.add_argument("--tokenizer-bytes", type=int, default=8_000_000,
+                   help="bytes of text the BPE is trained on")
+    p.add_argument("--val-fraction", type=float, default=0.01)
+    p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard file")
+    p.add_argument("--text-field", default="text", help="JSONL field holding the text")
+    p.add_argument("--corpus-bytes", type=int, default=0,
+                   help="cap on the built-in corpus (0 = all of it)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(handler=_run_data_prepare)
+
+
+def _run_data_prepare(args):
+    from .data.corpus import builtin_documents
+    from .data.sources import iter_documents
+    from .train.data import build_shards, load_tokenizer, train_tokenizer
+
+    def documents():
+        if args.inputs == ["builtin"]:
+            return builtin_documents(max_bytes=args.corpus_bytes or None)
+        return iter_documents(args.inputs, text_field=args.text_field)
+
+    if args.tokenizer:
+        tokenizer = load_tokenizer(args.tokenizer)
+    else:
+        tokenizer = train_tokenizer(documents(), args.vocab_size, args.tokenizer_bytes,
+                                    progress=not args.no_progress)
+    meta = build_shards(documents(), args.out, tokenizer, val_fraction=args.val_fraction,
+                        progress=not args.no_progress, shard_tokens=args.shard_tokens,
+                        extra_meta={"data": args.inputs})
+    print(f"{meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens "
+          f"({sum(meta['documents'].values())} documents) -> {args.out}")
+    return 0
 
 
 def _add_data_clean(data_sub):

@@ -228,7 +228,7 @@ def is_val_document(index, val_fraction):
 
 
 def prepare(documents, out_dir, tokenizer, val_fraction=0.01, shard_tokens=DEFAULT_SHARD_TOKENS,
-            batch_bytes=1 << 22, total_bytes=None, progress=True, sources=None):
+            batch_bytes=1 << 22, total_bytes=None, progress=True, extra_meta=None):
     """Tokenize `documents` (Document objects) into train/val shards under `out_dir`.
 
     Each document becomes <|endoftext|> followed by its ordinary tokens (special-token text
@@ -237,7 +237,7 @@ def prepare(documents, out_dir, tokenizer, val_fraction=0.01, shard_tokens=DEFAU
     streamed to the two writers: memory is bounded by one group plus one shard per split.
     If fewer than 1/val_fraction documents arrive (val would be empty), the last
     val_fraction of the train tokens becomes the val split instead.
-    Writes meta.json last; returns its dict.
+    Writes meta.json last (with `extra_meta` merged in); returns its dict.
     """
     import json
     from tqdm import tqdm
@@ -259,7 +259,7 @@ def prepare(documents, out_dir, tokenizer, val_fraction=0.01, shard_tokens=DEFAU
 
     def flush():
         texts = [doc.text for _, doc in group]
-        for (split, _), ids in zip(group, tokenizer.encode_ordinary_batch(texts)):
+        for (split, _), ids in zip(group, tokenizer.encode_batch(texts, disallowed_special=())):
             writers[split].write(np.asarray([eot] + list(ids), dtype=np.int64))
         group.clear()
 
@@ -289,8 +289,9 @@ def prepare(documents, out_dir, tokenizer, val_fraction=0.01, shard_tokens=DEFAU
         "documents": docs, "text_bytes": text_bytes,
         "tokens": {s: w.num_tokens for s, w in writers.items()},
         "shards": {s: [os.path.basename(p) for p in ps] for s, ps in paths.items()},
-        "val_fraction": val_fraction, "sources": sources or [],
+        "val_fraction": val_fraction,
     }
+    meta.update(extra_meta or {})
     tmp = os.path.join(out_dir, f"meta.json.tmp{os.getpid()}")
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1)

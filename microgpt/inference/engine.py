@@ -163,7 +163,7 @@ class Engine:
             shown[row] = max(shown[row], upto)
 
         def on_token(row, token):
-            texts[row] += decoders[row].push(token)
+            texts[row] += decoders[row].feed(token)
             for s in stop:
                 found = texts[row].find(s)
                 if found >= 0 and (cut[row] is None or found < cut[row]):

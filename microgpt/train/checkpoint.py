@@ -5,7 +5,7 @@
                                  plus "microgpt": our GPTConfig, for an exact round trip
         model.safetensors        GPT-2 / Llama tensor names; GPT-2's attn/mlp matrices stored
                                  in its Conv1D layout (in, out), so transformers loads the file
-        tokenizer.json           the tokenizer, as Tokenizer.save writes it
+        tokenizer.bpe            the tokenizer, in microgpt's text format (Tokenizer.save)
         generation_config.json   bos/eos ids and default sampling settings
         optimizer.safetensors    AdamW moments: exp_avg.NAME, exp_avg_sq.NAME
         trainer_state.json       step, optimizer step count, RNG states, loader positions,
@@ -36,6 +36,7 @@ from ..errors import CheckpointError
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
+TOKENIZER_FILE = "tokenizer.bpe"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
                     "mlp.c_proj.weight")
@@ -272,3 +273,27 @@ def load_model_files(path, check=True):
     tensors = from_hf_tensors(load_tensors(os.path.join(path, "model.safetensors")),
                               gpt["family"])
     return gpt, tensors
+
+
+def load_model(path, device="cpu"):
+    """(GPT, Tokenizer, generation config dict) from a checkpoint or run directory."""
+    from ..nn import GPT, GPTConfig
+    from ..tokenizer import Tokenizer
+    path = resolve(path)
+    gpt, tensors = load_model_files(path)
+    try:
+        config = GPTConfig(**gpt)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}/config.json: invalid model config ({exc})") from exc
+    model = GPT(config)
+    model.load_state_dict(tensors)
+    if device != "cpu":
+        model.to(device)
+    tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
+    if tokenizer.vocab_size != config.vocab_size:
+        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model "
+                              f"{config.vocab_size}")
+    generation = {}
+    if os.path.isfile(os.path.join(path, "generation_config.json")):
+        generation = read_json(os.path.join(path, "generation_config.json"))
+    return model, tokenizer, generation

@@ -112,6 +112,9 @@ class TrainConfig:
             raise ConfigError("need 0 <= beta1, beta2 < 1 and eps > 0")
         if self.weight_decay < 0 or self.grad_clip < 0 or self.temperature < 0:
             raise ConfigError("weight_decay, grad_clip and temperature must be >= 0")
+        if self.warmup_steps > self.max_steps:
+            raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be <= max_steps "
+                              f"({self.max_steps})")
         if self.device not in ("cpu", "cuda"):
             raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
 

@@ -1,0 +1,76 @@
+"""The loss curve of a run as a PNG: `microgpt plot RUN_DIR` -> RUN_DIR/loss.png.
+
+Reads RUN_DIR/metrics.jsonl (one JSON object per line, written by the trainer): lines with
+"loss" are training-loss points (each the mean over log_interval steps), lines with
+"val_loss" are evaluations. Both are drawn against the step, training on a light line,
+validation as markers, with bits per byte on a second axis when present.
+
+matplotlib is an optional extra (`pip install microgpt[plot]`); without it, plotting
+raises ConfigError saying so, and nothing else in microgpt needs it. The figure is small
+(6.4 x 3.6 in at 100 dpi) so the PNG stays a few tens of kB.
+"""
+import json
+import os
+
+from ..errors import CheckpointError, ConfigError
+
+
+def read_metrics(run_dir):
+    """(train points [(step, loss)], val points [(step, val_loss, val_bpb)])."""
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no metrics; is {run_dir} a training run directory?")
+    train, val = [], []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise CheckpointError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+            if "loss" in record:
+                train.append((record["step"], record["loss"]))
+            if "val_loss" in record:
+                val.append((record["step"], record["val_loss"], record.get("val_bpb")))
+    if not train and not val:
+        raise CheckpointError(f"{path}: no loss records yet")
+    return train, val
+
+
+def plot_run(run_dir, out=None, title=None):
+    """Draw the run's loss curve to `out` (default RUN_DIR/loss.png); returns the path."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("plotting needs matplotlib: pip install 'microgpt[plot]' "
+                          "(or pip install matplotlib)") from None
+    train, val = read_metrics(run_dir)
+    out = out or os.path.join(run_dir, "loss.png")
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    if train:
+        ax.plot([s for s, _ in train], [l for _, l in train], color="tab:blue", lw=1,
+                label="train loss")
+    if val:
+        ax.plot([s for s, _, _ in val], [l for _, l, _ in val], "o-", color="tab:orange",
+                ms=4, lw=1, label="val loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper right")
+    bpb = [(s, b) for s, _, b in val if b is not None]
+    if bpb:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in bpb], [b for _, b in bpb], "s:", color="tab:green", ms=3,
+                 lw=1, label="val bits/byte")
+        ax2.set_ylabel("val bits per byte")
+        ax2.legend(loc="center right")
+    ax.set_title(title or os.path.basename(os.path.abspath(run_dir)))
+    fig.tight_layout()
+    tmp = f"{out}.tmp{os.getpid()}.png"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

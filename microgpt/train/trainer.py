@@ -1,0 +1,386 @@
+"""The pre-training loop: batches in, AdamW steps, evaluation, samples, checkpoints out.
+
+    summary = train(make_config("demo"))                 # what `microgpt train` runs
+    summary = resume("runs/demo", {"max_steps": 2000})   # `microgpt train --resume runs/demo`
+
+One optimizer step (step s counts from 0, `lr = lr_at(s, ...)`):
+
+    for each of grad_accum micro-batches:  loss_k = CE(model(x_k), y_k);  backward
+    g      = sum_k grad_k / grad_accum                      (the mean over micro-batches)
+    scale  = min(1, grad_clip / ||g||)                      (global-norm clipping)
+    AdamW(p, scale * g, lr)
+
+Both factors are folded into one `grad_scale` handed to the optimizer. If a loss or the
+gradient norm is NaN or infinite, the update is *skipped*: parameters and optimizer
+moments stay as they were, the event is written to metrics.jsonl, and after
+`max_bad_steps` consecutive skips the run stops with TrainingError (the last checkpoint,
+written before the trouble, is untouched).
+
+Every `eval_interval` steps and at the end: mean loss over `eval_batches` fixed val
+batches, and bits per byte, bpb = sum of losses (nats) / ln 2 / bytes of the targets'
+text, counting only tokens that stand for text (end-of-text targets are ignored), so the
+figure compares across tokenizers. Every `log_interval` steps a JSON line goes to
+RUN_DIR/metrics.jsonl; the progress bar shows loss, lr, tokens/s and the ETA.
+
+Determinism: the model's initial weights come from `seed`, batch order from the loader's
+(seed, epoch) permutations, dropout masks from the model's own Generator. A checkpoint
+stores all three states (plus AdamW's moments and step count), so `resume` continues bit
+for bit: the losses and weights after N + N resumed steps equal those of 2N straight ones.
+Evaluation and sampling never touch those states (eval mode, their own Generators).
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError, MicrogptError
+from . import checkpoint as ckpt
+from .config import RUN_CONTROL_FIELDS, config_hash, from_dict
+from .data import prepare_run_data
+from .optim import AdamW, grad_norm
+from .schedule import lr_at
+
+
+class TrainingError(MicrogptError, RuntimeError):
+    """Training cannot go on (repeated NaN/inf losses); the message says what to try."""
+
+
+def gpt_config(config, vocab_size):
+    from ..nn import GPTConfig
+    return GPTConfig(family=config.family, vocab_size=vocab_size, block_size=config.block_size,
+                     n_layer=config.n_layer, n_head=config.n_head,
+                     n_kv_head=config.n_kv_head or None, n_embd=config.n_embd,
+                     dropout=config.dropout, bias=config.bias,
+                     tie_embeddings=config.tie_embeddings)
+
+
+def model_generators(model):
+    """The NumPy Generators the model draws from (dropout masks), each once, in a fixed order."""
+    found, seen = [], set()
+    for _, module in model.named_modules():
+        rng = getattr(module, "rng", None)
+        if isinstance(rng, np.random.Generator) and id(rng) not in seen:
+            seen.add(id(rng))
+            found.append(rng)
+    return found
+
+
+def token_byte_lengths(tokenizer):
+    """(V,) int64: UTF-8 bytes each id stands for; 0 for special tokens."""
+    lengths = np.zeros(tokenizer.vocab_size, dtype=np.int64)
+    for i in range(tokenizer.vocab_size):
+        lengths[i] = len(tokenizer.token_bytes(i))
+    for i in tokenizer.special_tokens.values():
+        lengths[i] = 0
+    return lengths
+
+
+class Trainer:
+    def __init__(self, config, log=print):
+        self.config, self.log = config, log
+        self.run_dir = config.out_dir
+        self.step = 0
+        self.bad_streak = 0
+        self.elapsed_before = 0.0                  # wall seconds of earlier sessions
+        self.tokens_seen = 0
+        self.last = {}                              # latest logged metrics
+
+    # --- setup -------------------------------------------------------------------------------
+
+    def setup(self):
+        from .. import backends
+        from ..data.loader import DataLoader
+        from ..nn import GPT
+        c = self.config
+        backends.get(c.device)                     # fail early if the device has no backend
+        os.makedirs(self.run_dir, exist_ok=True)
+        data_dir = c.data_dir or os.path.join(self.run_dir, "data")
+        self.tokenizer, self.tokenizer_path, self.meta = prepare_run_data(c, data_dir, self.log)
+        V = self.tokenizer.vocab_size
+        self.gpt_config = gpt_config(c, V)
+        self.model = GPT(self.gpt_config, seed=c.seed)
+        if c.device != "cpu":
+            self.model.to(c.device)
+        self.optimizer = AdamW(self.model.named_parameters(), c.weight_decay, (c.beta1, c.beta2),
+                               c.eps, c.decay_embeddings)
+        self.train_loader = DataLoader(data_dir, "train", c.batch_size, c.block_size, c.seed,
+                                       shuffle=True, vocab_size=V)
+        self.val_loader = DataLoader(data_dir, "val", c.batch_size, c.block_size, c.seed,
+                                     shuffle=False, vocab_size=V)
+        self.byte_lengths = token_byte_lengths(self.tokenizer)
+        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        n = self.model.num_parameters()
+        self.log(f"model: {c.family} {c.n_layer} layers x {c.n_embd} channels, {c.n_head} heads, "
+                 f"context {c.block_size}, vocab {V}: {n / 1e6:.2f}M parameters; "
+                 f"{c.tokens_per_step:,} tokens per step, {c.max_steps} steps")
+        return self
+
+    # --- one optimizer step --------------------------------------------------------------------
+
+    def train_step(self):
+        c = self.config
+        lr = lr_at(self.step, c.lr, c.min_lr, c.warmup_steps, c.max_steps)
+        losses, bad = [], None
+        for _ in range(c.grad_accum):
+            x, y = self.train_loader.next_batch()
+            if bad is not None:
+                continue                       # keep the data stream aligned, skip the work
+            _, loss = self.model(x, y)
+            value = loss.item()
+            if not math.isfinite(value):
+                bad = f"loss is {value}"
+                continue
+            loss.backward()
+            losses.append(value)
+        norm = float("nan")
+        if bad is None:
+            norm = grad_norm(self.optimizer_params())
+            if not math.isfinite(norm):
+                bad = f"gradient norm is {norm}"
+        if bad is not None:
+            self.optimizer.zero_grad()
+            return self._skip(bad, lr)
+        mean_norm = norm / c.grad_accum
+        clip = min(1.0, c.grad_clip / mean_norm) if c.grad_clip > 0 and mean_norm > 0 else 1.0
+        self.optimizer.step(lr, grad_scale=clip / c.grad_accum)
+        self.optimizer.zero_grad()
+        self.bad_streak = 0
+        self.step += 1
+        self.tokens_seen += c.tokens_per_step
+        return {"step": self.step, "loss": float(np.mean(losses)), "lr": lr,
+                "grad_norm": mean_norm}
+
+    def optimizer_params(self):
+        return [p for _, p in self.optimizer.params]
+
+    def _skip(self, reason, lr):
+        c = self.config
+        self.bad_streak += 1
+        self.step += 1
+        self.tokens_seen += c.tokens_per_step
+        event = {"step": self.step, "event": "skipped_update", "reason": reason, "lr": lr,
+                 "consecutive": self.bad_streak}
+        self.write_metrics(event)
+        self.log(f"step {self.step}: {reason}; update skipped ({self.bad_streak} in a row)")
+        if self.bad_streak >= c.max_bad_steps:
+            last = ckpt.latest(self.run_dir)
+            raise TrainingError(
+                f"the loss or gradient was NaN/inf for {self.bad_streak} consecutive steps "
+                f"(last at step {self.step}); stopping. The last good checkpoint is "
+                f"{last or '(none written yet)'}. Try a lower --lr, a longer --warmup-steps "
+                f"or --grad-clip 1.0, then --resume {self.run_dir}")
+        return event
+
+    # --- evaluation and samples ----------------------------------------------------------------
+
+    def evaluate(self):
+        """{"val_loss", "val_bpb"} over eval_batches fixed val batches (eval mode, no grad)."""
+        from ..tensor import no_grad
+        c = self.config
+        batches = min(c.eval_batches, math.ceil(self.val_loader.num_windows / c.batch_size))
+        self.val_loader.position = 0
+        total_nats, total_tokens, total_bytes = 0.0, 0, 0
+        self.model.eval()
+        try:
+            with no_grad():
+                for _ in range(batches):
+                    x, y = self.val_loader.next_batch()
+                    nbytes = self.byte_lengths[y]
+                    y = np.where(nbytes > 0, y, -100)          # special tokens: not text
+                    count = int((nbytes > 0).sum())
+                    if count == 0:
+                        continue
+                    _, loss = self.model(x, y, ignore_index=-100)
+                    total_nats += loss.item() * count
+                    total_tokens += count
+                    total_bytes += int(nbytes.sum())
+        finally:
+            self.model.train()
+        if total_tokens == 0:
+            return {"val_loss": float("nan"), "val_bpb": float("nan")}
+        return {"val_loss": total_nats / total_tokens,
+                "val_bpb": total_nats / math.log(2) / total_bytes}
+
+    def samples(self, count=None, max_new_tokens=None, seed=None):
+        from ..inference.engine import Engine
+        from ..inference.sampling import SamplingConfig
+        c = self.config
+        engine = Engine(self.model, self.tokenizer)
+        prompts = [[self.tokenizer.eot_id]] * (c.num_samples if count is None else count)
+        room = c.block_size - 1
+        outs = engine.generate(prompts, min(max_new_tokens or c.sample_tokens, room),
+                               SamplingConfig(temperature=c.temperature, top_k=c.top_k),
+                               seed=c.seed + self.step if seed is None else seed)
+        return [o.text for o in outs]
+
+    # --- metrics and checkpoints ---------------------------------------------------------------
+
+    def write_metrics(self, record):
+        with open(self.metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def save_checkpoint(self, elapsed):
+        c = self.config
+        state = {"format": "microgpt-trainer-state", "version": 1, "step": self.step,
+                 "optimizer_t": self.optimizer.t, "bad_streak": self.bad_streak,
+                 "tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
+                 "rng": [g.bit_generator.state for g in model_generators(self.model)],
+                 "loaders": {"train": self.train_loader.state_dict(),
+                             "val": self.val_loader.state_dict()},
+                 "config": c.to_dict(), "config_hash": config_hash(c),
+                 "data_key": self.meta.get("data_key"), "metrics": self.last}
+        gpt = self.gpt_config.to_dict()
+        eot = self.tokenizer.eot_id
+        generation = {"bos_token_id": eot, "eos_token_id": eot, "do_sample": True,
+                      "temperature": c.temperature, "top_k": c.top_k,
+                      "max_new_tokens": c.sample_tokens}
+        files = {
+            "config.json": lambda p: ckpt.write_json(p, ckpt.hf_config(gpt, eot)),
+            "model.safetensors": lambda p: ckpt.save_tensors(
+                p, ckpt.to_hf_tensors(self.model.state_dict(), c.family), {"format": "pt"}),
+            ckpt.TOKENIZER_FILE: lambda p: self.tokenizer.save(p),
+            "generation_config.json": lambda p: ckpt.write_json(p, generation),
+            "optimizer.safetensors": lambda p: ckpt.save_tensors(p, self.optimizer.state_tensors()),
+            "trainer_state.json": lambda p: ckpt.write_json(p, state),
+        }
+        return ckpt.save(self.run_dir, self.step, files, keep=c.keep_checkpoints)
+
+    def load_checkpoint(self, path):
+        """Restore model, optimizer, loaders and RNGs from a checkpoint made by this config."""
+        ckpt.verify(path)
+        state = ckpt.read_json(os.path.join(path, "trainer_state.json"))
+        if state.get("data_key") != self.meta.get("data_key"):
+            raise CheckpointError(f"{path}: the checkpoint was trained on other data (data key "
+                                  f"{state.get('data_key')} vs {self.meta.get('data_key')})")
+        gpt, tensors = ckpt.load_model_files(path, check=False)
+        if gpt != self.gpt_config.to_dict():
+            raise CheckpointError(f"{path}: model config {gpt} does not match this run's "
+                                  f"{self.gpt_config.to_dict()}")
+        self.model.load_state_dict(tensors)
+        self.optimizer.load_state_tensors(
+            ckpt.load_tensors(os.path.join(path, "optimizer.safetensors")), state["optimizer_t"])
+        self.train_loader.load_state_dict(state["loaders"]["train"])
+        self.val_loader.load_state_dict(state["loaders"]["val"])
+        generators = model_generators(self.model)
+        if len(generators) != len(state["rng"]):
+            raise CheckpointError(f"{path}: {len(state['rng'])} RNG states for "
+                                  f"{len(generators)} generators")
+        for g, s in zip(generators, state["rng"]):
+            g.bit_generator.state = s
+        self.step, self.bad_streak = state["step"], state["bad_streak"]
+        self.tokens_seen, self.elapsed_before = state["tokens_seen"], state["elapsed_s"]
+        self.last = state.get("metrics", {})
+        self._truncate_metrics(self.step)
+        return state
+
+    def _truncate_metrics(self, step):
+        """Drop metric lines written after `step` by a run that was killed (atomic rewrite)."""
+        if not os.path.exists(self.metrics_path):
+            return
+        with open(self.metrics_path) as f:
+            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+        tmp = self.metrics_path + f".tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.metrics_path)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, stop_at_step=None):
+        """Train to max_steps (or stop after stop_at_step, as a kill would); returns a summary."""
+        from tqdm import tqdm
+        c = self.config
+        start_step, start = self.step, time.perf_counter()
+        step_time, window, grad_norms = 0.0, [], []
+        elapsed = lambda: self.elapsed_before + time.perf_counter() - start   # noqa: E731
+        bar = tqdm(total=c.max_steps, initial=self.step, unit="step", desc="training",
+                   dynamic_ncols=True, disable=not c.progress)
+        say = bar.write if c.progress else self.log
+        try:
+            while self.step < c.max_steps:
+                t = time.perf_counter()
+                record = self.train_step()
+                step_time += time.perf_counter() - t
+                tokens_per_s = (self.step - start_step) * c.tokens_per_step / step_time
+                if "loss" in record:
+                    window.append(record["loss"])
+                    grad_norms.append(record["grad_norm"])
+                    bar.set_postfix_str(f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
+                                        f"{tokens_per_s:,.0f} tok/s")
+                bar.update(1)
+                if self.step % c.log_interval == 0 and window:
+                    self.last = {"step": self.step, "loss": float(np.mean(window)),
+                                 "lr": record["lr"], "grad_norm": float(np.mean(grad_norms)),
+                                 "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
+                                 "elapsed_s": elapsed()}
+                    self.write_metrics(self.last)
+                    window, grad_norms = [], []
+                if self.step % c.eval_interval == 0 or self.step == c.max_steps:
+                    result = self.evaluate()
+                    self.write_metrics({"step": self.step, **result, "elapsed_s": elapsed()})
+                    self.last.update(result)
+                    say(f"step {self.step}: val loss {result['val_loss']:.4f}, "
+                        f"{result['val_bpb']:.3f} bits/byte")
+                if c.sample_interval and self.step % c.sample_interval == 0:
+                    say(f"step {self.step} sample: {self.samples(count=1)[0]!r}")
+                if self.step % c.checkpoint_interval == 0 or self.step == c.max_steps:
+                    self.save_checkpoint(elapsed())
+                if stop_at_step is not None and self.step >= stop_at_step:
+                    break
+        finally:
+            bar.close()
+        finished = self.step >= c.max_steps
+        samples = self.samples() if finished and c.num_samples else []
+        return {"steps": self.step, "samples": samples, "train_loss": self.last.get("loss"),
+                "val_loss": self.last.get("val_loss"), "val_bpb": self.last.get("val_bpb"),
+                "tokens_per_s": (self.step - start_step) * c.tokens_per_step / max(step_time, 1e-9),
+                "wall_s": elapsed(), "run_dir": self.run_dir,
+                "checkpoint": ckpt.latest(self.run_dir), "finished": finished}
+
+
+def _check_fresh_run_dir(run_dir):
+    if ckpt.list_complete(run_dir):
+        raise ConfigError(f"{run_dir} already holds checkpoints; continue it with "
+                          f"`microgpt train --resume {run_dir}`, or pick another --out-dir "
+                          f"(or delete {run_dir})")
+
+
+def train(config, log=print, stop_at_step=None):
+    """Train a fresh run from a TrainConfig; returns the run's summary dict."""
+    _check_fresh_run_dir(config.out_dir)
+    trainer = Trainer(config, log).setup()
+    if os.path.exists(trainer.metrics_path):
+        os.remove(trainer.metrics_path)
+    return trainer.run(stop_at_step=stop_at_step)
+
+
+def resume(run_dir, overrides=None, log=print, stop_at_step=None):
+    """Continue the newest complete checkpoint of run_dir, bit for bit.
+
+    overrides may change run-control fields (eval/log/checkpoint intervals ...) freely;
+    changing a field that alters the computation is a ConfigError naming the fields.
+    """
+    path = ckpt.resolve(run_dir)
+    if os.path.abspath(path) == os.path.abspath(run_dir):          # given a checkpoint itself
+        run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    state = ckpt.read_json(os.path.join(path, "trainer_state.json"))
+    saved = from_dict(state["config"])
+    if config_hash(saved) != state.get("config_hash"):
+        raise CheckpointError(f"{path}: trainer_state.json's config does not match its hash")
+    overrides = dict(overrides or {})
+    overrides["out_dir"] = run_dir
+    config = dataclasses.replace(saved, **overrides)
+    changed = sorted(k for k in overrides if k not in RUN_CONTROL_FIELDS
+                     and getattr(saved, k) != getattr(config, k))
+    if changed:
+        raise ConfigError(f"cannot resume with changed {', '.join(changed)}: these fields change "
+                          f"what training computes; start a new run instead")
+    trainer = Trainer(config, log).setup()
+    trainer.load_checkpoint(path)
+    log(f"resumed from {path} at step {trainer.step}")
+    return trainer.run(stop_at_step=stop_at_step)
