@@ -11,7 +11,7 @@ so a wheel built on an AVX-512 machine still runs on an AVX2-only or SSE2-only o
 OpenMP (-fopenmp) gives the threads.
 
 Run by setup.py (CFFI_MODULES) during `pip install -e .`; by hand:
-    python microgpt/backends/cpu_build.py   # compiles, copies the .so next to this file
+    python microgpt/backends/cpu_build.py [DIR]  # compiles, copies the .so here (or to DIR)
 The attention kernels (csrc/attention.c) join the build when that file exists; until then
 their block of the header is left out of the cdef so the module still links.
 """
@@ -28,6 +28,10 @@ SOURCES = ["threads.c", "matmul.c", "softmax.c", "crossentropy.c", "norm.c",
 ATTENTION_SOURCE = "attention.c"
 CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
 LDFLAGS = ["-fopenmp"]
+# MICROGPT_SANITIZE=1 (csrc/Makefile's `make sanitize`): AddressSanitizer + UndefinedBehaviorSanitizer,
+# every UB report fatal. Such a build only loads with libasan preloaded, so it goes to its own folder.
+SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+            "-fno-omit-frame-pointer", "-g", "-O1"]
 
 
 def cdef_text():
@@ -64,8 +68,8 @@ def make_builder(absolute=False):
         '#include "microgpt.h"',
         sources=sources(absolute),
         include_dirs=[_path(CSRC, absolute)],
-        extra_compile_args=CFLAGS,
-        extra_link_args=LDFLAGS,
+        extra_compile_args=CFLAGS + (SANITIZE if os.environ.get("MICROGPT_SANITIZE") == "1" else []),
+        extra_link_args=LDFLAGS + (SANITIZE if os.environ.get("MICROGPT_SANITIZE") == "1" else []),
     )
     return builder
 
@@ -74,8 +78,11 @@ ffibuilder = make_builder()
 
 if __name__ == "__main__":
     import shutil
-    built = make_builder(absolute=True).compile(tmpdir=os.path.join(ROOT, "build", "cffi_cpu"))
-    package = os.path.join(ROOT, "microgpt", "backends")
+    import sys
+    # optional argument: the folder to put the module in (default: this package)
+    package = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "microgpt", "backends")
+    tmpdir = os.path.join(ROOT, "build", "cffi_cpu" + ("_sanitize" if os.environ.get("MICROGPT_SANITIZE") == "1" else ""))
+    built = make_builder(absolute=True).compile(tmpdir=tmpdir)
     for name in os.listdir(package):          # a stale _cpu.*.so of another suffix would win
         if name.startswith("_cpu.") and name.endswith(".so"):
             os.remove(os.path.join(package, name))
