@@ -99,6 +99,20 @@ void adamw_update(float* param, float* m, float* v, const float* grad, long n,
 
 /* ---- attention (owned by the attention helper; csrc/attention.c) -------------------------------
  * BEGIN ATTENTION (cpu_build.py drops this block from the cdef while csrc/attention.c is absent) */
+/* Fused causal attention, flash-style, with grouped-query heads (NH % NKV == 0):
+ * q, out, dout, dq (B, NH, Tq, HS); k, v, dk, dv (B, NKV, Tk, HS); lse (B, NH, Tq);
+ * 1 <= Tq <= Tk, query i sits at position Tk - Tq + i. `work` is scratch of work_len floats,
+ * at least what the matching *_workspace returns for the current thread count: O(T * HS) per
+ * thread, never T x T. Return 0, or -1 (nothing written) when work_len is too small.          */
+long attention_forward_workspace(long B, long NH, long Tq, long Tk, long HS);
+int attention_forward(float* out, float* lse, float* work, long work_len, const float* q,
+                      const float* k, const float* v, long B, long NH, long NKV, long Tq,
+                      long Tk, long HS);
+long attention_backward_workspace(long B, long NKV, long Tq, long Tk, long HS);
+int attention_backward(float* dq, float* dk, float* dv, float* work, long work_len,
+                       const float* dout, const float* q, const float* k, const float* v,
+                       const float* out, const float* lse, long B, long NH, long NKV, long Tq,
+                       long Tk, long HS);
 /* END ATTENTION */
 
 /* END CDEF */

@@ -438,7 +438,57 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
 
 
 # === attention (owned by the attention helper; bindings of csrc/attention.c) ========================
-# Until csrc/attention.c is built, attention runs on the NumPy reference.
-attention_forward = _ref.attention_forward
-attention_backward = _ref.attention_backward
+# Inputs are only read and outputs are fresh arrays, so inputs may alias each other (q is k is
+# fine). The C kernel's scratch (`work`) is allocated here, sized by C for the current thread
+# count: O(T * HS) floats per thread, never T x T (tests/test_cpu_attention.py checks it).
+_MAX_T = 2**30      # positions are int lanes in the kernel's masks
+
+
+def _attention_shapes(op, q, k, v):
+    """(B, NH, NKV, Tq, Tk, HS) of valid attention inputs, or ShapeError."""
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ShapeError(f"{op}: {name} must be 4-D (B, heads, T, HS), got shape {x.shape}")
+    B, NH, Tq, HS = q.shape
+    NKV, Tk = k.shape[1], k.shape[2]
+    check.shape(op, "k", k, (B, NKV, Tk, HS))
+    check.shape(op, "v", v, k.shape)
+    if NH % NKV:
+        raise ShapeError(f"{op}: {NH} query heads are not a multiple of {NKV} key/value heads")
+    if Tq > Tk:
+        raise ShapeError(f"{op}: {Tq} queries but only {Tk} keys; queries are the last Tq positions")
+    if Tk > _MAX_T:
+        raise ShapeError(f"{op}: {Tk} keys is more than the kernel supports ({_MAX_T})")
+    return B, NH, NKV, Tq, Tk, HS
+
+
+def attention_forward(q, k, v):
+    op = "attention_forward"
+    is32 = check.floats(op, q=q, k=k, v=v)
+    B, NH, NKV, Tq, Tk, HS = _attention_shapes(op, q, k, v)
+    if not is32:
+        return _ref.attention_forward(q, k, v)
+    out, lse = np.empty_like(q), np.empty((B, NH, Tq), np.float32)
+    work = np.empty(lib.attention_forward_workspace(B, NH, Tq, Tk, HS), np.float32)
+    if lib.attention_forward(_fp(out), _fp(lse), _fp(work), work.size, _fp(q), _fp(k), _fp(v),
+                             B, NH, NKV, Tq, Tk, HS):
+        raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse):
+    op = "attention_backward"
+    is32 = check.floats(op, dout=dout, q=q, k=k, v=v, out=out, lse=lse)
+    B, NH, NKV, Tq, Tk, HS = _attention_shapes(op, q, k, v)
+    check.shape(op, "dout", dout, q.shape)
+    check.shape(op, "out", out, q.shape)
+    check.shape(op, "lse", lse, (B, NH, Tq))
+    if not is32:
+        return _ref.attention_backward(dout, q, k, v, out, lse)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    work = np.empty(lib.attention_backward_workspace(B, NKV, Tq, Tk, HS), np.float32)
+    if lib.attention_backward(_fp(dq), _fp(dk), _fp(dv), _fp(work), work.size, _fp(dout), _fp(q),
+                              _fp(k), _fp(v), _fp(out), _fp(lse), B, NH, NKV, Tq, Tk, HS):
+        raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
+    return dq, dk, dv
 # === end attention ===================================================================================

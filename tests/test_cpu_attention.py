@@ -1,0 +1,195 @@
+"""The fused C attention (csrc/attention.c) against the NumPy reference, and its memory bound.
+
+Oracle: backends/reference.py's attention_forward/backward in float64 (it builds the whole
+T x T matrix; the C kernel never does). Shapes are drawn by hypothesis so that they cross and
+miss every tile size (blocks of 64 keys and 64 queries, 16-float vectors): T from 1 to 150,
+head sizes 1, 3, 17, 64 and others, grouped-query heads (NKV any divisor of NH), and fewer
+queries than keys (the KV-cache case, down to Tq = 1). Every SIMD path this CPU has (AVX-512,
+AVX2, portable) and 1 and 2 threads run. The memory check reads the workspace the binding
+allocates (it must grow linearly in T) and, independently, the peak of Python-visible memory
+with tracemalloc over T = 1024 and 4096. Bad arguments must raise a MicrogptError.
+"""
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from conftest import assert_close
+from microgpt.backends import reference as ref
+from microgpt.errors import MicrogptError
+
+cpu = pytest.importorskip("microgpt.backends.cpu")
+pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="C kernels not built")
+
+TOL = dict(atol=2e-5, rtol=2e-4)
+PATHS = [p for p in ("scalar", "avx2", "avx512") if cpu.AVAILABLE and cpu.lib.microgpt_set_simd_path(p.encode())]
+if cpu.AVAILABLE:
+    cpu.lib.microgpt_set_simd_path(b"")
+
+
+def inputs(rng, B, NH, NKV, Tq, Tk, HS, scale=1.0):
+    q = rng.standard_normal((B, NH, Tq, HS)) * scale
+    k = rng.standard_normal((B, NKV, Tk, HS)) * scale
+    v = rng.standard_normal((B, NKV, Tk, HS))
+    dout = rng.standard_normal((B, NH, Tq, HS))
+    return q, k, v, dout
+
+
+def check_against_reference(q, k, v, dout, path="", threads=None):
+    """C forward and backward (float32) against the float64 reference on the same values."""
+    f32 = [x.astype(np.float32) for x in (q, k, v, dout)]
+    q, k, v, dout = [x.astype(np.float64) for x in f32]      # the reference sees the same values
+    out_ref, lse_ref = ref.attention_forward(q, k, v)
+    grads_ref = ref.attention_backward(dout, q, k, v, out_ref, lse_ref)
+    before = cpu.get_num_threads()
+    assert cpu.lib.microgpt_set_simd_path(path.encode())
+    try:
+        if threads:
+            cpu.set_num_threads(threads)
+        out, lse = cpu.attention_forward(*f32[:3])
+        grads = cpu.attention_backward(f32[3], *f32[:3], out, lse)
+    finally:
+        cpu.lib.microgpt_set_simd_path(b"")
+        cpu.set_num_threads(before)
+    assert out.dtype == lse.dtype == np.float32
+    assert_close(out, out_ref, **TOL, what=f"out [{path}]")
+    assert_close(lse, lse_ref, **TOL, what=f"lse [{path}]")
+    for name, g, g_ref in zip(("dq", "dk", "dv"), grads, grads_ref):
+        assert g.dtype == np.float32
+        # gradients sum many terms: scale the tolerance by the gradient's size
+        assert_close(g, g_ref, atol=TOL["atol"] * max(1.0, np.abs(g_ref).max()), rtol=TOL["rtol"],
+                     what=f"{name} [{path}]")
+
+
+@st.composite
+def attention_shapes(draw):
+    NKV = draw(st.integers(1, 3))
+    NH = NKV * draw(st.integers(1, 3))
+    Tq = draw(st.integers(1, 150))
+    Tk = Tq + draw(st.sampled_from([0, 0, 1, 17, 64, 100]))
+    HS = draw(st.sampled_from([1, 3, 16, 17, 33, 64, 80]))
+    return draw(st.integers(1, 2)), NH, NKV, Tq, Tk, HS
+
+
+@given(attention_shapes(), st.integers(0, 2**31 - 1), st.sampled_from([0.5, 1.0, 3.0]))
+def test_matches_reference_every_path(shape, seed, scale):
+    rng = np.random.default_rng(seed)
+    args = inputs(rng, *shape, scale=scale)
+    for path in PATHS:
+        check_against_reference(*args, path=path)
+
+
+@pytest.mark.parametrize("shape", [
+    (1, 1, 1, 1, 1, 1),          # one query, one key, one channel
+    (1, 4, 2, 1, 200, 64),       # decode: one new query against a long cache, GQA
+    (2, 6, 1, 64, 64, 64),       # exactly one tile, multi-query attention
+    (1, 2, 2, 65, 65, 64),       # one past a tile
+    (2, 3, 3, 130, 190, 17),     # queries are the last 130 of 190 positions
+    (1, 2, 1, 300, 300, 3),      # several blocks, odd head size
+])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_named_shapes(shape, threads):
+    check_against_reference(*inputs(np.random.default_rng(sum(shape)), *shape), threads=threads)
+
+
+def test_large_scores_stay_finite():
+    """Scores near +-80 (softmax saturates, a naive exp overflows): still the reference's answer."""
+    check_against_reference(*inputs(np.random.default_rng(7), 1, 2, 1, 70, 90, 8, scale=5.0))
+
+
+def test_float64_takes_the_reference_path():
+    q, k, v, dout = inputs(np.random.default_rng(3), 1, 2, 1, 5, 7, 4)
+    out, lse = cpu.attention_forward(q, k, v)
+    out_ref, lse_ref = ref.attention_forward(q, k, v)
+    assert np.array_equal(out, out_ref) and np.array_equal(lse, lse_ref)
+    for g, g_ref in zip(cpu.attention_backward(dout, q, k, v, out, lse),
+                        ref.attention_backward(dout, q, k, v, out, lse)):
+        assert np.array_equal(g, g_ref)
+
+
+# --- memory: linear in T ---------------------------------------------------------------------------
+
+def test_workspace_is_linear_in_T():
+    """The only scratch the kernel gets is what the binding allocates from these sizes."""
+    B, NH, NKV, HS = 8, 6, 2, 64
+    threads = cpu.get_num_threads()
+    for T in (1024, 4096, 16384):
+        fwd = cpu.lib.attention_forward_workspace(B, NH, T, T, HS)
+        bwd = cpu.lib.attention_backward_workspace(B, NKV, T, T, HS)
+        # per thread: a few (T, HS) panels plus fixed 64 x 64 tiles — never T * T
+        assert fwd <= threads * (2 * T * HS + 3 * 64 * 64 + 256) + 16, (T, fwd)
+        assert bwd <= threads * (10 * T * HS + 2 * T + 2 * 64 * 64 + 32) + 16, (T, bwd)
+    grow = cpu.lib.attention_backward_workspace(B, NKV, 4096, 4096, HS) / \
+        cpu.lib.attention_backward_workspace(B, NKV, 1024, 1024, HS)
+    assert grow < 4.1
+
+
+def peak_bytes(T, HS=16):
+    q, k, v, dout = [x.astype(np.float32) for x in inputs(np.random.default_rng(0), 1, 1, 1, T, T, HS)]
+    tracemalloc.start()
+    out, lse = cpu.attention_forward(q, k, v)
+    cpu.attention_backward(dout, q, k, v, out, lse)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def test_peak_memory_grows_linearly():
+    small, large = peak_bytes(1024), peak_bytes(4096)
+    assert large < 5 * small, (small, large)           # x4 in T: about x4 in bytes, not x16
+    assert large < 4096 * 4096 * 4 / 8                 # far below one T x T float32 matrix
+
+
+# --- bad arguments: a clear error, never a crash ------------------------------------------------
+
+def good():
+    q, k, v, dout = [x.astype(np.float32) for x in inputs(np.random.default_rng(1), 2, 4, 2, 5, 8, 6)]
+    out, lse = cpu.attention_forward(q, k, v)
+    return dict(dout=dout, q=q, k=k, v=v, out=out, lse=lse)
+
+
+SPOILS = {
+    "int32": lambda x: x.astype(np.int32),
+    "float16": lambda x: x.astype(np.float16),
+    "float64": lambda x: x.astype(np.float64),      # mixed with float32 arguments
+    "strided": lambda x: np.repeat(x, 2, axis=-1)[..., ::2],
+    "transposed": lambda x: x.T,
+    "3-D": lambda x: x.reshape(-1, *x.shape[2:]) if x.ndim > 2 else x[None],
+    "bigger": lambda x: np.resize(x, x.shape[:-1] + (x.shape[-1] + 1,)),
+    "empty": lambda x: np.zeros(x.shape[:-1] + (0,), x.dtype),
+    "list": lambda x: x.tolist(),
+}
+
+
+@pytest.mark.parametrize("how", sorted(SPOILS))
+@pytest.mark.parametrize("name", ["dout", "q", "k", "v", "out", "lse"])
+def test_spoiled_argument_raises(name, how):
+    args = good()
+    args[name] = SPOILS[how](args[name])
+    with pytest.raises(MicrogptError):
+        if name in ("q", "k", "v"):
+            cpu.attention_forward(args["q"], args["k"], args["v"])
+        cpu.attention_backward(**args)
+
+
+@pytest.mark.parametrize("q_shape,kv_shape", [
+    ((1, 3, 4, 8), (1, 2, 4, 8)),    # 3 query heads over 2 kv heads
+    ((1, 2, 9, 8), (1, 2, 4, 8)),    # more queries than keys
+    ((2, 2, 4, 8), (1, 2, 4, 8)),    # batch mismatch
+    ((1, 2, 4, 8), (1, 2, 4, 7)),    # head size mismatch
+])
+def test_inconsistent_shapes_raise(q_shape, kv_shape):
+    q, k = np.ones(q_shape, np.float32), np.ones(kv_shape, np.float32)
+    for dtype in (np.float32, np.float64):
+        with pytest.raises(MicrogptError):
+            cpu.attention_forward(q.astype(dtype), k.astype(dtype), k.astype(dtype))
+
+
+def test_c_refuses_a_short_workspace():
+    q = np.ones((1, 1, 4, 8), np.float32)
+    out, lse, work = np.empty_like(q), np.empty((1, 1, 4), np.float32), np.empty(8, np.float32)
+    fp = cpu._fp
+    assert cpu.lib.attention_forward(fp(out), fp(lse), fp(work), work.size, fp(q), fp(q), fp(q),
+                                     1, 1, 1, 4, 4, 8) == -1
