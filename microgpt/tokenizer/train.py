@@ -5,9 +5,13 @@ The algorithm (C core: csrc/bpe.c chapters 4 and 5):
 1. Count. The corpus is split into chunks by the pattern (patterns.py) and only the
    *unique* chunks are kept, each with its count: a 10 MB corpus of code has ~10^5 unique
    chunks against ~3*10^6 chunk occurrences. Files are read in blocks of about 1 MB, cut
-   just before a line that starts with a letter ("\\n" followed by \\p{L}): no chunk of the
-   built-in patterns crosses such a cut, so block-wise counts equal whole-file counts and
-   a corpus larger than memory trains in constant memory (plus the unique chunks).
+   only at a "\\n" that follows a non-space and precedes a letter (\\p{L}). Both built-in
+   patterns end a chunk there whatever follows, and a chunk never looks behind itself,
+   so block-wise counts equal whole-file counts (a test checks it) and a corpus larger
+   than memory trains in constant memory plus the unique chunks. (A lone "\\n" after a
+   space or "\\r" is not a safe cut: GPT-2's \\s+(?!\\S) would keep " \\n" whole at a block
+   end. A file with no safe cut, e.g. all CRLF, is read whole. Custom patterns are
+   assumed to end chunks at the same cuts.)
    Special-token strings in the corpus are cut out; they never take part in merges.
 2. Words. Each unique chunk becomes a "word": its bytes as symbols 0..255, with a count.
 3. Pairs. For every adjacent symbol pair (a, b): count(a, b) = sum over words of
@@ -183,8 +187,10 @@ def _read_files(files):
 
 
 def _safe_cut(text, start, table):
-    """Index just after the last "\\n" at or after `start` followed by a letter, or 0."""
-    k = text.rfind("\n", start, len(text) - 1)
-    while k >= 0 and not table[ord(text[k + 1])] & patterns.LETTER:
-        k = text.rfind("\n", start, k)
+    """Index just after the last "\\n" (at or after `start`) that follows a non-space and
+    precedes a letter, or 0 if there is none."""
+    k = text.rfind("\n", max(start, 1), len(text) - 1)
+    while k >= 1 and not (table[ord(text[k + 1])] & patterns.LETTER
+                          and not table[ord(text[k - 1])] & patterns.SPACE):
+        k = text.rfind("\n", max(start, 1), k)
     return k + 1
