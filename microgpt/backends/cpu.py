@@ -364,6 +364,10 @@ def rms_norm_backward(dout, x, w, rstd):
 # --- rotary embedding and activations ---------------------------------------------------------------
 
 def _rope(op, c_fn, ref_fn, x, cos, sin):
+    # cos/sin are constant tables: float64 ones meet float32 activations by a cast (T x HS/2).
+    if isinstance(x, np.ndarray) and x.dtype == check.F32:
+        cos, sin = (t.astype(np.float32) if isinstance(t, np.ndarray) and t.dtype == check.F64 else t
+                    for t in (cos, sin))
     is32 = check.floats(op, x=x, cos=cos, sin=sin)
     check.min_ndim(op, "x", x, 2)
     T, HS = x.shape[-2], x.shape[-1]
