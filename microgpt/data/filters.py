@@ -46,6 +46,7 @@ _BOILERPLATE = re.compile(
     r"|(?:this|our) (?:web ?)?site uses cookies|we use cookies|uses? cookies to"
     r"|accept (?:all )?cookies|cookie (?:policy|settings|preferences|consent)"
     r"|by (?:continuing to (?:use|browse)|using) (?:this|our) (?:web ?)?site)")
+_BOILERPLATE_GATE = ("javascript", "cookie", "by continuing", "by using")
 _BOILERPLATE_MAX_LINE = 300          # longer lines are prose that mentions the words
 _LOREM = re.compile(r"(?i)lorem ipsum")
 _NON_ALPHA = re.compile(r"[\W\d_]+")
@@ -97,7 +98,10 @@ class FilterConfig:
 
 def strip_boilerplate(text: str, cfg: FilterConfig) -> Tuple[str, int]:
     """Text without boilerplate lines, and how many characters were removed."""
-    if not cfg.strip_boilerplate or not _BOILERPLATE.search(text):
+    if not cfg.strip_boilerplate:
+        return text, 0
+    lowered = text.lower()                  # gate: every pattern holds one of these words
+    if not any(word in lowered for word in _BOILERPLATE_GATE) or not _BOILERPLATE.search(text):
         return text, 0
     kept = [line for line in text.split("\n")
             if len(line) > _BOILERPLATE_MAX_LINE or not _BOILERPLATE.search(line)]
