@@ -1,0 +1,120 @@
+/* microgpt_cuda.h: the C ABI of microgpt's CUDA library (libmicrogpt_cuda.so).
+
+   Every function is extern "C", runs on the default stream, and returns 0 or a CUDA error
+   code; cuda_error_string(code) gives CUDA's message. Pointers are device pointers unless
+   named host_*. Argument order follows llm.c: outputs first, then caches, then inputs,
+   then sizes. Kernels with a `bad` argument set *bad (a device int) when an index is out
+   of range, instead of reading outside an array.
+
+   Size legend: N rows, V vocab, B batch, T time, C channels, NH query heads, NKV key/value
+   heads, HS head size, M/N/K matrix sizes; n element count; elsize bytes per element.
+
+   The block between the CDEF markers is read verbatim by microgpt/backends/cuda.py as the
+   cffi cdef, so it holds declarations only (no #include, #define or #ifdef). */
+#pragma once
+#include <stdint.h>
+#include <stddef.h>
+#ifdef __cplusplus
+extern "C" {
+#endif
+/* CDEF BEGIN */
+/* memory.cu: device, memory, errors */
+const char* cuda_error_string(int code);
+int cuda_device_count(int* count);
+int cuda_device_name(char* buf, int len);
+int cuda_malloc(void** ptr, size_t bytes);
+int cuda_free(void* ptr);
+int cuda_memcpy_h2d(void* dst, const void* src, size_t bytes);
+int cuda_memcpy_d2h(void* dst, const void* src, size_t bytes);
+int cuda_memcpy_d2d(void* dst, const void* src, size_t bytes);
+int cuda_memset(void* ptr, int value, size_t bytes);
+int cuda_synchronize(void);
+int fill_f32(float* out, float value, int64_t n);
+int fill_i64(int64_t* out, int64_t value, int64_t n);
+
+/* shape.cu: strided copies and row gathers, any 4- or 8-byte dtype */
+int strided_copy(void* out, const void* inp, int elsize, int ndim, const int64_t* size,
+                 const int64_t* strides, int64_t offset, int64_t n);
+int strided_scatter(void* out, const void* inp, int elsize, int ndim, const int64_t* size,
+                    const int64_t* strides, int64_t offset, int64_t n);
+int gather_rows(void* out, int* bad, const void* table, const int64_t* ids, int64_t n_ids,
+                int64_t rows, int64_t width, int elsize);
+int scatter_add_rows(float* out, int* bad, const float* src, const int64_t* ids, int64_t n_ids,
+                     int64_t rows, int64_t width);
+
+/* elementwise.cu: binary ops 0 add 1 sub 2 mul 3 div 4 equal; unary 0 neg 1 exp 2 log 3 sqrt 4 tanh 5 pow */
+int binary_op(float* out, const float* a, const float* b, int ndim, const int64_t* size,
+              const int64_t* stride_a, const int64_t* stride_b, int64_t n, int op);
+int binary_scalar_op(float* out, const float* a, float s, int64_t n, int op, int reversed);
+int unary_op(float* out, const float* a, int64_t n, int op, float p);
+
+/* activation.cu */
+int relu_forward(float* out, const float* x, int64_t n);
+int relu_backward(float* dx, const float* dout, const float* x, int64_t n);
+int gelu_forward(float* out, const float* x, int64_t n);
+int gelu_backward(float* dx, const float* dout, const float* x, int64_t n);
+int silu_forward(float* out, const float* x, int64_t n);
+int silu_backward(float* dx, const float* dout, const float* x, int64_t n);
+
+/* reduce.cu: inp viewed as (outer, R, inner); is_max 0 sums, 1 takes maxima */
+int reduce_axes(float* out, const float* inp, int64_t outer, int64_t R, int64_t inner, int is_max);
+int sumsq_accumulate(float* out, const float* x, int64_t n);
+
+/* matmul.cu: the ladder (C = A @ B, row-major) and the production gemm */
+int matmul_forward_v1_naive(float* c, const float* a, const float* b, int M, int N, int K);
+int matmul_forward_v2_coalesced(float* c, const float* a, const float* b, int M, int N, int K);
+int matmul_forward_v3_smem(float* c, const float* a, const float* b, int M, int N, int K);
+int matmul_forward_v4_regblock(float* c, const float* a, const float* b, int M, int N, int K);
+int matmul_forward_v5_vectorized(float* c, const float* a, const float* b, int M, int N, int K);
+int matmul_forward_v6_warptile(float* c, const float* a, const float* b, int M, int N, int K);
+int gemm(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
+         int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc);
+int gemm_naive(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
+               int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc);
+
+/* softmax.cu, crossentropy.cu: rows of (N, C) / (N, V) */
+int softmax_forward(float* out, const float* x, int64_t N, int64_t C);
+int softmax_backward(float* dx, const float* dout, const float* out, int64_t N, int64_t C);
+int log_softmax_forward(float* out, const float* x, int64_t N, int64_t C);
+int log_softmax_backward(float* dx, const float* dout, const float* out, int64_t N, int64_t C);
+int cross_entropy_forward(float* losses, float* lse, int* bad, const float* logits, const int64_t* targets,
+                          int64_t N, int64_t V, int64_t ignore_index);
+int cross_entropy_backward(float* dlogits, const float* dlosses, const float* logits, const int64_t* targets,
+                           const float* lse, int64_t N, int64_t V, int64_t ignore_index);
+
+/* embedding.cu */
+int embedding_forward(float* out, int* bad, const int64_t* ids, const float* weight, int64_t N, int64_t V, int64_t C);
+int embedding_backward(float* dweight, int* bad, const float* dout, const int64_t* ids, int64_t N, int64_t V, int64_t C);
+
+/* norm.cu: rows of (N, C); b may be NULL */
+int layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b,
+                       int64_t N, int64_t C, float eps);
+int layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
+                        const float* mean, const float* rstd, int64_t N, int64_t C);
+int rms_norm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps);
+int rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w, const float* rstd,
+                      int64_t N, int64_t C);
+
+/* rope.cu: x (rows = B*NH*T, HS), cos/sin (T, HS/2) */
+int rope_forward(float* out, const float* x, const float* cosv, const float* sinv, int64_t rows, int64_t T, int64_t HS);
+int rope_backward(float* dx, const float* dout, const float* cosv, const float* sinv, int64_t rows, int64_t T, int64_t HS);
+
+/* attention.cu: q (B, NH, Tq, HS), k/v (B, NKV, Tk, HS); delta is B*NH*Tq floats of scratch */
+int attention_forward_v1_naive(float* out, float* lse, const float* q, const float* k, const float* v,
+                               int B, int NH, int NKV, int Tq, int Tk, int HS);
+int attention_backward_v1_naive(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
+                                const float* v, const float* out, const float* lse, int B, int NH, int NKV,
+                                int Tq, int Tk, int HS);
+int attention_forward_v2_flash(float* out, float* lse, const float* q, const float* k, const float* v,
+                               int B, int NH, int NKV, int Tq, int Tk, int HS);
+int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
+                                const float* k, const float* v, const float* out, const float* lse, int B, int NH,
+                                int NKV, int Tq, int Tk, int HS);
+
+/* adamw.cu: bc1 = 1 - beta1^step, bc2 = 1 - beta2^step */
+int adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
+                 float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2);
+/* CDEF END */
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,416 @@
+"""The CUDA backend: every kernel of the contract on DeviceArray, through cffi.
+
+Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
+  cuda_runtime.py  library loading, checked calls, the caching memory pool, DeviceArray
+  cuda_shape.py    creation, transfer, broadcasting elementwise math, reductions, shapes
+  cuda.py          (this file) linear algebra and the fused transformer kernels, plus
+                   AVAILABLE / UNAVAILABLE_REASON / NAME and a few CUDA-only helpers
+Every function has the name, signature and meaning of its twin in reference.py; arrays
+stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy,
+in the index checks of embedding/cross-entropy, and in rare getitem cases).
+
+Rungs used in production, switchable for comparison (benchmarks/gpu_check.py does):
+  MATMUL     "gemm" (matmul.cu v6, warp-tiled) or "gemm_naive" (v2, the simple fallback);
+             environment MICROGPT_CUDA_MATMUL.
+  ATTENTION  "v2_flash" or "v1_naive"; environment MICROGPT_CUDA_ATTENTION.
+float32 only for arithmetic (the reference's float64 gradient checks stay on the CPU).
+"""
+import builtins
+import math
+import os
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from . import cuda_runtime as rt
+from .cuda_runtime import (AVAILABLE, UNAVAILABLE_REASON, DeviceArray, bad_flag, call, empty,  # noqa: F401
+                           on_device, raise_if_bad, require_f32, synchronize, device_name, view)
+from .cuda_shape import *  # noqa: F401,F403
+from .cuda_shape import broadcast_to, sum, sum_to_shape, zeros
+
+NAME = "cuda"
+MATMUL = os.environ.get("MICROGPT_CUDA_MATMUL", "gemm")
+ATTENTION = os.environ.get("MICROGPT_CUDA_ATTENTION", "v2_flash")
+_GEMM_BATCH = 65535
+
+
+def _gemm(out, a, b, bias, m, n, k, transa, transb, batch=1, sa=0, sb=0, sc=0):
+    """out[z] = op(a[z]) @ op(b[z]) (+ bias) with the chosen rung; z split into grid-sized chunks."""
+    if MATMUL not in ("gemm", "gemm_naive"):
+        raise ShapeError(f"MICROGPT_CUDA_MATMUL={MATMUL!r}: choose gemm or gemm_naive")
+    if builtins.max(m, n, k) >= 2 ** 31:
+        raise ShapeError(f"matmul: a dimension of ({m}, {n}, {k}) exceeds 2^31")
+    cast = rt.ffi.cast
+    bias_ptr = rt.ffi.NULL if bias is None else bias.ptr
+    for z0 in range(0, batch, _GEMM_BATCH):
+        zs = builtins.min(_GEMM_BATCH, batch - z0)
+        call(MATMUL, cast("float*", out.addr + 4 * z0 * sc), cast("float*", a.addr + 4 * z0 * sa),
+             cast("float*", b.addr + 4 * z0 * sb), bias_ptr, m, n, k, transa, transb, zs, sa, sb, sc)
+
+
+# --- linear algebra ---------------------------------------------------------------------------------
+
+def _batch_operand(x, batch, rows, cols):
+    """(array, stride) of operand x for a batched product: stride 0 when x has one matrix,
+    rows*cols when its batch axes equal `batch`, else a broadcast copy."""
+    own = x.shape[:-2]
+    if math.prod(own) == 1:
+        return x, 0
+    if (1,) * (len(batch) - len(own)) + own == batch:
+        return x, rows * cols
+    return broadcast_to(x, batch + (rows, cols)), rows * cols
+
+
+def matmul_forward(a, b):
+    a, b = on_device(a), on_device(b)
+    require_f32("matmul_forward", a, b)
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise ShapeError(f"matmul_forward: shapes {a.shape} and {b.shape} do not multiply")
+    try:
+        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    except ValueError:
+        raise ShapeError(f"matmul_forward: batch dims of {a.shape} and {b.shape} do not broadcast") from None
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    out = empty(batch + (m, n), np.float32)
+    if out.size == 0:
+        return out
+    if k == 0:
+        return zeros(out.shape, np.float32)
+    nb = math.prod(batch)
+    a, sa = _batch_operand(a, batch, m, k)
+    b, sb = _batch_operand(b, batch, k, n)
+    if sb == 0 and sa != 0:              # one shared right matrix: fold the batch into rows
+        _gemm(out, a, b, None, nb * m, n, k, 0, 0)
+    else:
+        _gemm(out, a, b, None, m, n, k, 0, 0, nb, sa, sb, m * n)
+    return out
+
+
+def matmul_backward(dout, a, b):
+    # da = dout @ b^T,  db = a^T @ dout, each summed to its operand's shape
+    dout, a, b = on_device(dout), on_device(a), on_device(b)
+    require_f32("matmul_backward", dout, a, b)
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = dout.shape[:-2]
+    if dout.shape[-2:] != (m, n):
+        raise ShapeError(f"matmul_backward: dout {dout.shape} does not fit {a.shape} @ {b.shape}")
+    nb = math.prod(batch)
+    if dout.size == 0 or k == 0:
+        return zeros(a.shape, np.float32), zeros(b.shape, np.float32)
+    a_full, sa = _batch_operand(a, batch, m, k)
+    b_full, sb = _batch_operand(b, batch, k, n)
+    da = empty(batch + (m, k), np.float32)
+    if sb == 0:
+        _gemm(da, dout, b_full, None, nb * m, k, n, 0, 1)
+    else:
+        _gemm(da, dout, b_full, None, m, k, n, 0, 1, nb, m * n, sb, m * k)
+    if sb == 0 and sa != 0:              # shared b: one product over all batch rows
+        db = empty(b.shape, np.float32)
+        _gemm(db, a_full, dout, None, k, n, nb * m, 1, 0)
+    else:
+        db = sum_to_shape(_batched_tn(a_full, dout, sa, batch, m, k, n), b.shape)
+    return sum_to_shape(da, a.shape), db
+
+
+def _batched_tn(a, dout, sa, batch, m, k, n):
+    """a[z]^T @ dout[z] for every z of the batch: (batch..., k, n)."""
+    db = empty(batch + (k, n), np.float32)
+    _gemm(db, a, dout, None, k, n, m, 1, 0, math.prod(batch), sa, m * n, k * n)
+    return db
+
+
+def linear_forward(x, w, b):
+    # out = x @ w^T + b: one gemm with B transposed and the bias added in its epilogue
+    x, w = on_device(x), on_device(w)
+    require_f32("linear_forward", x, w)
+    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
+        raise ShapeError(f"linear_forward: input {x.shape} does not fit weight {w.shape}")
+    if b is not None:
+        b = on_device(b)
+        require_f32("linear_forward", b)
+        if b.shape != (w.shape[0],):
+            raise ShapeError(f"linear_forward: bias {b.shape} does not fit weight {w.shape}")
+    rows, (oc, c) = math.prod(x.shape[:-1]), w.shape
+    out = empty(x.shape[:-1] + (oc,), np.float32)
+    if out.size == 0:
+        return out
+    if c == 0:
+        return broadcast_to(b, out.shape) if b is not None else zeros(out.shape, np.float32)
+    _gemm(out, x, w, b, rows, oc, c, 0, 1)
+    return out
+
+
+def linear_backward(dout, x, w, has_bias):
+    # dx = dout @ w,  dw = dout^T @ x over all rows,  db = column sums of dout
+    dout, x, w = on_device(dout), on_device(x), on_device(w)
+    require_f32("linear_backward", dout, x, w)
+    oc, c = w.shape
+    rows = math.prod(x.shape[:-1])
+    if dout.shape != x.shape[:-1] + (oc,):
+        raise ShapeError(f"linear_backward: dout {dout.shape} does not fit input {x.shape}, weight {w.shape}")
+    dx = empty(x.shape, np.float32)
+    dw = empty((oc, c), np.float32)
+    if rows == 0 or oc == 0 or c == 0:
+        dx, dw = zeros(x.shape, np.float32), zeros((oc, c), np.float32)
+    else:
+        _gemm(dx, dout, w, None, rows, c, oc, 0, 0)
+        _gemm(dw, dout, x, None, oc, c, rows, 1, 0)
+    db = None
+    if has_bias:
+        db = sum(view(dout, (rows, oc)), (0,), False) if rows else zeros((oc,), np.float32)
+    return dx, dw, db
+
+
+# --- softmax family ----------------------------------------------------------------------------------
+
+def _rows(name, x):
+    x = on_device(x)
+    require_f32(name, x)
+    if x.ndim == 0:
+        raise ShapeError(f"{name}: needs at least one axis")
+    return x, math.prod(x.shape[:-1]), x.shape[-1]
+
+
+def _row_kernel(name, x):
+    x, n, c = _rows(name, x)
+    out = empty(x.shape, np.float32)
+    call(name, out.ptr, x.ptr, n, c)
+    return out
+
+
+def _row_backward(name, dout, out):
+    out, n, c = _rows(name, out)
+    dout = on_device(dout)
+    if dout.shape != out.shape:
+        raise ShapeError(f"{name}: dout {dout.shape} and out {out.shape} differ")
+    dx = empty(out.shape, np.float32)
+    call(name, dx.ptr, dout.ptr, out.ptr, n, c)
+    return dx
+
+
+def softmax_forward(x):
+    return _row_kernel("softmax_forward", x)
+
+
+def softmax_backward(dout, out):
+    return _row_backward("softmax_backward", dout, out)
+
+
+def log_softmax_forward(x):
+    return _row_kernel("log_softmax_forward", x)
+
+
+def log_softmax_backward(dout, out):
+    return _row_backward("log_softmax_backward", dout, out)
+
+
+def _targets(name, targets, n):
+    targets = on_device(targets, np.int64)
+    if targets.dtype != np.int64 or targets.shape != (n,):
+        raise ShapeError(f"{name}: targets must be int64 of shape ({n},), got {targets.dtype} {targets.shape}")
+    return targets
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    logits = on_device(logits)
+    require_f32("cross_entropy_forward", logits)
+    if logits.ndim != 2:
+        raise ShapeError(f"cross_entropy_forward: logits must be (N, V), got {logits.shape}")
+    n, v = logits.shape
+    targets = _targets("cross_entropy_forward", targets, n)
+    losses, lse = empty((n,), np.float32), empty((n,), np.float32)
+    if n:
+        call("cross_entropy_forward", losses.ptr, lse.ptr, bad_flag(), logits.ptr, targets.ptr, n, v, int(ignore_index))
+        raise_if_bad("cross_entropy_forward", f"a target is outside [0, {v}) and is not ignore_index")
+    return losses, lse
+
+
+def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
+    logits, lse = on_device(logits), on_device(lse)
+    n, v = logits.shape
+    targets = _targets("cross_entropy_backward", targets, n)
+    dlosses = on_device(dlosses)
+    require_f32("cross_entropy_backward", logits, lse, dlosses)
+    if dlosses.shape != (n,):
+        dlosses = broadcast_to(dlosses, (n,))
+    dlogits = empty((n, v), np.float32)
+    if n:
+        call("cross_entropy_backward", dlogits.ptr, dlosses.ptr, logits.ptr, targets.ptr, lse.ptr, n, v,
+             int(ignore_index))
+    return dlogits
+
+
+# --- embedding -----------------------------------------------------------------------------------------
+
+def embedding_forward(ids, weight):
+    ids, weight = on_device(ids, np.int64), on_device(weight)
+    require_f32("embedding_forward", weight)
+    if ids.dtype != np.int64 or weight.ndim != 2:
+        raise ShapeError(f"embedding_forward: ids must be int64 and weight (V, C); got {ids.dtype}, {weight.shape}")
+    out = empty(ids.shape + (weight.shape[1],), np.float32)
+    if out.size:
+        call("embedding_forward", out.ptr, bad_flag(), ids.ptr, weight.ptr, ids.size, *weight.shape)
+        raise_if_bad("embedding_forward", f"an id is outside [0, {weight.shape[0]})")
+    return out
+
+
+def embedding_backward(dout, ids, num_embeddings):
+    dout, ids = on_device(dout), on_device(ids, np.int64)
+    require_f32("embedding_backward", dout)
+    c = dout.shape[-1]
+    if dout.shape != ids.shape + (c,):
+        raise ShapeError(f"embedding_backward: dout {dout.shape} does not fit ids {ids.shape}")
+    dweight = empty((int(num_embeddings), c), np.float32)
+    call("embedding_backward", dweight.ptr, bad_flag(), dout.ptr, ids.ptr, ids.size, int(num_embeddings), c)
+    if ids.size:
+        raise_if_bad("embedding_backward", f"an id is outside [0, {num_embeddings})")
+    return dweight
+
+
+# --- normalization -------------------------------------------------------------------------------------
+
+def _norm_args(name, x, w):
+    x, n, c = _rows(name, x)
+    w = on_device(w)
+    require_f32(name, w)
+    if w.shape != (c,):
+        raise ShapeError(f"{name}: weight {w.shape} does not fit input {x.shape}")
+    return x, w, n, c
+
+
+def layer_norm_forward(x, w, b, eps):
+    x, w, n, c = _norm_args("layer_norm_forward", x, w)
+    if b is not None:
+        b = on_device(b)
+        if b.shape != (c,):
+            raise ShapeError(f"layer_norm_forward: bias {b.shape} does not fit input {x.shape}")
+    out = empty(x.shape, np.float32)
+    mean, rstd = empty(x.shape[:-1], np.float32), empty(x.shape[:-1], np.float32)
+    call("layer_norm_forward", out.ptr, mean.ptr, rstd.ptr, x.ptr, w.ptr, rt.ffi.NULL if b is None else b.ptr, n, c,
+         float(eps))
+    return out, mean, rstd
+
+
+def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
+    x, w, n, c = _norm_args("layer_norm_backward", x, w)
+    dout, mean, rstd = on_device(dout), on_device(mean), on_device(rstd)
+    if dout.shape != x.shape:
+        raise ShapeError(f"layer_norm_backward: dout {dout.shape} and x {x.shape} differ")
+    dx, dw = empty(x.shape, np.float32), empty((c,), np.float32)
+    db = empty((c,), np.float32) if has_bias else None
+    call("layer_norm_backward", dx.ptr, dw.ptr, db.ptr if has_bias else rt.ffi.NULL, dout.ptr, x.ptr, w.ptr, mean.ptr,
+         rstd.ptr, n, c)
+    return dx, dw, db
+
+
+def rms_norm_forward(x, w, eps):
+    x, w, n, c = _norm_args("rms_norm_forward", x, w)
+    out, rstd = empty(x.shape, np.float32), empty(x.shape[:-1], np.float32)
+    call("rms_norm_forward", out.ptr, rstd.ptr, x.ptr, w.ptr, n, c, float(eps))
+    return out, rstd
+
+
+def rms_norm_backward(dout, x, w, rstd):
+    x, w, n, c = _norm_args("rms_norm_backward", x, w)
+    dout, rstd = on_device(dout), on_device(rstd)
+    if dout.shape != x.shape:
+        raise ShapeError(f"rms_norm_backward: dout {dout.shape} and x {x.shape} differ")
+    dx, dw = empty(x.shape, np.float32), empty((c,), np.float32)
+    call("rms_norm_backward", dx.ptr, dw.ptr, dout.ptr, x.ptr, w.ptr, rstd.ptr, n, c)
+    return dx, dw
+
+
+# --- rotary position embedding ---------------------------------------------------------------------------
+
+def _rope(name, x, cos, sin):
+    x, cos, sin = on_device(x), on_device(cos), on_device(sin)
+    require_f32(name, x, cos, sin)
+    if x.ndim < 2 or x.shape[-1] % 2 or cos.shape != (x.shape[-2], x.shape[-1] // 2) or sin.shape != cos.shape:
+        raise ShapeError(f"{name}: x {x.shape} needs cos/sin of shape (T, HS/2), got {cos.shape}, {sin.shape}")
+    out = empty(x.shape, np.float32)
+    call(name, out.ptr, x.ptr, cos.ptr, sin.ptr, math.prod(x.shape[:-1]), x.shape[-2], x.shape[-1])
+    return out
+
+
+def rope_forward(x, cos, sin):
+    return _rope("rope_forward", x, cos, sin)
+
+
+def rope_backward(dout, cos, sin):
+    return _rope("rope_backward", dout, cos, sin)
+
+
+# --- causal self-attention --------------------------------------------------------------------------------
+
+def _attention_sizes(name, q, k, v):
+    require_f32(name, q, k, v)
+    if q.ndim != 4 or k.ndim != 4 or k.shape != v.shape:
+        raise ShapeError(f"{name}: q, k, v must be (B, NH, T, HS) with k, v alike; got {q.shape}, {k.shape}, {v.shape}")
+    b, nh, tq, hs = q.shape
+    nkv, tk = k.shape[1], k.shape[2]
+    if k.shape[0] != b or k.shape[3] != hs or nkv == 0 or nh % nkv or tq > tk:
+        raise ShapeError(f"{name}: q {q.shape} does not fit k/v {k.shape} (NH % NKV == 0, Tq <= Tk)")
+    if ATTENTION not in ("v2_flash", "v1_naive"):
+        raise ShapeError(f"MICROGPT_CUDA_ATTENTION={ATTENTION!r}: choose v2_flash or v1_naive")
+    return b, nh, nkv, tq, tk, hs
+
+
+def attention_forward(q, k, v):
+    q, k, v = on_device(q), on_device(k), on_device(v)
+    b, nh, nkv, tq, tk, hs = _attention_sizes("attention_forward", q, k, v)
+    out, lse = empty(q.shape, np.float32), empty(q.shape[:3], np.float32)
+    if out.size:
+        call(f"attention_forward_{ATTENTION}", out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, b, nh, nkv, tq, tk, hs)
+    return out, lse
+
+
+def attention_backward(dout, q, k, v, out, lse):
+    q, k, v = on_device(q), on_device(k), on_device(v)
+    dout, out, lse = on_device(dout), on_device(out), on_device(lse)
+    b, nh, nkv, tq, tk, hs = _attention_sizes("attention_backward", q, k, v)
+    if dout.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:3]:
+        raise ShapeError(f"attention_backward: dout {dout.shape}, out {out.shape}, lse {lse.shape} do not fit q {q.shape}")
+    dq, dk, dv = empty(q.shape, np.float32), empty(k.shape, np.float32), empty(v.shape, np.float32)
+    if q.size == 0:
+        return dq, zeros(k.shape, np.float32), zeros(v.shape, np.float32)
+    if ATTENTION == "v1_naive":
+        call("attention_backward_v1_naive", dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr,
+             b, nh, nkv, tq, tk, hs)
+    else:
+        delta = empty(lse.shape, np.float32)
+        call("attention_backward_v2_flash", dq.ptr, dk.ptr, dv.ptr, delta.ptr, dout.ptr, q.ptr, k.ptr, v.ptr,
+             out.ptr, lse.ptr, b, nh, nkv, tq, tk, hs)
+    return dq, dk, dv
+
+
+# --- optimizer ------------------------------------------------------------------------------------------------
+
+def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
+    if not all(isinstance(x, DeviceArray) for x in (param, m, v)):
+        raise DTypeError("adamw_update: param, m and v must be DeviceArrays (updated in place)")
+    grad = on_device(grad)
+    require_f32("adamw_update", param, grad, m, v)
+    if not param.shape == grad.shape == m.shape == v.shape:
+        raise ShapeError(f"adamw_update: shapes differ: {param.shape}, {grad.shape}, {m.shape}, {v.shape}")
+    if step < 1:
+        raise ShapeError(f"adamw_update: step counts from 1, got {step}")
+    bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step      # bias corrections, in double
+    call("adamw_update", param.ptr, grad.ptr, m.ptr, v.ptr, param.size, float(lr), float(beta1), float(beta2),
+         float(eps), float(weight_decay), bc1, bc2)
+
+
+# --- CUDA-only helpers -----------------------------------------------------------------------------------------
+
+def grad_norm(arrays):
+    """sqrt(sum of squares) over several float32 arrays: one kernel each, one sync at the end."""
+    total = zeros((), np.float32)
+    for a in arrays:
+        a = on_device(a)
+        require_f32("grad_norm", a)
+        call("sumsq_accumulate", total.ptr, a.ptr, a.size)
+    return math.sqrt(float(rt.download(total)))
+
+
+def memory_stats():
+    """Bytes held by live arrays and bytes cached for reuse by the pool."""
+    return {"in_use": rt.POOL.in_use, "cached": rt.POOL.cached}

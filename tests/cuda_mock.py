@@ -1,0 +1,323 @@
+"""A NumPy stand-in for the CUDA library, so the binding's Python side runs without a GPU.
+
+MockLib has one method per launcher of cuda/microgpt_cuda.h, with the same arguments (device
+pointers become host addresses of NumPy buffers) and the meaning its .cu file documents,
+computed with NumPy and reference.py. Tests install it in place of the real library
+(`install(monkeypatch)`) to check everything the binding decides on its own: shapes,
+broadcast strides and axis merging, reduction plans, transpose flags and batch strides of
+the gemm calls, index handling, error paths. The CUDA kernels themselves are checked on a
+GPU by tests/test_cuda_kernels.py against the same reference.
+"""
+import math
+
+import cffi
+import numpy as np
+
+from microgpt.backends import cuda_build, cuda_runtime as rt, reference as ref
+
+ffi = cffi.FFI()
+ffi.cdef(cuda_build.read_cdef())
+F32, I64 = np.dtype(np.float32), np.dtype(np.int64)
+
+
+def _addr(p):
+    return int(ffi.cast("uintptr_t", p))
+
+
+def view(p, count, dtype=F32):
+    """count elements of dtype at device pointer p, as a writable NumPy array."""
+    dtype = np.dtype(dtype)
+    if count == 0:
+        return np.empty(0, dtype)
+    return np.frombuffer(ffi.buffer(ffi.cast("char*", _addr(p)), count * dtype.itemsize), dtype=dtype)
+
+
+def _index(size, strides, offset):
+    idx = np.full(tuple(size), offset, dtype=np.int64)
+    for d, (n, s) in enumerate(zip(size, strides)):
+        shape = [1] * len(size)
+        shape[d] = n
+        idx = idx + (np.arange(n) * s).reshape(shape)
+    return idx.reshape(-1)
+
+
+class MockLib:
+    def __init__(self):
+        self.buffers = {}
+        self.calls = []              # (name, args) of every kernel launched, for tests
+        self._msg = ffi.new("char[]", b"mock CUDA error")
+
+    def __getattribute__(self, name):
+        attr = object.__getattribute__(self, name)
+        if callable(attr) and not name.startswith("_"):
+            object.__getattribute__(self, "calls").append(name)
+        return attr
+
+    # memory.cu
+    def cuda_error_string(self, code):
+        return self._msg
+
+    def cuda_device_count(self, p):
+        p[0] = 1
+        return 0
+
+    def cuda_device_name(self, buf, n):
+        ffi.memmove(buf, b"mock\0", 5)
+        return 0
+
+    def cuda_malloc(self, pp, nbytes):
+        arr = np.full(nbytes + 16, 0xAB, dtype=np.uint8)
+        addr = (arr.ctypes.data + 15) // 16 * 16
+        self.buffers[addr] = arr
+        pp[0] = ffi.cast("void*", addr)
+        return 0
+
+    def cuda_free(self, p):
+        self.buffers.pop(_addr(p), None)
+        return 0
+
+    def cuda_memcpy_h2d(self, dst, src, n):
+        ffi.memmove(ffi.cast("char*", _addr(dst)), src, n)
+        return 0
+
+    def cuda_memcpy_d2h(self, dst, src, n):
+        ffi.memmove(dst, ffi.cast("char*", _addr(src)), n)
+        return 0
+
+    def cuda_memcpy_d2d(self, dst, src, n):
+        ffi.memmove(ffi.cast("char*", _addr(dst)), ffi.cast("char*", _addr(src)), n)
+        return 0
+
+    def cuda_memset(self, p, value, n):
+        view(p, n, np.uint8)[:] = value & 0xFF
+        return 0
+
+    def cuda_synchronize(self):
+        return 0
+
+    def fill_f32(self, out, value, n):
+        view(out, n)[:] = value
+        return 0
+
+    def fill_i64(self, out, value, n):
+        view(out, n, I64)[:] = value
+        return 0
+
+    # shape.cu
+    def strided_copy(self, out, inp, elsize, ndim, size, strides, offset, n):
+        dt = np.dtype(f"u{elsize}")
+        idx = _index(size[:ndim], strides[:ndim], offset)
+        view(out, n, dt)[:] = view(inp, int(idx.max()) + 1, dt)[idx]
+        return 0
+
+    def strided_scatter(self, out, inp, elsize, ndim, size, strides, offset, n):
+        dt = np.dtype(f"u{elsize}")
+        idx = _index(size[:ndim], strides[:ndim], offset)
+        view(out, int(idx.max()) + 1, dt)[idx] = view(inp, n, dt)
+        return 0
+
+    def gather_rows(self, out, bad, table, ids, n_ids, rows, width, elsize):
+        dt = np.dtype(f"u{elsize}")
+        i = view(ids, n_ids, I64)
+        if np.any((i < 0) | (i >= rows)):
+            view(bad, 1, np.int32)[0] = 1
+            i = np.clip(i, 0, rows - 1)
+        view(out, n_ids * width, dt)[:] = view(table, rows * width, dt).reshape(rows, width)[i].reshape(-1)
+        return 0
+
+    def scatter_add_rows(self, out, bad, src, ids, n_ids, rows, width):
+        i = view(ids, n_ids, I64)
+        o = view(out, rows * width).reshape(rows, width)
+        np.add.at(o, i, view(src, n_ids * width).reshape(n_ids, width))
+        return 0
+
+    # elementwise.cu, activation.cu
+    _BIN = (np.add, np.subtract, np.multiply, np.divide, lambda x, y: (x == y).astype(np.float32))
+    _UN = (np.negative, np.exp, np.log, np.sqrt, np.tanh)
+
+    def binary_op(self, out, a, b, ndim, size, sa, sb, n, op):
+        ia, ib = _index(size[:ndim], sa[:ndim], 0), _index(size[:ndim], sb[:ndim], 0)
+        x, y = view(a, int(ia.max()) + 1)[ia], view(b, int(ib.max()) + 1)[ib]
+        view(out, n)[:] = self._BIN[op](x, y)
+        return 0
+
+    def binary_scalar_op(self, out, a, s, n, op, reversed_):
+        x, s = view(a, n).copy(), np.float32(s)
+        view(out, n)[:] = self._BIN[op](s, x) if reversed_ else self._BIN[op](x, s)
+        return 0
+
+    def unary_op(self, out, a, n, op, p):
+        x = view(a, n)
+        view(out, n)[:] = np.power(x, np.float32(p)) if op == 5 else self._UN[op](x)
+        return 0
+
+    def _pointwise(fn):
+        def launcher(self, out, x, n):
+            view(out, n)[:] = fn(view(x, n))
+            return 0
+        return launcher
+
+    def _pointwise_backward(fn):
+        def launcher(self, dx, dout, x, n):
+            view(dx, n)[:] = fn(view(dout, n), view(x, n))
+            return 0
+        return launcher
+
+    relu_forward = _pointwise(ref.relu_forward)
+    gelu_forward = _pointwise(ref.gelu_forward)
+    silu_forward = _pointwise(ref.silu_forward)
+    relu_backward = _pointwise_backward(ref.relu_backward)
+    gelu_backward = _pointwise_backward(ref.gelu_backward)
+    silu_backward = _pointwise_backward(ref.silu_backward)
+
+    # reduce.cu
+    def reduce_axes(self, out, inp, outer, R, inner, is_max):
+        x = view(inp, outer * R * inner).reshape(outer, R, inner)
+        view(out, outer * inner)[:] = (x.max(axis=1) if is_max else x.sum(axis=1)).reshape(-1)
+        return 0
+
+    def sumsq_accumulate(self, out, x, n):
+        v = view(x, n)
+        view(out, 1)[0] += np.sum(v * v)
+        return 0
+
+    # matmul.cu
+    def gemm(self, c, a, b, bias, M, N, K, transa, transb, batch, sa, sb, sc):
+        for z in range(batch):
+            A = view(ffi.cast("char*", _addr(a) + 4 * z * sa), M * K).reshape((K, M) if transa else (M, K))
+            B = view(ffi.cast("char*", _addr(b) + 4 * z * sb), K * N).reshape((N, K) if transb else (K, N))
+            out = (A.T if transa else A) @ (B.T if transb else B)
+            if bias != ffi.NULL:
+                out = out + view(bias, N)
+            view(ffi.cast("char*", _addr(c) + 4 * z * sc), M * N)[:] = out.reshape(-1)
+        return 0
+
+    gemm_naive = gemm
+
+    def _rung(self, c, a, b, M, N, K):
+        return self.gemm(c, a, b, ffi.NULL, M, N, K, 0, 0, 1, 0, 0, 0)
+
+    matmul_forward_v1_naive = matmul_forward_v2_coalesced = matmul_forward_v3_smem = _rung
+    matmul_forward_v4_regblock = matmul_forward_v5_vectorized = matmul_forward_v6_warptile = _rung
+
+    # softmax.cu, crossentropy.cu
+    def _rows(fn):
+        def launcher(self, out, x, N, C):
+            view(out, N * C)[:] = fn(view(x, N * C).reshape(N, C)).reshape(-1)
+            return 0
+        return launcher
+
+    def _rows_backward(fn):
+        def launcher(self, dx, dout, out, N, C):
+            view(dx, N * C)[:] = fn(view(dout, N * C).reshape(N, C), view(out, N * C).reshape(N, C)).reshape(-1)
+            return 0
+        return launcher
+
+    softmax_forward = _rows(ref.softmax_forward)
+    log_softmax_forward = _rows(ref.log_softmax_forward)
+    softmax_backward = _rows_backward(ref.softmax_backward)
+    log_softmax_backward = _rows_backward(ref.log_softmax_backward)
+
+    def cross_entropy_forward(self, losses, lse, bad, logits, targets, N, V, ignore):
+        t = view(targets, N, I64)
+        if np.any((t != ignore) & ((t < 0) | (t >= V))):
+            view(bad, 1, np.int32)[0] = 1
+            return 0
+        lo, ls = ref.cross_entropy_forward(view(logits, N * V).reshape(N, V), t, ignore)
+        view(losses, N)[:] = lo
+        view(lse, N)[:] = ls
+        return 0
+
+    def cross_entropy_backward(self, dlogits, dlosses, logits, targets, lse, N, V, ignore):
+        d = ref.cross_entropy_backward(view(dlosses, N), view(logits, N * V).reshape(N, V), view(targets, N, I64),
+                                       view(lse, N), ignore)
+        view(dlogits, N * V)[:] = d.reshape(-1)
+        return 0
+
+    # embedding.cu
+    def embedding_forward(self, out, bad, ids, weight, N, V, C):
+        return self.gather_rows(out, bad, weight, ids, N, V, C, 4)
+
+    def embedding_backward(self, dweight, bad, dout, ids, N, V, C):
+        view(dweight, V * C)[:] = 0
+        return self.scatter_add_rows(dweight, bad, dout, ids, N, V, C)
+
+    # norm.cu
+    def layer_norm_forward(self, out, mean, rstd, x, w, b, N, C, eps):
+        o, m, r = ref.layer_norm_forward(view(x, N * C).reshape(N, C), view(w, C),
+                                         None if b == ffi.NULL else view(b, C), np.float32(eps))
+        view(out, N * C)[:], view(mean, N)[:], view(rstd, N)[:] = o.reshape(-1), m, r
+        return 0
+
+    def layer_norm_backward(self, dx, dw, db, dout, x, w, mean, rstd, N, C):
+        has_bias = db != ffi.NULL
+        a, bw, bb = ref.layer_norm_backward(view(dout, N * C).reshape(N, C), view(x, N * C).reshape(N, C), view(w, C),
+                                            view(mean, N), view(rstd, N), has_bias)
+        view(dx, N * C)[:], view(dw, C)[:] = a.reshape(-1), bw
+        if has_bias:
+            view(db, C)[:] = bb
+        return 0
+
+    def rms_norm_forward(self, out, rstd, x, w, N, C, eps):
+        o, r = ref.rms_norm_forward(view(x, N * C).reshape(N, C), view(w, C), np.float32(eps))
+        view(out, N * C)[:], view(rstd, N)[:] = o.reshape(-1), r
+        return 0
+
+    def rms_norm_backward(self, dx, dw, dout, x, w, rstd, N, C):
+        a, bw = ref.rms_norm_backward(view(dout, N * C).reshape(N, C), view(x, N * C).reshape(N, C), view(w, C),
+                                      view(rstd, N))
+        view(dx, N * C)[:], view(dw, C)[:] = a.reshape(-1), bw
+        return 0
+
+    # rope.cu
+    def _rope(fn):
+        def launcher(self, out, x, cosv, sinv, rows, T, HS):
+            xs = view(x, rows * HS).reshape(-1, T, HS)
+            c, s = view(cosv, T * HS // 2).reshape(T, HS // 2), view(sinv, T * HS // 2).reshape(T, HS // 2)
+            view(out, rows * HS)[:] = fn(xs, c, s).reshape(-1)
+            return 0
+        return launcher
+
+    rope_forward = _rope(ref.rope_forward)
+    rope_backward = _rope(ref.rope_backward)
+
+    # attention.cu
+    def attention_forward_v2_flash(self, out, lse, q, k, v, B, NH, NKV, Tq, Tk, HS):
+        qs = view(q, B * NH * Tq * HS).reshape(B, NH, Tq, HS)
+        ks, vs = (view(p, B * NKV * Tk * HS).reshape(B, NKV, Tk, HS) for p in (k, v))
+        o, ls = ref.attention_forward(qs, ks, vs)
+        view(out, o.size)[:], view(lse, ls.size)[:] = o.reshape(-1), ls.reshape(-1)
+        return 0
+
+    attention_forward_v1_naive = attention_forward_v2_flash
+
+    def attention_backward_v1_naive(self, dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS):
+        shape_q, shape_k = (B, NH, Tq, HS), (B, NKV, Tk, HS)
+        g = [view(p, math.prod(shape_q)).reshape(shape_q) for p in (dout, q)]
+        ks, vs = (view(p, math.prod(shape_k)).reshape(shape_k) for p in (k, v))
+        o, ls = view(out, math.prod(shape_q)).reshape(shape_q), view(lse, B * NH * Tq).reshape(B, NH, Tq)
+        a, b, c = ref.attention_backward(g[0], g[1], ks, vs, o, ls)
+        view(dq, a.size)[:], view(dk, b.size)[:], view(dv, c.size)[:] = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+        return 0
+
+    def attention_backward_v2_flash(self, dq, dk, dv, delta, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS):
+        return self.attention_backward_v1_naive(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS)
+
+    # adamw.cu
+    def adamw_update(self, param, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2):
+        p, g, mm, vv = view(param, n), view(grad, n), view(m, n), view(v, n)
+        mm[:] = b1 * mm + (1 - b1) * g
+        vv[:] = b2 * vv + (1 - b2) * g * g
+        p[:] = p - lr * (wd * p + (mm / bc1) / (np.sqrt(vv / bc2) + eps))
+        return 0
+
+
+def install(monkeypatch):
+    """Replace the CUDA library by MockLib for one test; returns the mock."""
+    mock = MockLib()
+    monkeypatch.setattr(rt, "ffi", ffi)
+    monkeypatch.setattr(rt, "lib", mock)
+    monkeypatch.setattr(rt, "POOL", rt._Pool())
+    monkeypatch.setattr(rt, "_flag", None)
+    monkeypatch.setattr(rt, "POISON", True)
+    return mock
