@@ -1,0 +1,132 @@
+"""Checkpoints: the model directory's files and names, atomic saves, pruning, corruption."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from microgpt.errors import CheckpointError
+from microgpt.nn import GPT, GPTConfig
+from microgpt.train import checkpoint as ckpt
+from microgpt.train.trainer import Trainer, resume, train
+from train_helpers import quiet, tiny_config
+
+
+@pytest.fixture
+def run(tmp_path):
+    config = tiny_config(tmp_path, max_steps=12, checkpoint_interval=4, keep_checkpoints=2)
+    train(config, log=quiet)
+    return config
+
+
+def test_directory_holds_the_expected_files_and_no_pickle(run):
+    path = ckpt.latest(run.out_dir)
+    assert os.path.basename(path) == "step_000012"
+    assert sorted(os.listdir(path)) == sorted(["COMPLETE", "config.json", "model.safetensors",
+                                               ckpt.TOKENIZER_FILE, "generation_config.json",
+                                               "optimizer.safetensors", "trainer_state.json"])
+    config = json.load(open(os.path.join(path, "config.json")))
+    assert config["model_type"] == "gpt2" and config["architectures"] == ["GPT2LMHeadModel"]
+    assert (config["n_layer"], config["n_embd"], config["n_positions"]) == (1, 16, 16)
+    tensors = ckpt.load_tensors(os.path.join(path, "model.safetensors"))
+    assert "transformer.h.0.attn.c_attn.weight" in tensors and "transformer.wte.weight" in tensors
+    assert tensors["transformer.h.0.attn.c_attn.weight"].shape == (16, 48)   # Conv1D (in, out)
+    state = json.load(open(os.path.join(path, "trainer_state.json")))
+    assert state["step"] == 12 and state["loaders"]["train"]["position"] == 12 * 4
+    for name in os.listdir(path):
+        with open(os.path.join(path, name), "rb") as f:
+            assert not f.read(2).startswith(b"\x80")                 # no pickle protocol header
+    gen = json.load(open(os.path.join(path, "generation_config.json")))
+    assert gen["eos_token_id"] == 256
+
+
+def test_keeps_the_last_n(run):
+    steps = [s for s, _ in ckpt.list_complete(run.out_dir)]
+    assert steps == [8, 12]
+
+
+def test_interrupted_save_leaves_previous_checkpoint_and_resume_ignores_it(run, monkeypatch):
+    trainer = Trainer(run, log=quiet).setup()
+    trainer.load_checkpoint(ckpt.latest(run.out_dir))
+    trainer.train_step()
+    real = ckpt.write_json
+
+    def crash_at_marker(path, obj):
+        if os.path.basename(path) == ckpt.MARKER:
+            raise KeyboardInterrupt("killed")                       # after rename, before marker
+        real(path, obj)
+    monkeypatch.setattr(ckpt, "write_json", crash_at_marker)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(0.0)
+    monkeypatch.setattr(ckpt, "write_json", real)
+    assert os.path.isdir(os.path.join(ckpt.checkpoints_dir(run.out_dir), "step_000013"))
+    assert os.path.basename(ckpt.latest(run.out_dir)) == "step_000012"
+    with pytest.raises(CheckpointError, match="incomplete"):
+        ckpt.verify(os.path.join(ckpt.checkpoints_dir(run.out_dir), "step_000013"))
+    # a temp dir from a save killed before its rename is ignored too, and cleaned by the next
+    os.makedirs(os.path.join(ckpt.checkpoints_dir(run.out_dir), ".tmp-step_000099-1"))
+    assert os.path.basename(ckpt.resolve(run.out_dir)) == "step_000012"
+    trainer.save_checkpoint(0.0)                                      # re-save the same step
+    assert os.path.basename(ckpt.latest(run.out_dir)) == "step_000013"
+    assert not any(n.startswith(".tmp") for n in os.listdir(ckpt.checkpoints_dir(run.out_dir)))
+
+
+def test_corrupt_files_are_a_clear_error(run):
+    path = ckpt.latest(run.out_dir)
+    weights = os.path.join(path, "model.safetensors")
+    data = bytearray(open(weights, "rb").read())
+    data[-5] ^= 0xFF
+    open(weights, "wb").write(bytes(data))
+    with pytest.raises(CheckpointError, match="corrupt"):
+        ckpt.load_model(run.out_dir)
+    with pytest.raises(CheckpointError, match="corrupt"):
+        resume(run.out_dir, log=quiet)
+    os.remove(weights)
+    with pytest.raises(CheckpointError, match="missing"):
+        ckpt.verify(path)
+
+
+def test_unreadable_file_even_with_matching_checksum(tmp_path):
+    path = str(tmp_path / "bad.safetensors")
+    open(path, "wb").write(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    with pytest.raises(CheckpointError, match="cannot read safetensors"):
+        ckpt.load_tensors(path)
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        ckpt.resolve(str(tmp_path))
+
+
+def test_mismatched_checkpoint_is_rejected(run, tmp_path):
+    other = Trainer(tiny_config(tmp_path, "other", n_embd=32), log=quiet).setup()
+    with pytest.raises(CheckpointError, match="does not match"):
+        other.load_checkpoint(ckpt.latest(run.out_dir))
+    model = GPT(GPTConfig(vocab_size=257, block_size=16, n_layer=2, n_head=2, n_embd=16))
+    _, tensors = ckpt.load_model_files(ckpt.latest(run.out_dir))
+    with pytest.raises(CheckpointError, match="missing"):
+        model.load_state_dict(tensors)
+
+
+def test_load_model_round_trip(run):
+    model, tokenizer, generation = ckpt.load_model(run.out_dir)
+    _, tensors = ckpt.load_model_files(ckpt.latest(run.out_dir))
+    for name, p in model.named_parameters():
+        np.testing.assert_array_equal(p.numpy(), tensors[name])
+    assert tokenizer.eot_id == generation["eos_token_id"]
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_transformers_loads_the_directory_and_agrees(run, tmp_path, family):
+    """The strongest check of the names and layouts: Hugging Face reads our files."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    config = tiny_config(tmp_path, family, family=family, max_steps=4, n_kv_head=1 if family ==
+                         "llama" else 0)
+    train(config, log=quiet)
+    path = ckpt.latest(config.out_dir)
+    cls = transformers.GPT2LMHeadModel if family == "gpt2" else transformers.LlamaForCausalLM
+    hf = cls.from_pretrained(path).eval()
+    ours, _, _ = ckpt.load_model(path)
+    ids = np.random.default_rng(0).integers(0, 257, size=(2, 12))
+    expected = ours.eval()(ids)[0].numpy()
+    with torch.no_grad():
+        got = hf(torch.tensor(ids)).logits.numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
