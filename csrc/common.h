@@ -6,9 +6,9 @@
  * MG_PAR(n)   OpenMP `if` clause threshold: fork threads only when a kernel touches enough
  *             values for the fork (~ a few microseconds) to pay off.
  * mg_expf     e^x in plain float arithmetic, so loops calling it vectorize (libm's expf does
- *             not without -ffast-math). Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2,
- *             then e^r by a degree-6 Taylor polynomial (error < 2 ulp on [-87, 88]) and 2^k by
- *             writing k into the float exponent bits.
+ *             not without -ffast-math). Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2
+ *             (k rounded by the 1.5*2^23 trick, no floorf call), then e^r by a degree-6 Taylor
+ *             polynomial (error < 2 ulp on [-87, 88]) and 2^k by writing k into the exponent bits.
  */
 #ifndef MICROGPT_COMMON_H
 #define MICROGPT_COMMON_H
@@ -28,8 +28,9 @@
 static inline float mg_expf(float x) {
     const float log2e = 1.44269504088896341f;
     const float ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
+    const float round = 12582912.0f;                /* 1.5 * 2^23: adding it rounds to integer */
     float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float k = floorf(xc * log2e + 0.5f);            /* nearest integer to x / ln2 */
+    float k = (xc * log2e + round) - round;         /* nearest integer to x / ln2 */
     float r = xc - k * ln2_hi - k * ln2_lo;         /* |r| <= ln2 / 2, in two steps for accuracy */
     float p = 1.0f / 720.0f;                        /* e^r = sum r^i / i!, Horner form */
     p = p * r + 1.0f / 120.0f;
@@ -38,10 +39,9 @@ static inline float mg_expf(float x) {
     p = p * r + 0.5f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    int32_t bits = ((int32_t)k + 127) << 23;        /* 2^k as a float: exponent field only */
-    float two_k;
-    memcpy(&two_k, &bits, sizeof two_k);
-    float y = p * two_k;
+    union { int32_t i; float f; } two_k;            /* 2^k as a float: exponent field only */
+    two_k.i = ((int32_t)k + 127) << 23;
+    float y = p * two_k.f;
     return x < -87.0f ? 0.0f : y;                   /* e^-inf = 0; tiny values flush to 0 */
 }
 

@@ -26,7 +26,7 @@ HEADER = os.path.join(CSRC, "microgpt.h")
 SOURCES = ["threads.c", "matmul.c", "softmax.c", "crossentropy.c", "norm.c",
            "activation.c", "rope.c", "embedding.c", "adamw.c"]
 ATTENTION_SOURCE = "attention.c"
-CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-Wall", "-Wno-unused-function"]
+CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]
 LDFLAGS = ["-fopenmp"]
 # MICROGPT_SANITIZE=1 (csrc/Makefile's `make sanitize`): AddressSanitizer + UndefinedBehaviorSanitizer,
 # every UB report fatal. Such a build only loads with libasan preloaded, so it goes to its own folder.

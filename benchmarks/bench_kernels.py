@@ -1,0 +1,187 @@
+"""C kernels against their peers: matmul vs NumPy/OpenBLAS, row kernels vs the NumPy reference.
+
+Rows:
+  matmul   every rung of csrc/matmul.c at the GPT shapes (4096x384 @ 384x1536,
+           4096x1536 @ 1536x384, 4096x384 @ 384x8192) and 1024^3, in GFLOP/s, beside
+           NumPy's sgemm (OpenBLAS) on the same number of threads (1 and 2): our OpenMP team
+           and OpenBLAS's pool are both set to that count. The slow teaching rungs (v1 naive,
+           v2 blocked) run only at 1024^3 (512^3 with --quick), once each.
+  kernels  layer_norm, softmax, cross_entropy (forward + backward), gelu and the AdamW update,
+           in ms, beside backends/reference.py (NumPy) on the same arrays, at 1 and 2 threads
+           of ours (NumPy's elementwise code has one thread either way).
+  attention  rows vs torch SDPA, added by the attention helper in the marked section below.
+
+    python benchmarks/bench_kernels.py [--quick] [--json FILE]
+"""
+import ctypes
+import glob
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
+
+import harness  # noqa: E402
+from microgpt.backends import cpu  # noqa: E402
+from microgpt.backends import reference as ref  # noqa: E402
+
+GPT_SHAPES = [(4096, 1536, 384), (4096, 384, 1536), (4096, 8192, 384), (1024, 1024, 1024)]   # M, N, K
+RUNGS = ["v1_naive", "v2_blocked", "v3_packed", "v4_threaded"]
+
+
+def _openblas():
+    """NumPy's bundled OpenBLAS, to set its thread count (no threadpoolctl needed)."""
+    pattern = os.path.join(os.path.dirname(np.__file__), "..", "numpy.libs", "*openblas*")
+    for path in glob.glob(pattern):
+        lib = ctypes.CDLL(path)
+        for name in ("scipy_openblas_set_num_threads64_", "openblas_set_num_threads64_",
+                     "openblas_set_num_threads"):
+            if hasattr(lib, name):
+                return getattr(lib, name)
+    return None
+
+
+SET_BLAS_THREADS = _openblas()
+
+
+def set_threads(n):
+    """Our kernels and NumPy's BLAS on n threads each (runs at case time, not build time)."""
+    cpu.set_num_threads(n)
+    if SET_BLAS_THREADS is not None:
+        SET_BLAS_THREADS(ctypes.c_int(n))
+
+
+def threaded(n, fn):
+    def run():
+        set_threads(n)
+        return fn()
+    return run
+
+
+def matmul_case(rung, M, N, K, threads, repeats, with_peer=True):
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    out, peer_out = np.empty((M, N), np.float32), np.empty((M, N), np.float32)
+    c_fn = getattr(cpu.lib, f"matmul_forward_{rung}")
+    pa, pb, po = cpu._fp(a), cpu._fp(b), cpu._fp(out)
+
+    def check():
+        set_threads(threads)
+        c_fn(po, pa, pb, M, N, K, 0, 0, 0)
+        np.matmul(a, b, out=peer_out)
+        err = np.max(np.abs(out - peer_out)) / (np.max(np.abs(peer_out)) + 1e-30)
+        assert err < 1e-4, f"matmul {rung} {M}x{N}x{K}: relative error {err}"
+
+    return harness.Case(
+        name=f"matmul {rung} {M}x{K}@{K}x{N} {threads}t",
+        ours=threaded(threads, lambda: c_fn(po, pa, pb, M, N, K, 0, 0, 0)),
+        peer=threaded(threads, lambda: np.matmul(a, b, out=peer_out)) if with_peer else None,
+        peer_name="numpy/openblas", unit="GFLOP/s", work=2.0 * M * N * K / 1e9,
+        check=check, repeats=repeats, warmup=1 if repeats > 1 else 0)
+
+
+def matmul_cases(quick):
+    cases = []
+    side = 512 if quick else 1024
+    for rung in RUNGS[:2]:
+        cases.append(matmul_case(rung, side, side, side, 1, 1))
+    shapes = [(1024, 1536, 384), (1024, 384, 1536), (1024, 8192, 384), (512, 512, 512)] if quick else GPT_SHAPES
+    for M, N, K in shapes:
+        cases.append(matmul_case("v3_packed", M, N, K, 1, 3 if quick else 5))
+        for threads in (1, 2):
+            cases.append(matmul_case("v4_threaded", M, N, K, threads, 3 if quick else 7))
+    return cases
+
+
+def kernel_case(name, ours, peer, check, threads, repeats):
+    return harness.Case(name=f"{name} {threads}t", ours=threaded(threads, ours), peer=peer,
+                        peer_name="numpy reference", unit="ms", check=check, repeats=repeats)
+
+
+def close(got, want, what, tol=2e-4):
+    for g, w in zip(got if isinstance(got, tuple) else (got,), want if isinstance(want, tuple) else (want,)):
+        err = np.max(np.abs(g - w) / (np.abs(w) + 1.0))
+        assert err < tol, f"{what}: error {err}"
+
+
+def row_kernel_cases(quick):
+    rng = np.random.default_rng(0)
+    scale = 4 if quick else 1
+    N, C, V = 4096 // scale, 384, 8192
+    x = rng.standard_normal((N, C)).astype(np.float32)
+    w, b = rng.standard_normal(C).astype(np.float32), rng.standard_normal(C).astype(np.float32)
+    dout = rng.standard_normal((N, C)).astype(np.float32)
+    scores = rng.standard_normal((24576 // scale, 256)).astype(np.float32)
+    dscores = rng.standard_normal(scores.shape).astype(np.float32)
+    logits = rng.standard_normal((N, V)).astype(np.float32)
+    targets = rng.integers(0, V, N)
+    dlosses = np.full(N, 1.0 / N, np.float32)
+    hidden = rng.standard_normal((N, 4 * C)).astype(np.float32)
+    dhidden = rng.standard_normal(hidden.shape).astype(np.float32)
+    n_params = 10_000_000 // scale
+    params = [rng.standard_normal(n_params).astype(np.float32) for _ in range(4)]
+    params[3] = np.abs(params[3])
+
+    def layer_norm(be):
+        out, mean, rstd = be.layer_norm_forward(x, w, b, 1e-5)
+        return (out,) + be.layer_norm_backward(dout, x, w, mean, rstd, True)
+
+    def softmax(be):
+        out = be.softmax_forward(scores)
+        return out, be.softmax_backward(dscores, out)
+
+    def cross_entropy(be):
+        losses, lse = be.cross_entropy_forward(logits, targets, -100)
+        return losses, be.cross_entropy_backward(dlosses, logits, targets, lse, -100)
+
+    def gelu(be):
+        return be.gelu_forward(hidden), be.gelu_backward(dhidden, hidden)
+
+    def adamw(be):
+        p, g, m, v = params
+        be.adamw_update(p, g, m, v, 1e-4, 0.9, 0.95, 1e-8, 0.1, 10)
+
+    def adamw_check():
+        p, g, m, v = (x[:100000].copy() for x in params)
+        want = [p.copy(), m.copy(), v.copy()]
+        cpu.adamw_update(p, g, m, v, 1e-4, 0.9, 0.95, 1e-8, 0.1, 10)
+        ref.adamw_update(want[0], g, want[1], want[2], 1e-4, 0.9, 0.95, 1e-8, 0.1, 10)
+        close((p, m, v), tuple(want), "adamw")
+
+    rows = [("layer_norm fwd+bwd %dx%d" % (N, C), layer_norm),
+            ("softmax fwd+bwd %dx256" % scores.shape[0], softmax),
+            ("cross_entropy fwd+bwd %dx%d" % (N, V), cross_entropy),
+            ("gelu fwd+bwd %dx%d" % hidden.shape, gelu)]
+    cases = []
+    for threads in (1, 2):
+        for name, fn in rows:
+            cases.append(kernel_case(name, lambda fn=fn: fn(cpu), lambda fn=fn: fn(ref),
+                                     lambda fn=fn, name=name: close(fn(cpu), fn(ref), name, 1e-3),
+                                     threads, 5 if quick else 10))
+        cases.append(kernel_case(f"adamw {n_params} params", lambda: adamw(cpu), lambda: adamw(ref),
+                                 adamw_check, threads, 5 if quick else 10))
+    return cases
+
+
+# === attention rows (owned by the attention helper) ================================================
+def attention_cases(quick):
+    return []
+# === end attention rows =============================================================================
+
+
+def main():
+    args = harness.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--only", default="", help="run only the rows whose name contains this text"))
+    print(f"simd path: {cpu.simd_path()}; OpenBLAS thread control: {SET_BLAS_THREADS is not None}")
+    cases = matmul_cases(args.quick) + row_kernel_cases(args.quick) + attention_cases(args.quick)
+    cases = [case for case in cases if args.only in case.name]
+    rows = harness.run_cases(cases, args, title="C kernels vs NumPy/OpenBLAS and the NumPy reference")
+    set_threads(os.cpu_count() or 1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
