@@ -4,13 +4,37 @@ The C kernels (csrc/) and the BPE core are compiled by cffi's out-of-line API mo
 (`cffi_modules`); each entry names a builder script that holds its cdef and sources.
 The CUDA library (cuda/) is built by its own builder when nvcc is present.
 """
+import importlib.util
+import os
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 # One entry per compiled extension: "path/to/builder.py:ffibuilder".
 CFFI_MODULES = [
     "microgpt/tokenizer/bpe_build.py:ffibuilder",     # BPE core (csrc/bpe.c) -> microgpt.tokenizer._bpe
     "microgpt/backends/cpu_build.py:ffibuilder",      # C kernels (csrc/) -> microgpt.backends._cpu
 ]
+
+
+# --- CUDA hook: build cuda/*.cu -> microgpt/backends/_microgpt_cuda.so with nvcc, if present ----
+# The builder is loaded by path (it needs only the standard library). It prints why it skips
+# (no nvcc, or MICROGPT_CUDA=0) and never fails the install: the cuda backend then reports
+# itself unavailable. Runs with build_py, which both `pip install .` and `pip install -e .` run.
+class BuildPyWithCuda(build_py):
+    def run(self):
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "microgpt", "backends", "cuda_build.py")
+        spec = importlib.util.spec_from_file_location("microgpt_cuda_build", path)
+        builder = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(builder)
+        built = builder.build_if_possible()
+        super().run()
+        if built:   # ship the library and its cdef inside wheels too (editable installs use the tree)
+            target = os.path.join(self.build_lib, "microgpt", "backends")
+            os.makedirs(target, exist_ok=True)
+            for source in (builder.LIBRARY, builder.CDEF_FILE):
+                self.copy_file(source, os.path.join(target, os.path.basename(source)))
+
 
 setup(
     name="microgpt",
@@ -40,5 +64,6 @@ setup(
         "plot": ["matplotlib>=3.5"],
     },
     cffi_modules=CFFI_MODULES,
+    cmdclass={"build_py": BuildPyWithCuda},   # the CUDA hook above
     entry_points={"console_scripts": ["microgpt=microgpt.cli:main"]},
 )
