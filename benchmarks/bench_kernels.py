@@ -167,8 +167,49 @@ def row_kernel_cases(quick):
 
 
 # === attention rows (owned by the attention helper) ================================================
+# Fused causal attention forward + backward (csrc/attention.c) at B=8, NH=6, HS=64 beside
+# PyTorch's scaled_dot_product_attention(is_causal=True) forward + backward (its CPU flash
+# kernel), both on every core (torch.set_num_threads = our team). --quick: T=256 only.
+def attention_case(T, threads, B=8, NH=6, HS=64, repeats=5):
+    import torch
+    import torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((B, NH, T, HS)).astype(np.float32) for _ in range(4))
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    tdout = torch.from_numpy(dout)
+
+    def ours():
+        out, lse = cpu.attention_forward(q, k, v)
+        return (out,) + cpu.attention_backward(dout, q, k, v, out, lse)
+
+    def peer():
+        torch.set_num_threads(threads)
+        for t in (tq, tk, tv):
+            t.grad = None
+        out = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+        out.backward(tdout)
+        return out.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()
+
+    def check():
+        set_threads(threads)
+        for got, want, name in zip(ours(), peer(), ("out", "dq", "dk", "dv")):
+            err = np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30)
+            assert err < 1e-4, f"attention T={T} {name}: relative error {err} vs torch"
+
+    return harness.Case(name=f"attention fwd+bwd B{B} NH{NH} T{T} HS{HS} {threads}t",
+                        ours=threaded(threads, ours), peer=peer, peer_name="torch sdpa",
+                        unit="ms", check=check, repeats=repeats)
+
+
 def attention_cases(quick):
-    return []
+    try:
+        import torch  # noqa: F401 - the peer
+    except ImportError:
+        print("attention rows skipped: torch (the peer) is not installed")
+        return []
+    threads = os.cpu_count() or 1
+    return [attention_case(T, threads, repeats=5 if T <= 1024 else 3)
+            for T in ((256,) if quick else (256, 512, 1024, 2048))]
 # === end attention rows =============================================================================
 
 

@@ -115,15 +115,42 @@ AI void tile(float *c, size_t ldc, const float *a, size_t lda, const float *b, s
         for (int v = 0; v < NV; v++) vstore(c + r * ldc + 16 * v, acc[r][v]);
 }
 
+/* Inside a diagonal block, row r (a key) and column c (a query) of a key-by-query product meet
+ * only when r <= c + diag. The GEMMs use it to skip work that would be multiplied by zero:
+ *   SKIP_HIDDEN  C is keys x queries: a tile with every key after every query is zeroed, not computed;
+ *   K_FROM       C is keys x channels, K runs over queries: start at the first query that sees row i;
+ *   K_TO         C is channels x queries, K runs over keys: stop after the last key column j sees.
+ * Outside the diagonal (diag >= the block size) every mode computes the whole product. */
+enum { FULL, SKIP_HIDDEN, K_FROM, K_TO };
+
+AI void part(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
+             size_t i, size_t j, size_t K, int accumulate, long diag, const int causal,
+             const int MR, const int NV)
+{
+    long k0 = 0, k1 = (long)K;
+    if (causal == SKIP_HIDDEN && (long)i > diag + (long)j + 16 * NV - 1) {
+        if (!accumulate)
+            for (int r = 0; r < MR; r++) memset(c + (i + r) * ldc + j, 0, 64 * NV);
+        return;
+    }
+    if (causal == K_FROM && (long)i - diag > 0) k0 = (long)i - diag;
+    if (causal == K_TO && diag + (long)j + 16 * NV < k1) k1 = diag + (long)j + 16 * NV;
+    if (k1 <= k0 && accumulate) return;
+    if (k1 < k0) k1 = k0;
+    tile(c + i * ldc + j, ldc, a + i * lda + k0, lda, b + k0 * ldb + j, ldb, (size_t)(k1 - k0),
+         accumulate, MR, NV);
+}
+
 AI void gemm(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
-             size_t M, size_t N, size_t K, int accumulate, const int MR, const int NV)
+             size_t M, size_t N, size_t K, int accumulate, long diag, const int causal,
+             const int MR, const int NV)
 {
     for (size_t i = 0; i < M; i += MR) {
         size_t j = 0;
         for (; j + 16 * NV <= N; j += 16 * NV)
-            tile(c + i * ldc + j, ldc, a + i * lda, lda, b + j, ldb, K, accumulate, MR, NV);
+            part(c, ldc, a, lda, b, ldb, i, j, K, accumulate, diag, causal, MR, NV);
         for (; j < N; j += 16)
-            tile(c + i * ldc + j, ldc, a + i * lda, lda, b + j, ldb, K, accumulate, MR, 1);
+            part(c, ldc, a, lda, b, ldb, i, j, K, accumulate, diag, causal, MR, 1);
     }
 }
 
@@ -180,8 +207,9 @@ AI void fwd_head(float *out, float *lse, const float *q, const float *k, const f
         memset(ot, 0, HP * W * sizeof *ot);
         for (size_t i = 0; i < W; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
         for (size_t j0 = 0; j0 < kend; j0 += BC) {
-            gemm(st, W, kp + j0 * HP, HP, qt, W, BC, W, HP, 0, MR, NV);     /* S^T = K Q^T */
-            const int masked = j0 + BC > off + i0 + 1;     /* some key is after some query */
+            const long diag = (long)(off + i0) - (long)j0;   /* key c sees query i iff c <= i + diag */
+            const int masked = diag < BC - 1;                /* some key comes after some query */
+            gemm(st, W, kp + j0 * HP, HP, qt, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* S^T = K Q^T */
             for (size_t i = 0; i < W; i += 16) {
                 vf mx = vload(m + i);                      /* m' = max(m, max_j S_ji) */
                 vi qpos = (vi){0} + (int)(off + i0 + i) + lanes();
@@ -207,7 +235,7 @@ AI void fwd_head(float *out, float *lse, const float *q, const float *k, const f
             for (size_t d = 0; d < HP; d++)                /* O^T <- O^T diag(alpha) */
                 for (size_t i = 0; i < W; i += 16)
                     vstore(ot + d * W + i, vload(ot + d * W + i) * vload(alpha + i));
-            gemm(ot, W, vt + j0 * HP, BC, st, W, HP, W, BC, 1, MR, NV);      /* O^T += V^T P^T */
+            gemm(ot, W, vt + j0 * HP, BC, st, W, HP, W, BC, 1, diag, K_TO, MR, NV); /* O^T += V^T P^T */
         }
         for (size_t i = 0; i < rows; i++) {                /* out = O / l, lse = ln2 (m + log2 l) */
             float inv = 1.0f / l[i];
@@ -270,8 +298,9 @@ AI void bwd_group(float *dq, float *dk, float *dv, const float *dout, const floa
             size_t first = j0 > off ? (j0 - off) / W * W : 0;
             for (size_t i0 = first; i0 < Tq; i0 += W) {
                 const float *qt_i = qt + i0 * HP, *dot_i = dot + i0 * HP;
-                gemm(pt, W, kp + j0 * HP, HP, qt_i, W, BC, W, HP, 0, MR, NV);   /* S^T = K Q^T */
-                const int masked = j0 + BC > off + i0 + 1 || i0 + W > Tq;
+                const long diag = (long)(off + i0) - (long)j0;
+                const int masked = diag < BC - 1 || i0 + W > Tq;   /* or padding queries */
+                gemm(pt, W, kp + j0 * HP, HP, qt_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* S^T */
                 for (size_t c = 0; c < BC; c++)            /* P^T = 2^(S^T - lse) */
                     for (size_t i = 0; i < W; i += 16) {
                         vf x = vload(pt + c * W + i) - vload(lse2 + i0 + i);
@@ -282,14 +311,14 @@ AI void bwd_group(float *dq, float *dk, float *dv, const float *dout, const floa
                         }
                         vstore(pt + c * W + i, vexp2(x));
                     }
-                gemm(dva + j0 * HP, HP, pt, W, dop + i0 * HP, HP, BC, HP, W, 1, MR, NV); /* dV += P^T dO */
-                gemm(dpt, W, vp + j0 * HP, HP, dot_i, W, BC, W, HP, 0, MR, NV);          /* dP^T = V dO^T */
+                gemm(dva + j0 * HP, HP, pt, W, dop + i0 * HP, HP, BC, HP, W, 1, diag, K_FROM, MR, NV); /* dV += P^T dO */
+                gemm(dpt, W, vp + j0 * HP, HP, dot_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* dP^T = V dO^T */
                 for (size_t c = 0; c < BC; c++)            /* dS^T = P^T (dP^T - D) */
                     for (size_t i = 0; i < W; i += 16)
                         vstore(dpt + c * W + i, vload(pt + c * W + i)
                                * (vload(dpt + c * W + i) - vload(dd + i0 + i)));
-                gemm(dka + j0 * HP, HP, dpt, W, qp + i0 * HP, HP, BC, HP, W, 1, MR, NV); /* dK += dS^T Q */
-                gemm(dqt + i0 * HP, W, kt + j0 * HP, BC, dpt, W, HP, W, BC, 1, MR, NV); /* dQ^T += K^T dS^T */
+                gemm(dka + j0 * HP, HP, dpt, W, qp + i0 * HP, HP, BC, HP, W, 1, diag, K_FROM, MR, NV); /* dK += dS^T Q */
+                gemm(dqt + i0 * HP, W, kt + j0 * HP, BC, dpt, W, HP, W, BC, 1, diag, K_TO, MR, NV); /* dQ^T += K^T dS^T */
             }
         }
         for (size_t i = 0; i < Tq; i++)                    /* dq = scale * (dQ^T)^T */
