@@ -13,7 +13,7 @@ import math
 import cffi
 import numpy as np
 
-from microgpt.backends import cuda_build, cuda_runtime as rt, reference as ref
+from microgpt.backends import cuda, cuda_build, cuda_runtime as rt, reference as ref
 
 ffi = cffi.FFI()
 ffi.cdef(cuda_build.read_cdef())
@@ -319,5 +319,7 @@ def install(monkeypatch):
     monkeypatch.setattr(rt, "lib", mock)
     monkeypatch.setattr(rt, "POOL", rt._Pool())
     monkeypatch.setattr(rt, "_flag", None)
+    monkeypatch.setattr(rt, "_pending", set())
     monkeypatch.setattr(rt, "POISON", True)
+    monkeypatch.setattr(cuda, "AVAILABLE", True)
     return mock

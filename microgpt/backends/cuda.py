@@ -6,8 +6,9 @@ Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
   cuda.py          (this file) linear algebra and the fused transformer kernels, plus
                    AVAILABLE / UNAVAILABLE_REASON / NAME and a few CUDA-only helpers
 Every function has the name, signature and meaning of its twin in reference.py; arrays
-stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy,
-in the index checks of embedding/cross-entropy, and in rare getitem cases).
+stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy
+and in rare getitem cases; the index checks of embedding/cross-entropy are read lazily at
+the next copy to the host, see cuda_runtime.check_flag).
 
 Rungs used in production, switchable for comparison (benchmarks/gpu_check.py does):
   MATMUL     "gemm" (matmul.cu v6, warp-tiled) or "gemm_naive" (v2, the simple fallback);
@@ -24,7 +25,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError
 from . import cuda_runtime as rt
 from .cuda_runtime import (AVAILABLE, UNAVAILABLE_REASON, DeviceArray, bad_flag, call, empty,  # noqa: F401
-                           on_device, raise_if_bad, require_f32, synchronize, device_name, view)
+                           on_device, require_f32, synchronize, device_name, view)
 from .cuda_shape import *  # noqa: F401,F403
 from .cuda_shape import broadcast_to, sum, sum_to_shape, zeros
 
@@ -220,8 +221,8 @@ def cross_entropy_forward(logits, targets, ignore_index):
     targets = _targets("cross_entropy_forward", targets, n)
     losses, lse = empty((n,), np.float32), empty((n,), np.float32)
     if n:
-        call("cross_entropy_forward", losses.ptr, lse.ptr, bad_flag(), logits.ptr, targets.ptr, n, v, int(ignore_index))
-        raise_if_bad("cross_entropy_forward", f"a target is outside [0, {v}) and is not ignore_index")
+        flag = bad_flag("cross_entropy_forward", f"a target outside [0, {v}) that is not ignore_index")
+        call("cross_entropy_forward", losses.ptr, lse.ptr, flag, logits.ptr, targets.ptr, n, v, int(ignore_index))
     return losses, lse
 
 
@@ -249,8 +250,8 @@ def embedding_forward(ids, weight):
         raise ShapeError(f"embedding_forward: ids must be int64 and weight (V, C); got {ids.dtype}, {weight.shape}")
     out = empty(ids.shape + (weight.shape[1],), np.float32)
     if out.size:
-        call("embedding_forward", out.ptr, bad_flag(), ids.ptr, weight.ptr, ids.size, *weight.shape)
-        raise_if_bad("embedding_forward", f"an id is outside [0, {weight.shape[0]})")
+        flag = bad_flag("embedding_forward", f"an id outside [0, {weight.shape[0]})")
+        call("embedding_forward", out.ptr, flag, ids.ptr, weight.ptr, ids.size, *weight.shape)
     return out
 
 
@@ -261,9 +262,8 @@ def embedding_backward(dout, ids, num_embeddings):
     if dout.shape != ids.shape + (c,):
         raise ShapeError(f"embedding_backward: dout {dout.shape} does not fit ids {ids.shape}")
     dweight = empty((int(num_embeddings), c), np.float32)
-    call("embedding_backward", dweight.ptr, bad_flag(), dout.ptr, ids.ptr, ids.size, int(num_embeddings), c)
-    if ids.size:
-        raise_if_bad("embedding_backward", f"an id is outside [0, {num_embeddings})")
+    flag = bad_flag("embedding_backward", f"an id outside [0, {num_embeddings})")
+    call("embedding_backward", dweight.ptr, flag, dout.ptr, ids.ptr, ids.size, int(num_embeddings), c)
     return dweight
 
 

@@ -251,6 +251,7 @@ def download(a):
     host = np.empty(a.shape, dtype=a.dtype)
     if a.nbytes:
         call("cuda_memcpy_d2h", ffi.from_buffer(host), a.ptr, a.nbytes)
+    check_flag()
     return host
 
 
@@ -267,23 +268,35 @@ def require_f32(name, *arrays):
             raise DTypeError(f"{name}: the cuda backend computes in float32, got {a.dtype}")
 
 
-# --- the out-of-range flag of the gather kernels ------------------------------------------------------
+# --- the out-of-range flag of the index-checking kernels ----------------------------------------------
+# Kernels that read at an index (embedding, gathers, cross-entropy targets) set a device int
+# instead of reading outside an array. Checking it right away would synchronize the device
+# several times a step, so it is checked lazily: at the next copy to the host (which waits
+# for the GPU anyway), naming every such kernel launched since the last check.
 
 _flag = None
+_pending = set()  # (kernel, what) launched since the flag was last read
 
 
-def bad_flag():
-    """A zeroed device int that index-checking kernels set when an index is out of range."""
+def bad_flag(name="", what=""):
+    """The device flag to pass to an index-checking kernel; records the launch for check_flag."""
     global _flag
     if _flag is None:
         _flag = DeviceArray(_Block(4), (1,), np.float32)   # 4 bytes, read back as an int
-    call("cuda_memset", _flag.ptr, 0, 4)
+        call("cuda_memset", _flag.ptr, 0, 4)
+    _pending.add((name, what))
     return ffi.cast("int*", _flag.addr)
 
 
-def raise_if_bad(name, what):
-    """Read the flag back (a synchronization) and raise when a kernel set it."""
+def check_flag():
+    """Read the flag (synchronizes) if an index-checking kernel ran; raise if one set it."""
+    if not _pending:
+        return
+    launched = sorted(_pending)
+    _pending.clear()
     value = ffi.new("int*")
     call("cuda_memcpy_d2h", value, _flag.ptr, 4)
     if value[0]:
-        raise ShapeError(f"{name}: {what}")
+        call("cuda_memset", _flag.ptr, 0, 4)
+        kernels = [f"{name}: {what}" for name, what in launched if name]
+        raise ShapeError("an index was out of range in one of: " + "; ".join(kernels))

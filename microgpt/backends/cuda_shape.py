@@ -424,8 +424,8 @@ def getitem(a, index):
         out = empty(ids.shape + a.shape[1:], a.dtype)
         if out.size:
             device_ids = upload(ids, np.int64)
-            call("gather_rows", out.ptr, bad_flag(), a.ptr, device_ids.ptr, ids.size, a.shape[0], width,
-                 a.dtype.itemsize)
+            flag = bad_flag("getitem", "an index out of range")
+            call("gather_rows", out.ptr, flag, a.ptr, device_ids.ptr, ids.size, a.shape[0], width, a.dtype.itemsize)
         return out
     # Rare indexing (several index arrays, masks): host round trip, see the module docstring.
     return upload(download(a)[_host_index(index)], a.dtype)
@@ -456,8 +456,8 @@ def getitem_backward(dout, shape, index):
             raise ShapeError(f"getitem_backward: dout {dout.shape} does not fit index result {ids.shape + shape[1:]}")
         if dout.size:
             device_ids = upload(ids, np.int64)
-            call("scatter_add_rows", da.ptr, bad_flag(), dout.ptr, device_ids.ptr, ids.size, shape[0],
-                 math.prod(shape[1:]))
+            flag = bad_flag("getitem_backward", "an index out of range")
+            call("scatter_add_rows", da.ptr, flag, dout.ptr, device_ids.ptr, ids.size, shape[0], math.prod(shape[1:]))
         return da
     host = np.zeros(shape, dtype=dout.dtype)          # rare indexing: host round trip
     np.add.at(host, _host_index(index), download(dout))
