@@ -191,10 +191,10 @@ static size_t run_other(const scan *x, size_t i)
 }
 
 /* The whitespace alternatives shared by both patterns, at i (a \s character):
-   GPT-4 only:  \s*[\r\n]+  -> ends right after the last \r or \n of the whitespace run
-   both:        \s+(?!\S)   -> the whole run at the end of text, else the run less its last
-                               character when that leaves at least one
-                \s+         -> the whole run */
+   both:        \s++$       -> a run that reaches the end of the text, whole
+   GPT-4 only:  \s*[\r\n]   -> ends right after the last \r or \n of the run
+   both:        \s+(?!\S)   -> the run less its last character, when that leaves one
+                \s          -> the one character */
 static size_t whitespace(const scan *x, size_t i, int newline_rule)
 {
     size_t j = i, last_start = i, after_nl = 0, len;
@@ -204,14 +204,14 @@ static size_t whitespace(const scan *x, size_t i, int newline_rule)
         j += len;
         if (cp == '\r' || cp == '\n') after_nl = j;
     }
+    if (j == x->n) return j;
     if (newline_rule && after_nl) return after_nl;
-    if (j == x->n || last_start == i) return j;
-    return last_start;
+    return last_start == i ? j : last_start;
 }
 
-/* GPT-4 / cl100k:
-   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
-    ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+                                      */
+/* GPT-4 / cl100k (possessive quantifiers never give back, so no backtracking is needed):
+   '(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|
+   \s++$|\s*[\r\n]|\s+(?!\S)|\s                                                            */
 static size_t next_gpt4(const scan *x, size_t i)
 {
     uint32_t cp, cp2;
@@ -244,7 +244,7 @@ static size_t next_gpt4(const scan *x, size_t i)
     return whitespace(x, i, 1);
 }
 
-/* GPT-2:  's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+     */
+/* GPT-2:  '(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s */
 static size_t next_gpt2(const scan *x, size_t i)
 {
     const uint8_t *s = x->s;

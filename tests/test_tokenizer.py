@@ -82,6 +82,30 @@ def test_native_split_matches_regex(name, pattern, code, text):
     assert chunks == regex.findall(pattern, text)
 
 
+def test_builtin_patterns_are_tiktokens():
+    """Our gpt2/gpt4 strings are the ones tiktoken ships for r50k and cl100k_base (read
+    from its source: no download)."""
+    import inspect
+    openai_public = pytest.importorskip("tiktoken_ext.openai_public")
+    assert GPT2_PATTERN == openai_public.r50k_pat_str
+    assert GPT4_PATTERN in inspect.getsource(openai_public.cl100k_base)
+
+
+@pytest.mark.parametrize("text, gpt2, gpt4", [
+    ("x\n  ", ["x", "\n  "], ["x", "\n  "]),                   # end of text: whole run
+    ("x\n  y", ["x", "\n ", " y"], ["x", "\n", " ", " y"]),
+    ("It's 12345!!\n\nok", ["It", "'s", " 12345", "!!", "\n", "\n", "ok"],
+     ["It", "'s", " ", "123", "45", "!!\n\n", "ok"]),
+    ("WE'LL \u017fee 'S", ["WE", "'", "LL", " \u017fee", " '", "S"],
+     ["WE", "'LL", " \u017fee", " '", "S"]),
+])
+def test_split_examples(text, gpt2, gpt4):
+    for code, want in ((1, gpt2), (2, gpt4)):
+        data = text.encode()
+        ends = native.split(data, code)
+        assert [data[a:b].decode() for a, b in zip([0] + ends, ends)] == want
+
+
 # ------------------------------------------------------------------ training
 
 def naive_train(texts, pattern, n_merges):

@@ -2,11 +2,15 @@
 
 Before BPE, text is cut into chunks ("pre-tokens") by a regex, and merges never cross a
 chunk boundary, so " the" and "the" stay different tokens and digits never merge with
-letters. Two patterns are built in:
+letters. Two patterns are built in, written as tiktoken writes them today (possessive
+quantifiers: the same splits as the original regexes, without backtracking), so that
+ranks imported from tiktoken with its pat_str land on the fast path:
 
-  gpt2  GPT-2's:  's|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+
-  gpt4  GPT-4's (tiktoken cl100k_base): case-insensitive contractions, a letter run may take
-        one leading non-letter, digits in groups of at most three, newlines kept together.
+  gpt2  GPT-2's (r50k): contractions, an optional space then a run of letters, digits or
+        other symbols, whitespace runs.
+  gpt4  GPT-4's (cl100k_base): case-insensitive contractions, a letter run may take one
+        leading non-letter, digits in groups of at most three, newlines kept together,
+        whitespace at the very end of the text kept whole.
 
 Both are also implemented as hand-written scanners in csrc/bpe.c (chapter 2), which is what
 makes encoding fast; any other regex works too, through the `regex` module (slower).
@@ -22,10 +26,10 @@ import functools
 import numpy as np
 import regex
 
-GPT2_PATTERN = (r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+"""
-                r"""|\s+(?!\S)|\s+""")
-GPT4_PATTERN = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"""
-                r"""| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+""")
+GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$"""
+                r"""|\s+(?!\S)|\s""")
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
+                r"""| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""")
 
 # name -> (regex, code of the C scanner); the codes are BPE_PATTERN_* in csrc/bpe.h.
 NATIVE_NONE, NATIVE_GPT2, NATIVE_GPT4 = 0, 1, 2
@@ -65,7 +69,7 @@ def compiled(pattern):
 def class_table():
     """uint8[0x110000]: per code point LETTER|NUMBER|SPACE bits, and in the high nibble the
     contraction letter it matches case-insensitively (1 s ... 8 d; 0 none), as the GPT-4
-    pattern's (?i:'s|...) sees it (so U+017F LONG S counts as s)."""
+    pattern's '(?i:[sdmt]|...) sees it (so U+017F LONG S counts as s)."""
     every = "".join(map(chr, range(0x110000)))
     table = np.zeros(0x110000, np.uint8)
     for bit, cls in ((LETTER, r"\p{L}+"), (NUMBER, r"\p{N}+"), (SPACE, r"\s+")):
