@@ -178,17 +178,17 @@ __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float
             int f = tid + h * 256;                            // 512 float4 per tile
             if (!TA) {   // A (M, K): 4 along k
                 int row = f / 4, k = (f % 4) * 4;
-                ra[h] = load4(a + (int64_t)(m0 + row) * K + k0 + k, m0 + row < M ? K - k0 - k : 0, vec);
+                ra[h] = load4(a + (int64_t)(m0 + row) * K + k0 + k, m0 + row < M ? K - k0 - k : 0, vec & 1);
             } else {     // A stored (K, M): 4 along m
                 int kr = f / 32, m = (f % 32) * 4;
-                ra[h] = load4(a + (int64_t)(k0 + kr) * M + m0 + m, k0 + kr < K ? M - m0 - m : 0, vec);
+                ra[h] = load4(a + (int64_t)(k0 + kr) * M + m0 + m, k0 + kr < K ? M - m0 - m : 0, vec & 1);
             }
             if (!TB) {   // B (K, N): 4 along n
                 int kr = f / 32, n = (f % 32) * 4;
-                rb[h] = load4(b + (int64_t)(k0 + kr) * N + n0 + n, k0 + kr < K ? N - n0 - n : 0, vec);
+                rb[h] = load4(b + (int64_t)(k0 + kr) * N + n0 + n, k0 + kr < K ? N - n0 - n : 0, vec & 2);
             } else {     // B stored (N, K): 4 along k
                 int row = f / 4, k = (f % 4) * 4;
-                rb[h] = load4(b + (int64_t)(n0 + row) * K + k0 + k, n0 + row < N ? K - k0 - k : 0, vec);
+                rb[h] = load4(b + (int64_t)(n0 + row) * K + k0 + k, n0 + row < N ? K - k0 - k : 0, vec & 2);
             }
         }
     };
@@ -250,7 +250,7 @@ __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float
                 if (n + 3 < N) v.w += bias[n + 3];
             }
             float* dst = c + (int64_t)m * N + n;
-            if (vec && n + 3 < N) {
+            if ((vec & 4) && n + 3 < N) {
                 *reinterpret_cast<float4*>(dst) = v;
             } else {
                 if (n < N) dst[0] = v.x;
@@ -302,7 +302,7 @@ int matmul_forward_v4_regblock(float* c, const float* a, const float* b, int M, 
 
 int matmul_forward_v5_vectorized(float* c, const float* a, const float* b, int M, int N, int K) {
     if (M <= 0 || N <= 0) return 0;
-    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);
+    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);   // both operands or neither
     dim3 grid((N + V5_BN - 1) / V5_BN, (M + V5_BM - 1) / V5_BM);
     matmul_v5_kernel<<<grid, 256>>>(c, a, b, M, N, K, vec);
     MG_LAUNCHED();
@@ -314,9 +314,10 @@ int gemm(float* c, const float* a, const float* b, const float* bias, int M, int
          int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc) {
     if (M <= 0 || N <= 0 || batch <= 0) return 0;
     if (batch > 65535 || (M + G_BM - 1) / G_BM > 65535) return (int)cudaErrorInvalidValue;
+    // vec bits: 1 = A, 2 = B, 4 = C may use 16-byte accesses (leading dims, batch strides, bases)
     int lda = transa ? M : K, ldb = transb ? K : N;
-    int vec = lda % 4 == 0 && ldb % 4 == 0 && N % 4 == 0 && sa % 4 == 0 && sb % 4 == 0 && sc % 4 == 0 &&
-              aligned16(a) && aligned16(b) && aligned16(c);
+    int vec = (lda % 4 == 0 && sa % 4 == 0 && aligned16(a) ? 1 : 0) | (ldb % 4 == 0 && sb % 4 == 0 && aligned16(b) ? 2 : 0) |
+              (N % 4 == 0 && sc % 4 == 0 && aligned16(c) ? 4 : 0);
     dim3 grid((N + G_BN - 1) / G_BN, (M + G_BM - 1) / G_BM, batch);
     if (!transa && !transb) gemm_tile_kernel<false, false><<<grid, 256>>>(c, a, b, bias, M, N, K, sa, sb, sc, vec);
     else if (!transa && transb) gemm_tile_kernel<false, true><<<grid, 256>>>(c, a, b, bias, M, N, K, sa, sb, sc, vec);
