@@ -38,7 +38,10 @@ import numpy as np
 
 from ..errors import ConfigError
 
-_BULLETS = ("•", "-", "*", "·", "‣", "–", "●", "▪", "◦", "➢", "→")
+# Both start with a literal "\n" or "." so the regex engine scans quickly; the line break of
+# one match is not shared with the next line, hence the look-ahead for the trailing one.
+_BULLET_LINE = re.compile("\n[ \t]*[•\\-*·‣–●▪◦➢→]")
+_ELLIPSIS_LINE = re.compile(r"(?:\.\.\.|…)[ \t]*(?=\n)")
 _BOILERPLATE = re.compile(
     r"(?i)\b(?:(?:please )?(?:enable|turn on|activate) javascript"
     r"|javascript (?:is|must be|has been) (?:disabled|enabled|required|turned off)"
@@ -117,6 +120,7 @@ class _Doc:
         self.words = text.split()
         self._lines = None
         self._ngram = None
+        self._dup_lines = None
 
     @property
     def ngram_arrays(self):
@@ -177,17 +181,18 @@ def _symbol_word_ratio(d, c):
         if ratio > c.max_symbol_word_ratio else None
 
 
-def _line_fraction(d, predicate):
-    return sum(map(predicate, d.lines)) / len(d.lines) if d.lines else 0.0
+def _line_count(d, pattern):
+    """Lines matching a pattern anchored at a line break of "\n" + text + "\n"."""
+    return len(pattern.findall("\n" + d.text + "\n")) / len(d.lines) if d.lines else 0.0
 
 
 def _bullet_lines(d, c):
-    frac = _line_fraction(d, lambda line: line.lstrip().startswith(_BULLETS))
+    frac = _line_count(d, _BULLET_LINE)
     return f"bullet lines {frac:.2f} > {c.max_bullet_lines}" if frac > c.max_bullet_lines else None
 
 
 def _ellipsis_lines(d, c):
-    frac = _line_fraction(d, lambda line: line.rstrip().endswith(("...", "…")))
+    frac = _line_count(d, _ELLIPSIS_LINE)
     return f"ellipsis lines {frac:.2f} > {c.max_ellipsis_lines}" \
         if frac > c.max_ellipsis_lines else None
 
@@ -198,11 +203,13 @@ def _lorem_ipsum(d, c):
 
 def _dup_line_stats(d):
     """(repeated lines / lines, chars in repeated lines / chars in lines), non-empty lines."""
-    counts = Counter(d.lines)
-    total_chars = sum(len(line) for line in d.lines)
-    dup_lines = sum(n - 1 for n in counts.values())
-    dup_chars = sum((n - 1) * len(line) for line, n in counts.items())
-    return dup_lines / max(len(d.lines), 1), dup_chars / max(total_chars, 1)
+    if d._dup_lines is None:
+        counts = Counter(d.lines)
+        total_chars = sum(map(len, d.lines))
+        dup_lines = len(d.lines) - len(counts)
+        dup_chars = total_chars - sum(map(len, counts))
+        d._dup_lines = dup_lines / max(len(d.lines), 1), dup_chars / max(total_chars, 1)
+    return d._dup_lines
 
 
 def _dup_lines(d, c):
@@ -217,9 +224,20 @@ def _dup_line_chars(d, c):
 
 
 def _ngram_ids(ids, n, prev):
-    """64-bit ids of every word n-gram: g_n[i] = g_{n-1}[i] * MUL + id[i + n - 1] (mod 2^64)."""
+    """64-bit ids of every word n-gram: g_n[i] = g_(n-1)[i] * MUL + id[i + n - 1] (mod 2^64)."""
     m = len(ids) - n + 1
     return prev[:m] * _MUL + ids[n - 1:n - 1 + m]
+
+
+def _runs(grams):
+    """Sort once: (order, starts of runs of equal values in sorted order, run lengths);
+    the sort is stable, so order[starts[g]] is the first position of n-gram group g."""
+    order = np.argsort(grams, kind="stable")
+    ordered = grams[order]
+    first = np.ones(len(grams), dtype=bool)
+    np.not_equal(ordered[1:], ordered[:-1], out=first[1:])
+    starts = np.flatnonzero(first)
+    return order, starts, np.diff(starts, append=len(grams))
 
 
 def _top_ngram(d, c):
@@ -230,11 +248,11 @@ def _top_ngram(d, c):
         if len(ids) < n:
             return None
         grams = _ngram_ids(ids, n, grams)
-        uniq, first, counts = np.unique(grams, return_index=True, return_counts=True)
-        top = int(np.argmax(counts))
+        order, starts, counts = _runs(grams)
+        top = int(np.argmax(counts))            # ties: the group of the smallest n-gram id
         if counts[top] < 2:
-            continue
-        start = first[top]
+            return None                         # nothing repeats, nor at larger n
+        start = order[starts[top]]
         frac = counts[top] * lens[start:start + n].sum() / total
         if frac > limit:
             return f"top {n}-gram covers {frac:.2f} of chars > {limit}"
@@ -253,15 +271,15 @@ def _dup_ngram(d, c):
         if nwords < n:
             return None
         grams = _ngram_ids(ids, n, grams)
-        _, first = np.unique(grams, return_index=True)
+        order, starts, _ = _runs(grams)
+        if len(starts) == len(grams):
+            return None                         # no repeated n-gram, nor at larger n
         repeated = np.ones(len(grams), dtype=bool)
-        repeated[first] = False
-        starts = np.flatnonzero(repeated)
-        if len(starts) == 0:
-            continue
+        repeated[order[starts]] = False         # the first occurrence of each n-gram
+        begin = np.flatnonzero(repeated)
         # word w is covered when some repeated n-gram starts in [w - n + 1, w]
-        delta = np.bincount(starts, minlength=nwords + 1)[:nwords + 1] \
-            - np.bincount(starts + n, minlength=nwords + 1)[:nwords + 1]
+        delta = np.bincount(begin, minlength=nwords + 1) - \
+            np.bincount(begin + n, minlength=nwords + 1)
         covered = np.cumsum(delta)[:nwords] > 0
         frac = lens[covered].sum() / total
         if frac > limit:

@@ -79,7 +79,7 @@ _PHONE_GROUPS = r"[1-9]\d{0,2}(?:[ .-]?\(\d{1,4}\))?(?:[ .-]?\d{1,4}){2,5}"
 PHONE = re.compile(
     r"(?=[+(0-9])(?:"                                         # cheap first-character scan
     rf"\+(?<![\w.+-]\+){_PHONE_GROUPS}"                       # +44 20 7946 0958, +1-202-...
-    rf"|0(?<![\w.+-]0)0{_PHONE_GROUPS}"                         # 0049 30 1234567
+    rf"|0(?<![\w.+-]0)0[1-9]\d{{0,2}}(?:[ -]\d{{1,8}}){{2,5}}"          # 0049 30 1234567
     r"|\((?<![\w.+-]\()\d{2,4}\) ?\d{3,4}[ .-]\d{3,4}"           # (555) 123-4567
     r"|\d(?<![\w.+-]\d)\d{1,3}(?:-\d{3,4}-\d{3,4}|\.\d{3,4}\.\d{3,4})"  # 555-123-4567
     r"|0(?<![\w.+-]0)\d{1,4} \d{3,4} \d{3,4}"                   # 020 7946 0958
@@ -195,15 +195,25 @@ def _sub(pattern, repl):
 
 
 # (kind, replacer, gate table, gate substrings) in the order they are applied.
+_IPV4_GATE = re.compile(rb"\.0{1,3}\.0{1,3}\.0")           # starts with a literal: fast scan
+
+# (kind, replacer, gate table, gates) in the order they are applied; a gate is a substring
+# or a compiled bytes pattern that the mapped text must contain.
 _RULES = (
     ("EMAIL", _sub(EMAIL, "<EMAIL>"), _EMAIL_CHARS, (b"w@w",)),          # [...]@[A-Za-z0-9]
     ("IBAN", _grouped(IBAN, iban_valid, "<IBAN>"), _CLASSES, (b"AA00",)),  # [A-Z]{2}\d{2}
     ("CREDIT_CARD", _grouped(CARD, _card_valid, "<CREDIT_CARD>"), _CLASSES, (b"0000",)),
     ("IP", _sub(IPV6, _ipv6), _HEX, (b"h:h", b"h::", b"::h")),
-    ("IP", _sub(IPV4, _ipv4), _CLASSES, (b"0.0",)),
-    ("PHONE", _grouped(PHONE, _phone_valid, "<PHONE>"), _CLASSES, (b"+0", b"000")),          # "+" cc, or 3 digits
+    ("IP", _sub(IPV4, _ipv4), _CLASSES, (_IPV4_GATE,)),
+    # "+" and a digit | "(0) 0" | digit, space or dash, digit | "0.000.0" (one per branch)
+    ("PHONE", _grouped(PHONE, _phone_valid, "<PHONE>"), _CLASSES,
+     (b"+0", b"0) 0", b"0)0", b"0 0", b"0-0", b"0.000.0")),
 )
 _DIGIT = re.compile(r"\d")
+
+
+def _passes(gate, mapped: bytes) -> bool:
+    return gate in mapped if isinstance(gate, bytes) else gate.search(mapped) is not None
 
 
 def scrub(text: str) -> Tuple[str, Dict[str, int]]:
@@ -217,7 +227,7 @@ def scrub(text: str) -> Tuple[str, Dict[str, int]]:
             data = text.encode("utf-8", "surrogatepass")
         if table not in mapped:
             mapped[table] = data.translate(table)
-        if not any(g in mapped[table] for g in gates):
+        if not any(_passes(g, mapped[table]) for g in gates):
             continue
         placeholder = f"<{kind}>"
         before = text.count(placeholder)
