@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The one GPU check (issue 4): build the CUDA library, run every CUDA kernel test, then the
+# benchmarks (matmul ladder vs cuBLAS, attention vs SDPA, a GPT-2 124M training step vs
+# PyTorch eager), each section in its own process under a time limit so one failure or
+# hang cannot take the rest down. About 4-5 minutes on an H100.
+#
+#   benchmarks/gpu_check.sh [OUTDIR]       (default: $OUT if set, else benchmarks/results/gpu_run)
+#
+# Writes OUTDIR/tests.log, OUTDIR/gpu_check.json and OUTDIR/gpu.md and prints one table last.
+# cffi/pycparser: if python3 lacks them and .wheels/ holds their wheels, they are installed
+# to a temporary folder first (a GPU machine without network access).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-benchmarks/results/gpu_run}}
+mkdir -p "$OUTDIR"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PARTS=$(mktemp -d)
+
+if ! python3 -c "import cffi, pycparser" 2>/dev/null && ls .wheels/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --target "$PARTS/site" .wheels/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:$PARTS/site"
+fi
+nvidia-smi -L || echo "nvidia-smi: no GPU listed"
+
+echo "== build =="
+start=$(date +%s)
+python3 -m microgpt.backends.cuda_build || { echo "BUILD FAILED"; exit 1; }
+echo "build took $(( $(date +%s) - start )) s"
+
+echo "== CUDA kernel tests (pytest -m gpu) =="
+timeout 120 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py \
+    2>&1 | tee "$OUTDIR/tests.log" | tail -40
+
+echo "== benchmarks =="
+timeout 75 python3 benchmarks/gpu_check.py --sections matmul --rows "$PARTS/matmul.json"
+timeout 100 python3 benchmarks/gpu_check.py --sections attention --rows "$PARTS/attention.json"
+timeout 180 python3 benchmarks/gpu_check.py --sections train --rows "$PARTS/train.json"
+python3 benchmarks/gpu_check.py --merge "$PARTS/matmul.json" "$PARTS/attention.json" "$PARTS/train.json" \
+    --out "$OUTDIR"
+echo "tests: $(tail -1 "$OUTDIR/tests.log")"
