@@ -114,7 +114,7 @@ def test_load_model_round_trip(run):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_transformers_loads_the_directory_and_agrees(run, tmp_path, family):
+def test_transformers_loads_the_directory_and_agrees(tmp_path, family):
     """The strongest check of the names and layouts: Hugging Face reads our files."""
     transformers = pytest.importorskip("transformers")
     torch = pytest.importorskip("torch")
