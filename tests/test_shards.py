@@ -146,3 +146,20 @@ def test_prepare_with_one_document_carves_val_from_the_tail(tmp_path):
     assert meta["tokens"] == {"train": 900, "val": 100}
     with pytest.raises(ShardError, match="no documents"):
         prepare([], str(tmp_path / "empty"), CharTokenizer(), progress=False)
+
+
+def test_builtin_corpus_is_the_running_pythons_docs_and_stdlib():
+    import pydoc_data.topics
+    from microgpt.data.corpus import builtin_documents, stdlib_dir, stdlib_files
+    files = stdlib_files()
+    assert "os.py" in files and "json/decoder.py" in files
+    assert not any(f.startswith(("site-packages", "test/", "idlelib")) for f in files)
+    docs = list(builtin_documents(max_bytes=600_000))
+    assert sum(len(d.text.encode()) for d in docs) <= 600_000
+    assert docs == list(builtin_documents(max_bytes=600_000))            # deterministic
+    topics = [d for d in docs if d.source.startswith("pydoc_data.topics:")]
+    assert topics and topics[0].text == pydoc_data.topics.topics[topics[0].source.split(":")[1]]
+    sources = [d for d in docs if not d.source.startswith("pydoc_data")]
+    assert sources
+    with open(os.path.join(stdlib_dir(), sources[0].source), encoding="utf-8") as f:
+        assert f.read() == sources[0].text

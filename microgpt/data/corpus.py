@@ -14,7 +14,8 @@ Two sources, both found at run time in the Python that is running:
 Order is deterministic for a given Python: the topics sorted by name, then the files
 shuffled by a seeded PCG64 permutation of their sorted paths, so that a byte budget
 (`max_bytes`) takes a varied sample of the library rather than its alphabetical head.
-Every topic is kept when the budget allows; the budget counts UTF-8 bytes.
+A document that does not fit the remaining budget is skipped (a smaller one later may
+fit); the budget counts UTF-8 bytes.
 
     for doc in builtin_documents(max_bytes=4_000_000): ...
     describe_builtin()   # a one-line summary for logs
@@ -65,7 +66,7 @@ def builtin_documents(max_bytes=None, seed=0):
     for doc in topic_documents():
         size = len(doc.text.encode("utf-8"))
         if size > budget:
-            return
+            continue
         budget -= size
         yield doc
     root = stdlib_dir()

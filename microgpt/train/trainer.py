@@ -332,6 +332,11 @@ class Trainer:
                     self.save_checkpoint(elapsed())
                 if stop_at_step is not None and self.step >= stop_at_step:
                     break
+        except KeyboardInterrupt:
+            say(f"interrupted at step {self.step}; newest checkpoint: "
+                f"{ckpt.latest(self.run_dir) or 'none yet'}; continue with "
+                f"`microgpt train --resume {self.run_dir}`")
+            raise
         finally:
             bar.close()
         finished = self.step >= c.max_steps
