@@ -19,7 +19,8 @@
                    shared-memory buffers (the next tile's loads are in flight during the
                    current tile's FMAs; one barrier per tile); templates for transposed
                    operands (A^T, B^T) so linear layers need no transposes; bias epilogue;
-                   batches on gridDim.z.
+                   batches on gridDim.z, or split-K chunks when one product has too
+                   few tiles to fill the GPU (weight gradients), summed by a second kernel.
    Every rung handles any M, N, K (edges are loaded guarded, zero-filled); float4 paths are
    taken only where 16 bytes are in bounds and aligned. */
 #include "common.cuh"
@@ -163,10 +164,20 @@ __global__ void __launch_bounds__(256) matmul_v5_kernel(float* c, const float* a
 
 template <bool TA, bool TB>
 __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float* a, const float* b, const float* bias,
-                                                        int M, int N, int K, int64_t sa, int64_t sb, int64_t sc, int vec) {
+                                                        int M, int N, int K, int64_t sa, int64_t sb, int64_t sc, int vec,
+                                                        int kc) {
     __shared__ __align__(16) float as[2][G_BK][G_BM + G_PAD];   // op(A) tile, k-major
     __shared__ __align__(16) float bs[2][G_BK][G_BN + G_PAD];   // op(B) tile, k-major
-    a += blockIdx.z * sa; b += blockIdx.z * sb; c += blockIdx.z * sc;
+    // gridDim.z walks the batch, or (kc > 0, split-K) the K chunks [z kc, (z + 1) kc), each
+    // writing its partial product to its own (M, N) slice of c (a workspace summed later).
+    int k_lo = 0, k_hi = K;
+    if (kc > 0) {
+        k_lo = blockIdx.z * kc;
+        k_hi = min(K, k_lo + kc);
+        c += (int64_t)blockIdx.z * M * N;
+    } else {
+        a += blockIdx.z * sa; b += blockIdx.z * sb; c += blockIdx.z * sc;
+    }
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
     int wm0 = (warp / 4) * 64, wn0 = (warp % 4) * 32;        // 2 x 4 warps of 64 x 32
     int lm = lane / 4, ln = lane % 4;                         // 8 x 4 lanes, 4 x 4 each, 2 x 2 times
@@ -178,17 +189,17 @@ __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float
             int f = tid + h * 256;                            // 512 float4 per tile
             if (!TA) {   // A (M, K): 4 along k
                 int row = f / 4, k = (f % 4) * 4;
-                ra[h] = load4(a + (int64_t)(m0 + row) * K + k0 + k, m0 + row < M ? K - k0 - k : 0, vec & 1);
+                ra[h] = load4(a + (int64_t)(m0 + row) * K + k0 + k, m0 + row < M ? k_hi - k0 - k : 0, vec & 1);
             } else {     // A stored (K, M): 4 along m
                 int kr = f / 32, m = (f % 32) * 4;
-                ra[h] = load4(a + (int64_t)(k0 + kr) * M + m0 + m, k0 + kr < K ? M - m0 - m : 0, vec & 1);
+                ra[h] = load4(a + (int64_t)(k0 + kr) * M + m0 + m, k0 + kr < k_hi ? M - m0 - m : 0, vec & 1);
             }
             if (!TB) {   // B (K, N): 4 along n
                 int kr = f / 32, n = (f % 32) * 4;
-                rb[h] = load4(b + (int64_t)(k0 + kr) * N + n0 + n, k0 + kr < K ? N - n0 - n : 0, vec & 2);
+                rb[h] = load4(b + (int64_t)(k0 + kr) * N + n0 + n, k0 + kr < k_hi ? N - n0 - n : 0, vec & 2);
             } else {     // B stored (N, K): 4 along k
                 int row = f / 4, k = (f % 4) * 4;
-                rb[h] = load4(b + (int64_t)(n0 + row) * K + k0 + k, n0 + row < N ? K - k0 - k : 0, vec & 2);
+                rb[h] = load4(b + (int64_t)(n0 + row) * K + k0 + k, n0 + row < N ? k_hi - k0 - k : 0, vec & 2);
             }
         }
     };
@@ -213,12 +224,12 @@ __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float
     };
 
     float acc[8][8] = {};
-    int tiles = (K + G_BK - 1) / G_BK;
-    if (tiles > 0) { load_tiles(0); store_tiles(0); }
+    int tiles = (k_hi - k_lo + G_BK - 1) / G_BK;
+    if (tiles > 0) { load_tiles(k_lo); store_tiles(0); }
     __syncthreads();
     for (int t = 0; t < tiles; t++) {
         int buf = t % 2;
-        if (t + 1 < tiles) load_tiles((t + 1) * G_BK);
+        if (t + 1 < tiles) load_tiles(k_lo + (t + 1) * G_BK);
 #pragma unroll
         for (int k = 0; k < G_BK; k++) {
             float x[8], y[8];
@@ -262,7 +273,43 @@ __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float
     }
 }
 
+// c[i] = sum_s ws[s][i] (+ bias[i % N]): the second half of split-K.
+__global__ void split_k_sum_kernel(float* c, const float* ws, const float* bias, int64_t MN, int N, int splits) {
+    MG_FOR(i, MN) {
+        float acc = bias ? bias[i % N] : 0.0f;
+        for (int s = 0; s < splits; s++) acc += ws[s * MN + i];
+        c[i] = acc;
+    }
+}
+
 static bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Split-K: when one product has too few output tiles to fill the GPU (weight gradients:
+   M, N ~ 768, K = B*T = 8192), K is cut into chunks computed by separate blocks into a
+   workspace, then summed. The workspace is kept and grown as needed (growing synchronizes). */
+static float* g_workspace = NULL;
+static size_t g_workspace_bytes = 0;
+static int g_sms = 0;
+
+static int split_count(int M, int N, int K, int* kc) {
+    if (!g_sms) {
+        int device = 0;
+        MG_CHECK(cudaGetDevice(&device));
+        MG_CHECK(cudaDeviceGetAttribute(&g_sms, cudaDevAttrMultiProcessorCount, device));
+    }
+    int64_t tiles = (int64_t)((M + G_BM - 1) / G_BM) * ((N + G_BN - 1) / G_BN);
+    int splits = 1;
+    if (tiles < 2 * g_sms && K >= 1024) {
+        splits = (int)((2 * g_sms + tiles - 1) / tiles);
+        if (splits > K / 256) splits = K / 256;
+        if (splits > 16) splits = 16;
+    }
+    *kc = 0;
+    if (splits <= 1) return 1;
+    int chunk = ((K + splits - 1) / splits + G_BK - 1) / G_BK * G_BK;   // a multiple of BK: aligned chunks
+    *kc = chunk;
+    return (K + chunk - 1) / chunk;
+}
 
 extern "C" {
 
@@ -318,11 +365,35 @@ int gemm(float* c, const float* a, const float* b, const float* bias, int M, int
     int lda = transa ? M : K, ldb = transb ? K : N;
     int vec = (lda % 4 == 0 && sa % 4 == 0 && aligned16(a) ? 1 : 0) | (ldb % 4 == 0 && sb % 4 == 0 && aligned16(b) ? 2 : 0) |
               (N % 4 == 0 && sc % 4 == 0 && aligned16(c) ? 4 : 0);
-    dim3 grid((N + G_BN - 1) / G_BN, (M + G_BM - 1) / G_BM, batch);
-    if (!transa && !transb) gemm_tile_kernel<false, false><<<grid, 256>>>(c, a, b, bias, M, N, K, sa, sb, sc, vec);
-    else if (!transa && transb) gemm_tile_kernel<false, true><<<grid, 256>>>(c, a, b, bias, M, N, K, sa, sb, sc, vec);
-    else if (transa && !transb) gemm_tile_kernel<true, false><<<grid, 256>>>(c, a, b, bias, M, N, K, sa, sb, sc, vec);
-    else gemm_tile_kernel<true, true><<<grid, 256>>>(c, a, b, bias, M, N, K, sa, sb, sc, vec);
+    int kc = 0, splits = 1;
+    float* dst = c;
+    const float* tile_bias = bias;
+    if (batch == 1) {
+        splits = split_count(M, N, K, &kc);
+        if (splits > 1) {
+            size_t need = sizeof(float) * (size_t)splits * M * N;
+            if (need > g_workspace_bytes) {
+                if (g_workspace) MG_CHECK(cudaFree(g_workspace));
+                g_workspace = NULL;
+                g_workspace_bytes = 0;
+                MG_CHECK(cudaMalloc((void**)&g_workspace, need));
+                g_workspace_bytes = need;
+            }
+            dst = g_workspace;
+            tile_bias = NULL;
+            vec = (vec & 3) | (N % 4 == 0 ? 4 : 0);
+        }
+    }
+    dim3 grid((N + G_BN - 1) / G_BN, (M + G_BM - 1) / G_BM, splits > 1 ? splits : batch);
+    if (!transa && !transb) gemm_tile_kernel<false, false><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    else if (!transa && transb) gemm_tile_kernel<false, true><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    else if (transa && !transb) gemm_tile_kernel<true, false><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    else gemm_tile_kernel<true, true><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    MG_CHECK(cudaGetLastError());
+    if (splits > 1) {
+        int64_t mn = (int64_t)M * N;
+        split_k_sum_kernel<<<blocks_for(mn, 256), 256>>>(c, g_workspace, bias, mn, N, splits);
+    }
     MG_LAUNCHED();
 }
 

@@ -176,8 +176,9 @@ def test_matmul(cu, monkeypatch, rung, sa, sb):
 
 @pytest.mark.parametrize("rung", ["gemm", "gemm_naive"])
 @pytest.mark.parametrize("xshape,oc,bias", [((2, 17, 33), 65, True), ((130, 64), 96, False), ((1, 1, 5), 3, True),
-                                            ((257, 768), 131, True)])
+                                            ((257, 768), 131, True), ((4, 515, 64), 96, True), ((3, 1030), 5, True)])
 def test_linear(cu, monkeypatch, rung, xshape, oc, bias):
+    """The last two shapes take the split-K path of gemm (few output tiles, K >= 1024)."""
     CHECKED.update({"linear_forward", "linear_backward"})
     monkeypatch.setattr(cuda, "MATMUL", rung)
     rng = np.random.default_rng(8)
