@@ -3,8 +3,8 @@
  * MG_CLONES   GCC target_clones: the compiler emits an AVX-512 (x86-64-v4), an AVX2+FMA
  *             (x86-64-v3) and a baseline copy of the function, and the loader picks one for
  *             this CPU (ifunc). Elementwise and row kernels use it; matmul dispatches by hand.
- * MG_PAR(n)   OpenMP `if` clause threshold: fork threads only when a kernel touches enough
- *             values for the fork (~ a few microseconds) to pay off.
+ * MG_PAR_MIN  OpenMP `if` clause threshold: wake the thread team only when a kernel touches
+ *             enough values for the wake-up (~ 10 us with sleeping workers) to pay off.
  * mg_expf     e^x in plain float arithmetic, so loops calling it vectorize (libm's expf does
  *             not without -ffast-math). Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2
  *             (k rounded by the 1.5*2^23 trick, no floorf call), then e^r by a degree-6 Taylor
@@ -23,7 +23,7 @@
 #define MG_CLONES
 #endif
 
-#define MG_PAR_MIN 32768L   /* values a kernel must touch before it forks threads */
+#define MG_PAR_MIN 131072L  /* values a kernel must touch before it forks threads */
 
 static inline float mg_expf(float x) {
     const float log2e = 1.44269504088896341f;

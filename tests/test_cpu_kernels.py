@@ -256,11 +256,11 @@ def test_adamw(shape, seed, weight_decay):
 def test_every_kernel_threaded(threads):
     """Sizes past MG_PAR_MIN, so each kernel's OpenMP branch runs, on 1 and on 2 threads."""
     rng = np.random.default_rng(threads)
-    x = rand(rng, 96, 515)
+    x = rand(rng, 300, 515)
     check_pair("softmax_forward", "softmax_backward", x, rng, "softmax big")
     check_pair("log_softmax_forward", "log_softmax_backward", x, rng, "log_softmax big",
                tol=dict(atol=1e-4, rtol=2e-4))
-    targets = rng.integers(0, 515, 96)
+    targets = rng.integers(0, 515, 300)
     losses, lse = cpu.cross_entropy_forward(x, targets, -1)
     assert_close(losses, ref.cross_entropy_forward(x.astype(np.float64), targets, -1)[0],
                  what="cross_entropy big", atol=1e-5, rtol=1e-5)
@@ -276,7 +276,7 @@ def test_every_kernel_threaded(threads):
                  what="embedding_backward big", atol=1e-4, rtol=1e-4)
     assert_close(cpu.gelu_forward(x), ref.gelu_forward(x.astype(np.float64)), what="gelu big",
                  atol=1e-6, rtol=2e-5)
-    param, grad = rand(rng, 300000), rand(rng, 300000)
+    param, grad = rand(rng, 600000), rand(rng, 600000)
     m, v = np.zeros_like(param), np.zeros_like(param)
     want = [param.astype(np.float64), m.astype(np.float64), v.astype(np.float64)]
     cpu.adamw_update(param, grad, m, v, 1e-3, 0.9, 0.999, 1e-8, 0.1, 1)
