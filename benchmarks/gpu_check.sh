@@ -28,7 +28,7 @@ python3 -m microgpt.backends.cuda_build || { echo "BUILD FAILED"; exit 1; }
 echo "build took $(( $(date +%s) - start )) s"
 
 echo "== CUDA kernel tests (pytest -m gpu) =="
-timeout 120 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py \
+timeout 120 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py \
     2>&1 | tee "$OUTDIR/tests.log" | tail -40
 
 echo "== benchmarks =="
