@@ -1,11 +1,10 @@
 """Tests for microgpt.data.pii: planted identifiers never survive, code and numbers are
 left alone, and the validators agree with published test vectors."""
-import random
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from microgpt.data.pii import iban_valid, luhn_valid, scrub
+from microgpt.data.pii import PLACEHOLDERS, iban_valid, luhn_valid, scrub
 
 # Published test numbers (issuers' documented test cards) and IBAN registry examples.
 CARDS = ["4111111111111111", "4012888888881881", "5555555555554444", "5105105105105100",
@@ -129,3 +128,9 @@ def test_counts_by_kind():
     out, counts = scrub(text)
     assert out == "<EMAIL> <EMAIL> <PHONE> <IP> <CREDIT_CARD> <IBAN>"
     assert counts == {"EMAIL": 2, "PHONE": 1, "IP": 1, "CREDIT_CARD": 1, "IBAN": 1}
+
+
+def test_placeholders_cannot_match_again():
+    for p in PLACEHOLDERS:
+        assert not any(ch.isdigit() or ch in "@:." for ch in p)
+        assert scrub(f"x {p} y") == (f"x {p} y", {})

@@ -7,10 +7,11 @@ import os
 import random
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from microgpt.cli import main
 from microgpt.data.pipeline import CleanConfig, clean_corpus, clean_documents, load_config
-from microgpt.data.sources import Document, iter_documents
+from microgpt.data.sources import Document
 from microgpt.errors import ConfigError
 
 VOCAB = [f"{a}{b}" for a in ("lan", "riv", "mont", "gar", "win", "sil", "har", "mea", "for",
@@ -172,3 +173,20 @@ def test_cli(tmp_path, capsys):
     assert json.load(open(tmp_path / "r.json"))["index"]["num_perm"] == 128
     assert main(["data", "clean", str(tmp_path / "missing"), "-o", out]) == 2
     assert main(["data", "clean", src, "-o", out, "--disable", "nope", "--no-progress"]) == 2
+
+
+PIECES = [prose(i, 30) for i in range(6)] + [
+    "jane.doe@example.com", "+44 20 7946 0958", "4111 1111 1111 1111", "192.168.0.1",
+    "We use cookies to improve your experience.", "cafÃ©", "\u200b", "\r\n", "\n\n\n",
+    "  ", "\t", "e\u0301", "Lorem ipsum", "...", "• item", "x = 3.14", "v1.2.3.4", "\x00"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(PIECES), min_size=1, max_size=12), min_size=1,
+                max_size=8))
+def test_clean_is_idempotent_on_generated_corpora(doc_pieces):
+    cfg = CleanConfig(progress=False, filters={"min_words": 5})
+    docs = [Document(" ".join(p), f"gen:{i}") for i, p in enumerate(doc_pieces)]
+    once = [t for t, _ in clean_documents(iter(docs), cfg)]
+    twice = [t for t, _ in clean_documents(iter(Document(t, "again") for t in once), cfg)]
+    assert twice == once

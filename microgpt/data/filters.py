@@ -3,8 +3,8 @@
     text, removed = strip_boilerplate(text, cfg)     # line-level, C4 style
     verdict = check_quality(text, cfg)               # None, or (rule_name, "why")
 
-The rules follow Gopher (Rae et al. 2021, appendix A), C4 (Raffel et al. 2020) and FineWeb
-(Penedo et al. 2024); the defaults are Gopher's published values. Words are `text.split()`,
+The rules follow Gopher (Rae et al. 2021, appendix A) and C4 (Raffel et al. 2020), which
+FineWeb (Penedo et al. 2024) also applies; defaults are Gopher's published values. Words are `text.split()`,
 lines are `text.split("\\n")`, "non-empty lines" ignore blank ones. A document is dropped by
 the FIRST rule it fails, checked cheapest first in the order of RULES:
 
