@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 
 from microgpt.errors import ConfigError
+from microgpt.inference.decode import Decoder
 from microgpt.inference.engine import Engine
 from microgpt.inference.sampling import (SamplingConfig, apply_repetition_penalty, filter_top_k,
                                          filter_top_p, sample, softmax)
-from microgpt.nn import GPT, GPTConfig
+from microgpt.nn import GPT, GPTConfig, Linear
 from microgpt.tensor import Tensor, no_grad
 from microgpt.tokenizer import Tokenizer
 
@@ -33,38 +34,63 @@ def _recompute(model, prompt, steps, sampling, seed):
     return ids[len(prompt):], all_logits
 
 
+@pytest.mark.parametrize("fast", [True, False])
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0),
                                       SamplingConfig(temperature=1.0, top_k=10, top_p=0.9,
                                                      repetition_penalty=1.3)])
-def test_cached_decoding_equals_full_recomputation(family, sampling):
+def test_cached_decoding_equals_full_recomputation(family, sampling, fast):
     model = _model(family)
     prompt = [3, 14, 15, 9, 26, 5]
     expected, _ = _recompute(model, prompt, 20, sampling, seed=7)
-    got = Engine(model).generate_ids([prompt], 20, sampling, seed=7, stop_ids=())[0]
+    got = Engine(model, fast=fast).generate_ids([prompt], 20, sampling, seed=7, stop_ids=())[0]
     assert got.ids == expected and got.finish_reason == "length"
 
 
-def test_cached_logits_match_recomputed_logits():
-    model = _model()
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_cached_logits_match_recomputed_logits(family):
+    model = _model(family)
     prompt = [1, 2, 3]
     tokens, logits = _recompute(model, prompt, 10, SamplingConfig(temperature=0), 0)
-    cache = model.new_kv_cache(1)
+    cache, decoder = model.new_kv_cache(1), Decoder(model)
+    assert Decoder.supports(model)
     with no_grad():
         step = model(np.array([prompt]), kv_cache=cache)[0].numpy()[0, -1]
         np.testing.assert_allclose(step, logits[0], atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(decoder.step(np.array([prompt]))[0], logits[0], atol=1e-5,
+                                   rtol=1e-5)
         for i, t in enumerate(tokens[:-1]):
             step = model(np.array([[t]]), kv_cache=cache)[0].numpy()[0, -1]
             np.testing.assert_allclose(step, logits[i + 1], atol=1e-5, rtol=1e-5)
+            np.testing.assert_allclose(decoder.step(np.array([[t]]))[0], logits[i + 1],
+                                       atol=1e-5, rtol=1e-5)
 
 
-def test_batched_prompts_of_different_lengths_equal_one_at_a_time():
+def test_modified_models_decode_through_the_model_itself():
+    class Scaled(Linear):                                          # e.g. what LoRA would do
+        def forward(self, x):
+            return super().forward(x) * 2.0
+    model = _model().eval()
+    assert Decoder.supports(model) and not Decoder.supports(_model().train())
+    plain = Engine(model).generate_ids([[1, 2]], 6, SamplingConfig(temperature=0), stop_ids=())
+    layer = model.transformer.h[0].mlp.c_fc
+    wrapped = Scaled(layer.weight.shape[1], layer.weight.shape[0])
+    wrapped.weight, wrapped.bias = layer.weight, layer.bias
+    model.transformer.h[0].mlp.c_fc = wrapped
+    assert not Decoder.supports(model)
+    expected, _ = _recompute(model, [1, 2], 6, SamplingConfig(temperature=0), 0)
+    got = Engine(model).generate_ids([[1, 2]], 6, SamplingConfig(temperature=0), stop_ids=())
+    assert got[0].ids == expected != plain[0].ids
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_batched_prompts_of_different_lengths_equal_one_at_a_time(fast):
     model = _model()
     prompts = [[5], [7, 8, 9, 10, 11], [2, 3]]
     greedy = SamplingConfig(temperature=0)
-    batched = Engine(model).generate_ids(prompts, 12, greedy, stop_ids=())
+    batched = Engine(model, fast=fast).generate_ids(prompts, 12, greedy, stop_ids=())
     for prompt, out in zip(prompts, batched):
-        alone = Engine(model).generate_ids([prompt], 12, greedy, stop_ids=())[0]
+        alone = Engine(model, fast=fast).generate_ids([prompt], 12, greedy, stop_ids=())[0]
         assert out.ids == alone.ids
 
 

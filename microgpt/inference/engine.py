@@ -21,7 +21,10 @@ emits complete UTF-8 characters; `on_text(row, piece)` receives pieces as they b
 final — held back by (longest stop string - 1) characters so a stop string is never
 half-printed. `generate_ids` is the same loop over token ids only (no tokenizer).
 
-Sampling (temperature, top-k, top-p, repetition penalty) is sampling.py; one seeded PCG64
+The forward pass of each step is decode.Decoder (the GPT's own kernels without the autograd
+layer, several times faster at batch 1) when the model is a plain GPT, else GPT.forward with
+its KV cache; both give the same logits. Sampling (temperature, top-k, top-p, repetition
+penalty) is sampling.py; one seeded PCG64
 Generator serves the whole batch, so a seed fixes the output.
 """
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..tensor import no_grad
+from .decode import Decoder
 from .sampling import SamplingConfig, sample
 
 
@@ -47,9 +51,20 @@ def _last_logits(logits):
 
 
 class Engine:
-    def __init__(self, model, tokenizer=None):
+    """fast=True decodes with decode.Decoder (the GPT's kernels without autograd) whenever
+    the model is a plain GPT; fast=False, or any other model, goes through GPT.forward."""
+
+    def __init__(self, model, tokenizer=None, fast=True):
         self.model = model
         self.tokenizer = tokenizer
+        self.fast = fast
+
+    def _forward_fn(self, batch_size):
+        """A function ids (B, T) -> last-position logits (B, V) that extends its own cache."""
+        if self.fast and Decoder.supports(self.model):
+            return Decoder(self.model).step
+        cache = self.model.new_kv_cache(batch_size)
+        return lambda ids: _last_logits(self.model(ids, kv_cache=cache)[0])
 
     @property
     def block_size(self):
@@ -108,9 +123,9 @@ class Engine:
         self.model.eval()
         try:
             with no_grad():
-                cache = self.model.new_kv_cache(B)
+                forward = self._forward_fn(B)
                 prefill = np.array([r[:m] for r in rows], dtype=np.int64)       # (B, m)
-                logits = _last_logits(self.model(prefill, kv_cache=cache)[0])
+                logits = forward(prefill)
                 position = m                                                    # next slot
                 while not all(done):
                     sampled = sample(logits, rng, sampling, history)            # (B,)
@@ -137,7 +152,7 @@ class Engine:
                             if not done[r]:
                                 done[r], out[r].finish_reason = True, "context"
                         break
-                    logits = _last_logits(self.model(step[:, None], kv_cache=cache)[0])
+                    logits = forward(step[:, None])
                     position += 1
         finally:
             self.model.train(was_training)
