@@ -21,10 +21,17 @@
                    operands (A^T, B^T) so linear layers need no transposes; bias epilogue;
                    batches on gridDim.z, or split-K chunks when one product has too
                    few tiles to fill the GPU (weight gradients), summed by a second kernel.
+   v7_bf16_tc      tensor cores: operands rounded to bf16 as they are staged in shared
+                   memory, products accumulated in float32 by mma.sync m16n8k16 (sm_80+);
+                   128 x 128 x 32 block tile, 8 warps of 64 x 32, 4 x 4 mma tiles each.
+                   A different precision (bf16 inputs: ~3e-3 relative error), shown beside
+                   the float32 rungs to show what the matrix units are worth; not used by
+                   the float32 training path.
    Every rung handles any M, N, K (edges are loaded guarded, zero-filled); float4 paths are
    taken only where 16 bytes are in bounds and aligned. */
 #include "common.cuh"
 #include "microgpt_cuda.h"
+#include <cuda_bf16.h>
 
 // ---- v1, v2 and gemm_naive ----------------------------------------------------------------
 
@@ -273,6 +280,78 @@ __global__ void __launch_bounds__(256, 2) gemm_tile_kernel(float* c, const float
     }
 }
 
+// ---- v7: bf16 tensor cores (mma.sync) ----------------------------------------------------------
+
+#define T_BM 128
+#define T_BN 128
+#define T_BK 32
+#define T_LD (T_BK + 8)          // bf16 row stride of the shared tiles: conflict-free fragment loads
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__global__ void __launch_bounds__(256) matmul_v7_kernel(float* c, const float* a, const float* b, int M, int N, int K, int vec) {
+    __shared__ __align__(16) __nv_bfloat16 as[T_BM][T_LD];   // A tile, rows m, k contiguous
+    __shared__ __align__(16) __nv_bfloat16 bs[T_BN][T_LD];   // B tile transposed: rows n, k contiguous
+    int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    int wm0 = (warp / 4) * 64, wn0 = (warp % 4) * 32;
+    int g = lane / 4, t = lane % 4;                           // mma fragment coordinates
+    int m0 = blockIdx.y * T_BM, n0 = blockIdx.x * T_BN;
+    float acc[4][4][4] = {};                                  // [m tile][n tile][fragment]
+    for (int k0 = 0; k0 < K; k0 += T_BK) {
+        for (int h = 0; h < 4; h++) {
+            int f = tid + h * 256;                            // 1024 float4 per tile
+            int row = f / 8, k = (f % 8) * 4;                 // A: 128 rows x 32 k
+            float4 v = load4(a + (int64_t)(m0 + row) * K + k0 + k, m0 + row < M ? K - k0 - k : 0, vec);
+            *reinterpret_cast<uint2*>(&as[row][k]) = make_uint2(pack_bf16(v.x, v.y), pack_bf16(v.z, v.w));
+            int kr = f / 32, n = (f % 32) * 4;                // B: 32 k x 128 n, stored transposed
+            float4 w = load4(b + (int64_t)(k0 + kr) * N + n0 + n, k0 + kr < K ? N - n0 - n : 0, vec);
+            bs[n][kr] = __float2bfloat16_rn(w.x);
+            bs[n + 1][kr] = __float2bfloat16_rn(w.y);
+            bs[n + 2][kr] = __float2bfloat16_rn(w.z);
+            bs[n + 3][kr] = __float2bfloat16_rn(w.w);
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < T_BK; kk += 16) {
+            uint32_t fa[4][4], fb[4][2];
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++) {                  // A fragment: rows g, g+8; k pairs 2t, 2t+8
+                int r = wm0 + mi * 16 + g;
+                fa[mi][0] = *reinterpret_cast<const uint32_t*>(&as[r][kk + 2 * t]);
+                fa[mi][1] = *reinterpret_cast<const uint32_t*>(&as[r + 8][kk + 2 * t]);
+                fa[mi][2] = *reinterpret_cast<const uint32_t*>(&as[r][kk + 2 * t + 8]);
+                fa[mi][3] = *reinterpret_cast<const uint32_t*>(&as[r + 8][kk + 2 * t + 8]);
+            }
+#pragma unroll
+            for (int ni = 0; ni < 4; ni++) {                  // B fragment: column g; k pairs 2t, 2t+8
+                int col = wn0 + ni * 8 + g;
+                fb[ni][0] = *reinterpret_cast<const uint32_t*>(&bs[col][kk + 2 * t]);
+                fb[ni][1] = *reinterpret_cast<const uint32_t*>(&bs[col][kk + 2 * t + 8]);
+            }
+#pragma unroll
+            for (int mi = 0; mi < 4; mi++)
+#pragma unroll
+                for (int ni = 0; ni < 4; ni++)
+                    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+                                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+                                 : "+f"(acc[mi][ni][0]), "+f"(acc[mi][ni][1]), "+f"(acc[mi][ni][2]), "+f"(acc[mi][ni][3])
+                                 : "r"(fa[mi][0]), "r"(fa[mi][1]), "r"(fa[mi][2]), "r"(fa[mi][3]),
+                                   "r"(fb[ni][0]), "r"(fb[ni][1]));
+        }
+        __syncthreads();
+    }
+    // C fragment: (row g, cols 2t, 2t+1) and (row g + 8, same cols)
+    for (int mi = 0; mi < 4; mi++)
+        for (int ni = 0; ni < 4; ni++)
+            for (int e = 0; e < 4; e++) {
+                int m = m0 + wm0 + mi * 16 + g + (e / 2) * 8, n = n0 + wn0 + ni * 8 + 2 * t + e % 2;
+                if (m < M && n < N) c[(int64_t)m * N + n] = acc[mi][ni][e];
+            }
+}
+
 // c[i] = sum_s ws[s][i] (+ bias[i % N]): the second half of split-K.
 __global__ void split_k_sum_kernel(float* c, const float* ws, const float* bias, int64_t MN, int N, int splits) {
     MG_FOR(i, MN) {
@@ -399,6 +478,14 @@ int gemm(float* c, const float* a, const float* b, const float* bias, int M, int
 
 int matmul_forward_v6_warptile(float* c, const float* a, const float* b, int M, int N, int K) {
     return gemm(c, a, b, NULL, M, N, K, 0, 0, 1, 0, 0, 0);
+}
+
+int matmul_forward_v7_bf16_tc(float* c, const float* a, const float* b, int M, int N, int K) {
+    if (M <= 0 || N <= 0) return 0;
+    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);
+    dim3 grid((N + T_BN - 1) / T_BN, (M + T_BM - 1) / T_BM);
+    matmul_v7_kernel<<<grid, 256>>>(c, a, b, M, N, K, vec);
+    MG_LAUNCHED();
 }
 
 }  // extern "C"

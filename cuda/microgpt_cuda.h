@@ -67,6 +67,7 @@ int matmul_forward_v3_smem(float* c, const float* a, const float* b, int M, int 
 int matmul_forward_v4_regblock(float* c, const float* a, const float* b, int M, int N, int K);
 int matmul_forward_v5_vectorized(float* c, const float* a, const float* b, int M, int N, int K);
 int matmul_forward_v6_warptile(float* c, const float* a, const float* b, int M, int N, int K);
+int matmul_forward_v7_bf16_tc(float* c, const float* a, const float* b, int M, int N, int K);
 int gemm(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
          int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc);
 int gemm_naive(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,

@@ -199,6 +199,7 @@ class MockLib:
 
     matmul_forward_v1_naive = matmul_forward_v2_coalesced = matmul_forward_v3_smem = _rung
     matmul_forward_v4_regblock = matmul_forward_v5_vectorized = matmul_forward_v6_warptile = _rung
+    matmul_forward_v7_bf16_tc = _rung
 
     # softmax.cu, crossentropy.cu
     def _rows(fn):
