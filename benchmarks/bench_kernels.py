@@ -220,7 +220,7 @@ def main():
     cases = matmul_cases(args.quick) + row_kernel_cases(args.quick) + attention_cases(args.quick)
     cases = [case for case in cases if args.only in case.name]
     rows = harness.run_cases(cases, args, title="C kernels vs NumPy/OpenBLAS and the NumPy reference")
-    set_threads(os.cpu_count() or 1)
+    set_threads(len(os.sched_getaffinity(0)))
     return rows
 
 

@@ -186,7 +186,7 @@ def main():
 
     def extra(parser):
         parser.add_argument("--presets", default="baby,small,gpt2-124M")
-        parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+        parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
         parser.add_argument("--full-parity", action="store_true", help="also check small's loss curve")
     args = harness.parse_args(__doc__.splitlines()[0], extra)
     presets = [p for p in args.presets.split(",") if p]

@@ -59,8 +59,8 @@ def simd_path():
 
 def _threads_from_env():
     text = os.environ.get("MICROGPT_NUM_THREADS", "").strip()
-    if not text:
-        return os.cpu_count() or 1
+    if not text:        # the cores this process may run on (taskset, cgroups), not all of the machine's
+        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if not text.isdigit() or int(text) < 1:
         raise BackendError(f"MICROGPT_NUM_THREADS={text!r} must be a positive integer")
     return int(text)
