@@ -3,6 +3,7 @@
 Runs anywhere: without a GPU it checks that the backend reports itself unavailable (and
 that microgpt still imports); the rest uses tests/cuda_mock.py in place of the library.
 """
+import os
 import subprocess
 import sys
 
@@ -27,8 +28,8 @@ def test_unavailable_without_gpu():
 
 def test_import_with_cuda_disabled():
     code = "import microgpt, microgpt.backends as b; from microgpt.backends import cuda; print(cuda.AVAILABLE)"
-    out = subprocess.run([sys.executable, "-c", code], env={"MICROGPT_CUDA": "0", "PATH": ""},
-                         capture_output=True, text=True)
+    env = dict(os.environ, MICROGPT_CUDA="0", PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
 

@@ -3,6 +3,7 @@
 Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
   cuda_runtime.py  library loading, checked calls, the caching memory pool, DeviceArray
   cuda_shape.py    creation, transfer, broadcasting elementwise math, reductions, shapes
+  cuda_index.py    getitem and getitem_backward
   cuda.py          (this file) linear algebra and the fused transformer kernels, plus
                    AVAILABLE / UNAVAILABLE_REASON / NAME and a few CUDA-only helpers
 Every function has the name, signature and meaning of its twin in reference.py; arrays
@@ -27,6 +28,7 @@ from . import cuda_runtime as rt
 from .cuda_runtime import (AVAILABLE, UNAVAILABLE_REASON, DeviceArray, bad_flag, call, empty,  # noqa: F401
                            on_device, require_f32, synchronize, device_name, view)
 from .cuda_shape import *  # noqa: F401,F403
+from .cuda_index import getitem, getitem_backward  # noqa: F401
 from .cuda_shape import broadcast_to, sum, sum_to_shape, zeros
 
 NAME = "cuda"
