@@ -209,8 +209,9 @@ def make_batches(vocab, batch, t, count=2, seed=1234):
     return [(d[:, :-1].astype(np.int64), d[:, 1:].astype(np.int64)) for d in data]
 
 
-def train_ours(config, batches, steps, lr, device="cuda"):
-    """microgpt's GPT on `device`: (initial state_dict, losses, seconds per step)."""
+def train_ours(config, batches, steps, lr, device="cuda", budget_s=110.0):
+    """microgpt's GPT on `device`: (initial state_dict, losses, seconds per step). Stops early
+    (fewer steps, and the peer then runs as many) if the steps outrun budget_s."""
     from microgpt import GPT
     from microgpt.train.optim import AdamW
     model = GPT(config, seed=0)
@@ -228,6 +229,9 @@ def train_ours(config, batches, steps, lr, device="cuda"):
         losses.append(loss.item())                 # a synchronization: the step is done
         seconds.append(time.perf_counter() - start)
         del loss
+        print(f"  ours step {step}: loss {losses[-1]:.5f}, {seconds[-1] * 1e3:.0f} ms", flush=True)
+        if sum(seconds) > budget_s and step >= 2:
+            break
     return state, losses, seconds
 
 
@@ -260,6 +264,7 @@ def train_section(torch, config, batch, steps, lr):
     state, ours, ours_s = train_ours(config, batches, steps, lr)
     from microgpt.backends import cuda
     cuda.rt.POOL.release_cache()
+    steps = len(ours)
     peer, peer_s = train_torch(torch, config, state, batches, steps, lr)
     tokens = batch * config.block_size
     skip = min(2, steps - 1)
