@@ -9,25 +9,30 @@
  * How it is fast, in the order a reader meets it:
  *   1. Tiles, never the T x T matrix. Keys come in blocks of BC = 64, queries in blocks of up to
  *      BR = 64; a (BC x BR) tile of scores lives in a 16 KB buffer. Memory is O(T * HS) per thread.
- *   2. Everything is transposed: we compute S^T (keys down, queries across), so the softmax
+ *   2. Scores are transposed: we compute S^T (keys down, queries across), so the softmax
  *      statistics of a query are one SIMD lane and every reduction (max, sum) runs down a column
  *      with vertical vector ops — no horizontal shuffles. Online softmax over key blocks:
  *        m' = max(m, max_j S_ij),  l' = l 2^(m-m') + sum_j 2^(S_ij-m'),  O' = O 2^(m-m') + P V.
  *      Scores are kept in log2 units (q is pre-multiplied by log2(e)/sqrt(HS)) so exp is exp2.
- *   3. Every product of tiles is one small GEMM C (+)= A B, A row-major (broadcast one element),
- *      B row-major (16-float vectors): a register-blocked MR x (16 NV) micro-kernel. Operands are
- *      packed once per head into zero-padded, block-major panels (HS rounded up to HP, a multiple
- *      of 16) so the kernel never meets a ragged edge and never walks a power-of-two stride.
- *   4. The backward recomputes P^T from lse (nothing T x T was saved) and, per key block j and
+ *   3. Every product of tiles is one small GEMM C (+)= A B: a register-blocked MR x (16 NV)
+ *      micro-kernel that broadcasts one element of A and loads 16-float vectors of B. A broadcast
+ *      reads A in any layout, so A = P = (P^T)^T costs nothing; only B must run along memory,
+ *      which is why Q^T and dO^T are the only transposed copies (16 x 16 blocks in registers).
+ *      Rows are read in place when HS is a multiple of 16; otherwise they are copied zero-padded
+ *      to HP (HS rounded up to 16), so the micro-kernel never meets a ragged edge.
+ *   4. Inside a block on the diagonal, tiles that are wholly masked are skipped and inner loops
+ *      stop at the last visible key (see `part`): about a quarter of a diagonal block's work.
+ *   5. The backward recomputes P^T from lse (nothing T x T was saved) and, per key block j and
  *      query block i, with D_i = sum_d dout_id out_id:
  *        dV_j += P^T dO_i,  dP^T = V_j dO_i^T,  dS^T = P^T (dP^T - D),
- *        dK_j += dS^T Q_i,  dQ_i^T += K_j^T dS^T     (dS and dQ scaled by 1/sqrt(HS) at the end).
+ *        dK_j += dS^T Q_i,  dQ_i += dS K_j           (dK and dQ scaled by 1/sqrt(HS) at the end).
  *      One thread owns one (batch, kv-head) and loops over the query heads of its group, so dK and
  *      dV sum over the group and no two threads ever write the same row.
- *   5. SIMD through GCC vector extensions (16-float vectors): one source, compiled three times
+ *   6. SIMD through GCC vector extensions (16-float vectors): one source, compiled three times
  *      with target attributes — AVX-512 (MR 8, NV 2), AVX2+FMA (MR 4, NV 1) and the baseline —
- *      and chosen at run time with __builtin_cpu_supports (attention_select_isa).
- *   6. OpenMP: forward threads over (batch, head), backward over (batch, kv-head); each thread
+ *      and chosen at run time by microgpt_simd_level() (threads.c: __builtin_cpu_supports, or
+ *      the path a test forces with microgpt_set_simd_path).
+ *   7. OpenMP: forward threads over (batch, head), backward over (batch, kv-head); each thread
  *      works in its own slice of the caller's workspace (attention_*_workspace floats).
  */
 #include <math.h>
@@ -89,8 +94,8 @@ AI vf vexp2(vf x)
  * C (M x N) = [C +] A (M x K) B (K x N); row-major with leading dimensions; M a multiple of MR,
  * N a multiple of 16. One register tile is MR rows x 16 NV columns: per k, NV vector loads of B,
  * MR broadcasts of A, MR*NV fused multiply-adds into accumulators that never leave registers. */
-AI void tile(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
-             size_t K, int accumulate, const int MR, const int NV)
+AI void tile(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b,
+             size_t ldb, size_t K, int accumulate, const int MR, const int NV)
 {
     vf acc[MR_MAX][NV_MAX];         /* fixed sizes: after unrolling, each one is a register */
     #pragma GCC unroll 16
@@ -104,7 +109,7 @@ AI void tile(float *c, size_t ldc, const float *a, size_t lda, const float *b, s
         for (int v = 0; v < NV; v++) bk[v] = vload(b + k * ldb + 16 * v);
         #pragma GCC unroll 16
         for (int r = 0; r < MR; r++) {
-            vf ar = vsplat(a[r * lda + k]);
+            vf ar = vsplat(a[r * ars + k * aks]);
             #pragma GCC unroll 2
             for (int v = 0; v < NV; v++) acc[r][v] += ar * bk[v];
         }
@@ -115,17 +120,17 @@ AI void tile(float *c, size_t ldc, const float *a, size_t lda, const float *b, s
         for (int v = 0; v < NV; v++) vstore(c + r * ldc + 16 * v, acc[r][v]);
 }
 
-/* Inside a diagonal block, row r (a key) and column c (a query) of a key-by-query product meet
- * only when r <= c + diag. The GEMMs use it to skip work that would be multiplied by zero:
+/* Inside a diagonal block, key r and query c meet only when r <= c + diag. The GEMMs use it to
+ * skip work that would be multiplied by zero:
  *   SKIP_HIDDEN  C is keys x queries: a tile with every key after every query is zeroed, not computed;
- *   K_FROM       C is keys x channels, K runs over queries: start at the first query that sees row i;
- *   K_TO         C is channels x queries, K runs over keys: stop after the last key column j sees.
+ *   K_FROM       C is keys x channels, K runs over queries: start at the first query row i sees;
+ *   K_TO         C is queries x channels, K runs over keys: stop after the last key row i sees.
  * Outside the diagonal (diag >= the block size) every mode computes the whole product. */
 enum { FULL, SKIP_HIDDEN, K_FROM, K_TO };
 
-AI void part(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
-             size_t i, size_t j, size_t K, int accumulate, long diag, const int causal,
-             const int MR, const int NV)
+AI void part(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b,
+             size_t ldb, size_t i, size_t j, size_t K, int accumulate, long diag,
+             const int causal, const int MR, const int NV)
 {
     long k0 = 0, k1 = (long)K;
     if (causal == SKIP_HIDDEN && (long)i > diag + (long)j + 16 * NV - 1) {
@@ -134,46 +139,113 @@ AI void part(float *c, size_t ldc, const float *a, size_t lda, const float *b, s
         return;
     }
     if (causal == K_FROM && (long)i - diag > 0) k0 = (long)i - diag;
-    if (causal == K_TO && diag + (long)j + 16 * NV < k1) k1 = diag + (long)j + 16 * NV;
+    if (causal == K_TO && diag + (long)i + MR < k1) k1 = diag + (long)i + MR;
     if (k1 <= k0 && accumulate) return;
     if (k1 < k0) k1 = k0;
-    tile(c + i * ldc + j, ldc, a + i * lda + k0, lda, b + k0 * ldb + j, ldb, (size_t)(k1 - k0),
-         accumulate, MR, NV);
+    tile(c + i * ldc + j, ldc, a + i * ars + (size_t)k0 * aks, ars, aks, b + (size_t)k0 * ldb + j,
+         ldb, (size_t)(k1 - k0), accumulate, MR, NV);
 }
 
-AI void gemm(float *c, size_t ldc, const float *a, size_t lda, const float *b, size_t ldb,
-             size_t M, size_t N, size_t K, int accumulate, long diag, const int causal,
-             const int MR, const int NV)
+/* C (M x N) = [C +] A (M x K) B (K x N). A's element (r, k) is a[r * ars + k * aks]: row-major
+ * A is (lda, 1), a transposed one (1, lda) — a broadcast does not care which, so no product
+ * ever needs its left operand transposed in memory. */
+AI void gemm(float *c, size_t ldc, const float *a, size_t ars, size_t aks, const float *b,
+             size_t ldb, size_t M, size_t N, size_t K, int accumulate, long diag,
+             const int causal, const int MR, const int NV)
 {
     for (size_t i = 0; i < M; i += MR) {
         size_t j = 0;
         for (; j + 16 * NV <= N; j += 16 * NV)
-            part(c, ldc, a, lda, b, ldb, i, j, K, accumulate, diag, causal, MR, NV);
+            part(c, ldc, a, ars, aks, b, ldb, i, j, K, accumulate, diag, causal, MR, NV);
         for (; j < N; j += 16)
-            part(c, ldc, a, lda, b, ldb, i, j, K, accumulate, diag, causal, MR, 1);
+            part(c, ldc, a, ars, aks, b, ldb, i, j, K, accumulate, diag, causal, MR, 1);
     }
 }
 
 /* ---- packing: zero-padded copies in the layouts the GEMMs want ------------------------------- */
 
-/* rows (T, HS) -> (TP, HP) row-major, times `scale`, zeros in the padding. */
-static void pack_rows(float *dst, const float *src, size_t T, size_t TP, size_t HS, size_t HP,
-                      float scale)
+/* A (T, HS) row-major operand as the GEMMs see it: blocks of R rows, HP wide, zero-padded.
+ * When HS is a multiple of 16 (HS == HP) whole blocks are read in place from the caller's
+ * array and only a ragged last block is copied; otherwise every row is copied into `pad`
+ * (room for round_up(T, R) x HP floats). */
+typedef struct { const float *src; const float *pad; size_t HS, HP, tail; } rows_t;
+
+AI rows_t pack_rows(float *pad, const float *src, size_t T, size_t R, size_t HS, size_t HP)
 {
-    memset(dst, 0, TP * HP * sizeof *dst);
-    for (size_t t = 0; t < T; t++)
-        for (size_t d = 0; d < HS; d++) dst[t * HP + d] = src[t * HS + d] * scale;
+    const size_t tail = HS == HP ? T / R * R : 0, end = round_up(T, R);   /* copy rows tail.. */
+    for (size_t t = tail; t < T; t++) {
+        memcpy(pad + (t - tail) * HP, src + t * HS, HS * sizeof *pad);
+        memset(pad + (t - tail) * HP + HS, 0, (HP - HS) * sizeof *pad);
+    }
+    memset(pad + (T - tail) * HP, 0, (end - T) * HP * sizeof *pad);
+    return (rows_t){src, pad, HS, HP, tail};
+}
+
+/* Rows t0 .. t0 + R - 1 (t0 a multiple of R), leading dimension HP. */
+AI const float *block_at(rows_t x, size_t t0)
+{
+    return t0 < x.tail ? x.src + t0 * x.HS : x.pad + (t0 - x.tail) * x.HP;
+}
+
+/* 16 x 16 transpose in registers, in four rounds b = 8, 4, 2, 1: each round swaps the two
+ * off-diagonal b x b blocks of every 2b x 2b block (rows i and i + b trade halves). */
+AI void transpose16(vf r[16])
+{
+    static const vi lo[4] = {{0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23},
+                             {0, 1, 2, 3, 16, 17, 18, 19, 8, 9, 10, 11, 24, 25, 26, 27},
+                             {0, 1, 16, 17, 4, 5, 20, 21, 8, 9, 24, 25, 12, 13, 28, 29},
+                             {0, 16, 2, 18, 4, 20, 6, 22, 8, 24, 10, 26, 12, 28, 14, 30}};
+    static const vi hi[4] = {{8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31},
+                             {4, 5, 6, 7, 20, 21, 22, 23, 12, 13, 14, 15, 28, 29, 30, 31},
+                             {2, 3, 18, 19, 6, 7, 22, 23, 10, 11, 26, 27, 14, 15, 30, 31},
+                             {1, 17, 3, 19, 5, 21, 7, 23, 9, 25, 11, 27, 13, 29, 15, 31}};
+    #pragma GCC unroll 4
+    for (int round = 0, b = 8; round < 4; round++, b /= 2)
+        #pragma GCC unroll 16
+        for (int i = 0; i < 16; i++)
+            if (!(i & b)) {
+                vf x = r[i], y = r[i + b];
+                r[i] = __builtin_shuffle(x, y, lo[round]);
+                r[i + b] = __builtin_shuffle(x, y, hi[round]);
+            }
 }
 
 /* rows (T, HS) -> transposed panels: panel p holds rows p*W .. p*W+W-1 as an (HP x W) block,
- * element (d, t) at dst[p*HP*W + d*W + t % W]; times `scale`, zero padding. */
-static void pack_panels_t(float *dst, const float *src, size_t T, size_t TP, size_t HS, size_t HP,
-                          size_t W, float scale)
+ * element (d, t) at dst[p*HP*W + d*W + t % W]; times `scale`, zero padding. Whole 16 x 16
+ * blocks go through registers, ragged edges element by element. */
+AI void pack_panels_t(float *dst, const float *src, size_t T, size_t TP, size_t HS, size_t HP,
+                      size_t W, float scale)
 {
-    memset(dst, 0, TP * HP * sizeof *dst);
+    if (T < TP || HS < HP) memset(dst, 0, TP * HP * sizeof *dst);
+    for (size_t t0 = 0; t0 < T; t0 += 16) {
+        float *panel = dst + (t0 / W) * HP * W + t0 % W;
+        for (size_t d0 = 0; d0 < HS; d0 += 16) {
+            if (t0 + 16 <= T && d0 + 16 <= HS) {
+                vf r[16];
+                for (int i = 0; i < 16; i++) r[i] = vload(src + (t0 + i) * HS + d0);
+                transpose16(r);
+                for (int i = 0; i < 16; i++) vstore(panel + (d0 + i) * W, r[i] * scale);
+            } else {
+                for (size_t t = t0; t < T && t < t0 + 16; t++)
+                    for (size_t d = d0; d < HS && d < d0 + 16; d++)
+                        panel[d * W + t - t0] = src[t * HS + d] * scale;
+            }
+        }
+    }
+}
+
+/* D_i = sum_d dout_id out_id for T rows of HS (16 lanes at a time, then the lanes summed). */
+AI void row_dots(float *dd, const float *dout, const float *out, size_t T, size_t HS)
+{
     for (size_t t = 0; t < T; t++) {
-        float *panel = dst + (t / W) * HP * W + t % W;
-        for (size_t d = 0; d < HS; d++) panel[d * W] = src[t * HS + d] * scale;
+        const float *a = dout + t * HS, *b = out + t * HS;
+        vf acc = vsplat(0.0f);
+        size_t d = 0;
+        for (; d + 16 <= HS; d += 16) acc += vload(a + d) * vload(b + d);
+        float s = 0.0f;
+        for (int lane = 0; lane < 16; lane++) s += acc[lane];
+        for (; d < HS; d++) s += a[d] * b[d];
+        dd[t] = s;
     }
 }
 
@@ -192,24 +264,23 @@ AI void fwd_head(float *out, float *lse, const float *q, const float *k, const f
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16));       /* query block width, lanes */
     const float qscale = LOG2E / sqrtf((float)HS);
-    float *kp = w;                      /* (TkP, HP)       keys, row-major                  */
-    float *vt = kp + TkP * HP;          /* TkP/BC x (HP, BC) values transposed, per key block */
-    float *qt = vt + TkP * HP;          /* (HP, W)         query block transposed, scaled   */
-    float *ot = qt + HP * BR;           /* (HP, W)         output accumulator, transposed   */
-    float *st = ot + HP * BR;           /* (BC, W)         scores S^T, then P^T            */
+    float *kp = w;                      /* (TkP, HP)  keys, where they need a padded copy   */
+    float *vp = kp + TkP * HP;          /* (TkP, HP)  values, likewise                      */
+    float *qt = vp + TkP * HP;          /* (HP, W)    query block transposed, times qscale */
+    float *o = qt + HP * BR;            /* (W, HP)    output accumulator                  */
+    float *st = o + HP * BR;            /* (BC, W)    scores S^T, then P^T                */
     float *m = st + BC * BR, *l = m + BR, *alpha = l + BR;
-    pack_rows(kp, k, Tk, TkP, HS, HP, 1.0f);
-    pack_panels_t(vt, v, Tk, TkP, HS, HP, BC, 1.0f);
+    const rows_t K = pack_rows(kp, k, Tk, BC, HS, HP), V = pack_rows(vp, v, Tk, BC, HS, HP);
     for (size_t i0 = 0; i0 < Tq; i0 += W) {
         const size_t rows = min_size(W, Tq - i0);
         const size_t kend = off + i0 + rows;               /* keys this block may see: [0, kend) */
         pack_panels_t(qt, q + i0 * HS, rows, W, HS, HP, W, qscale);
-        memset(ot, 0, HP * W * sizeof *ot);
+        memset(o, 0, W * HP * sizeof *o);
         for (size_t i = 0; i < W; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
         for (size_t j0 = 0; j0 < kend; j0 += BC) {
             const long diag = (long)(off + i0) - (long)j0;   /* key c sees query i iff c <= i + diag */
             const int masked = diag < BC - 1;                /* some key comes after some query */
-            gemm(st, W, kp + j0 * HP, HP, qt, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* S^T = K Q^T */
+            gemm(st, W, block_at(K, j0), HP, 1, qt, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* S^T = K Q^T */
             for (size_t i = 0; i < W; i += 16) {
                 vf mx = vload(m + i);                      /* m' = max(m, max_j S_ji) */
                 vi qpos = (vi){0} + (int)(off + i0 + i) + lanes();
@@ -232,14 +303,15 @@ AI void fwd_head(float *out, float *lse, const float *q, const float *k, const f
                 vstore(m + i, mx);
                 vstore(alpha + i, a);
             }
-            for (size_t d = 0; d < HP; d++)                /* O^T <- O^T diag(alpha) */
-                for (size_t i = 0; i < W; i += 16)
-                    vstore(ot + d * W + i, vload(ot + d * W + i) * vload(alpha + i));
-            gemm(ot, W, vt + j0 * HP, BC, st, W, HP, W, BC, 1, diag, K_TO, MR, NV); /* O^T += V^T P^T */
+            for (size_t i = 0; i < W; i++) {               /* O <- diag(alpha) O */
+                const vf a = vsplat(alpha[i]);
+                for (size_t d = 0; d < HP; d += 16) vstore(o + i * HP + d, vload(o + i * HP + d) * a);
+            }
+            gemm(o, HP, st, 1, W, block_at(V, j0), HP, W, HP, BC, 1, diag, K_TO, MR, NV); /* O += P V */
         }
         for (size_t i = 0; i < rows; i++) {                /* out = O / l, lse = ln2 (m + log2 l) */
-            float inv = 1.0f / l[i];
-            for (size_t d = 0; d < HS; d++) out[(i0 + i) * HS + d] = ot[d * W + i] * inv;
+            const float inv = 1.0f / l[i];
+            for (size_t d = 0; d < HS; d++) out[(i0 + i) * HS + d] = o[i * HP + d] * inv;
             lse[i0 + i] = LN2 * (m[i] + log2f(l[i]));
         }
     }
@@ -251,7 +323,7 @@ static size_t bwd_floats(size_t Tq, size_t Tk, size_t HS)
 {
     size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC);
     size_t W = min_size(BR, round_up(Tq, 16)), TqP = round_up(Tq, W);
-    return 5 * TkP * HP + 5 * TqP * HP + 2 * TqP + 2 * BC * BR + 16;
+    return 4 * TkP * HP + 5 * TqP * HP + 2 * TqP + 2 * BC * BR + 16;
 }
 
 AI void bwd_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
@@ -261,36 +333,31 @@ AI void bwd_group(float *dq, float *dk, float *dv, const float *dout, const floa
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16)), TqP = round_up(Tq, W);
     const float scale = 1.0f / sqrtf((float)HS), qscale = LOG2E * scale;
-    float *kt = w;                      /* TkP/BC x (HP, BC)  keys transposed, per key block   */
-    float *kp = kt + TkP * HP;          /* (TkP, HP)  keys          */
-    float *vp = kp + TkP * HP;          /* (TkP, HP)  values        */
+    float *kp = w;                      /* (TkP, HP)  keys, where they need a padded copy */
+    float *vp = kp + TkP * HP;          /* (TkP, HP)  values, likewise    */
     float *dka = vp + TkP * HP;         /* (TkP, HP)  dK, unscaled, summed over the group */
     float *dva = dka + TkP * HP;        /* (TkP, HP)  dV, summed over the group           */
-    float *qp = dva + TkP * HP;         /* (TqP, HP)  queries (unscaled)                  */
+    float *qp = dva + TkP * HP;         /* (TqP, HP)  queries, likewise (unscaled)        */
     float *qt = qp + TqP * HP;          /* TqP/W x (HP, W)  queries transposed, times qscale */
-    float *dop = qt + TqP * HP;         /* (TqP, HP)  dout          */
+    float *dop = qt + TqP * HP;         /* (TqP, HP)  dout, likewise      */
     float *dot = dop + TqP * HP;        /* TqP/W x (HP, W)  dout transposed               */
-    float *dqt = dot + TqP * HP;        /* TqP/W x (HP, W)  dQ transposed, unscaled       */
-    float *lse2 = dqt + TqP * HP;       /* (TqP)  lse in log2 units */
+    float *dqa = dot + TqP * HP;        /* (TqP, HP)  dQ, unscaled                        */
+    float *lse2 = dqa + TqP * HP;       /* (TqP)  lse in log2 units */
     float *dd = lse2 + TqP;             /* (TqP)  D_i = sum_d dout_id out_id */
     float *pt = dd + TqP;               /* (BC, W)  S^T, then P^T  */
     float *dpt = pt + BC * BR;          /* (BC, W)  dP^T, then dS^T */
-    pack_panels_t(kt, k, Tk, TkP, HS, HP, BC, 1.0f);
-    pack_rows(kp, k, Tk, TkP, HS, HP, 1.0f);
-    pack_rows(vp, v, Tk, TkP, HS, HP, 1.0f);
+    const rows_t K = pack_rows(kp, k, Tk, BC, HS, HP), V = pack_rows(vp, v, Tk, BC, HS, HP);
     memset(dka, 0, 2 * TkP * HP * sizeof *dka);
     for (size_t g = 0; g < G; g++) {
         const size_t h = g * Tq * HS;
-        pack_rows(qp, q + h, Tq, TqP, HS, HP, 1.0f);
+        const rows_t Q = pack_rows(qp, q + h, Tq, W, HS, HP);
         pack_panels_t(qt, q + h, Tq, TqP, HS, HP, W, qscale);
-        pack_rows(dop, dout + h, Tq, TqP, HS, HP, 1.0f);
+        const rows_t dO = pack_rows(dop, dout + h, Tq, W, HS, HP);
         pack_panels_t(dot, dout + h, Tq, TqP, HS, HP, W, 1.0f);
-        memset(dqt, 0, TqP * HP * sizeof *dqt);
+        memset(dqa, 0, TqP * HP * sizeof *dqa);
+        row_dots(dd, dout + h, out + h, Tq, HS);
         for (size_t i = 0; i < TqP; i++) {
-            float s = 0.0f;
-            if (i < Tq)
-                for (size_t d = 0; d < HS; d++) s += dout[h + i * HS + d] * out[h + i * HS + d];
-            dd[i] = s;
+            if (i >= Tq) dd[i] = 0.0f;
             lse2[i] = i < Tq ? lse[g * Tq + i] * LOG2E : 0.0f;
         }
         for (size_t j0 = 0; j0 < Tk; j0 += BC) {
@@ -300,7 +367,7 @@ AI void bwd_group(float *dq, float *dk, float *dv, const float *dout, const floa
                 const float *qt_i = qt + i0 * HP, *dot_i = dot + i0 * HP;
                 const long diag = (long)(off + i0) - (long)j0;
                 const int masked = diag < BC - 1 || i0 + W > Tq;   /* or padding queries */
-                gemm(pt, W, kp + j0 * HP, HP, qt_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* S^T */
+                gemm(pt, W, block_at(K, j0), HP, 1, qt_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* S^T */
                 for (size_t c = 0; c < BC; c++)            /* P^T = 2^(S^T - lse) */
                     for (size_t i = 0; i < W; i += 16) {
                         vf x = vload(pt + c * W + i) - vload(lse2 + i0 + i);
@@ -311,19 +378,22 @@ AI void bwd_group(float *dq, float *dk, float *dv, const float *dout, const floa
                         }
                         vstore(pt + c * W + i, vexp2(x));
                     }
-                gemm(dva + j0 * HP, HP, pt, W, dop + i0 * HP, HP, BC, HP, W, 1, diag, K_FROM, MR, NV); /* dV += P^T dO */
-                gemm(dpt, W, vp + j0 * HP, HP, dot_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN, MR, NV); /* dP^T = V dO^T */
+                gemm(dva + j0 * HP, HP, pt, W, 1, block_at(dO, i0), HP, BC, HP, W, 1, diag, K_FROM,
+                     MR, NV);                                                       /* dV += P^T dO */
+                gemm(dpt, W, block_at(V, j0), HP, 1, dot_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN,
+                     MR, NV);                                                       /* dP^T = V dO^T */
                 for (size_t c = 0; c < BC; c++)            /* dS^T = P^T (dP^T - D) */
                     for (size_t i = 0; i < W; i += 16)
                         vstore(dpt + c * W + i, vload(pt + c * W + i)
                                * (vload(dpt + c * W + i) - vload(dd + i0 + i)));
-                gemm(dka + j0 * HP, HP, dpt, W, qp + i0 * HP, HP, BC, HP, W, 1, diag, K_FROM, MR, NV); /* dK += dS^T Q */
-                gemm(dqt + i0 * HP, W, kt + j0 * HP, BC, dpt, W, HP, W, BC, 1, diag, K_TO, MR, NV); /* dQ^T += K^T dS^T */
+                gemm(dka + j0 * HP, HP, dpt, W, 1, block_at(Q, i0), HP, BC, HP, W, 1, diag, K_FROM,
+                     MR, NV);                                                       /* dK += dS^T Q */
+                gemm(dqa + i0 * HP, HP, dpt, 1, W, block_at(K, j0), HP, W, HP, BC, 1, diag, K_TO,
+                     MR, NV);                                          /* dQ += dS K, dS = (dS^T)^T */
             }
         }
-        for (size_t i = 0; i < Tq; i++)                    /* dq = scale * (dQ^T)^T */
-            for (size_t d = 0; d < HS; d++)
-                dq[h + i * HS + d] = scale * dqt[(i / W) * HP * W + d * W + i % W];
+        for (size_t i = 0; i < Tq; i++)
+            for (size_t d = 0; d < HS; d++) dq[h + i * HS + d] = scale * dqa[i * HP + d];
     }
     for (size_t j = 0; j < Tk; j++)
         for (size_t d = 0; d < HS; d++) {

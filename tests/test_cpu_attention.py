@@ -88,6 +88,7 @@ def test_matches_reference_every_path(shape, seed, scale):
     (1, 2, 2, 65, 65, 64),       # one past a tile
     (2, 3, 3, 130, 190, 17),     # queries are the last 130 of 190 positions
     (1, 2, 1, 300, 300, 3),      # several blocks, odd head size
+    (1, 2, 1, 70, 75, 200),      # a head wider than any register tile
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_named_shapes(shape, threads):
