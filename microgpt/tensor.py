@@ -105,7 +105,7 @@ class Tensor:
     # --- properties ------------------------------------------------------------------------
     @property
     def shape(self):
-        return tuple(self.data.shape)
+        return self.data.shape      # a tuple on every backend
 
     @property
     def dtype(self):
@@ -113,7 +113,7 @@ class Tensor:
 
     @property
     def ndim(self):
-        return len(self.data.shape)
+        return self.data.ndim
 
     @property
     def size(self):

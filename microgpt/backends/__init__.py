@@ -21,6 +21,8 @@ import contextlib
 import importlib
 import os
 
+import numpy as np
+
 from ..errors import BackendError
 
 # name -> (signature, meaning). Sizes: N rows, V vocab, B batch, T time, C channels,
@@ -167,6 +169,9 @@ def _default(device):
 
 def get(device="cpu"):
     """The backend module that serves `device` ("cpu" or "cuda")."""
+    name = _chosen.get(device)
+    if name is not None and name in _loaded:     # the common case: one dict lookup each
+        return _loaded[name]
     if device not in DEVICES:
         raise BackendError(f"unknown device {device!r}; choose one of {DEVICES}")
     if device not in _chosen:
@@ -182,4 +187,6 @@ def current(device="cpu"):
 
 def device_of(array):
     """'cuda' for a DeviceArray, 'cpu' for a NumPy array (NumPy 2 also says "cpu")."""
+    if type(array) is np.ndarray:                # fast path: ndarray.device is a slow property
+        return "cpu"
     return getattr(array, "device", "cpu")
