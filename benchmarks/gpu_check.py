@@ -204,7 +204,6 @@ def attention_section(torch, rt, batch, heads, head_size, lengths):
         row("attention", f"fwd+bwd B{batch} NH{heads} HS{head_size} T{t}", ours_ms, peer_ms, "ms", target=0.5,
             note=note)
         row("attention", f"fwd only T{t}", fwd_ms, peer_fwd, "ms")
-        del q, k, v, dout, out, dq, dk, dv, qt, kt, vt
 
 
 # --- training step -----------------------------------------------------------------------------------
