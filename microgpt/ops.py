@@ -271,8 +271,13 @@ def permute(x, *axes):
     if sorted(a % builtins.max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
         raise ShapeError(f"permute: {axes} is not a permutation of the {x.ndim} axes of {x.shape}")
     axes = tuple(a % x.ndim for a in axes)
-    inverse = tuple(np.argsort(axes))
     be = x.backend
+    moved = [a for a in axes if x.shape[a] != 1]
+    if moved == sorted(moved):
+        # Only size-1 axes move (e.g. (B, 1, NH, HS) -> (B, NH, 1, HS) when decoding one
+        # token): the elements keep their memory order, so this is a reshape, not a copy.
+        return reshape(x, tuple(x.shape[a] for a in axes))
+    inverse = tuple(np.argsort(axes))
     return Tensor._from_op(be.permute(x.data, axes), (x,),
                            lambda dout: _send(x, be.permute(dout, inverse)), "permute")
 

@@ -83,6 +83,9 @@ def test_kv_cache_decoding_equals_full_recomputation(family):
         with pytest.raises(ShapeError, match="block_size"):
             model(idx[:, :1], kv_cache=cache)
     np.testing.assert_allclose(np.concatenate(pieces, axis=1), full.numpy(), atol=1e-5, rtol=1e-5)
+    with no_grad():
+        last, _ = model(idx, last_only=True)
+    np.testing.assert_allclose(last.numpy(), full.numpy()[:, -1:], atol=1e-5, rtol=1e-5)
 
 
 def test_parameter_names_follow_checkpoints():

@@ -143,8 +143,13 @@ class GPT(Module):
         """An empty cache for incremental decoding (the batch size is set by the first call)."""
         return KVCache(self.config.n_layer, self.config.block_size)
 
-    def forward(self, idx, targets=None, kv_cache=None, ignore_index=-100, loss_weights=None):
-        """idx (B, T) token ids -> (logits (B, T, V), loss or None)."""
+    def forward(self, idx, targets=None, kv_cache=None, ignore_index=-100, loss_weights=None,
+                last_only=False):
+        """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        last_only=True computes the logits of the last position only, (B, 1, V): all that
+        sampling the next token needs, and the LM head is the largest matrix of a small model.
+        """
         ids = idx.numpy() if isinstance(idx, Tensor) else np.asarray(idx)
         if ids.ndim != 2:
             raise ShapeError(f"GPT.forward: idx must be (B, T), got shape {ids.shape}")
@@ -165,6 +170,10 @@ class GPT(Module):
             x = block(x, rotary, kv_cache, layer)
         if kv_cache is not None:
             kv_cache.position = start + t
+        if last_only:
+            if targets is not None:
+                raise ShapeError("GPT.forward: last_only=True gives no logits to score targets with")
+            x = x[:, t - 1:]                                           # (B, 1, C)
         logits = self.lm_head(norm_f(x))                               # (B, T, V)
         loss = None
         if targets is not None:
