@@ -214,7 +214,7 @@ def make_batches(vocab, batch, t, count=2, seed=1234):
     return [(d[:, :-1].astype(np.int64), d[:, 1:].astype(np.int64)) for d in data]
 
 
-def train_ours(config, batches, steps, lr, device="cuda", budget_s=110.0):
+def train_ours(config, batches, steps, lr, device="cuda", budget_s=80.0):
     """microgpt's GPT on `device`: (initial state_dict, losses, seconds per step). Stops early
     (fewer steps, and the peer then runs as many) if the steps outrun budget_s."""
     from microgpt import GPT

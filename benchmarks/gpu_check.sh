@@ -28,13 +28,13 @@ python3 -m microgpt.backends.cuda_build || { echo "BUILD FAILED"; exit 1; }
 echo "build took $(( $(date +%s) - start )) s"
 
 echo "== CUDA kernel tests (pytest -m gpu) =="
-timeout 120 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py \
+timeout 90 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py \
     2>&1 | tee "$OUTDIR/tests.log" | tail -40
 
 echo "== benchmarks =="
-timeout 75 python3 benchmarks/gpu_check.py --sections matmul --rows "$PARTS/matmul.json"
-timeout 100 python3 benchmarks/gpu_check.py --sections attention --rows "$PARTS/attention.json"
-timeout 180 python3 benchmarks/gpu_check.py --sections train --rows "$PARTS/train.json"
+timeout 60 python3 benchmarks/gpu_check.py --sections matmul --rows "$PARTS/matmul.json"
+timeout 70 python3 benchmarks/gpu_check.py --sections attention --rows "$PARTS/attention.json"
+timeout 150 python3 benchmarks/gpu_check.py --sections train --rows "$PARTS/train.json"
 python3 benchmarks/gpu_check.py --merge "$PARTS/matmul.json" "$PARTS/attention.json" "$PARTS/train.json" \
     --out "$OUTDIR"
 echo "tests: $(tail -1 "$OUTDIR/tests.log")"
