@@ -18,27 +18,26 @@
 
 /* ---------------------------------------------------------------- 1. hash tables */
 
-static uint64_t hash_bytes(const uint8_t *p, size_t n)
+/* FNV-1a, one byte at a time, then a finalizer for the low bits the tables use. Byte-wise
+   so that the hashes of all prefixes of a string come in one pass (bpe_encoder_new). */
+#define HASH_SEED 0xcbf29ce484222325ull
+static inline uint64_t hash_step(uint64_t state, uint8_t byte)
 {
-    uint64_t h = 0x9E3779B97F4A7C15ull ^ (uint64_t)n, v;
-    while (n >= 8) {
-        memcpy(&v, p, 8);
-        h = (h ^ v) * 0xff51afd7ed558ccdull;
-        h ^= h >> 32;
-        p += 8;
-        n -= 8;
-    }
-    v = 0;
-    memcpy(&v, p, n);
-    h = (h ^ v) * 0xc4ceb9fe1a85ec53ull;
-    return h ^ (h >> 29);
+    return (state ^ byte) * 0x100000001b3ull;
 }
 
-static uint64_t hash_u64(uint64_t x)
+static inline uint64_t hash_final(uint64_t state)
 {
-    x ^= x >> 33;
-    x *= 0xff51afd7ed558ccdull;
-    return x ^ (x >> 33);
+    state ^= state >> 33;
+    state *= 0xff51afd7ed558ccdull;
+    return state ^ (state >> 33);
+}
+
+static uint64_t hash_bytes(const uint8_t *p, size_t n)
+{
+    uint64_t state = HASH_SEED;
+    for (size_t i = 0; i < n; i++) state = hash_step(state, p[i]);
+    return hash_final(state);
 }
 
 /* bmap: byte string -> int32 value. Keys live in a caller's buffer (`base`), stored as
@@ -112,7 +111,7 @@ static void pmap_free(pmap *m) { free(m->keys); free(m->vals); }
 
 static inline int32_t pmap_get(const pmap *m, uint64_t key)
 {
-    for (size_t i = hash_u64(key) & m->mask;; i = (i + 1) & m->mask) {
+    for (size_t i = hash_final(key) & m->mask;; i = (i + 1) & m->mask) {
         if (m->vals[i] < 0) return -1;
         if (m->keys[i] == key) return m->vals[i];
     }
@@ -125,7 +124,7 @@ static int pmap_put(pmap *m, uint64_t key, int32_t val)
         if (pmap_init(&bigger, m->mask + 1) < 0) return -1;
         for (size_t i = 0; i <= m->mask; i++) {
             if (m->vals[i] < 0) continue;
-            size_t j = hash_u64(m->keys[i]) & bigger.mask;
+            size_t j = hash_final(m->keys[i]) & bigger.mask;
             while (bigger.vals[j] >= 0) j = (j + 1) & bigger.mask;
             bigger.keys[j] = m->keys[i];
             bigger.vals[j] = m->vals[i];
@@ -134,7 +133,7 @@ static int pmap_put(pmap *m, uint64_t key, int32_t val)
         pmap_free(m);
         *m = bigger;
     }
-    size_t i = hash_u64(key) & m->mask;
+    size_t i = hash_final(key) & m->mask;
     while (m->vals[i] >= 0) i = (i + 1) & m->mask;
     m->keys[i] = key;
     m->vals[i] = val;
@@ -339,11 +338,13 @@ bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int3
         if (len == 1) e->byte_id[tokens[off]] = t;
     }
     for (int i = 0; i < 256; i++) if (e->byte_id[i] < 0) goto fail;
-    for (int32_t t = 0; t < n_tokens; t++) {
-        const uint8_t *p = e->bytes + offsets[t];
+    for (int32_t t = 0; t < n_tokens; t++) {       /* prefix hashes in one pass: O(len) */
+        const uint8_t *p = e->bytes + offsets[t];  /* plus O(len) per prefix that is a token */
         uint32_t len = (uint32_t)(offsets[t + 1] - offsets[t]);
+        uint64_t state = HASH_SEED;
         for (uint32_t k = 1; k < len; k++) {
-            int32_t a = bmap_get(&e->vocab, e->bytes, p, k, hash_bytes(p, k));
+            state = hash_step(state, p[k - 1]);
+            int32_t a = bmap_get(&e->vocab, e->bytes, p, k, hash_final(state));
             int32_t b = a < 0 ? -1 : bmap_get(&e->vocab, e->bytes, p + k, len - k,
                                               hash_bytes(p + k, len - k));
             if (b >= 0 && pmap_put(&e->pairs, PAIR(a, b), t) < 0) goto fail;
@@ -805,7 +806,7 @@ bpe_trainer *bpe_trainer_new(const bpe_counter *c)
     t->cap_tok = 1024;
     t->toff = malloc(((size_t)t->cap_tok + 1) * sizeof(int64_t));
     if (!t->wcount || !t->woff || !t->wlen || !t->wstamp || !t->syms || !t->tb || !t->toff
-        || bmap_init(&t->tset, 1024) < 0 || pmap_init(&t->index, n_syms) < 0) goto fail;
+        || bmap_init(&t->tset, 1024) < 0 || pmap_init(&t->index, 1 << 16) < 0) goto fail;
     t->toff[0] = 0;                                  /* tokens 0..255: the single bytes */
     for (int b = 0; b < 256; b++) {
         t->tb[b] = (uint8_t)b;

@@ -325,3 +325,18 @@ def test_adversarial_inputs_stay_near_linear(name, trained):
     ids = trained.encode(big)
     assert time.perf_counter() - start < 20
     assert trained.decode(ids) == big
+
+
+@pytest.mark.filterwarnings("ignore:the corpus ran out of pairs")
+@pytest.mark.parametrize("name", ["a", "caret", "space", "newline", "letters"])
+def test_adversarial_training_stays_near_linear(name):
+    """One giant chunk makes giant tokens (a run of 2**19 'a's): training and building the
+    encoder's pair table must stay near-linear in their length, not quadratic."""
+    unit = ADVERSARIAL[name]
+    text = unit * (10**6 // len(unit)) if name != "letters" else unit * (10**5 // len(unit))
+    start = time.perf_counter()
+    tok = Tokenizer.train([text], 1000, progress=False)
+    ids = tok.encode(text)
+    assert time.perf_counter() - start < 30
+    assert tok.decode(ids) == text
+    assert tok.encode(text[:5000]) == tiktoken_of(tok).encode(text[:5000])

@@ -38,7 +38,7 @@ import numpy as np
 
 from ..errors import MicrogptError
 from . import patterns
-from .native import Encoder
+from .native import MAX_CALL_BYTES, Encoder
 
 DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 
@@ -159,6 +159,9 @@ class Tokenizer:
     def encode_ordinary(self, text):
         """Text -> ids, special-token strings treated as plain text."""
         data = _utf8(text)
+        if len(data) > MAX_CALL_BYTES:
+            raise TokenizerError(f"one call encodes at most {MAX_CALL_BYTES} bytes of UTF-8, "
+                                 f"got {len(data)}: encode the text in pieces")
         if self._native != patterns.NATIVE_NONE:
             return self._encoder.encode(data)
         text = data.decode("utf-8")                     # with any lone surrogate replaced

@@ -43,6 +43,9 @@ def split(data, native):
     return ffi.unpack(ends, n)
 
 
+MAX_CALL_BYTES = 2**31 - 1       # C indexes a chunk's bytes with int32: bpe.py checks
+
+
 class Encoder:
     """tokens[i] is the byte string of id i (dense, all 256 single bytes present, unique)."""
 
