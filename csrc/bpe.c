@@ -412,7 +412,8 @@ static size_t merge_short(const bpe_encoder *e, work *w, const uint8_t *s, size_
         if (rank[best] == NO_RANK) break;
         ids[best] = rank[best];
         memmove(ids + best + 1, ids + best + 2, (m - best - 2) * sizeof(int32_t));
-        if (best + 2 < m) memmove(rank + best + 1, rank + best + 2, (m - best - 3) * sizeof(int32_t));
+        if (best + 2 < m)
+            memmove(rank + best + 1, rank + best + 2, (m - best - 3) * sizeof(int32_t));
         m--;
         if (best > 0) rank[best - 1] = pair_rank(e, ids[best - 1], ids[best]);
         if (best + 1 < m) rank[best] = pair_rank(e, ids[best], ids[best + 1]);
@@ -620,7 +621,8 @@ static int counter_add(bpe_counter *c, const uint8_t *s, size_t n)
         c->arena = arena;
         c->cap_len = cap;
     }
-    if (c->n >= 0x7fffffff || bmap_put(&c->map, c->len, (uint32_t)n, h, (int32_t)c->n) < 0) return -1;
+    if (c->n >= 0x7fffffff || bmap_put(&c->map, c->len, (uint32_t)n, h, (int32_t)c->n) < 0)
+        return -1;
     memcpy(c->arena + c->len, s, n);
     c->len += n;
     c->counts[c->n++] = 1;
@@ -847,11 +849,10 @@ static int merge_word(bpe_trainer *t, int32_t w, int32_t a, int32_t b, int32_t z
     int64_t c = t->wcount[w];
     for (int32_t i = 0; i < len;) {
         if (i + 1 < len && s[i] == a && s[i + 1] == b) {
+            int32_t x = j > 0 ? s[j - 1] : -1, y = i + 2 < len ? s[i + 2] : -1;
             if (pair_add(t, a, b, -c, w) < 0) return -1;
-            if (j > 0 && (pair_add(t, s[j - 1], a, -c, w) < 0 || pair_add(t, s[j - 1], z, c, w) < 0))
-                return -1;
-            if (i + 2 < len && (pair_add(t, b, s[i + 2], -c, w) < 0 || pair_add(t, z, s[i + 2], c, w) < 0))
-                return -1;
+            if (x >= 0 && (pair_add(t, x, a, -c, w) < 0 || pair_add(t, x, z, c, w) < 0)) return -1;
+            if (y >= 0 && (pair_add(t, b, y, -c, w) < 0 || pair_add(t, z, y, c, w) < 0)) return -1;
             s[j++] = z;
             i += 2;
         } else {

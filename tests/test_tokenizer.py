@@ -45,10 +45,12 @@ def varied_text():
              "Ça coûte 12,345.67€ — naïve café! \u00bfQu\u00e9 tal? "
              "\u0414\u043e\u0431\u0440\u043e\u0435 \u0443\u0442\u0440\u043e. "
              "\u4f60\u597d\uff0c\u4e16\u754c\u3002 \u3053\u3093\u306b\u3061\u306f "
-             "\u0645\u0631\u062d\u0628\u0627 \u05e9\u05dc\u05d5\u05dd \u0928\u092e\u0938\u094d\u0924\u0947 "
+             "\u0645\u0631\u062d\u0628\u0627 \u05e9\u05dc\u05d5\u05dd "
+             "\u0928\u092e\u0938\u094d\u0924\u0947 "
              "\U0001f600\U0001f44d\U0001f3fd \U0001f468\u200d\U0001f469\u200d\U0001f467 "
              "x\u00b2 \u00bd \u2167 \u0661\u0662\u0663 1234567890 3.14159\n")
-    spaces = "a  b   c\t\td\n\n\n  \n e \r\n\r\nf\u00a0\u00a0g\u3000h\x85i   \n\t \n" + " " * 40 + "x\n"
+    spaces = ("a  b   c\t\td\n\n\n  \n e \r\n\r\nf\u00a0\u00a0g\u3000h\x85i   \n\t \n"
+              + " " * 40 + "x\n")
     return stdlib_text(150_000) + (prose * 20) + spaces * 10 + "".join(NASTY) * 5
 
 
