@@ -76,10 +76,10 @@ class Tokenizer:
             raise TokenizerError(f"byte-level BPE needs all 256 single bytes as tokens; "
                                  f"missing {len(missing)}, e.g. {bytes([min(missing)])!r}")
         self.pattern_name, self.pattern, self._native = patterns.resolve(pattern)
-        self.special_tokens = self._check_specials(special_tokens or {}, len(tokens))
-        size = max([len(tokens)] + [i + 1 for i in self.special_tokens.values()])
+        self._specials = self._check_specials(special_tokens or {}, len(tokens))
+        size = max([len(tokens)] + [i + 1 for i in self._specials.values()])
         self._id_bytes = tokens + [None] * (size - len(tokens))     # id -> bytes (None: gap)
-        for text, i in self.special_tokens.items():
+        for text, i in self._specials.items():
             self._id_bytes[i] = text.encode("utf-8")
         self.n_ordinary = len(tokens)
         self._encoder = Encoder(tokens, self._native)
@@ -145,8 +145,14 @@ class Tokenizer:
         return len(self._id_bytes)
 
     @property
+    def special_tokens(self):
+        """{special text: id} (a copy: the tokenizer is immutable)."""
+        return dict(self._specials)
+
+    @property
     def eot_id(self):
-        return self.special_tokens.get("<|endoftext|>")
+        """The id of <|endoftext|>, or None when this tokenizer has no such token."""
+        return self._specials.get("<|endoftext|>")
 
     def token_bytes(self, i):
         return self.decode_bytes([i])
@@ -173,7 +179,7 @@ class Tokenizer:
         """Text -> ids with tiktoken's special-token rules (see the module docstring)."""
         allowed = self._special_set(allowed_special, "allowed_special")
         if disallowed_special == "all":
-            disallowed = set(self.special_tokens) - allowed
+            disallowed = set(self._specials) - allowed
         else:
             disallowed = self._special_set(disallowed_special, "disallowed_special")
         if not isinstance(text, str):
@@ -191,24 +197,24 @@ class Tokenizer:
         pieces = splitter.split(text)                   # ordinary, special, ordinary, ...
         for k, piece in enumerate(pieces):
             if k % 2:
-                ids.append(self.special_tokens[piece])
+                ids.append(self._specials[piece])
             elif piece:
                 ids.extend(self.encode_ordinary(piece))
         return ids
 
     def _special_set(self, value, name):
         if value == "all":
-            return set(self.special_tokens)
+            return set(self._specials)
         if value == "none":
             return set()
         if isinstance(value, str):
             raise TokenizerError(f"{name} must be 'all', 'none' or a set of special tokens, "
                                  f"got the string {value!r} (did you mean {{{value!r}}}?)")
         value = set(value)
-        unknown = value - set(self.special_tokens)
+        unknown = value - set(self._specials)
         if unknown and name == "allowed_special":
             raise TokenizerError(f"{name} names unknown special tokens {sorted(unknown)}; "
-                                 f"this tokenizer has {sorted(self.special_tokens)}")
+                                 f"this tokenizer has {sorted(self._specials)}")
         return value
 
     def _splitter(self, allowed):
