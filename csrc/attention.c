@@ -28,12 +28,17 @@
  *        dK_j += dS^T Q_i,  dQ_i += dS K_j           (dK and dQ scaled by 1/sqrt(HS) at the end).
  *      One thread owns one (batch, kv-head) and loops over the query heads of its group, so dK and
  *      dV sum over the group and no two threads ever write the same row.
- *   6. SIMD through GCC vector extensions (16-float vectors): one source, compiled three times
- *      with target attributes — AVX-512 (MR 8, NV 2), AVX2+FMA (MR 4, NV 1) and the baseline —
- *      and chosen at run time by microgpt_simd_level() (threads.c: __builtin_cpu_supports, or
- *      the path a test forces with microgpt_set_simd_path).
+ *   6. SIMD through GCC vector extensions: the body lives in attention_kernel.h, written once
+ *      for vectors of VW floats and included three times below under `#pragma GCC target`:
+ *      AVX-512 (VW 16, tile 8 x 2 vectors), AVX2+FMA (VW 8, 4 x 2) and the x86-64 baseline
+ *      (VW 4, 4 x 2). The path is chosen per call by microgpt_simd_level() (threads.c:
+ *      __builtin_cpu_supports, or the path a test forces with microgpt_set_simd_path).
  *   7. OpenMP: forward threads over (batch, head), backward over (batch, kv-head); each thread
  *      works in its own slice of the caller's workspace (attention_*_workspace floats).
+ *
+ * Built into microgpt.backends._cpu by backends/cpu_build.py (binding: backends/cpu.py).
+ * Tests: pytest tests/test_cpu_attention.py. Speed: python benchmarks/bench_kernels.py
+ * --only attention (rows beside PyTorch's scaled_dot_product_attention).
  */
 #include <math.h>
 #include <stddef.h>
