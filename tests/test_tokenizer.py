@@ -112,10 +112,11 @@ def test_split_examples(text, gpt2, gpt4):
 
 def naive_train(texts, pattern, n_merges):
     """Reference trainer: recount every pair after every merge (minbpe's loop), with our
-    documented tie-break (highest count, then smallest (left, right)) and duplicate rule."""
+    documented tie-break (highest count, then smallest (left, right)) and duplicate rule.
+    Returns the tokens and the merges {(left, right): new id}."""
     counts = collections.Counter(c.encode() for t in texts for c in regex.findall(pattern, t))
     words = [(list(w), c) for w, c in counts.items()]
-    tokens, banned = [bytes([b]) for b in range(256)], set()
+    tokens, banned, merges = [bytes([b]) for b in range(256)], set(), {}
     while len(tokens) - 256 < n_merges:
         pairs = collections.Counter()
         for w, c in words:
@@ -129,7 +130,7 @@ def naive_train(texts, pattern, n_merges):
             banned.add((a, b))
             continue
         tokens.append(tokens[a] + tokens[b])
-        z = len(tokens) - 1
+        z = merges[a, b] = len(tokens) - 1
         for k, (w, c) in enumerate(words):
             out, i = [], 0
             while i < len(w):
@@ -140,7 +141,19 @@ def naive_train(texts, pattern, n_merges):
                     out.append(w[i])
                     i += 1
             words[k] = (out, c)
-    return tokens
+    return tokens, merges
+
+
+def replay_merges(chunk, merges):
+    """Encode one chunk the training way: apply the lowest-id merge present, until none."""
+    ids = list(chunk)
+    while len(ids) > 1:
+        rank, i = min((merges.get(pair, float("inf")), i)
+                      for i, pair in enumerate(zip(ids, ids[1:])))
+        if rank == float("inf"):
+            break
+        ids[i:i + 2] = [rank]
+    return ids
 
 
 @pytest.mark.filterwarnings("ignore:the corpus ran out of pairs")
@@ -151,15 +164,30 @@ def test_training_matches_naive_reference(texts, pattern, n_merges):
     tok = Tokenizer.train(texts, 256 + n_merges, pattern=pattern, special_tokens=(),
                           progress=False)
     regex_text = GPT2_PATTERN if pattern == "gpt2" else GPT4_PATTERN
-    expected = naive_train(texts, regex_text, n_merges)
+    expected, _ = naive_train(texts, regex_text, n_merges)
     assert [tok.token_bytes(i) for i in range(tok.n_ordinary)] == expected
 
 
 def test_training_matches_naive_reference_on_code():
     text = stdlib_text(20_000)
     tok = Tokenizer.train([text], 256 + 60, special_tokens=(), progress=False)
-    assert [tok.token_bytes(i) for i in range(tok.n_ordinary)] == naive_train([text],
-                                                                              GPT4_PATTERN, 60)
+    assert [tok.token_bytes(i) for i in range(tok.n_ordinary)] == naive_train(
+        [text], GPT4_PATTERN, 60)[0]
+
+
+@pytest.mark.filterwarnings("ignore:the corpus ran out of pairs")
+@SLOW
+@given(alphabet=st.sampled_from(["ab", "abc", "aab", "a b"]), data=st.data())
+def test_rank_encoding_replays_training_merges(alphabet, data):
+    """bpe.py's claim: encoding by rank (tiktoken's rule, ours) gives what replaying the
+    training merges in order gives. Small alphabets make many overlapping merges."""
+    texts = data.draw(st.lists(st.text(alphabet, min_size=1, max_size=40), min_size=1,
+                               max_size=6))
+    tokens, merges = naive_train(texts, r"\S+", 60)
+    tok = Tokenizer(tokens, r"\S+")
+    for word in data.draw(st.lists(st.text(alphabet.replace(" ", ""), min_size=1,
+                                           max_size=30), max_size=10)):
+        assert tok.encode_ordinary(word) == replay_merges(word.encode(), merges)
 
 
 def test_pinned_example():
