@@ -107,7 +107,8 @@ numbers = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(numbers, st.sampled_from([" ", ", ", " = ", "(", ")", "; ", "\n",
-                                                    " + ", "[", "]"])), max_size=20))
+                                                    " + ", "[", "]", ":", "/", " - ", " * "])),
+                max_size=20))
 def test_generated_code_numbers_untouched(parts):
     text = "".join(n + sep for n, sep in parts)
     out, counts = scrub(text)

@@ -112,7 +112,9 @@ def test_input_untouched_and_no_temporaries_left(tmp_path):
         (d / f"{i}.txt").write_text(prose(i))
     before = {p: (open(p, "rb").read(), os.stat(p).st_mtime_ns) for p in map(str, d.iterdir())}
     out = str(d / "clean.jsonl")                   # output inside the input directory
-    clean_corpus(str(d), out, CFG)
+    first = clean_corpus(str(d), out, CFG)
+    second = clean_corpus(str(d), out, CFG)        # the earlier output is not an input
+    assert second.input_docs == first.input_docs == 5 and second.removed == first.removed
     for p, state in before.items():
         assert (open(p, "rb").read(), os.stat(p).st_mtime_ns) == state
     assert sorted(os.listdir(d)) == sorted([f"{i}.txt" for i in range(5)] +

@@ -218,18 +218,28 @@ def clean_corpus(inputs, output: str, cfg: Optional[CleanConfig] = None,
     report = Report(examples=cfg.examples)
     stats = SourceStats()
     start = time.perf_counter()
-    docs = iter_documents(input_list, cfg.text_field, cfg.on_bad_line, stats)
+    if report_path is None:
+        report_path = output[:-len(".jsonl.gz") if output.endswith(".gz") else -len(".jsonl")] \
+            + ".report.json"
+    docs = _skip_own_files(iter_documents(input_list, cfg.text_field, cfg.on_bad_line, stats),
+                           (output, report_path))
     kept = clean_documents(_progress(docs, cfg.progress), cfg, report)
     _write_jsonl(output, _records(kept, report, cfg.dedup.exact))
     report.seconds = time.perf_counter() - start
     report.sources = {"files": stats.files, "skipped_binary": stats.skipped_binary,
                       "bad_lines": stats.bad_lines, "bad_examples": stats.bad_examples}
-    if report_path is None:
-        report_path = output[:-len(".jsonl.gz") if output.endswith(".gz") else -len(".jsonl")] \
-            + ".report.json"
     _atomic_write(report_path, lambda f: f.write(
         json.dumps(report.as_dict(), indent=1, ensure_ascii=False).encode("utf-8")))
     return report
+
+
+def _skip_own_files(docs, own):
+    """Leave out an earlier output or report found inside an input directory."""
+    own = {os.path.abspath(p) for p in own}
+    for doc in docs:
+        path = doc.source if os.path.abspath(doc.source) in own else doc.source.rsplit(":", 1)[0]
+        if os.path.abspath(path) not in own:
+            yield doc
 
 
 def _progress(docs, enabled):
