@@ -30,12 +30,12 @@ python3 -m microgpt.backends.cuda_build || { echo "BUILD FAILED"; exit 1; }
 echo "build took $(( $(date +%s) - start )) s"
 
 echo "== CUDA kernel tests (pytest -m gpu) =="
-timeout 90 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py \
+timeout 75 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py \
     2>&1 | tee "$OUTDIR/tests.log" | tail -40
 
 echo "== benchmarks =="
 for section in ${GPU_CHECK_SECTIONS:-matmul train attention}; do
-    case $section in matmul) limit=60;; train) limit=150;; *) limit=70;; esac
+    case $section in matmul) limit=50;; train) limit=120;; *) limit=60;; esac
     timeout $limit python3 benchmarks/gpu_check.py --sections "$section" --rows "$PARTS/$section.json"
     python3 benchmarks/gpu_check.py --merge "$PARTS"/*.json --out "$OUTDIR" >/dev/null   # keep results so far
 done
