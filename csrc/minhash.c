@@ -107,3 +107,92 @@ int32_t minhash_signatures(uint32_t *sig, const uint8_t *text, const int64_t *of
     free(ids);
     return 0;
 }
+
+/* ---- word n-gram repetition statistics (the Gopher rules of data/filters.py) ---------- */
+
+static inline int is_space_byte(uint8_t c) {
+    return c == ' ' || (c >= '\t' && c <= '\r') || (c >= 0x1c && c <= 0x1f);
+}
+
+/* Open-addressing table of n-gram ids: key, occurrences, first position. */
+typedef struct { uint64_t key; int64_t count; int64_t first; } gram_slot;
+
+static int64_t table_find(gram_slot *t, int64_t mask, uint64_t key) {
+    int64_t i = (int64_t)(mix64(key) & (uint64_t)mask);
+    while (t[i].count != 0 && t[i].key != key) i = (i + 1) & mask;
+    return i;
+}
+
+int64_t ngram_repetition(double *top, double *dup, const uint8_t *text, int64_t len,
+                         int32_t n_top, int32_t n_dup) {
+    int64_t cap = len / 2 + 1, n = 0;
+    uint64_t *ids = malloc(sizeof(uint64_t) * (size_t)cap);
+    uint64_t *grams = malloc(sizeof(uint64_t) * (size_t)cap);
+    int64_t *chars = malloc(sizeof(int64_t) * (size_t)(cap + 1));   /* prefix sums */
+    int64_t *delta = malloc(sizeof(int64_t) * (size_t)(cap + 1));
+    int64_t tsize = 1;
+    while (tsize < 2 * cap) tsize <<= 1;
+    gram_slot *table = malloc(sizeof(gram_slot) * (size_t)tsize);
+    if (!ids || !grams || !chars || !delta || !table) {
+        free(ids); free(grams); free(chars); free(delta); free(table);
+        return -1;
+    }
+    chars[0] = 0;
+    for (int64_t i = 0; i < len;) {                      /* words, ids, char lengths */
+        while (i < len && is_space_byte(text[i])) i++;
+        if (i >= len) break;
+        uint64_t h = FNV_OFFSET;
+        int64_t nchars = 0;
+        while (i < len && !is_space_byte(text[i])) {
+            uint8_t c = text[i++];
+            h = (h ^ c) * FNV_PRIME;
+            nchars += (c & 0xC0) != 0x80;
+        }
+        ids[n] = h;
+        chars[n + 1] = chars[n] + nchars;
+        n++;
+    }
+    int64_t total = chars[n];
+    for (int32_t j = 0; j < n_top; j++) top[j] = 0.0;
+    for (int32_t j = 0; j < n_dup; j++) dup[j] = 0.0;
+    int32_t max_n = n_dup > 0 ? 4 + n_dup : 1 + n_top;
+    for (int64_t i = 0; i < n; i++) grams[i] = ids[i];
+    for (int32_t g = 2; g <= max_n && g <= n && total > 0; g++) {
+        int64_t m = n - g + 1;                           /* n-grams of g words */
+        for (int64_t i = 0; i < m; i++) grams[i] = grams[i] * SHINGLE_MUL + ids[i + g - 1];
+        int is_top = g - 2 < n_top, is_dup = g >= 5 && g - 5 < n_dup;
+        if (!is_top && !is_dup) continue;
+        memset(table, 0, sizeof(gram_slot) * (size_t)tsize);
+        memset(delta, 0, sizeof(int64_t) * (size_t)(n + 1));
+        int64_t repeats = 0;
+        for (int64_t i = 0; i < m; i++) {
+            int64_t s = table_find(table, tsize - 1, grams[i]);
+            if (table[s].count == 0) { table[s].key = grams[i]; table[s].first = i; }
+            else { repeats++; delta[i]++; delta[i + g]--; }   /* words i .. i+g-1 covered */
+            table[s].count++;
+        }
+        if (repeats == 0) break;                         /* none at larger g either */
+        if (is_top) {
+            int64_t best = -1;
+            for (int64_t s = 0; s < tsize; s++) {
+                if (table[s].count < 2) continue;
+                if (best < 0 || table[s].count > table[best].count ||
+                    (table[s].count == table[best].count && table[s].key < table[best].key))
+                    best = s;
+            }
+            int64_t f = table[best].first;
+            top[g - 2] = (double)table[best].count * (double)(chars[f + g] - chars[f]) /
+                         (double)total;
+        }
+        if (is_dup) {
+            int64_t run = 0, covered = 0;
+            for (int64_t w = 0; w < n; w++) {
+                run += delta[w];
+                if (run > 0) covered += chars[w + 1] - chars[w];
+            }
+            dup[g - 5] = (double)covered / (double)total;
+        }
+    }
+    free(ids); free(grams); free(chars); free(delta); free(table);
+    return n;
+}

@@ -25,6 +25,18 @@ int64_t minhash_shingles(uint64_t *out, int64_t cap, const uint8_t *text, int64_
 int32_t minhash_signatures(uint32_t *sig, const uint8_t *text, const int64_t *offsets,
                            const uint64_t *a, const uint64_t *b,
                            int64_t D, int32_t P, int32_t shingle);
+/* Word n-gram repetition statistics of one UTF-8 document, the Gopher rules of
+ * microgpt/data/filters.py (its NumPy code is the specification). Words are maximal runs of
+ * bytes other than ASCII whitespace (\t \n \v \f \r, 0x1c-0x1f, space), i.e. str.split()
+ * on text without non-ASCII whitespace; a word's length counts characters (bytes that are
+ * not UTF-8 continuation bytes); n-gram ids are g = g * MUL + fnv1a(word) (mod 2^64).
+ *   top[j], n = 2 + j < 2 + n_top: count * chars of the most frequent n-gram (ties: the
+ *          smallest id) / chars of all words, or 0 when no n-gram occurs twice;
+ *   dup[j], n = 5 + j < 5 + n_dup: chars of words covered by a non-first occurrence of some
+ *          n-gram / chars of all words.
+ * Returns the number of words, or -1 when scratch memory could not be allocated. */
+int64_t ngram_repetition(double *top, double *dup, const uint8_t *text, int64_t len,
+                         int32_t n_top, int32_t n_dup);
 /* END CDEF */
 
 #endif

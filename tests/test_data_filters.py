@@ -3,6 +3,7 @@ that passes it, and the n-gram statistics against a plain-Python oracle."""
 import random
 from collections import Counter
 
+import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
@@ -143,3 +144,33 @@ def test_config_validation():
     assert set(RULES) >= {"word_count", "mean_word_length", "alpha_fraction",
                           "symbol_word_ratio", "bullet_lines", "ellipsis_lines",
                           "dup_lines", "dup_line_chars", "top_ngram", "dup_ngram", "lorem_ipsum"}
+
+
+def _fnv1a(data: bytes) -> int:
+    h = 0xcbf29ce484222325
+    for c in data:
+        h = ((h ^ c) * 0x100000001b3) & ((1 << 64) - 1)
+    return h
+
+
+@pytest.mark.skipif(F._minhash is None, reason="microgpt.data._minhash not built")
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(["a", "bb", "é", "ccc", "日本", "d", "\u00e9t\u00e9"]),
+                max_size=90),
+       st.lists(st.sampled_from([" ", "\n", "\t", "  ", " \r\n"]), min_size=1, max_size=5),
+       st.integers(0, 3), st.integers(0, 6))
+def test_c_ngram_kernel_matches_reference(words, seps, n_top, n_dup):
+    """Same word ids on both sides (FNV-1a of the UTF-8 bytes), so even ties agree."""
+    text = "".join(w + seps[i % len(seps)] for i, w in enumerate(words))
+    split = text.split()
+    ids = np.array([_fnv1a(w.encode()) for w in split], dtype=np.uint64)
+    lens = np.array([len(w) for w in split], dtype=np.int64)
+    want = F.ngram_fractions_reference(ids, lens, n_top, n_dup)
+    top, dup = np.zeros(n_top), np.zeros(n_dup)
+    ffi, lib = F._minhash.ffi, F._minhash.lib
+    data = text.encode()
+    n = lib.ngram_repetition(ffi.cast("double *", top.ctypes.data),
+                             ffi.cast("double *", dup.ctypes.data), data, len(data), n_top, n_dup)
+    assert n == len(split)
+    np.testing.assert_allclose(top, want[0], rtol=1e-12)
+    np.testing.assert_allclose(dup, want[1], rtol=1e-12)

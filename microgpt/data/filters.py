@@ -25,9 +25,13 @@ the FIRST rule it fails, checked cheapest first in the order of RULES:
 
 Boilerplate lines (cookie banners, "please enable JavaScript") are removed rather than the
 whole page, as C4 does; unlike C4 we match whole phrases, not every line with the word
-"javascript", so prose and code about JavaScript survive. The n-gram statistics are
-vectorized with NumPy over 64-bit word ids (Python's hash of each word, used only for
-equality, so decisions do not depend on PYTHONHASHSEED except by a 2^-64 collision).
+"javascript", so prose and code about JavaScript survive.
+
+The two n-gram rules take most of the time; they are computed by a C kernel (csrc/minhash.c,
+ngram_repetition, one hash table per n) whose specification is ngram_fractions_reference
+here, NumPy over 64-bit word ids (one stable sort per n). The fallback, when the C module is
+not built, uses Python's hash of each word as its id, only for equality, so decisions do not
+depend on PYTHONHASHSEED except through a 2^-64 collision.
 """
 import re
 from collections import Counter
@@ -37,6 +41,11 @@ from typing import Optional, Tuple
 import numpy as np
 
 from ..errors import ConfigError
+
+try:
+    from . import _minhash          # also holds the C n-gram statistics (csrc/minhash.c)
+except ImportError:
+    _minhash = None
 
 # Both start with a literal "\n" or "." so the regex engine scans quickly; the line break of
 # one match is not shared with the next line, hence the look-ahead for the trailing one.
@@ -57,6 +66,7 @@ _SPACE = re.compile(r"\s+")
 _ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"        # what str.isspace() accepts in ASCII
 _ASCII_NON_ALPHA = bytes(c for c in range(128) if not chr(c).isalpha())
 _BLANK_RUNS = re.compile("\n{3,}")
+_UNICODE_SPACE = re.compile("[\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]")
 _MUL = np.uint64(0x9E3779B97F4A7C15)      # odd 64-bit multiplier for the n-gram polynomial
 
 
@@ -120,6 +130,7 @@ class _Doc:
         self.words = text.split()
         self._lines = None
         self._ngram = None
+        self._fractions = None
         self._dup_lines = None
 
     @property
@@ -240,48 +251,70 @@ def _runs(grams):
     return order, starts, np.diff(starts, append=len(grams))
 
 
-def _top_ngram(d, c):
-    ids, lens = d.ngram_arrays
-    total = lens.sum()
+def ngram_fractions_reference(ids, lens, n_top, n_dup):
+    """The specification of the two n-gram rules (and of csrc ngram_repetition):
+    top[j], n = 2 + j: count * chars of the most frequent n-gram (ties: smallest id) / chars
+    of all words, 0 when nothing repeats; dup[j], n = 5 + j: chars of the words covered by a
+    non-first occurrence of some n-gram / chars of all words. Once no n-gram repeats at some
+    n, none does at larger n, and the rest stay 0."""
+    top, dup = [0.0] * n_top, [0.0] * n_dup
+    total, nwords = int(lens.sum()), len(ids)
     grams = ids
-    for n, limit in zip(range(2, 2 + len(c.max_top_ngram)), c.max_top_ngram):
-        if len(ids) < n:
-            return None
+    for n in range(2, (4 + n_dup if n_dup else 1 + n_top) + 1):
+        if n > nwords or total == 0:
+            break
         grams = _ngram_ids(ids, n, grams)
+        is_top, is_dup = n - 2 < n_top, 5 <= n < 5 + n_dup
+        if not (is_top or is_dup):
+            continue
         order, starts, counts = _runs(grams)
-        top = int(np.argmax(counts))            # ties: the group of the smallest n-gram id
-        if counts[top] < 2:
-            return None                         # nothing repeats, nor at larger n
-        start = order[starts[top]]
-        frac = counts[top] * lens[start:start + n].sum() / total
+        if len(starts) == len(grams):
+            break                                   # nothing repeats, nor at larger n
+        if is_top:
+            best = int(np.argmax(counts))           # sorted by id: first max = smallest id
+            start = order[starts[best]]
+            top[n - 2] = counts[best] * int(lens[start:start + n].sum()) / total
+        if is_dup:
+            repeated = np.ones(len(grams), dtype=bool)
+            repeated[order[starts]] = False         # the first occurrence of each n-gram
+            begin = np.flatnonzero(repeated)
+            # word w is covered when some repeated n-gram starts in [w - n + 1, w]
+            delta = np.bincount(begin, minlength=nwords + 1) - \
+                np.bincount(begin + n, minlength=nwords + 1)
+            covered = np.cumsum(delta)[:nwords] > 0
+            dup[n - 5] = int(lens[covered].sum()) / total
+    return top, dup
+
+
+def _ngram_fractions(d, c):
+    """(top, dup) fractions: by the C kernel when built and the text has no non-ASCII
+    whitespace (where its byte-level words equal str.split()), else by the reference."""
+    if d._fractions is None:
+        n_top, n_dup = len(c.max_top_ngram), len(c.max_dup_ngram)
+        if _minhash is not None and not _UNICODE_SPACE.search(d.text):
+            top = np.zeros(n_top)
+            dup = np.zeros(n_dup)
+            ffi = _minhash.ffi
+            data = d.text.encode("utf-8", "surrogatepass")
+            if _minhash.lib.ngram_repetition(ffi.cast("double *", top.ctypes.data),
+                                             ffi.cast("double *", dup.ctypes.data),
+                                             data, len(data), n_top, n_dup) < 0:
+                raise MemoryError("ngram_repetition could not allocate its scratch buffers")
+            d._fractions = top.tolist(), dup.tolist()
+        else:
+            d._fractions = ngram_fractions_reference(*d.ngram_arrays, n_top, n_dup)
+    return d._fractions
+
+
+def _top_ngram(d, c):
+    for n, limit, frac in zip(range(2, 5), c.max_top_ngram, _ngram_fractions(d, c)[0]):
         if frac > limit:
             return f"top {n}-gram covers {frac:.2f} of chars > {limit}"
     return None
 
 
 def _dup_ngram(d, c):
-    ids, lens = d.ngram_arrays
-    total, nwords = lens.sum(), len(ids)
-    grams = ids
-    for n in range(2, 5):
-        if nwords < n:
-            return None
-        grams = _ngram_ids(ids, n, grams)
-    for n, limit in zip(range(5, 5 + len(c.max_dup_ngram)), c.max_dup_ngram):
-        if nwords < n:
-            return None
-        grams = _ngram_ids(ids, n, grams)
-        order, starts, _ = _runs(grams)
-        if len(starts) == len(grams):
-            return None                         # no repeated n-gram, nor at larger n
-        repeated = np.ones(len(grams), dtype=bool)
-        repeated[order[starts]] = False         # the first occurrence of each n-gram
-        begin = np.flatnonzero(repeated)
-        # word w is covered when some repeated n-gram starts in [w - n + 1, w]
-        delta = np.bincount(begin, minlength=nwords + 1) - \
-            np.bincount(begin + n, minlength=nwords + 1)
-        covered = np.cumsum(delta)[:nwords] > 0
-        frac = lens[covered].sum() / total
+    for n, limit, frac in zip(range(5, 11), c.max_dup_ngram, _ngram_fractions(d, c)[1]):
         if frac > limit:
             return f"repeated {n}-grams cover {frac:.2f} of chars > {limit}"
     return None
