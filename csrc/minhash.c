@@ -1,11 +1,16 @@
-/* minhash.c — word shingling and MinHash signatures for near-duplicate detection.
+/* minhash.c — the C parts of the data-cleaning pipeline (microgpt/data/).
  *
- * One pass per document: split the UTF-8 bytes into words (hashing each with FNV-1a as it
- * is read), combine k consecutive word ids into a shingle hash, and fold every shingle into
- * the P running minima. The definitions are in minhash.h; the Python specification they are
- * tested against is microgpt/data/dedup.py (shingle_hashes_reference,
- * signatures_reference). The P-wide min-update loop is the hot spot: with GCC on x86-64 it
- * is compiled twice (target_clones), an AVX2 clone and a baseline one, chosen at load time.
+ * 1. MinHash for near-duplicate detection (dedup.py): one pass per document splits the UTF-8
+ *    bytes into words (hashing each with FNV-1a as it is read), combines k consecutive word
+ *    ids into a shingle hash, and folds every shingle into the P running minima. The P-wide
+ *    min-update loop is the hot spot: with GCC on x86-64 it is compiled twice
+ *    (target_clones), an AVX2 clone and a baseline one, chosen at load time.
+ * 2. Word n-gram repetition statistics for the Gopher quality rules (filters.py): one
+ *    open-addressing hash table of n-gram ids per n, counting occurrences and marking the
+ *    words covered by repeated occurrences.
+ * The definitions are in minhash.h; the Python specifications they are tested against are
+ * dedup.py (shingle_hashes_reference, signatures_reference) and filters.py
+ * (ngram_fractions_reference).
  */
 #include <stdlib.h>
 #include <string.h>

@@ -1,6 +1,7 @@
-/* minhash.h — the C ABI of the MinHash kernels behind microgpt/data/dedup.py.
+/* minhash.h — the C ABI of the data pipeline's kernels: MinHash (microgpt/data/dedup.py)
+ * and n-gram repetition statistics (microgpt/data/filters.py).
  *
- * Definitions (the NumPy/Python specification is microgpt/data/dedup.py, *_reference):
+ * MinHash definitions (the NumPy/Python specification is microgpt/data/dedup.py, *_reference):
  *   word      a maximal run of "word bytes" of the UTF-8 text: [0-9A-Za-z_] or any byte
  *             >= 0x80 (so every non-ASCII letter belongs to a word); A-Z are lowercased.
  *   word id   64-bit FNV-1a of the word's bytes.

@@ -1,4 +1,5 @@
-"""cffi builder of the MinHash kernels: module `microgpt.data._minhash` from csrc/minhash.c.
+"""cffi builder of the data kernels: module `microgpt.data._minhash` from csrc/minhash.c
+(MinHash signatures for dedup.py, n-gram repetition statistics for filters.py).
 
 Out-of-line API mode, like microgpt/backends/cpu_build.py: the cdef is the block between the
 CDEF markers of csrc/minhash.h. No -march flag (the hot loop picks AVX2 at load time through
@@ -6,7 +7,7 @@ GCC target_clones), so the built module runs on any x86-64.
 
 Run by setup.py (CFFI_MODULES) during `pip install -e .`; by hand:
     python microgpt/data/minhash_build.py   # compiles, copies the .so next to this file
-microgpt/data/dedup.py falls back to its NumPy reference when the module is not built.
+dedup.py and filters.py fall back to their NumPy references when the module is not built.
 """
 import os
 import re
