@@ -176,16 +176,13 @@ def _transform(doc: Document, cfg: CleanConfig, report: Report) -> Optional[str]
         text, before = normalize(text), text
         report.change("normalize", before, text)
     if cfg.pii:
-        text, counts = scrub(text)
+        (text, counts), before = scrub(text), text
         for kind, n in counts.items():
             report.pii[kind] = report.pii.get(kind, 0) + n
-        if counts:
-            report.modified.setdefault("pii", {"docs": 0, "bytes": 0})["docs"] += 1
-    text, removed = strip_boilerplate(text, cfg.filters)
+        report.change("pii", before, text)
+    (text, removed), before = strip_boilerplate(text, cfg.filters), text
     if removed:
-        entry = report.modified.setdefault("boilerplate_lines", {"docs": 0, "bytes": 0})
-        entry["docs"] += 1
-        entry["bytes"] += removed
+        report.change("boilerplate_lines", before, text)
     if not text.strip():
         report.drop("empty", doc, text, "no text left")
         return None
