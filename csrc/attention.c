@@ -52,6 +52,9 @@
 
 #define BR 64       /* query block: lanes of a score tile (a multiple of 16) */
 #define BC 64       /* key block: rows of a score tile (a multiple of every MR) */
+#define ROWS_BELOW 8        /* fewer queries than this take the row path (fwd_rows): no tiles */
+#define PAR_MIN (1L << 20)  /* multiply-adds (about) before a call forks threads: a fork costs
+                               microseconds when idle, much more on a loaded machine */
 #define LOG2E 1.4426950408889634f
 #define LN2 0.6931471805599453f
 #define AI static inline __attribute__((always_inline))
@@ -132,12 +135,12 @@ typedef void bwd_fn(float *dq, float *dk, float *dv, const float *dout, const fl
                     size_t G, size_t Tq, size_t Tk, size_t HS, float *w);
 
 /* The instruction set threads.c chose: 0 portable, 1 AVX2, 2 AVX-512 (or what a test forced). */
-static void pick(int level, fwd_fn **fwd, bwd_fn **bwd)
+static void pick(int level, int rows, fwd_fn **fwd, bwd_fn **bwd)
 {
-    *fwd = fwd_head_scalar, *bwd = bwd_group_scalar;
+    *fwd = rows ? fwd_rows_scalar : fwd_head_scalar, *bwd = bwd_group_scalar;
 #ifdef HAVE_X86_PATHS
-    if (level == 1) *fwd = fwd_head_avx2, *bwd = bwd_group_avx2;
-    if (level >= 2) *fwd = fwd_head_avx512, *bwd = bwd_group_avx512;
+    if (level == 1) *fwd = rows ? fwd_rows_avx2 : fwd_head_avx2, *bwd = bwd_group_avx2;
+    if (level >= 2) *fwd = rows ? fwd_rows_avx512 : fwd_head_avx512, *bwd = bwd_group_avx512;
 #endif
     (void)level;
 }
@@ -168,12 +171,13 @@ int attention_forward(float *out, float *lse, float *work, long work_len, const 
 {
     fwd_fn *head;
     bwd_fn *unused;
-    pick(microgpt_simd_level(), &head, &unused);
+    pick(microgpt_simd_level(), Tq < ROWS_BELOW, &head, &unused);
     const size_t per = round_up(fwd_floats(Tq, Tk, HS), 16);
     const long tasks = B * NH, group = NH / NKV, threads = team(tasks, per, (size_t)work_len);
+    const double work_madds = (double)tasks * Tq * Tk * HS;
     float *base = aligned(work);
     if (threads == 0) return -1;
-    #pragma omp parallel num_threads(threads)
+    #pragma omp parallel num_threads(threads) if (work_madds >= PAR_MIN)
     {
         float *w = base + (size_t)omp_get_thread_num() * per;
         #pragma omp for schedule(dynamic, 1)
@@ -200,12 +204,13 @@ int attention_backward(float *dq, float *dk, float *dv, float *work, long work_l
 {
     fwd_fn *unused;
     bwd_fn *group;
-    pick(microgpt_simd_level(), &unused, &group);
+    pick(microgpt_simd_level(), 0, &unused, &group);
     const size_t per = round_up(bwd_floats(Tq, Tk, HS), 16);
     const long tasks = B * NKV, G = NH / NKV, threads = team(tasks, per, (size_t)work_len);
+    const double work_madds = 2.5 * tasks * G * Tq * Tk * HS;
     float *base = aligned(work);
     if (threads == 0) return -1;
-    #pragma omp parallel num_threads(threads)
+    #pragma omp parallel num_threads(threads) if (work_madds >= PAR_MIN)
     {
         float *w = base + (size_t)omp_get_thread_num() * per;
         #pragma omp for schedule(dynamic, 1)

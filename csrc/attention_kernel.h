@@ -30,6 +30,7 @@
 #define row_dots ISA_CAT(row_dots, ISA)
 #define lanes ISA_CAT(lanes, ISA)
 #define fwd_head ISA_CAT(fwd_head, ISA)
+#define fwd_rows ISA_CAT(fwd_rows, ISA)
 #define bwd_group ISA_CAT(bwd_group, ISA)
 
 typedef float vf __attribute__((vector_size(4 * VW)));
@@ -298,6 +299,67 @@ static void fwd_head(float *out, float *lse, const float *q, const float *k, con
     }
 }
 
+/* Few queries (decoding with a KV cache, Tq < ROWS_BELOW): one query row at a time, no tiles,
+ * so nothing is padded to W lanes. For query i at position p = Tk - Tq + i:
+ *   s_j = q_i . k_j log2(e)/sqrt(HS) (j <= p),  m = max s,  P_j = 2^(s_j - m),  l = sum P,
+ *   out_i = sum_j P_j v_j / l,  lse_i = ln2 (m + log2 l).
+ * The dot products go VW keys at a time: VW partial-sum vectors, transposed, added. */
+static void fwd_rows(float *out, float *lse, const float *q, const float *k, const float *v,
+                     size_t Tq, size_t Tk, size_t HS, float *w)
+{
+    const float qscale = LOG2E / sqrtf((float)HS);
+    const size_t hv = HS / VW * VW;                 /* channels in whole vectors */
+    float *s = w, *o = s + round_up(Tk, VW);        /* (Tk) scores, (HP) output row */
+    for (size_t i = 0; i < Tq; i++) {
+        const float *qi = q + i * HS;
+        const size_t n = Tk - Tq + i + 1;           /* visible keys */
+        size_t j = 0;
+        for (; j + VW <= n; j += VW) {              /* s_j .. s_j+VW-1 */
+            vf acc[VW];
+            for (int r = 0; r < VW; r++) acc[r] = vsplat(0.0f);
+            for (size_t d = 0; d < hv; d += VW) {
+                const vf qd = vload(qi + d);
+                for (int r = 0; r < VW; r++) acc[r] += vload(k + (j + r) * HS + d) * qd;
+            }
+            transpose(acc);                         /* lane r of row c: key r, partial sum c */
+            vf dots = acc[0];
+            for (int c = 1; c < VW; c++) dots += acc[c];
+            for (size_t d = hv; d < HS; d++)        /* channels past the last whole vector */
+                for (int r = 0; r < VW; r++) dots[r] += k[(j + r) * HS + d] * qi[d];
+            vstore(s + j, dots * qscale);
+        }
+        for (; j < n; j++) {                        /* keys past the last whole group */
+            float dot = 0.0f;
+            for (size_t d = 0; d < HS; d++) dot += k[j * HS + d] * qi[d];
+            s[j] = dot * qscale;
+        }
+        for (j = n; j < round_up(n, VW); j++) s[j] = -INFINITY;
+        vf mx = vsplat(-INFINITY), sum = vsplat(0.0f);
+        for (j = 0; j < n; j += VW) mx = vmax(mx, vload(s + j));
+        float m = mx[0];
+        for (int r = 1; r < VW; r++) m = mx[r] > m ? mx[r] : m;
+        for (j = 0; j < n; j += VW) {               /* P = 2^(s - m), l = sum P */
+            const vf p = vexp2(vload(s + j) - m);
+            vstore(s + j, p);
+            sum += p;
+        }
+        float l = 0.0f;
+        for (int r = 0; r < VW; r++) l += sum[r];
+        for (size_t d = 0; d < hv; d += VW) {       /* o = sum_j P_j v_j, a vector at a time */
+            vf acc = vsplat(0.0f);
+            for (j = 0; j < n; j++) acc += vsplat(s[j]) * vload(v + j * HS + d);
+            vstore(o + d, acc);
+        }
+        for (size_t d = hv; d < HS; d++) {
+            float acc = 0.0f;
+            for (j = 0; j < n; j++) acc += s[j] * v[j * HS + d];
+            o[d] = acc;
+        }
+        for (size_t d = 0; d < HS; d++) out[i * HS + d] = o[d] / l;
+        lse[i] = LN2 * (m + log2f(l));
+    }
+}
+
 /* ---- backward: one (batch, kv-head) and the G query heads that read it -------------------------- */
 
 static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
@@ -392,4 +454,5 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
 #undef pack_panels_t
 #undef row_dots
 #undef fwd_head
+#undef fwd_rows
 #undef bwd_group

@@ -84,6 +84,8 @@ def test_matches_reference_every_path(shape, seed, scale):
 @pytest.mark.parametrize("shape", [
     (1, 1, 1, 1, 1, 1),          # one query, one key, one channel
     (1, 4, 2, 1, 200, 64),       # decode: one new query against a long cache, GQA
+    (2, 4, 2, 5, 150, 17),       # a few queries (the row path), odd head size
+    (1, 3, 1, 7, 40, 3),         # the most queries the row path takes, tiny heads
     (2, 6, 1, 64, 64, 64),       # exactly one tile, multi-query attention
     (1, 2, 2, 65, 65, 64),       # one past a tile
     (2, 3, 3, 130, 190, 17),     # queries are the last 130 of 190 positions
