@@ -4,7 +4,8 @@ Rows:
   matmul   every rung of csrc/matmul.c at the GPT shapes (4096x384 @ 384x1536,
            4096x1536 @ 1536x384, 4096x384 @ 384x8192) and 1024^3, in GFLOP/s, beside
            NumPy's sgemm (OpenBLAS) on the same number of threads (1 and 2): our OpenMP team
-           and OpenBLAS's pool are both set to that count. The slow teaching rungs (v1 naive,
+           and OpenBLAS's pool are both set to that count, and both sleep when idle (see
+           OPENBLAS_THREAD_TIMEOUT below). The slow teaching rungs (v1 naive,
            v2 blocked) run only at 1024^3 (512^3 with --quick), once each.
   kernels  layer_norm, softmax, cross_entropy (forward + backward), gelu and the AdamW update,
            in ms, beside backends/reference.py (NumPy) on the same arrays, at 1 and 2 threads
@@ -18,7 +19,12 @@ import glob
 import os
 import sys
 
-import numpy as np
+# Idle OpenBLAS threads spin for ~2^28 cycles after each call before they sleep; the harness
+# alternates our calls with NumPy's, so a spinning BLAS thread would hold a core during our
+# next timed call (measured: 2-thread matmul at 37 instead of 57 GFLOP/s on a busy machine).
+# Both pools sleep when idle here: ours (OMP_WAIT_POLICY, cpu.py) and OpenBLAS (read at load).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]

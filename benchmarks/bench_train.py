@@ -24,7 +24,13 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+# One OpenMP wait policy for both sides, set before either runtime loads (torch's libgomp at
+# `import torch`, ours with microgpt.backends._cpu): PASSIVE unless the caller chose. With
+# torch's default (spinning) its idle workers would hold the cores during our next timed step,
+# since the harness alternates the two sides. `OMP_WAIT_POLICY=active python bench_train.py`
+# runs both spinning.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
@@ -195,7 +201,8 @@ def main():
             raise SystemExit(f"unknown preset {p!r}; choose from {sorted(PRESETS)}")
     set_threads(args.threads)
     from microgpt import backends
-    print(f"backend: {backends.current('cpu')}, threads: {args.threads}")
+    print(f"backend: {backends.current('cpu')}, threads: {args.threads}, "
+          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
     repeats = {"baby": 10 if args.quick else 30, "small": 3 if args.quick else 6, "gpt2-124M": 3 if args.quick else 6}
     cases = [speed_case(p, args.threads, repeats[p]) for p in presets]
     quiet = harness.argparse.Namespace(json=None, quick=args.quick)
@@ -205,7 +212,8 @@ def main():
         print(harness._format_row(rows[-1]), flush=True)
     parity = ["baby"] + (["small"] if args.full_parity else [])
     rows += [parity_row(p, 20 if args.quick else 50) for p in parity]
-    harness.report(rows, args, title=f"training step: ours vs PyTorch eager ({args.threads} threads)")
+    harness.report(rows, args, title=f"training step: ours vs PyTorch eager ({args.threads} threads, "
+                                     f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})")
 
 
 if __name__ == "__main__":

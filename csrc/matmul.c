@@ -103,6 +103,14 @@ static void pack_b(float* bp, const float* b, int trans_b, long N, long K,
 /* ---- micro-kernels: c (MR x NR, row stride ldc) = [c +] ap^T bp over kc -------------------- */
 typedef void (*micro_kernel)(long kc, const float* ap, const float* bp, float* c, long ldc, int acc);
 
+/* Ask for the cache lines of one C-tile row (n floats) ahead of use, for writing: the tile
+ * is read (or at least owned) at the end of the micro-kernel, and without this its misses
+ * to memory would stall the pipeline there, once per tile. */
+static inline void prefetch_row(const float* row, int n) {
+    for (int j = 0; j < n; j += 16) __builtin_prefetch(row + j, 1, 3);
+    __builtin_prefetch(row + n - 1, 1, 3);
+}
+
 #ifdef MG_X86
 /* AVX-512: 12 rows x 32 columns = 24 zmm accumulators; per k, 2 loads of B and 12 broadcasts
  * of A feed 24 FMAs (768 flops per 14 memory operands, all from L1). */
@@ -110,7 +118,11 @@ __attribute__((target("avx512f")))
 static void kernel_avx512_12x32(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
     __m512 c0[12], c1[12];
     #pragma GCC unroll 12
-    for (int i = 0; i < 12; i++) { c0[i] = _mm512_setzero_ps(); c1[i] = _mm512_setzero_ps(); }
+    for (int i = 0; i < 12; i++) {
+        c0[i] = _mm512_setzero_ps();
+        c1[i] = _mm512_setzero_ps();
+        prefetch_row(c + i * ldc, 32);   /* the C tile arrives while the loop below computes */
+    }
     for (long k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(bp + k * 32), b1 = _mm512_load_ps(bp + k * 32 + 16);
         #pragma GCC unroll 12
@@ -137,7 +149,11 @@ __attribute__((target("avx2,fma")))
 static void kernel_avx2_6x16(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
     __m256 c0[6], c1[6];
     #pragma GCC unroll 6
-    for (int i = 0; i < 6; i++) { c0[i] = _mm256_setzero_ps(); c1[i] = _mm256_setzero_ps(); }
+    for (int i = 0; i < 6; i++) {
+        c0[i] = _mm256_setzero_ps();
+        c1[i] = _mm256_setzero_ps();
+        prefetch_row(c + i * ldc, 16);
+    }
     for (long k = 0; k < kc; k++) {
         __m256 b0 = _mm256_load_ps(bp + k * 16), b1 = _mm256_load_ps(bp + k * 16 + 8);
         #pragma GCC unroll 6
