@@ -284,6 +284,12 @@ def test_special_token_rules_match_tiktoken(trained):
     with pytest.raises(TokenizerError, match="unknown special"):
         trained.encode(text, allowed_special={"<|nope|>"})
     assert trained.encode_ordinary(text) == enc.encode_ordinary(text)
+    # minbpe's spellings: "none" = specials as ordinary text, "none_raise" = the default.
+    assert trained.encode(text, allowed_special="none") == enc.encode_ordinary(text)
+    with pytest.raises(TokenizerError, match="disallowed"):
+        trained.encode(text, allowed_special="none_raise")
+    with pytest.raises(TokenizerError, match="did you mean"):
+        trained.encode(text, allowed_special="<|endoftext|>")
 
 
 def test_encode_batch_equals_encode(trained, corpus):

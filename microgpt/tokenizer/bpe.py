@@ -24,6 +24,8 @@ Special tokens follow tiktoken's rules:
     in the text, encode raises TokenizerError instead of silently encoding it as ordinary
     text (the default, which protects against prompt text forging <|endoftext|>).
     Pass disallowed_special=() to encode such text as ordinary bytes.
+  * minbpe's spellings work too: allowed_special="none_raise" is the default (no special
+    allowed, raise on one), allowed_special="none" encodes special text as ordinary text.
 encode_ordinary(text) ignores specials entirely (they are ordinary text).
 
 Decoding concatenates token bytes; bytes that are not valid UTF-8 become U+FFFD in
@@ -177,6 +179,10 @@ class Tokenizer:
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
         """Text -> ids with tiktoken's special-token rules (see the module docstring)."""
+        if isinstance(allowed_special, str) and allowed_special in ("none", "none_raise"):
+            if allowed_special == "none":
+                disallowed_special = ()
+            allowed_special = ()
         allowed = self._special_set(allowed_special, "allowed_special")
         if disallowed_special == "all":
             disallowed = set(self._specials) - allowed
@@ -205,11 +211,10 @@ class Tokenizer:
     def _special_set(self, value, name):
         if value == "all":
             return set(self._specials)
-        if value == "none":
-            return set()
         if isinstance(value, str):
-            raise TokenizerError(f"{name} must be 'all', 'none' or a set of special tokens, "
-                                 f"got the string {value!r} (did you mean {{{value!r}}}?)")
+            raise TokenizerError(f"{name} must be 'all' or a set of special tokens (or, for "
+                                 f"allowed_special, 'none' / 'none_raise'), got the string "
+                                 f"{value!r} (did you mean {{{value!r}}}?)")
         value = set(value)
         unknown = value - set(self._specials)
         if unknown and name == "allowed_special":
