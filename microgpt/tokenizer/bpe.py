@@ -64,6 +64,11 @@ class Tokenizer:
     Build one with Tokenizer.train, Tokenizer.load, Tokenizer.from_tiktoken_ranks or
     Tokenizer.bytes_level; the constructor takes the vocabulary directly:
     tokens[i] = bytes of ordinary token i; special_tokens = {text: id}.
+
+    Attributes: vocab_size (max id + 1), n_ordinary (ids 0..n_ordinary-1 are BPE tokens),
+    special_tokens ({text: id}), eot_id, pattern (the regex string), pattern_name ('gpt2',
+    'gpt4' or None for a custom regex). A Tokenizer never changes after construction, so
+    one instance may encode on many threads at once.
     """
 
     def __init__(self, tokens, pattern="gpt4", special_tokens=None):
