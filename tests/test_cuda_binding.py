@@ -1,7 +1,8 @@
 """The CUDA binding's behaviour around the kernels: availability, errors, memory, DeviceArray.
 
 Runs anywhere: without a GPU it checks that the backend reports itself unavailable (and
-that microgpt still imports); the rest uses tests/cuda_mock.py in place of the library.
+that microgpt still imports); the rest uses tests/cuda_mock.py in place of the library,
+including a hypothesis test of broadcasting, reductions, permutes and slicing on random shapes.
 """
 import os
 import subprocess
@@ -9,10 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import cuda_mock
 from microgpt import backends
-from microgpt.backends import cuda, cuda_build, cuda_runtime as rt
+from microgpt.backends import cuda, cuda_build, cuda_runtime as rt, reference as ref
 from microgpt.errors import BackendError, DTypeError, ShapeError
 
 
@@ -76,3 +78,45 @@ def test_pool_reuses_freed_blocks(monkeypatch):
     assert b.addr == addr
     assert mock.calls.count("cuda_malloc") == 1
     assert cuda.memory_stats()["in_use"] >= 990 * 4
+
+
+# --- the binding's shape logic on random shapes (hypothesis), on the mock library ---------------------
+
+_shapes = st.lists(st.integers(1, 4), min_size=0, max_size=4).map(tuple)
+
+
+@st.composite
+def broadcast_pair(draw):
+    """Two shapes that broadcast: drop leading axes and set some sizes to 1."""
+    full = draw(_shapes)
+    def part():
+        cut = draw(st.integers(0, len(full)))
+        return tuple(1 if draw(st.booleans()) else n for n in full[cut:])
+    return part(), part()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=broadcast_pair(), seed=st.integers(0, 2**16))
+def test_broadcasting_and_reductions_random(monkeypatch, pair, seed):
+    cuda_mock.install(monkeypatch)
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal(pair[0]).astype(np.float32)
+    b = rng.standard_normal(pair[1]).astype(np.float32) + 3
+    da, db = cuda.asarray(a, np.float32), cuda.asarray(b, np.float32)
+    for name in ("add", "sub", "mul", "div"):
+        np.testing.assert_allclose(cuda.to_numpy(getattr(cuda, name)(da, db)), getattr(ref, name)(a, b), rtol=1e-6)
+    out = ref.add(a, b)
+    g = rng.standard_normal(out.shape).astype(np.float32)
+    for shape in pair:
+        np.testing.assert_allclose(cuda.to_numpy(cuda.sum_to_shape(cuda.asarray(g, np.float32), shape)),
+                                   ref.sum_to_shape(g, shape), rtol=1e-5, atol=1e-6)
+    if a.ndim:
+        axes = tuple(sorted(set(rng.integers(0, a.ndim, size=rng.integers(1, a.ndim + 1)).tolist())))
+        for keep in (True, False):
+            np.testing.assert_allclose(cuda.to_numpy(cuda.sum(da, axes, keep)), ref.sum(a, axes, keep), rtol=1e-5,
+                                       atol=1e-6)
+            np.testing.assert_allclose(cuda.to_numpy(cuda.max(da, axes, keep)), ref.max(a, axes, keep))
+        perm = tuple(rng.permutation(a.ndim).tolist())
+        np.testing.assert_array_equal(cuda.to_numpy(cuda.permute(da, perm)), ref.permute(a, perm))
+        index = tuple(slice(int(rng.integers(0, n)), None, int(rng.choice([1, 2, -1]))) for n in a.shape)
+        np.testing.assert_array_equal(cuda.to_numpy(cuda.getitem(da, index)), ref.getitem(a, index))
