@@ -3,6 +3,7 @@
 Each binding validates its arguments once (cpu_checks.py: dtype, C-contiguity, shapes,
 sizes, id ranges, aliasing) and raises ShapeError/DTypeError before any C runs, so no call
 from Python can crash the process; then it allocates the outputs and calls one C function.
+The matmul and linear bindings sit in cpu_linalg.py and are re-exported here.
 
 Which kernels run in C (float32 only; float64 arrays take the NumPy reference path, for
 gradient checks):
@@ -68,18 +69,9 @@ def _threads_from_env():
 
 if AVAILABLE:
     set_num_threads(_threads_from_env())
-
-
-def _fp(x):
-    return ffi.from_buffer("float[]", x)
-
-
-def _ip(x):
-    return ffi.from_buffer("int64_t[]", x)
-
-
-def _opt(x):
-    return ffi.NULL if x is None else _fp(x)
+    # matmul and linear live in cpu_linalg.py (with the cffi pointer helpers _fp, _ip, _opt)
+    from .cpu_linalg import (_fp, _ip, _opt, linear_backward, linear_forward,  # noqa: F401
+                             matmul_backward, matmul_forward)
 
 
 # --- reused from the reference: creation, elementwise arithmetic, reductions, shapes -----------
@@ -92,109 +84,6 @@ relu_forward, relu_backward = _ref.relu_forward, _ref.relu_backward
 sum, max, max_backward, sum_to_shape = _ref.sum, _ref.max, _ref.max_backward, _ref.sum_to_shape  # noqa: A001
 broadcast_to, reshape, permute, concatenate = _ref.broadcast_to, _ref.reshape, _ref.permute, _ref.concatenate
 getitem, getitem_backward = _ref.getitem, _ref.getitem_backward
-
-
-# --- matmul and linear ----------------------------------------------------------------------------
-
-def _gemm(out, a, b, M, N, K, trans_a, trans_b, accumulate=0, batch=1, strides=(0, 0, 0)):
-    if batch == 1:
-        lib.matmul_forward(_fp(out), _fp(a), _fp(b), M, N, K, trans_a, trans_b, accumulate)
-    else:
-        lib.matmul_forward_batched(_fp(out), _fp(a), _fp(b), batch, *strides,
-                                   M, N, K, trans_a, trans_b, accumulate)
-
-
-def _matmul_shapes(op, a, b):
-    """Batch shape of a @ b (NumPy broadcasting), or ShapeError."""
-    check.min_ndim(op, "a", a, 2)
-    check.min_ndim(op, "b", b, 2)
-    if a.shape[-1] != b.shape[-2]:
-        raise ShapeError(f"{op}: a {a.shape} @ b {b.shape}: inner sizes {a.shape[-1]} != {b.shape[-2]}")
-    try:
-        return np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ShapeError(f"{op}: batch dims of a {a.shape} and b {b.shape} do not broadcast") from None
-
-
-def matmul_forward(a, b):
-    # float64, and vectors (NumPy's 1-D rules), take the reference path
-    if not check.floats("matmul_forward", a=a, b=b) or a.ndim < 2 or b.ndim < 2:
-        inner = b.shape[0] if b.ndim == 1 else b.shape[-2]
-        if a.shape[-1] != inner:
-            raise ShapeError(f"matmul_forward: a {a.shape} @ b {b.shape}: inner sizes differ")
-        return _ref.matmul_forward(a, b)
-    batch = _matmul_shapes("matmul_forward", a, b)
-    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    out = np.empty(batch + (M, N), dtype=a.dtype)
-    if b.size == K * N:                     # b has no real batch: fold a's batch into rows
-        _gemm(out, a, b, out.size // N, N, K, 0, 0)
-        return out
-    count = out.size // (M * N)
-    if a.size == M * K:                     # a has no real batch: broadcast it with stride 0
-        _gemm(out, a, b, M, N, K, 0, 0, 0, count, (M * N, 0, K * N))
-        return out
-    if a.shape[:-2] != batch or b.shape[:-2] != batch:
-        a = np.ascontiguousarray(np.broadcast_to(a, batch + (M, K)))
-        b = np.ascontiguousarray(np.broadcast_to(b, batch + (K, N)))
-    _gemm(out, a, b, M, N, K, 0, 0, 0, count, (M * N, M * K, K * N))
-    return out
-
-
-def matmul_backward(dout, a, b):
-    # da = dout @ b^T, db = a^T @ dout, each summed back to its input's shape.
-    is32 = check.floats("matmul_backward", dout=dout, a=a, b=b)
-    batch = _matmul_shapes("matmul_backward", a, b)
-    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
-    check.shape("matmul_backward", "dout", dout, batch + (M, N))
-    if not is32:
-        return _ref.matmul_backward(dout, a, b)
-    if b.size == K * N:                     # b has no real batch: all rows of a at once
-        rows = dout.size // N               # (a then holds every row: the batch is a's)
-        da, db = np.empty(batch + (M, K), dtype=a.dtype), np.empty((K, N), dtype=a.dtype)
-        _gemm(da, dout, b, rows, K, N, 0, 1)
-        _gemm(db, a, dout, K, N, rows, 1, 0)
-        return _ref.sum_to_shape(da, a.shape), db.reshape(b.shape)
-    count = dout.size // (M * N)
-    a_full = np.ascontiguousarray(np.broadcast_to(a, batch + (M, K)))
-    b_full = np.ascontiguousarray(np.broadcast_to(b, batch + (K, N)))
-    da = np.empty(batch + (M, K), dtype=a.dtype)
-    db = np.empty(batch + (K, N), dtype=a.dtype)
-    _gemm(da, dout, b_full, M, K, N, 0, 1, 0, count, (M * K, M * N, K * N))
-    _gemm(db, a_full, dout, K, N, M, 1, 0, 0, count, (K * N, M * K, M * N))
-    return _ref.sum_to_shape(da, a.shape), _ref.sum_to_shape(db, b.shape)
-
-
-def _linear_check(op, x, w, b=None):
-    check.min_ndim(op, "x", x, 1)
-    check.min_ndim(op, "w", w, 2)
-    OC, C = w.shape[0], x.shape[-1]
-    check.shape(op, "w", w, (OC, C))
-    if b is not None:
-        check.shape(op, "b", b, (OC,))
-    return x.size // C, C, OC
-
-
-def linear_forward(x, w, b):
-    is32 = check.floats("linear_forward", x=x, w=w, b=b)
-    N, C, OC = _linear_check("linear_forward", x, w, b)
-    if not is32:
-        return _ref.linear_forward(x, w, b)
-    out = np.empty(x.shape[:-1] + (OC,), dtype=x.dtype)
-    lib.linear_forward(_fp(out), _fp(x), _fp(w), _opt(b), N, C, OC)
-    return out
-
-
-def linear_backward(dout, x, w, has_bias):
-    has_bias = check.flag("linear_backward", "has_bias", has_bias)
-    is32 = check.floats("linear_backward", dout=dout, x=x, w=w)
-    N, C, OC = _linear_check("linear_backward", x, w)
-    check.shape("linear_backward", "dout", dout, x.shape[:-1] + (OC,))
-    if not is32:
-        return _ref.linear_backward(dout, x, w, has_bias)
-    dx, dw = np.empty(x.shape, dtype=x.dtype), np.empty((OC, C), dtype=x.dtype)
-    db = np.empty(OC, dtype=x.dtype) if has_bias else None
-    lib.linear_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), N, C, OC)
-    return dx, dw, db
 
 
 # --- softmax family and cross-entropy ------------------------------------------------------------
