@@ -7,10 +7,11 @@ layout mapping) and decode greedily from the same 16-token prompt, 256 new token
 KV cache (`use_cache=True` for HF; HF is told to ignore end-of-text so both make exactly
 256 tokens). The check compares the prompt's logits and the first greedy tokens.
 
-Rows: tokens/s for our default CPU backend (the C kernels when built) and for the NumPy
-reference backend, each beside HF measured in the same run; ratio > 1 means we are faster.
+Rows: tokens/s of our engine on the default CPU backend (the C kernels when built), and with
+--reference also on the NumPy reference backend, each beside HF measured in the same run;
+ratio > 1 means we are faster.
 
-    python benchmarks/bench_generate.py [--quick] [--json FILE]
+    python benchmarks/bench_generate.py [--quick] [--json FILE] [--reference]
 """
 import os
 import sys
@@ -53,7 +54,8 @@ def hf_model(model):
 
 
 def main():
-    args = harness.parse_args(__doc__.splitlines()[0])
+    args = harness.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
+        "--reference", action="store_true", help="also time the NumPy reference backend"))
     new_tokens = 64 if args.quick else 256
     repeats = 2 if args.quick else 5
     config = GPTConfig(family="gpt2", vocab_size=VOCAB, block_size=CONTEXT, n_layer=LAYERS,
@@ -94,7 +96,10 @@ def main():
             assert ours_on(backends.current("cpu"))()[:8] == peer()[:8], "greedy tokens differ"
 
     cases = []
-    for backend in [backends.current("cpu")] + (["reference"] if backends.current("cpu") != "reference" else []):
+    names = [backends.current("cpu")]
+    if args.reference and names[0] != "reference":
+        names.append("reference")
+    for backend in names:
         cases.append(harness.Case(
             name=f"generate {new_tokens} tokens, batch 1, {backend}", ours=ours_on(backend),
             peer=peer, peer_name="HF transformers GPT2LMHeadModel (use_cache)", unit="tokens/s",
