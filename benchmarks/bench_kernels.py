@@ -175,7 +175,8 @@ def row_kernel_cases(quick):
 # === attention rows (owned by the attention helper) ================================================
 # Fused causal attention forward + backward (csrc/attention.c) at B=8, NH=6, HS=64 beside
 # PyTorch's scaled_dot_product_attention(is_causal=True) forward + backward (its CPU flash
-# kernel), both on every core (torch.set_num_threads = our team). --quick: T=256 only.
+# kernel), both on every core (torch.set_num_threads = our team); and the decoding step
+# (one query, forward only) at Tk = 256 and 1024. --quick: T=256 and Tk=256 only.
 def attention_case(T, threads, B=8, NH=6, HS=64, repeats=5):
     import torch
     import torch.nn.functional as F
@@ -207,6 +208,32 @@ def attention_case(T, threads, B=8, NH=6, HS=64, repeats=5):
                         unit="ms", check=check, repeats=repeats)
 
 
+def attention_decode_case(Tk, threads, B=1, NH=6, HS=64, repeats=50):
+    """One new query against a KV cache of Tk keys (forward only): the per-token cost of decoding.
+    With a single query, causal = no mask (the query is the last position), so the peer runs
+    without is_causal (PyTorch aligns its causal mask top-left)."""
+    import torch
+    import torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((B, NH, 1, HS)).astype(np.float32)
+    k, v = (rng.standard_normal((B, NH, Tk, HS)).astype(np.float32) for _ in range(2))
+    tq, tk, tv = (torch.from_numpy(x) for x in (q, k, v))
+
+    def peer():
+        torch.set_num_threads(threads)
+        with torch.no_grad():
+            return F.scaled_dot_product_attention(tq, tk, tv).numpy()
+
+    def check():
+        set_threads(threads)
+        err = np.max(np.abs(cpu.attention_forward(q, k, v)[0] - peer()))
+        assert err < 1e-4, f"attention decode Tk={Tk}: error {err} vs torch"
+
+    return harness.Case(name=f"attention decode fwd B{B} NH{NH} Tq1 Tk{Tk} HS{HS} {threads}t",
+                        ours=threaded(threads, lambda: cpu.attention_forward(q, k, v)), peer=peer,
+                        peer_name="torch sdpa", unit="ms", check=check, repeats=repeats, warmup=5)
+
+
 def attention_cases(quick):
     try:
         import torch  # noqa: F401 - the peer
@@ -214,8 +241,9 @@ def attention_cases(quick):
         print("attention rows skipped: torch (the peer) is not installed")
         return []
     threads = os.cpu_count() or 1
-    return [attention_case(T, threads, repeats=5 if T <= 1024 else 3)
-            for T in ((256,) if quick else (256, 512, 1024, 2048))]
+    cases = [attention_case(T, threads, repeats=5 if T <= 1024 else 3)
+             for T in ((256,) if quick else (256, 512, 1024, 2048))]
+    return cases + [attention_decode_case(Tk, threads) for Tk in ((256,) if quick else (256, 1024))]
 # === end attention rows =============================================================================
 
 
