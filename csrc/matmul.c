@@ -236,7 +236,10 @@ static void gemm_packed(float* out, const float* a, const float* b, long M, long
                 for (long s = 0; s < n_jr; s++)
                     pack_b(bpack + s * kc * NR, b, trans_b, N, K, jc + s * NR, pc, kc, NR);
                 long packed_ir = -1;
-                #pragma omp for schedule(static)
+                /* dynamic: a thread that the OS parks (busy machine) does not hold up the rest;
+                 * each tile still has one owner and one summation order, so results do not
+                 * depend on the schedule */
+                #pragma omp for schedule(dynamic, 1)
                 for (long t = 0; t < n_ir * groups; t++) {
                     long ir = t / groups, g = t % groups;
                     long i0 = ir * MR, rows = mg_min(MR, M - i0);
