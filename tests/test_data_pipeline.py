@@ -192,3 +192,13 @@ def test_clean_is_idempotent_on_generated_corpora(doc_pieces):
     once = [t for t, _ in clean_documents(iter(docs), cfg)]
     twice = [t for t, _ in clean_documents(iter(Document(t, "again") for t in once), cfg)]
     assert twice == once
+
+
+def test_same_output_without_the_c_module(monkeypatch):
+    """The NumPy/Python fallbacks (C module not built) keep the same documents."""
+    from microgpt.data import dedup, filters
+    docs = [Document(t, f"mem:{i}") for i, (t, _) in enumerate(corpus())]
+    with_c = [(t, d.source) for t, d in clean_documents(iter(docs), CFG)]
+    monkeypatch.setattr(dedup, "_minhash", None)
+    monkeypatch.setattr(filters, "_minhash", None)
+    assert [(t, d.source) for t, d in clean_documents(iter(docs), CFG)] == with_c
