@@ -53,6 +53,31 @@ def hf_model(model):
     return hf
 
 
+def hf_callables(hf, model, prompt, new_tokens, ours):
+    """(peer, check) for the harness: HF's greedy generation, and the agreement check."""
+    if hf is None:
+        return None, None
+    import torch
+    ids = torch.tensor([prompt])
+
+    def peer():
+        with torch.no_grad():
+            out = hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                              do_sample=False, use_cache=True, eos_token_id=None,
+                              pad_token_id=0, attention_mask=torch.ones_like(ids))
+        assert out.shape[1] == PROMPT + new_tokens
+        return out[0, PROMPT:].tolist()
+
+    def check():
+        with no_grad():
+            logits = model(np.array([prompt]))[0].numpy()
+        with torch.no_grad():
+            expected = hf(ids).logits.numpy()
+        np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=1e-3)
+        assert ours()[:8] == peer()[:8], "the first greedy tokens differ"
+    return peer, check
+
+
 def main():
     args = harness.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
         "--reference", action="store_true", help="also time the NumPy reference backend"))
@@ -74,27 +99,7 @@ def main():
             return out.ids
         return run
 
-    peer, check = None, None
-    if hf is not None:
-        import torch
-        ids = torch.tensor([prompt])
-
-        def peer():
-            with torch.no_grad():
-                out = hf.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                                  do_sample=False, use_cache=True, eos_token_id=None,
-                                  pad_token_id=0, attention_mask=torch.ones_like(ids))
-            assert out.shape[1] == PROMPT + new_tokens
-            return out[0, PROMPT:].tolist()
-
-        def check():
-            with no_grad():
-                logits = model(np.array([prompt]))[0].numpy()
-            with torch.no_grad():
-                expected = hf(ids).logits.numpy()
-            np.testing.assert_allclose(logits, expected, atol=2e-4, rtol=1e-3)
-            assert ours_on(backends.current("cpu"))()[:8] == peer()[:8], "greedy tokens differ"
-
+    peer, check = hf_callables(hf, model, prompt, new_tokens, ours_on(backends.current("cpu")))
     cases = []
     names = [backends.current("cpu")]
     if args.reference and names[0] != "reference":

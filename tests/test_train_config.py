@@ -2,7 +2,6 @@
 import argparse
 import math
 
-import numpy as np
 import pytest
 
 from microgpt.errors import ConfigError

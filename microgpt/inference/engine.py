@@ -32,7 +32,7 @@ from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
 from ..tensor import no_grad
 from .decode import Decoder
 from .sampling import SamplingConfig, sample

@@ -25,7 +25,7 @@ import hashlib
 import json
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 
 from ..errors import ConfigError
 
