@@ -136,5 +136,12 @@ def test_config_validation():
                 dict(bands=4), dict(bands=20, rows=10)]:
         with pytest.raises(ConfigError):
             DedupConfig(**bad)
+    for bad in (0, -1, 65, 2.5):
+        with pytest.raises(ConfigError):
+            signatures([b"a b"], *permutations(4, 0), bad)
+        with pytest.raises(ConfigError):
+            shingle_hashes(b"a b", bad)
+    with pytest.raises(ConfigError):
+        signatures([b"a"], np.zeros(4, np.uint64), np.zeros(3, np.uint64), 5)
     near = NearDedup(DedupConfig(bands=16, rows=8))
     assert (near.bands, near.rows) == (16, 8)

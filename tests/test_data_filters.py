@@ -141,6 +141,8 @@ def test_config_validation():
         FilterConfig(max_dup_lines=1.5)
     with pytest.raises(ConfigError):
         FilterConfig(disabled=("no_such_rule",))
+    with pytest.raises(ConfigError):
+        FilterConfig(max_dup_ngram=(0.1,) * 7)
     assert set(RULES) >= {"word_count", "mean_word_length", "alpha_fraction",
                           "symbol_word_ratio", "bullet_lines", "ellipsis_lines",
                           "dup_lines", "dup_line_chars", "top_ngram", "dup_ngram", "lorem_ipsum"}

@@ -139,8 +139,14 @@ def signatures_reference(texts: Sequence[bytes], a: np.ndarray, b: np.ndarray,
     return sig
 
 
+def _check_shingle(shingle):
+    if not isinstance(shingle, (int, np.integer)) or not 1 <= shingle <= 64:
+        raise ConfigError(f"shingle must be an integer in 1..64 words, got {shingle!r}")
+
+
 def shingle_hashes(text: bytes, shingle: int) -> np.ndarray:
     """Shingle hashes of one UTF-8 document, by the C kernel (or the reference)."""
+    _check_shingle(shingle)
     if _minhash is None:
         return np.array(shingle_hashes_reference(text, shingle), dtype=np.uint64)
     cap = len(text) // 2 + 1
@@ -155,6 +161,7 @@ def shingle_hashes(text: bytes, shingle: int) -> np.ndarray:
 
 def signatures(texts: Sequence[bytes], a: np.ndarray, b: np.ndarray, shingle: int) -> np.ndarray:
     """(D, P) uint32 MinHash signatures of UTF-8 documents."""
+    _check_shingle(shingle)
     if _minhash is None:
         return signatures_reference(texts, a, b, shingle)
     if not (a.dtype == b.dtype == np.uint64 and a.shape == b.shape and a.flags.c_contiguous

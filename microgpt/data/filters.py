@@ -98,6 +98,9 @@ class FilterConfig:
             if f.name.endswith(("lines", "chars", "fraction", "ngram", "ratio")):
                 if any(not 0.0 <= v <= 1.0 for v in values):
                     raise ConfigError(f"filters.{f.name} must lie in [0, 1], got {value!r}")
+        if len(self.max_top_ngram) > 3 or len(self.max_dup_ngram) > 6:
+            raise ConfigError("max_top_ngram holds at most 3 limits (n = 2, 3, 4) and "
+                              "max_dup_ngram at most 6 (n = 5 .. 10)")
         if not 0 <= self.min_words <= self.max_words:
             raise ConfigError(f"need 0 <= min_words <= max_words, got {self.min_words}, "
                               f"{self.max_words}")
