@@ -127,17 +127,24 @@ class Report:
                  f"{self.input_bytes / 1e6 / max(self.seconds, 1e-9):.2f} MB/s)",
                  "removed by rule:"]
         for rule, e in sorted(self.removed.items(), key=lambda kv: -kv[1]["docs"]):
-            lines.append(f"  {rule:<18} {e['docs']:>8} docs {e['bytes'] / 1e6:>10.3f} MB"
+            lines.append(f"  {rule:<18} {e['docs']:>8} docs {_size(e['bytes']):>10}"
                          + (f"   e.g. {e['examples'][0]['source']}: "
                             f"{e['examples'][0]['reason']}" if e["examples"] else ""))
         for stage, e in sorted(self.modified.items()):
             lines.append(f"changed by {stage:<18} {e['docs']:>8} docs "
-                         f"{e['bytes'] / 1e6:>10.3f} MB removed")
+                         f"{_size(e['bytes']):>10} removed")
         if self.pii:
             lines.append("pii replaced: " + ", ".join(f"{k} {v}" for k, v in sorted(self.pii.items())))
         if self.index:
             lines.append("dedup index: " + ", ".join(f"{k} {v}" for k, v in self.index.items()))
         return "\n".join(lines)
+
+
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if abs(nbytes) >= scale:
+            return f"{nbytes / scale:.2f} {unit}"
+    return f"{nbytes} B"
 
 
 def clean_documents(docs: Iterable[Document], cfg: CleanConfig,
