@@ -20,7 +20,8 @@ Every `eval_interval` steps and at the end: mean loss over `eval_batches` fixed 
 batches, and bits per byte, bpb = sum of losses (nats) / ln 2 / bytes of the targets'
 text, counting only tokens that stand for text (end-of-text targets are ignored), so the
 figure compares across tokenizers. Every `log_interval` steps a JSON line goes to
-RUN_DIR/metrics.jsonl; the progress bar shows loss, lr, tokens/s and the ETA.
+RUN_DIR/metrics.jsonl; the progress bar shows loss, lr, tokens/s and the ETA. The final
+samples are printed and appended to RUN_DIR/samples.txt.
 
 Determinism: the model's initial weights come from `seed`, batch order from the loader's
 (seed, epoch) permutations, dropout masks from the model's own Generator. A checkpoint
@@ -327,7 +328,9 @@ class Trainer:
                     say(f"step {self.step}: val loss {result['val_loss']:.4f}, "
                         f"{result['val_bpb']:.3f} bits/byte")
                 if c.sample_interval and self.step % c.sample_interval == 0:
-                    say(f"step {self.step} sample: {self.samples(count=1)[0]!r}")
+                    text = self.samples(count=1)[0]
+                    self.write_metrics({"step": self.step, "sample": text})
+                    say(f"step {self.step} sample: {text!r}")
                 if self.step % c.checkpoint_interval == 0 or self.step == c.max_steps:
                     self.save_checkpoint(elapsed())
                 if stop_at_step is not None and self.step >= stop_at_step:
@@ -341,6 +344,10 @@ class Trainer:
             bar.close()
         finished = self.step >= c.max_steps
         samples = self.samples() if finished and c.num_samples else []
+        if samples:
+            with open(os.path.join(self.run_dir, "samples.txt"), "a") as f:
+                for i, text in enumerate(samples, start=1):
+                    f.write(f"=== step {self.step}, sample {i} ===\n{text}\n\n")
         return {"steps": self.step, "samples": samples, "train_loss": self.last.get("loss"),
                 "val_loss": self.last.get("val_loss"), "val_bpb": self.last.get("val_bpb"),
                 "tokens_per_s": (self.step - start_step) * c.tokens_per_step / max(step_time, 1e-9),
