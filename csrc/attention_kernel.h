@@ -241,7 +241,7 @@ AI void row_dots(float *dd, const float *dout, const float *out, size_t T, size_
 /* ---- forward: one (batch, head) -------------------------------------------------------------- */
 
 static void fwd_head(float *out, float *lse, const float *q, const float *k, const float *v,
-                 size_t Tq, size_t Tk, size_t HS, float *w)
+                     size_t Tq, size_t Tk, size_t HS, float *w)
 {
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16));       /* query block width, lanes */
@@ -363,8 +363,8 @@ static void fwd_rows(float *out, float *lse, const float *q, const float *k, con
 /* ---- backward: one (batch, kv-head) and the G query heads that read it -------------------------- */
 
 static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
-                  const float *k, const float *v, const float *out, const float *lse,
-                  size_t G, size_t Tq, size_t Tk, size_t HS, float *w)
+                      const float *k, const float *v, const float *out, const float *lse,
+                      size_t G, size_t Tq, size_t Tk, size_t HS, float *w)
 {
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16)), TqP = round_up(Tq, W);
@@ -403,8 +403,9 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
                 const float *qt_i = qt + i0 * HP, *dot_i = dot + i0 * HP;
                 const long diag = (long)(off + i0) - (long)j0;
                 const int masked = diag < BC - 1 || i0 + W > Tq;   /* or padding queries */
-                gemm(pt, W, block_at(K, j0), HP, 1, qt_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN); /* S^T */
-                for (size_t c = 0; c < BC; c++)            /* P^T = 2^(S^T - lse) */
+                /* S^T = K Q^T, then P^T = 2^(S^T - lse) */
+                gemm(pt, W, block_at(K, j0), HP, 1, qt_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN);
+                for (size_t c = 0; c < BC; c++)
                     for (size_t i = 0; i < W; i += VW) {
                         vf x = vload(pt + c * W + i) - vload(lse2 + i0 + i);
                         if (masked) {
@@ -414,14 +415,16 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
                         }
                         vstore(pt + c * W + i, vexp2(x));
                     }
-                gemm(dva + j0 * HP, HP, pt, W, 1, block_at(dO, i0), HP, BC, HP, W, 1, diag, K_FROM);                                                       /* dV += P^T dO */
-                gemm(dpt, W, block_at(V, j0), HP, 1, dot_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN);                                                       /* dP^T = V dO^T */
-                for (size_t c = 0; c < BC; c++)            /* dS^T = P^T (dP^T - D) */
+                /* dV += P^T dO;  dP^T = V dO^T;  dS^T = P^T (dP^T - D) */
+                gemm(dva + j0 * HP, HP, pt, W, 1, block_at(dO, i0), HP, BC, HP, W, 1, diag, K_FROM);
+                gemm(dpt, W, block_at(V, j0), HP, 1, dot_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN);
+                for (size_t c = 0; c < BC; c++)
                     for (size_t i = 0; i < W; i += VW)
                         vstore(dpt + c * W + i, vload(pt + c * W + i)
                                * (vload(dpt + c * W + i) - vload(dd + i0 + i)));
-                gemm(dka + j0 * HP, HP, dpt, W, 1, block_at(Q, i0), HP, BC, HP, W, 1, diag, K_FROM);                                                       /* dK += dS^T Q */
-                gemm(dqa + i0 * HP, HP, dpt, 1, W, block_at(K, j0), HP, W, HP, BC, 1, diag, K_TO);                                          /* dQ += dS K, dS = (dS^T)^T */
+                /* dK += dS^T Q;  dQ += dS K, reading dS = (dS^T)^T through the broadcasts */
+                gemm(dka + j0 * HP, HP, dpt, W, 1, block_at(Q, i0), HP, BC, HP, W, 1, diag, K_FROM);
+                gemm(dqa + i0 * HP, HP, dpt, 1, W, block_at(K, j0), HP, W, HP, BC, 1, diag, K_TO);
             }
         }
         for (size_t i = 0; i < Tq; i++)
