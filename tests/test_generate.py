@@ -1,6 +1,7 @@
 """Generation: KV-cache decoding equals full recomputation, batching, sampling, stop strings."""
 import numpy as np
 import pytest
+from hypothesis import given, strategies as st
 
 from microgpt.errors import ConfigError
 from microgpt.inference.decode import Decoder
@@ -204,3 +205,25 @@ def test_end_of_text_ends_a_row_and_is_not_in_the_text():
     model = ScriptedModel(list(b"abc") + [tok.eot_id], tok.vocab_size)
     out = Engine(model, tok).generate([""], 50, SamplingConfig(temperature=0))[0]
     assert out.text == "abc" and out.finish_reason == "eot" and out.ids[-1] == tok.eot_id
+
+
+@given(st.lists(st.floats(-20, 20), min_size=1, max_size=40), st.floats(0.01, 1.0),
+       st.integers(0, 45))
+def test_filters_keep_the_smallest_sufficient_set(values, p, k):
+    """Properties, on random logits: top-k keeps exactly the ids >= the k-th largest value;
+    top-p keeps a set of mass >= p that no smaller prefix of the sorted ids reaches."""
+    z = np.array([values])
+    kept = ~np.isinf(filter_top_k(z, k))
+    if 0 < k < z.shape[1]:
+        kth = np.sort(z[0])[-k]
+        assert kept[0].tolist() == (z[0] >= kth).tolist()
+    else:
+        assert kept.all()
+    probs = softmax(z)
+    out = filter_top_p(probs, p)
+    assert np.isclose(out.sum(), 1.0)
+    chosen = out[0] > 0
+    assert probs[0, chosen].sum() >= min(p, 1.0) - 1e-9 or chosen.all()
+    if chosen.sum() > 1:                          # dropping the least likely kept id falls short
+        smallest = probs[0, chosen].min()
+        assert probs[0, chosen].sum() - smallest < p + 1e-9
