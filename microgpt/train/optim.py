@@ -16,7 +16,7 @@ are active.
 
 Before the update the trainer hands in a gradient *scale* (gradient accumulation's 1/K
 times the clipping factor) rather than rescaling every gradient first: the scale is
-applied by one broadcast multiply inside `step`.
+applied by one multiply by a Python scalar inside `step`.
 
 `grad_norm` computes the global L2 norm sqrt(sum over params of sum g^2) in float64 on
 the host, parameter by parameter in a fixed order, so it is deterministic.
@@ -41,15 +41,17 @@ def decays(name, param, decay_embeddings=False):
 
 
 def grad_norm(params):
-    """Global L2 norm of the gradients of `params` (a float; nan/inf if any grad is)."""
-    total = 0.0
+    """Global L2 norm of the gradients of `params` (a float; nan/inf if any grad is).
+
+    Every per-parameter sum of squares is launched first and copied to the host after, so
+    on a GPU the loop queues work and the first copy is the only wait.
+    """
+    sums = []
     for p in params:
-        if p.grad is None:
-            continue
-        b = backends.get(p.device)
-        g = p.grad
-        sq = b.to_numpy(b.sum(b.mul(g, g), tuple(range(len(g.shape))), False))
-        total += float(np.asarray(sq, dtype=np.float64))
+        if p.grad is not None:
+            b, g = backends.get(p.device), p.grad
+            sums.append((b, b.sum(b.mul(g, g), tuple(range(len(g.shape))), False)))
+    total = sum(float(np.asarray(b.to_numpy(s), dtype=np.float64)) for b, s in sums)
     return math.sqrt(total) if math.isfinite(total) else float("nan")
 
 
@@ -84,7 +86,7 @@ class AdamW:
             b = backends.get(p.device)
             g = p.grad
             if grad_scale != 1.0:
-                g = b.mul(g, b.full((1,), grad_scale, g.dtype))
+                g = b.mul(g, float(grad_scale))            # a Python scalar broadcasts
             wd = self.weight_decay if self.decay[name] else 0.0
             b.adamw_update(p.data, g, self.m[name], self.v[name], float(lr), self.beta1,
                            self.beta2, self.eps, wd, self.t)
