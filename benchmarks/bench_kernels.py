@@ -175,8 +175,9 @@ def row_kernel_cases(quick):
 # === attention rows (owned by the attention helper) ================================================
 # Fused causal attention forward + backward (csrc/attention.c) at B=8, NH=6, HS=64 beside
 # PyTorch's scaled_dot_product_attention(is_causal=True) forward + backward (its CPU flash
-# kernel), both on every core (torch.set_num_threads = our team); and the decoding step
-# (one query, forward only) at Tk = 256 and 1024. --quick: T=256 and Tk=256 only.
+# kernel), both on every core (torch.set_num_threads = our team), plus T=256 and 1024 on one
+# core each; and the decoding step (one query, forward only) at Tk = 256 and 1024.
+# --quick: T=256 and Tk=256 only.
 def attention_case(T, threads, B=8, NH=6, HS=64, repeats=5):
     import torch
     import torch.nn.functional as F
@@ -243,6 +244,8 @@ def attention_cases(quick):
     threads = os.cpu_count() or 1
     cases = [attention_case(T, threads, repeats=5 if T <= 1024 else 3)
              for T in ((256,) if quick else (256, 512, 1024, 2048))]
+    if not quick and threads > 1:    # one core each: the per-core comparison, steadier under load
+        cases += [attention_case(T, 1) for T in (256, 1024)]
     return cases + [attention_decode_case(Tk, threads) for Tk in ((256,) if quick else (256, 1024))]
 # === end attention rows =============================================================================
 
