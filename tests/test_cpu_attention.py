@@ -4,8 +4,8 @@ Oracle: backends/reference.py's attention_forward/backward in float64 (it builds
 T x T matrix; the C kernel never does). Shapes are drawn by hypothesis so that they cross and
 miss every tile size (blocks of 64 keys and 64 queries, 16-float vectors): T from 1 to 150,
 head sizes 1, 3, 17, 64 and others, grouped-query heads (NKV any divisor of NH), and fewer
-queries than keys (the KV-cache case, down to Tq = 1). Every SIMD path this CPU has (AVX-512,
-AVX2, portable) and 1 and 2 threads run. The memory check reads the workspace the binding
+queries than keys (the KV-cache case, down to Tq = 1, which has its own row path for Tq < 8).
+Every SIMD path this CPU has (AVX-512, AVX2, portable) and 1 and 2 threads run. The memory check reads the workspace the binding
 allocates (it must grow linearly in T) and, independently, the peak of Python-visible memory
 with tracemalloc over T = 1024 and 4096. Bad arguments must raise a MicrogptError.
 """
@@ -64,10 +64,10 @@ def check_against_reference(q, k, v, dout, path="", threads=None):
 
 
 @st.composite
-def attention_shapes(draw):
+def attention_shapes(draw, max_tq=150):
     NKV = draw(st.integers(1, 3))
     NH = NKV * draw(st.integers(1, 3))
-    Tq = draw(st.integers(1, 150))
+    Tq = draw(st.integers(1, max_tq))
     Tk = Tq + draw(st.sampled_from([0, 0, 1, 17, 64, 100]))
     HS = draw(st.sampled_from([1, 3, 16, 17, 33, 64, 80]))
     return draw(st.integers(1, 2)), NH, NKV, Tq, Tk, HS
@@ -77,6 +77,14 @@ def attention_shapes(draw):
 def test_matches_reference_every_path(shape, seed, scale):
     rng = np.random.default_rng(seed)
     args = inputs(rng, *shape, scale=scale)
+    for path in PATHS:
+        check_against_reference(*args, path=path)
+
+
+@given(attention_shapes(max_tq=9), st.integers(0, 2**31 - 1))
+def test_few_queries_every_path(shape, seed):
+    """Tq < 8 takes the row path (KV-cache decoding); 8 and 9 the tiled one."""
+    args = inputs(np.random.default_rng(seed), *shape)
     for path in PATHS:
         check_against_reference(*args, path=path)
 
