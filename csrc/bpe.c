@@ -369,7 +369,10 @@ typedef struct {
 } work;
 
 #define NO_RANK 0x7fffffff
-#define SHORT_CHUNK 64          /* up to here the O(n^2) array scan beats the heap */
+/* Up to SHORT_CHUNK bytes the O(n^2) array scan; longer chunks use the heap. Measured on
+   3 MB of stdlib code (C call alone, 8192 ids): heap for every chunk 73 MB/s, 64: 106,
+   1024: 117 (within noise of 64); 64 keeps the quadratic part small. */
+#define SHORT_CHUNK 64
 #define CACHE_MAX 256           /* longer chunks are rare: not cached */
 
 static int work_reserve(work *w, size_t n)

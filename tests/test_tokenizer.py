@@ -8,6 +8,7 @@ import os
 import sysconfig
 import time
 
+import numpy as np
 import pytest
 import regex
 from hypothesis import HealthCheck, given, settings
@@ -290,6 +291,17 @@ def test_special_token_rules_match_tiktoken(trained):
         trained.encode(text, allowed_special="none_raise")
     with pytest.raises(TokenizerError, match="did you mean"):
         trained.encode(text, allowed_special="<|endoftext|>")
+
+
+def test_encode_to_numpy_matches_tiktoken(trained, corpus):
+    enc = tiktoken_of(trained)
+    text = corpus[:20_000] + "<|im_start|>x<|im_end|>" + corpus[-5000:]
+    for kwargs in ({"disallowed_special": ()}, {"allowed_special": "all"}):
+        ours = trained.encode_to_numpy(text, **kwargs)
+        assert ours.dtype == np.uint32
+        assert ours.tolist() == trained.encode(text, **kwargs)
+        assert ours.tolist() == enc.encode_to_numpy(text, **kwargs).tolist()
+    assert trained.encode_to_numpy("").shape == (0,)
 
 
 def test_encode_batch_equals_encode(trained, corpus):

@@ -171,19 +171,30 @@ class Tokenizer:
     # ------------------------------------------------------------------ encoding
     def encode_ordinary(self, text):
         """Text -> ids, special-token strings treated as plain text."""
+        return self._ordinary(text, False)
+
+    def _ordinary(self, text, as_array):
         data = _utf8(text)
         if len(data) > MAX_CALL_BYTES:
             raise TokenizerError(f"one call encodes at most {MAX_CALL_BYTES} bytes of UTF-8, "
                                  f"got {len(data)}: encode the text in pieces")
         if self._native != patterns.NATIVE_NONE:
-            return self._encoder.encode(data)
+            return self._encoder.encode(data, as_array)
         text = data.decode("utf-8")                     # with any lone surrogate replaced
         chunks = [c.encode("utf-8") for c in patterns.compiled(self.pattern).findall(text)]
         ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
-        return self._encoder.encode_chunks(b"".join(chunks), ends)
+        return self._encoder.encode_chunks(b"".join(chunks), ends, as_array)
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
-        """Text -> ids with tiktoken's special-token rules (see the module docstring)."""
+        """Text -> list of ids with tiktoken's special-token rules (module docstring)."""
+        return self._encode(text, allowed_special, disallowed_special, False)
+
+    def encode_to_numpy(self, text, allowed_special=frozenset(), disallowed_special="all"):
+        """encode, returning a uint32 array (tiktoken's name): for pipelines that store
+        ids, it skips building a Python list (about half the time of encode)."""
+        return self._encode(text, allowed_special, disallowed_special, True)
+
+    def _encode(self, text, allowed_special, disallowed_special, as_array):
         if isinstance(allowed_special, str) and allowed_special in ("none", "none_raise"):
             if allowed_special == "none":
                 disallowed_special = ()
@@ -202,16 +213,17 @@ class Tokenizer:
                     f"pass allowed_special={{{special!r}}} (or 'all') to encode it as its "
                     f"special id, or disallowed_special=() to encode it as ordinary text")
         if not allowed or not any(s in text for s in allowed):
-            return self.encode_ordinary(text)
-        ids = []
-        splitter = self._splitter(frozenset(allowed))
-        pieces = splitter.split(text)                   # ordinary, special, ordinary, ...
+            return self._ordinary(text, as_array)
+        parts = []
+        pieces = self._splitter(frozenset(allowed)).split(text)  # ordinary, special, ...
         for k, piece in enumerate(pieces):
             if k % 2:
-                ids.append(self._specials[piece])
+                parts.append([self._specials[piece]])
             elif piece:
-                ids.extend(self.encode_ordinary(piece))
-        return ids
+                parts.append(self._ordinary(piece, as_array))
+        if as_array:
+            return np.concatenate([np.asarray(p, np.uint32) for p in parts])
+        return [i for part in parts for i in part]
 
     def _special_set(self, value, name):
         if value == "all":

@@ -61,18 +61,27 @@ class Encoder:
             raise MemoryError("bpe_encoder_new failed: out of memory or an invalid vocabulary")
         self._ptr = ffi.gc(ptr, lib.bpe_encoder_free)
 
-    def encode(self, data):
-        """UTF-8 bytes -> list of ids, split by the built-in pattern in C."""
+    def encode(self, data, as_array=False):
+        """UTF-8 bytes -> ids (a list, or a uint32 array), split by the pattern in C."""
         out = _alloc("int32_t[]", max(len(data), 1))       # never more ids than bytes
         n = _check(lib.bpe_encode(self._ptr, data, len(data), out), "bpe_encode")
-        return ffi.unpack(out, n)
+        return _ids(out, n, as_array)
 
-    def encode_chunks(self, data, ends):
+    def encode_chunks(self, data, ends, as_array=False):
         """UTF-8 bytes already split: chunk k ends at ends[k] (int64 array)."""
         out = _alloc("int32_t[]", max(len(data), 1))
         n = _check(lib.bpe_encode_chunks(self._ptr, data, ffi.from_buffer("int64_t[]", ends),
                                          len(ends), out), "bpe_encode_chunks")
-        return ffi.unpack(out, n)
+        return _ids(out, n, as_array)
+
+
+def _ids(out, n, as_array):
+    """The first n ids of a C buffer as a list, or as a uint32 array (a copy: `out` is
+    sized for the worst case, one id per byte). A list of 10^6 ints costs about as much
+    as encoding them; the array skips that."""
+    if as_array:
+        return np.frombuffer(ffi.buffer(out, 4 * n), np.int32).astype(np.uint32)
+    return ffi.unpack(out, n)
 
 
 class Counter:
