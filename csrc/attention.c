@@ -68,7 +68,7 @@ static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
  *   K_FROM       C is keys x channels, K runs over queries: start at the first query row i sees;
  *   K_TO         C is queries x channels, K runs over keys: stop after the last key row i sees.
  * Outside the diagonal (diag >= the block size) every mode computes the whole product. */
-enum { FULL, SKIP_HIDDEN, K_FROM, K_TO };
+enum { SKIP_HIDDEN = 1, K_FROM, K_TO };
 
 /* Workspace of one thread, in floats; the same for every instruction set (HP pads to 16). */
 static size_t fwd_floats(size_t Tq, size_t Tk, size_t HS)
