@@ -4,14 +4,20 @@ Both sides start from identical weights (tests/torch_gpt.py is the PyTorch peer:
 GPT written with torch primitives, fed our state_dict) and train on identical batches with
 the same AdamW settings (betas 0.9/0.95, weight decay 0.1 on the 2-D non-embedding weights,
 as microgpt.train.optim.decays says), on the same number of threads: our OpenMP team and
-torch.set_num_threads both get --threads (default: every core).
+torch.set_num_threads both get --threads (default: the cores this process may use).
+
+Each side is timed in a process of its own, so each runs as its users run it — PyTorch with
+its OpenMP default (idle workers spin), ours with its default (idle workers sleep, cpu.py) —
+and neither's idle threads can steal cores from the other (in one process, alternating,
+they do). The processes alternate ours, peer, ours, peer ... (--rounds) against drift.
 
 Rows, per preset:
-  tokens/s    B*T / median step time (harness: interleaved, warmed up)
-  peak MiB    peak resident memory of a fresh process that builds the model and trains a
-              few steps, minus its resident size right after imports (ratio > 1: we use less)
-  |dloss|     (baby, and small with --full-parity) max |loss_ours - loss_torch| over the
-              first 50 steps, float32 on both sides; the target is < 1e-3
+  tokens/s    B*T / median step time over all timed steps of all rounds (after warm-up)
+  peak MiB    peak resident memory of such a process while it builds the model and trains,
+              minus its resident size right after imports (both import torch and microgpt;
+              ratio > 1: we use less)
+  |dloss|     (baby; small too with --full-parity) max |loss_ours - loss_torch| over the
+              first 50 steps, float32 on both sides, in this process; the target is < 1e-3
 Presets: baby (4 layers, 4 heads, 128 channels, T 64, B 12, V 65), small (6, 6, 384, T 256,
 B 16, V 8192), gpt2-124M (12, 12, 768, V 50257, block 1024) at B 4, T 64.
 
@@ -20,17 +26,12 @@ B 16, V 8192), gpt2-124M (12, 12, 768, V 50257, block 1024) at B 4, T 64.
 import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
-# One OpenMP wait policy for both sides, set before either runtime loads (torch's libgomp at
-# `import torch`, ours with microgpt.backends._cpu): PASSIVE unless the caller chose. With
-# torch's default (spinning) its idle workers would hold the cores during our next timed step,
-# since the harness alternates the two sides. `OMP_WAIT_POLICY=active python bench_train.py`
-# runs both spinning.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
@@ -106,24 +107,6 @@ def set_threads(n):
         cpu.set_num_threads(n)
 
 
-def speed_case(preset, threads, repeats):
-    model, ours = build_ours(preset)
-    peer = build_torch(model)
-    data = batches(preset, 4)
-    counter = {"ours": 0, "peer": 0}
-
-    def run(side, fn):
-        def go():
-            idx, targets = data[counter[side] % len(data)]
-            counter[side] += 1
-            return fn(idx, targets)
-        return go
-    p = PRESETS[preset]
-    return harness.Case(name=f"train step {preset} B{p['batch']} T{p['time']} {threads}t",
-                        ours=run("ours", ours), peer=run("peer", peer), peer_name="pytorch eager",
-                        unit="tokens/s", work=p["batch"] * p["time"], repeats=repeats, warmup=2)
-
-
 def loss_parity(preset, steps):
     """Max |loss_ours - loss_torch| over `steps` identical training steps."""
     model, ours = build_ours(preset)
@@ -144,35 +127,56 @@ def _rss_kib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def probe(side, preset, steps, threads):
-    """In a child process: peak RSS growth (bytes) while building and training."""
-    import torch  # noqa: F401 - both sides import it, so both baselines include it
+def probe(side, preset, warmup, steps, threads):
+    """In a fresh process: seconds per timed step, and peak RSS growth (bytes) over the run."""
+    import torch  # noqa: F401 - first, so torch's OpenMP runtime starts with its own defaults
     from microgpt.backends import cpu  # noqa: F401
     set_threads(threads)
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                                   # reset the peak (VmHWM) to the current RSS
     base = _rss_kib("VmRSS")
-    model, ours = build_ours(preset)
-    step = ours
+    model, step = build_ours(preset)
     if side == "peer":
         step = build_torch(model)
-        del model, ours
+        del model
         gc.collect()
-    for idx, targets in batches(preset, steps):
+    seconds = []
+    for i, (idx, targets) in enumerate(batches(preset, warmup + steps)):
+        start = time.perf_counter()
         step(idx, targets)
-    return (_rss_kib("VmHWM") - base) * 1024
+        if i >= warmup:
+            seconds.append(time.perf_counter() - start)
+    return {"seconds": seconds, "peak_bytes": (_rss_kib("VmHWM") - base) * 1024}
 
 
-def memory_row(preset, steps, threads):
-    peaks = {}
-    for side in ("ours", "peer"):
-        cmd = [sys.executable, __file__, "--probe", side, preset, str(steps), str(threads)]
-        result = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        peaks[side] = json.loads(result.stdout.strip().splitlines()[-1])["peak_bytes"] / 2**20
-    return {"name": f"peak memory {preset} {threads}t", "unit": "MiB", "ours": peaks["ours"],
-            "ours_min": peaks["ours"], "ours_max": peaks["ours"], "peer_name": "pytorch eager",
-            "peer": peaks["peer"], "ratio": peaks["peer"] / peaks["ours"]}
+def run_probe(side, preset, warmup, steps, threads):
+    cmd = [sys.executable, __file__, "--probe", side, preset, str(warmup), str(steps), str(threads)]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f"probe {side} {preset} failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def preset_rows(preset, threads, rounds, warmup, steps):
+    """tokens/s and peak memory rows of one preset, from alternating per-side processes."""
+    seconds, peaks = {"ours": [], "peer": []}, {"ours": [], "peer": []}
+    for _ in range(rounds):
+        for side in ("ours", "peer"):
+            out = run_probe(side, preset, warmup, steps, threads)
+            seconds[side] += out["seconds"]
+            peaks[side].append(out["peak_bytes"] / 2**20)
+    p = PRESETS[preset]
+    tokens = p["batch"] * p["time"]
+    rate = {side: tokens / statistics.median(seconds[side]) for side in seconds}
+    speed = {"name": f"train step {preset} B{p['batch']} T{p['time']} {threads}t", "unit": "tokens/s",
+             "ours": rate["ours"], "ours_min": tokens / max(seconds["ours"]),
+             "ours_max": tokens / min(seconds["ours"]), "peer_name": "pytorch eager",
+             "peer": rate["peer"], "ratio": rate["ours"] / rate["peer"]}
+    memory = {"name": f"peak memory {preset} {threads}t", "unit": "MiB", "ours": max(peaks["ours"]),
+              "ours_min": min(peaks["ours"]), "ours_max": max(peaks["ours"]), "peer_name": "pytorch eager",
+              "peer": max(peaks["peer"]), "ratio": max(peaks["peer"]) / max(peaks["ours"])}
+    return [speed, memory]
 
 
 def parity_row(preset, steps):
@@ -184,36 +188,41 @@ def parity_row(preset, steps):
             "ratio": 1e-3 / max(worst, 1e-12)}
 
 
+# (warm-up steps, timed steps) per process
+STEPS = {"baby": (3, 30), "small": (1, 4), "gpt2-124M": (1, 4)}
+QUICK_STEPS = {"baby": (2, 10), "small": (1, 2), "gpt2-124M": (1, 2)}
+
+
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--probe":
-        side, preset, steps, threads = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
-        print(json.dumps({"peak_bytes": probe(side, preset, steps, threads)}))
+        side, preset = sys.argv[2], sys.argv[3]
+        warmup, steps, threads = (int(v) for v in sys.argv[4:7])
+        print(json.dumps(probe(side, preset, warmup, steps, threads)))
         return
 
     def extra(parser):
         parser.add_argument("--presets", default="baby,small,gpt2-124M")
         parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+        parser.add_argument("--rounds", type=int, default=2, help="alternations of the two processes")
         parser.add_argument("--full-parity", action="store_true", help="also check small's loss curve")
     args = harness.parse_args(__doc__.splitlines()[0], extra)
     presets = [p for p in args.presets.split(",") if p]
     for p in presets:
         if p not in PRESETS:
             raise SystemExit(f"unknown preset {p!r}; choose from {sorted(PRESETS)}")
-    set_threads(args.threads)
-    from microgpt import backends
-    print(f"backend: {backends.current('cpu')}, threads: {args.threads}, "
-          f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']}")
-    repeats = {"baby": 10 if args.quick else 30, "small": 3 if args.quick else 6, "gpt2-124M": 3 if args.quick else 6}
-    cases = [speed_case(p, args.threads, repeats[p]) for p in presets]
-    quiet = harness.argparse.Namespace(json=None, quick=args.quick)
-    rows = harness.run_cases(cases, quiet, title="training step (timing only)")
+    policy = os.environ.get("OMP_WAIT_POLICY", "library defaults")
+    print(f"threads: {args.threads}, OMP_WAIT_POLICY: {policy}")
+    rows = []
     for p in presets:
-        rows.append(memory_row(p, 2 if p != "baby" else 5, args.threads))
-        print(harness._format_row(rows[-1]), flush=True)
+        warmup, steps = (QUICK_STEPS if args.quick else STEPS)[p]
+        for row in preset_rows(p, args.threads, 1 if args.quick else args.rounds, warmup, steps):
+            rows.append(row)
+            print(harness._format_row(row), flush=True)
+    set_threads(args.threads)
     parity = ["baby"] + (["small"] if args.full_parity else [])
     rows += [parity_row(p, 20 if args.quick else 50) for p in parity]
     harness.report(rows, args, title=f"training step: ours vs PyTorch eager ({args.threads} threads, "
-                                     f"OMP_WAIT_POLICY={os.environ['OMP_WAIT_POLICY']})")
+                                     f"OMP_WAIT_POLICY: {policy})")
 
 
 if __name__ == "__main__":
