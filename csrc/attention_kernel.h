@@ -345,7 +345,14 @@ static void fwd_rows(float *out, float *lse, const float *q, const float *k, con
         }
         float l = 0.0f;
         for (int r = 0; r < VW; r++) l += sum[r];
-        for (size_t d = 0; d < hv; d += VW) {       /* o = sum_j P_j v_j, a vector at a time */
+        size_t d = 0;                               /* o = sum_j P_j v_j: 4 vectors at a time */
+        for (; d + 4 * VW <= hv; d += 4 * VW) {     /* (4 independent FMA chains), then 1 */
+            vf acc[4] = {vsplat(0.0f), vsplat(0.0f), vsplat(0.0f), vsplat(0.0f)};
+            for (j = 0; j < n; j++)
+                for (int c = 0; c < 4; c++) acc[c] += vsplat(s[j]) * vload(v + j * HS + d + c * VW);
+            for (int c = 0; c < 4; c++) vstore(o + d + c * VW, acc[c]);
+        }
+        for (; d < hv; d += VW) {
             vf acc = vsplat(0.0f);
             for (j = 0; j < n; j++) acc += vsplat(s[j]) * vload(v + j * HS + d);
             vstore(o + d, acc);
