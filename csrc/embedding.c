@@ -1,7 +1,11 @@
 /* embedding.c — token/position embedding lookup and its scatter-add backward.
  *
  * forward:  out[n] = weight[ids[n]]                         (a row copy per id)
- * backward: dweight = 0; dweight[ids[n]] += dout[n] for all n  (repeated ids accumulate)
+ * backward: dweight[ids[n]] += dout[n] for all n               (repeated ids accumulate)
+ * The backward adds into dweight and never touches rows no id names. The binding hands it a
+ * fresh np.zeros array, whose pages the OS maps lazily: for GPT-2's 50257 x 768 table and a
+ * batch of 256 tokens only ~256 rows' pages are ever written, where a memset would write all
+ * 154 MB every step.
  * The backward is threaded over columns, not rows: every thread owns a slice of the C
  * channels of every row of dweight, so two threads never add into the same float and the
  * sum order (n ascending) is fixed, whatever the thread count.
@@ -23,7 +27,7 @@ MG_CLONES static void add_span(float* dst, const float* src, long len) {
 }
 
 void embedding_backward(float* dweight, const float* dout, const int64_t* ids, long N, long V, long C) {
-    memset(dweight, 0, (size_t)V * (size_t)C * sizeof(float));
+    (void)V;
     const long slice = 64;                               /* channels per work item */
     #pragma omp parallel for schedule(static) if (N * C >= MG_PAR_MIN)
     for (long j0 = 0; j0 < C; j0 += slice) {

@@ -91,6 +91,7 @@ void rope_backward(float* dinp, const float* dout, const float* cos, const float
 
 /* ---- embedding (embedding.c): weight (V, C), ids (N) ------------------------------------------ */
 void embedding_forward(float* out, const int64_t* ids, const float* weight, long N, long V, long C);
+/* dweight += scatter of dout rows at ids (the caller zeroes dweight first) */
 void embedding_backward(float* dweight, const float* dout, const int64_t* ids, long N, long V, long C);
 
 /* ---- optimizer (adamw.c): one fused AdamW step over n flat values, in place --------------------- */

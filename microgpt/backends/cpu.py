@@ -189,7 +189,7 @@ def embedding_backward(dout, ids, num_embeddings):
     if not is32:
         return _ref.embedding_backward(dout, ids, V)
     C = dout.shape[-1]
-    dweight = np.empty((V, C), dtype=dout.dtype)
+    dweight = np.zeros((V, C), dtype=dout.dtype)      # lazily zeroed pages; C adds into it
     lib.embedding_backward(_fp(dweight), _fp(dout), _ip(ids), ids.size, V, C)
     return dweight
 
