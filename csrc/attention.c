@@ -27,7 +27,9 @@
  *        dV_j += P^T dO_i,  dP^T = V_j dO_i^T,  dS^T = P^T (dP^T - D),
  *        dK_j += dS^T Q_i,  dQ_i += dS K_j           (dK and dQ scaled by 1/sqrt(HS) at the end).
  *      One thread owns one (batch, kv-head) and loops over the query heads of its group, so dK and
- *      dV sum over the group and no two threads ever write the same row.
+ *      dV sum over the group and no two threads ever write the same row. With fewer pairs than
+ *      threads, each thread takes every n-th key block of every pair instead (its own dK, dV
+ *      rows) and its own copy of dQ; the copies are summed at the end.
  *   6. SIMD through GCC vector extensions: the body lives in attention_kernel.h, written once
  *      for vectors of VW floats and included three times below under `#pragma GCC target`:
  *      AVX-512 (VW 16, tile 8 x 2 vectors), AVX2+FMA (VW 8, 4 x 2) and the x86-64 baseline
@@ -132,7 +134,8 @@ typedef void fwd_fn(float *out, float *lse, const float *q, const float *k, cons
                     size_t Tq, size_t Tk, size_t HS, float *w);
 typedef void bwd_fn(float *dq, float *dk, float *dv, const float *dout, const float *q,
                     const float *k, const float *v, const float *out, const float *lse,
-                    size_t G, size_t Tq, size_t Tk, size_t HS, float *w);
+                    size_t G, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
+                    size_t step);
 
 /* The instruction set threads.c chose: 0 portable, 1 AVX2, 2 AVX-512 (or what a test forced). */
 static void pick(int level, int rows, fwd_fn **fwd, bwd_fn **bwd)
@@ -190,11 +193,24 @@ int attention_forward(float *out, float *lse, float *work, long work_len, const 
     return 0;
 }
 
-long attention_backward_workspace(long B, long NKV, long Tq, long Tk, long HS)
+/* The backward splits key blocks across threads (each with its own dq copy of B*NH*Tq*HS floats)
+ * when there are fewer (batch, kv-head) pairs than threads and the call is worth threads. */
+static int bwd_split(long B, long NH, long NKV, long Tq, long Tk, long HS)
 {
+    return B * NKV < omp_get_max_threads() && 2.5 * B * NH * Tq * Tk * HS >= PAR_MIN;
+}
+
+static size_t bwd_slice(long B, long NH, long Tq, long Tk, long HS, int split)
+{
+    return round_up(bwd_floats(Tq, Tk, HS) + (split ? (size_t)B * NH * Tq * HS : 0), 16);
+}
+
+long attention_backward_workspace(long B, long NH, long NKV, long Tq, long Tk, long HS)
+{
+    const int split = bwd_split(B, NH, NKV, Tq, Tk, HS);
     long threads = omp_get_max_threads();
-    if (threads > B * NKV) threads = B * NKV;
-    return (long)(threads * round_up(bwd_floats(Tq, Tk, HS), 16) + 16);
+    if (!split && threads > B * NKV) threads = B * NKV;
+    return (long)(threads * bwd_slice(B, NH, Tq, Tk, HS, split) + 16);
 }
 
 int attention_backward(float *dq, float *dk, float *dv, float *work, long work_len,
@@ -205,19 +221,38 @@ int attention_backward(float *dq, float *dk, float *dv, float *work, long work_l
     fwd_fn *unused;
     bwd_fn *group;
     pick(microgpt_simd_level(), 0, &unused, &group);
-    const size_t per = round_up(bwd_floats(Tq, Tk, HS), 16);
-    const long tasks = B * NKV, G = NH / NKV, threads = team(tasks, per, (size_t)work_len);
+    const int split = bwd_split(B, NH, NKV, Tq, Tk, HS);
+    const size_t per = bwd_slice(B, NH, Tq, Tk, HS, split), part = bwd_floats(Tq, Tk, HS);
+    const size_t dq_len = (size_t)B * NH * Tq * HS;
+    const long tasks = B * NKV, G = NH / NKV;
+    const long threads = team(split ? omp_get_max_threads() : tasks, per, (size_t)work_len);
     const double work_madds = 2.5 * tasks * G * Tq * Tk * HS;
     float *base = aligned(work);
     if (threads == 0) return -1;
     #pragma omp parallel num_threads(threads) if (work_madds >= PAR_MIN)
     {
-        float *w = base + (size_t)omp_get_thread_num() * per;
-        #pragma omp for schedule(dynamic, 1)
-        for (long t = 0; t < tasks; t++) {              /* t = b * NKV + kv head: its G query heads */
-            const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
-            group(dq + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk, out + hq,
-                  lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w);
+        const long p = omp_get_thread_num(), n = omp_get_num_threads();
+        float *w = base + (size_t)p * per;
+        if (split && n > 1) {                   /* every pair, key blocks p, p + n, ... */
+            for (long t = 0; t < tasks; t++) {
+                const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
+                group(w + part + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk,
+                      out + hq, lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w, p, n);
+            }
+            #pragma omp barrier
+            #pragma omp for schedule(static)
+            for (size_t x = 0; x < dq_len; x++) {          /* dq = the sum of the n copies */
+                float sum = 0.0f;
+                for (long r = 0; r < n; r++) sum += base[(size_t)r * per + part + x];
+                dq[x] = sum;
+            }
+        } else {
+            #pragma omp for schedule(dynamic, 1)
+            for (long t = 0; t < tasks; t++) {          /* t = b * NKV + kv head: its G query heads */
+                const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
+                group(dq + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk, out + hq,
+                      lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w, 0, 1);
+            }
         }
     }
     return 0;

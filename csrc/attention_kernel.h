@@ -369,9 +369,13 @@ static void fwd_rows(float *out, float *lse, const float *q, const float *k, con
 
 /* ---- backward: one (batch, kv-head) and the G query heads that read it -------------------------- */
 
+/* Key blocks first, first + step, ... (all of them: 0, 1): dk and dv of those rows are written,
+ * dq gets the whole gradient those blocks contribute (attention.c sums the parts). */
+
 static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
                       const float *k, const float *v, const float *out, const float *lse,
-                      size_t G, size_t Tq, size_t Tk, size_t HS, float *w)
+                      size_t G, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
+                      size_t step)
 {
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16)), TqP = round_up(Tq, W);
@@ -403,7 +407,7 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
             if (i >= Tq) dd[i] = 0.0f;
             lse2[i] = i < Tq ? lse[g * Tq + i] * LOG2E : 0.0f;
         }
-        for (size_t j0 = 0; j0 < Tk; j0 += BC) {
+        for (size_t j0 = first * BC; j0 < Tk; j0 += step * BC) {   /* this call's key blocks */
             /* query i sees key j iff j <= off + i: the first query block that sees this one */
             size_t first = j0 > off ? (j0 - off) / W * W : 0;
             for (size_t i0 = first; i0 < Tq; i0 += W) {
@@ -437,11 +441,12 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
         for (size_t i = 0; i < Tq; i++)
             for (size_t d = 0; d < HS; d++) dq[h + i * HS + d] = scale * dqa[i * HP + d];
     }
-    for (size_t j = 0; j < Tk; j++)
-        for (size_t d = 0; d < HS; d++) {
-            dk[j * HS + d] = scale * dka[j * HP + d];
-            dv[j * HS + d] = dva[j * HP + d];
-        }
+    for (size_t j0 = first * BC; j0 < Tk; j0 += step * BC)
+        for (size_t j = j0; j < j0 + BC && j < Tk; j++)
+            for (size_t d = 0; d < HS; d++) {
+                dk[j * HS + d] = scale * dka[j * HP + d];
+                dv[j * HS + d] = dva[j * HP + d];
+            }
 }
 
 #undef vf

@@ -109,7 +109,7 @@ long attention_forward_workspace(long B, long NH, long Tq, long Tk, long HS);
 int attention_forward(float* out, float* lse, float* work, long work_len, const float* q,
                       const float* k, const float* v, long B, long NH, long NKV, long Tq,
                       long Tk, long HS);
-long attention_backward_workspace(long B, long NKV, long Tq, long Tk, long HS);
+long attention_backward_workspace(long B, long NH, long NKV, long Tq, long Tk, long HS);
 int attention_backward(float* dq, float* dk, float* dv, float* work, long work_len,
                        const float* dout, const float* q, const float* k, const float* v,
                        const float* out, const float* lse, long B, long NH, long NKV, long Tq,

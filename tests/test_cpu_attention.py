@@ -99,6 +99,7 @@ def test_few_queries_every_path(shape, seed):
     (2, 3, 3, 130, 190, 17),     # queries are the last 130 of 190 positions
     (1, 2, 1, 300, 300, 3),      # several blocks, odd head size
     (1, 2, 1, 70, 75, 200),      # a head wider than any register tile
+    (1, 4, 1, 200, 260, 32),     # one kv head, one batch: the backward splits key blocks
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_named_shapes(shape, threads):
@@ -128,12 +129,16 @@ def test_workspace_is_linear_in_T():
     threads = cpu.get_num_threads()
     for T in (1024, 4096, 16384):
         fwd = cpu.lib.attention_forward_workspace(B, NH, T, T, HS)
-        bwd = cpu.lib.attention_backward_workspace(B, NKV, T, T, HS)
+        bwd = cpu.lib.attention_backward_workspace(B, NH, NKV, T, T, HS)
         # per thread: a few (T, HS) panels plus fixed 64 x 64 tiles — never T * T
         assert fwd <= threads * (2 * T * HS + 3 * 64 * 64 + 256) + 16, (T, fwd)
         assert bwd <= threads * (10 * T * HS + 2 * T + 2 * 64 * 64 + 32) + 16, (T, bwd)
-    grow = cpu.lib.attention_backward_workspace(B, NKV, 4096, 4096, HS) / \
-        cpu.lib.attention_backward_workspace(B, NKV, 1024, 1024, HS)
+    # one (batch, kv-head) pair on several threads: each thread also holds a copy of dq
+    T = 4096
+    assert cpu.lib.attention_backward_workspace(1, NH, 1, T, T, HS) <= \
+        threads * (10 * T * HS + 2 * T + 2 * 64 * 64 + 32 + NH * T * HS) + 16
+    grow = cpu.lib.attention_backward_workspace(B, NH, NKV, 4096, 4096, HS) / \
+        cpu.lib.attention_backward_workspace(B, NH, NKV, 1024, 1024, HS)
     assert grow < 4.1
 
 

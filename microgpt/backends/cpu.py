@@ -25,7 +25,7 @@ import os
 
 import numpy as np
 
-from ..errors import BackendError, ShapeError
+from ..errors import BackendError, ConfigError, ShapeError
 from . import cpu_checks as check
 from . import reference as _ref
 
@@ -63,7 +63,8 @@ def _threads_from_env():
     if not text:        # the cores this process may run on (taskset, cgroups), not all of the machine's
         return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if not text.isdigit() or int(text) < 1:
-        raise BackendError(f"MICROGPT_NUM_THREADS={text!r} must be a positive integer")
+        # ConfigError, not BackendError: a typo must not silently fall back to the reference
+        raise ConfigError(f"MICROGPT_NUM_THREADS={text!r} must be a positive integer")
     return int(text)
 
 
@@ -386,7 +387,7 @@ def attention_backward(dout, q, k, v, out, lse):
     if not is32:
         return _ref.attention_backward(dout, q, k, v, out, lse)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
-    work = np.empty(lib.attention_backward_workspace(B, NKV, Tq, Tk, HS), np.float32)
+    work = np.empty(lib.attention_backward_workspace(B, NH, NKV, Tq, Tk, HS), np.float32)
     if lib.attention_backward(_fp(dq), _fp(dk), _fp(dv), _fp(work), work.size, _fp(dout), _fp(q),
                               _fp(k), _fp(v), _fp(out), _fp(lse), B, NH, NKV, Tq, Tk, HS):
         raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
