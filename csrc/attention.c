@@ -131,7 +131,7 @@ static size_t bwd_floats(size_t Tq, size_t Tk, size_t HS)
 /* ---- dispatch, threads, workspace ---------------------------------------------------------------- */
 
 typedef void fwd_fn(float *out, float *lse, const float *q, const float *k, const float *v,
-                    size_t Tq, size_t Tk, size_t HS, float *w);
+                    size_t Tq, size_t Tk, size_t HS, float *w, size_t first, size_t step);
 typedef void bwd_fn(float *dq, float *dk, float *dv, const float *dout, const float *q,
                     const float *k, const float *v, const float *out, const float *lse,
                     size_t G, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
@@ -161,11 +161,28 @@ static long team(long tasks, size_t per, size_t work_len)
 
 static float *aligned(float *work) { return work + ((64 - (uintptr_t)work % 64) % 64) / sizeof *work; }
 
+/* With fewer (batch, head) pairs than threads (and work worth threads), the forward splits each
+ * pair's query blocks across threads instead: output rows are disjoint, nothing to sum. */
+static int fwd_split(long B, long NH, long Tq, long Tk, long HS)
+{
+    return B * NH < omp_get_max_threads() && (double)B * NH * Tq * Tk * HS >= PAR_MIN;
+}
+
 long attention_forward_workspace(long B, long NH, long Tq, long Tk, long HS)
 {
     long threads = omp_get_max_threads();
-    if (threads > B * NH) threads = B * NH;
+    if (!fwd_split(B, NH, Tq, Tk, HS) && threads > B * NH) threads = B * NH;
     return (long)(threads * round_up(fwd_floats(Tq, Tk, HS), 16) + 16);
+}
+
+/* Pair t = b * NH + h (its kv head is h / (NH / NKV)): query blocks first, first + step, ... */
+static void fwd_pair(fwd_fn *head, long t, float *out, float *lse, const float *q, const float *k,
+                     const float *v, long NH, long NKV, long Tq, long Tk, long HS, float *w,
+                     size_t first, size_t step)
+{
+    const size_t kv = ((size_t)(t / NH) * NKV + (size_t)(t % NH / (NH / NKV))) * Tk * HS;
+    head(out + (size_t)t * Tq * HS, lse + (size_t)t * Tq, q + (size_t)t * Tq * HS, k + kv, v + kv,
+         Tq, Tk, HS, w, first, step);
 }
 
 int attention_forward(float *out, float *lse, float *work, long work_len, const float *q,
@@ -175,19 +192,24 @@ int attention_forward(float *out, float *lse, float *work, long work_len, const 
     fwd_fn *head;
     bwd_fn *unused;
     pick(microgpt_simd_level(), Tq < ROWS_BELOW, &head, &unused);
+    const int split = fwd_split(B, NH, Tq, Tk, HS);
     const size_t per = round_up(fwd_floats(Tq, Tk, HS), 16);
-    const long tasks = B * NH, group = NH / NKV, threads = team(tasks, per, (size_t)work_len);
+    const long tasks = B * NH;
+    const long threads = team(split ? omp_get_max_threads() : tasks, per, (size_t)work_len);
     const double work_madds = (double)tasks * Tq * Tk * HS;
     float *base = aligned(work);
     if (threads == 0) return -1;
     #pragma omp parallel num_threads(threads) if (work_madds >= PAR_MIN)
     {
-        float *w = base + (size_t)omp_get_thread_num() * per;
-        #pragma omp for schedule(dynamic, 1)
-        for (long t = 0; t < tasks; t++) {              /* t = b * NH + h; kv head h / group */
-            const size_t kv = ((size_t)(t / NH) * NKV + (size_t)(t % NH / group)) * Tk * HS;
-            head(out + (size_t)t * Tq * HS, lse + (size_t)t * Tq, q + (size_t)t * Tq * HS,
-                 k + kv, v + kv, Tq, Tk, HS, w);
+        const long p = omp_get_thread_num(), n = omp_get_num_threads();
+        float *w = base + (size_t)p * per;
+        if (split && n > 1) {
+            for (long t = 0; t < tasks; t++)    /* every pair, query blocks p, p + n, ... */
+                fwd_pair(head, t, out, lse, q, k, v, NH, NKV, Tq, Tk, HS, w, p, n);
+        } else {
+            #pragma omp for schedule(dynamic, 1)
+            for (long t = 0; t < tasks; t++)
+                fwd_pair(head, t, out, lse, q, k, v, NH, NKV, Tq, Tk, HS, w, 0, 1);
         }
     }
     return 0;

@@ -240,8 +240,9 @@ AI void row_dots(float *dd, const float *dout, const float *out, size_t T, size_
 
 /* ---- forward: one (batch, head) -------------------------------------------------------------- */
 
+/* Query blocks first, first + step, ... (all of them: 0, 1). */
 static void fwd_head(float *out, float *lse, const float *q, const float *k, const float *v,
-                     size_t Tq, size_t Tk, size_t HS, float *w)
+                     size_t Tq, size_t Tk, size_t HS, float *w, size_t first, size_t step)
 {
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16));       /* query block width, lanes */
@@ -253,7 +254,7 @@ static void fwd_head(float *out, float *lse, const float *q, const float *k, con
     float *st = o + HP * BR;            /* (BC, W)    scores S^T, then P^T                */
     float *m = st + BC * BR, *l = m + BR, *alpha = l + BR;
     const rows_t K = pack_rows(kp, k, Tk, BC, HS, HP), V = pack_rows(vp, v, Tk, BC, HS, HP);
-    for (size_t i0 = 0; i0 < Tq; i0 += W) {
+    for (size_t i0 = first * W; i0 < Tq; i0 += step * W) {
         const size_t rows = min_size(W, Tq - i0);
         const size_t kend = off + i0 + rows;               /* keys this block may see: [0, kend) */
         pack_panels_t(qt, q + i0 * HS, rows, W, HS, HP, W, qscale);
@@ -305,12 +306,12 @@ static void fwd_head(float *out, float *lse, const float *q, const float *k, con
  *   out_i = sum_j P_j v_j / l,  lse_i = ln2 (m + log2 l).
  * The dot products go VW keys at a time: VW partial-sum vectors, transposed, added. */
 static void fwd_rows(float *out, float *lse, const float *q, const float *k, const float *v,
-                     size_t Tq, size_t Tk, size_t HS, float *w)
+                     size_t Tq, size_t Tk, size_t HS, float *w, size_t first, size_t step)
 {
     const float qscale = LOG2E / sqrtf((float)HS);
     const size_t hv = HS / VW * VW;                 /* channels in whole vectors */
     float *s = w, *o = s + round_up(Tk, VW);        /* (Tk) scores, (HP) output row */
-    for (size_t i = 0; i < Tq; i++) {
+    for (size_t i = first; i < Tq; i += step) {    /* query rows first, first + step, ... */
         const float *qi = q + i * HS;
         const size_t n = Tk - Tq + i + 1;           /* visible keys */
         size_t j = 0;

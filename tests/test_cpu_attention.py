@@ -100,6 +100,8 @@ def test_few_queries_every_path(shape, seed):
     (1, 2, 1, 300, 300, 3),      # several blocks, odd head size
     (1, 2, 1, 70, 75, 200),      # a head wider than any register tile
     (1, 4, 1, 200, 260, 32),     # one kv head, one batch: the backward splits key blocks
+    (1, 1, 1, 300, 320, 64),     # one head: the forward splits query blocks across threads
+    (1, 1, 1, 5, 4000, 64),      # one head, few queries: the row path splits rows
 ])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_named_shapes(shape, threads):
