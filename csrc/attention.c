@@ -35,8 +35,10 @@
  *      AVX-512 (VW 16, tile 8 x 2 vectors), AVX2+FMA (VW 8, 4 x 2) and the x86-64 baseline
  *      (VW 4, 4 x 2). The path is chosen per call by microgpt_simd_level() (threads.c:
  *      __builtin_cpu_supports, or the path a test forces with microgpt_set_simd_path).
- *   7. OpenMP: forward threads over (batch, head), backward over (batch, kv-head); each thread
- *      works in its own slice of the caller's workspace (attention_*_workspace floats).
+ *   7. OpenMP: forward threads over (batch, head) pairs — or, with fewer pairs than threads,
+ *      over each pair's query blocks — backward over (batch, kv-head) as in 5; calls under
+ *      PAR_MIN multiply-adds stay on the calling thread. Each thread works in its own slice of
+ *      the caller's workspace (attention_*_workspace floats).
  *
  * Built into microgpt.backends._cpu by backends/cpu_build.py (binding: backends/cpu.py).
  * Tests: pytest tests/test_cpu_attention.py. Speed: python benchmarks/bench_kernels.py
