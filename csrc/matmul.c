@@ -78,7 +78,27 @@ static void pack_a(float* ap, const float* a, int trans_a, long M, long K,
         for (long k = 0; k < kc; k++)
             memcpy(ap + k * MR, a + (k0 + k) * M + i0, (size_t)rows * sizeof(float));
     } else {
-        for (long i = 0; i < rows; i++) {
+        long i = 0;
+#ifdef MG_X86
+        /* groups of 4 rows, 4 k at a time: a 4 x 4 transpose in SSE registers (baseline x86-64)
+         * replaces 16 single-float writes with a stride of MR floats by 4 vector writes */
+        long k4 = kc / 4 * 4;
+        for (; i + 4 <= rows; i += 4) {
+            const float* src = a + (i0 + i) * K + k0;
+            for (long k = 0; k < k4; k += 4) {
+                __m128 r0 = _mm_loadu_ps(src + k), r1 = _mm_loadu_ps(src + K + k);
+                __m128 r2 = _mm_loadu_ps(src + 2 * K + k), r3 = _mm_loadu_ps(src + 3 * K + k);
+                _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                _mm_storeu_ps(ap + k * MR + i, r0);
+                _mm_storeu_ps(ap + (k + 1) * MR + i, r1);
+                _mm_storeu_ps(ap + (k + 2) * MR + i, r2);
+                _mm_storeu_ps(ap + (k + 3) * MR + i, r3);
+            }
+            for (long r = 0; r < 4; r++)                  /* the last kc % 4 columns */
+                for (long k = k4; k < kc; k++) ap[k * MR + i + r] = src[r * K + k];
+        }
+#endif
+        for (; i < rows; i++) {
             const float* src = a + (i0 + i) * K + k0;
             for (long k = 0; k < kc; k++) ap[k * MR + i] = src[k];
         }
