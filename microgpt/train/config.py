@@ -11,8 +11,8 @@ table names are only for the reader). Unknown keys and values of the wrong type 
 ConfigError naming the key.
 
 Presets (vocab sizes are those of the tokenizer the run trains or loads):
-    demo   4 layers x 128 channels, context 256, BPE vocab 2048 (1.1M parameters): one pass
-           over the whole built-in corpus (~3.8M tokens) in ~10 minutes on 2 CPU cores
+    demo   4 layers x 128 channels, context 256, BPE vocab 2048 (1.1M parameters): 4.9M
+           tokens, 1.3 passes over the whole built-in corpus, ~10 minutes on 2 CPU cores
     baby   4 layers x 128 channels, a sanity-check size for benchmarks and tests
     small  6 layers x 384 channels (the "small" GPT of benchmarks, ~10M parameters)
     gpt2   the GPT-2 124M shape: 12 layers x 768 channels, 12 heads, context 1024, V 50257
@@ -143,9 +143,9 @@ def config_hash(config):
 
 PRESETS = {
     "demo": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=2048,
-                 corpus_bytes=0, tokenizer_bytes=2_000_000, batch_size=8, max_steps=2000,
-                 lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_interval=250, eval_batches=8,
-                 checkpoint_interval=500, sample_interval=500, sample_tokens=200,
+                 corpus_bytes=0, tokenizer_bytes=2_000_000, batch_size=8, max_steps=2400,
+                 lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_interval=300, eval_batches=8,
+                 checkpoint_interval=600, sample_interval=600, sample_tokens=200,
                  out_dir="runs/demo"),
     "baby": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=4096,
                  batch_size=8, max_steps=2000, lr=1e-3, min_lr=1e-4, warmup_steps=100,
