@@ -62,3 +62,25 @@ def test_train_resume_generate_plot(tmp_path, capsys):
     assert main(["plot", run, "--out", str(tmp_path / "curve.png")]) == 0
     assert open(tmp_path / "curve.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert main(["generate", str(tmp_path / "nothing")]) == 2
+
+
+def test_builtin_corpus_with_a_trained_bpe_is_prepared_once(tmp_path):
+    """The demo's data path at a small size: built-in corpus, BPE trained here, cached."""
+    from microgpt.train.config import make_config
+    from microgpt.train.trainer import Trainer
+    from train_helpers import quiet
+    config = make_config("demo", None, dict(
+        corpus_bytes=300_000, tokenizer_bytes=200_000, vocab_size=320, n_layer=1, n_embd=16,
+        n_head=2, block_size=32, batch_size=2, max_steps=2, warmup_steps=1, progress=False,
+        out_dir=str(tmp_path / "run")))
+    messages = []
+    trainer = Trainer(config, log=messages.append).setup()
+    assert trainer.tokenizer.vocab_size == 320 and trainer.tokenizer.eot_id == 319
+    assert any("trained a BPE tokenizer" in m for m in messages)
+    meta = trainer.meta
+    assert meta["tokens"]["train"] > 50_000 and meta["documents"]["val"] >= 1
+    messages.clear()
+    Trainer(config, log=messages.append).setup()
+    assert any("reusing" in m for m in messages)
+    trainer.run()
+    assert trainer.step == 2
