@@ -68,7 +68,6 @@ def test_builtin_corpus_with_a_trained_bpe_is_prepared_once(tmp_path):
     """The demo's data path at a small size: built-in corpus, BPE trained here, cached."""
     from microgpt.train.config import make_config
     from microgpt.train.trainer import Trainer
-    from train_helpers import quiet
     config = make_config("demo", None, dict(
         corpus_bytes=300_000, tokenizer_bytes=200_000, vocab_size=320, n_layer=1, n_embd=16,
         n_head=2, block_size=32, batch_size=2, max_steps=2, warmup_steps=1, progress=False,
