@@ -24,8 +24,8 @@ the Engine then decodes through GPT.forward, which is always correct.
 import numpy as np
 
 from .. import backends
-from ..nn import GPT, Block, CausalSelfAttention, Embedding, LayerNorm, Linear, MLP, RMSNorm, SwiGLU
-from ..nn.attention import KVCache
+from ..nn import (GPT, MLP, Block, CausalSelfAttention, Embedding, KVCache, LayerNorm, Linear,
+                  RMSNorm, SwiGLU)
 
 
 def _plain(module, cls):
