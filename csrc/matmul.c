@@ -6,7 +6,8 @@
  *                zero-padded buffers, then an MR x NR register-blocked SIMD micro-kernel
  *                (AVX-512 12x32, AVX2+FMA 6x16, portable C 4x8; chosen at run time)
  *   v4_threaded  v3 with the (A sliver, B sliver-group) tiles shared among OpenMP threads
- *   matmul_forward = v4 (production); matmul_forward_batched, linear_forward/backward use it.
+ *   matmul_forward = v4 (production); matmul_forward_batched, linear_forward/backward use it,
+ *   except that linear_forward with at most 4 rows (decoding) streams W row by row instead.
  *
  * Every rung computes out (M, N) = op(a) @ op(b) (+ out when accumulate), where op transposes
  * a stored (K, M) or b stored (N, K) on request: packing reads either layout, so the
@@ -369,8 +370,59 @@ void matmul_forward_batched(float* out, const float* a, const float* b, long bat
 }
 
 /* ---- linear layers: out = inp @ weight^T + bias, weight (OC, C) as in PyTorch and GPT-2 ---- */
+
+/* Few rows (decoding one token at a time): with N <= LINEAR_ROWS_MAX input rows each weight is
+ * used at most N times, so there is no reuse for packing to buy; packing a panel of W would
+ * cost more than the whole product. Instead each weight row is streamed once, in storage order,
+ * and dotted with every input row: out[n][o] = bias[o] + sum_c inp[n][c] * weight[o][c]. The
+ * speed limit is then the memory bandwidth of reading W, and the threads split W's rows. */
+#define LINEAR_ROWS_MAX 4
+
+/* 16 floats in one value, loadable from any float address (GCC vector extension); each clone
+ * of linear_rows lowers it to its own SIMD width. */
+typedef float f32x16 __attribute__((vector_size(64), aligned(4)));
+
+static inline float sum16(f32x16 v) {
+    float total = 0.0f;
+    for (int i = 0; i < 16; i++) total += v[i];
+    return total;
+}
+
+MG_CLONES static void linear_rows(float* out, const float* inp, const float* weight,
+                                  const float* bias, long N, long C, long OC, long o0, long o1) {
+    long c_vec = C - C % 16;
+    for (long o = o0; o < o1; o += 4) {
+        int rows = (int)mg_min(4, o1 - o);              /* four weight rows at once: four */
+        const float* w[4];                              /* independent FMA chains */
+        for (int r = 0; r < 4; r++) w[r] = weight + (o + (r < rows ? r : 0)) * C;
+        for (long n = 0; n < N; n++) {
+            const float* x = inp + n * C;
+            f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
+            for (long c = 0; c < c_vec; c += 16) {
+                f32x16 xc = *(const f32x16*)(x + c);
+                acc0 += xc * *(const f32x16*)(w[0] + c);
+                acc1 += xc * *(const f32x16*)(w[1] + c);
+                acc2 += xc * *(const f32x16*)(w[2] + c);
+                acc3 += xc * *(const f32x16*)(w[3] + c);
+            }
+            float dots[4] = {sum16(acc0), sum16(acc1), sum16(acc2), sum16(acc3)};
+            for (long c = c_vec; c < C; c++)            /* the last C % 16 columns */
+                for (int r = 0; r < 4; r++) dots[r] += x[c] * w[r][c];
+            for (int r = 0; r < rows; r++)
+                out[n * OC + o + r] = dots[r] + (bias ? bias[o + r] : 0.0f);
+        }
+    }
+}
+
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
                     long N, long C, long OC) {
+    if (N <= LINEAR_ROWS_MAX) {
+        /* threads only pay off once W is large (~ 1M weights: a few hundred us to stream) */
+        #pragma omp parallel for schedule(static) if (OC * C >= 8 * MG_PAR_MIN)
+        for (long o0 = 0; o0 < OC; o0 += 64)
+            linear_rows(out, inp, weight, bias, N, C, OC, o0, mg_min(o0 + 64, OC));
+        return;
+    }
     if (bias)
         for (long n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
     matmul_forward(out, inp, weight, N, OC, C, 0, 1, bias != NULL);

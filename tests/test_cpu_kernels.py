@@ -303,3 +303,14 @@ def test_contract_and_default():
     from microgpt import backends
     assert callable(backends.use("cpu").matmul_forward)
     assert cpu.simd_path() in ("avx512", "avx2", "scalar")
+
+
+@given(st.integers(1, 5), st.integers(1, 300), st.integers(1, 300), st.booleans(), seeds)
+def test_linear_forward_few_rows(rows, C, OC, bias, seed):
+    """1..4 rows take the streaming matrix-vector path (decoding); 5 the packed GEMM."""
+    rng = np.random.default_rng(seed)
+    x, w = rand(rng, 1, rows, C), rand(rng, OC, C)
+    b = rand(rng, OC) if bias else None
+    want = ref.linear_forward(x.astype(np.float64), w.astype(np.float64),
+                              None if b is None else b.astype(np.float64))
+    assert_close(cpu.linear_forward(x, w, b), want, what=f"linear_forward {rows} rows", **F32)
