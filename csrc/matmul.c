@@ -382,33 +382,44 @@ void matmul_forward_batched(float* out, const float* a, const float* b, long bat
  * of linear_rows lowers it to its own SIMD width. */
 typedef float f32x16 __attribute__((vector_size(64), aligned(4)));
 
+typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
+
+/* Horizontal sum by halving: 16 lanes -> 8 -> 4 -> 2 -> 1, adding the upper half to the lower. */
 static inline float sum16(f32x16 v) {
-    float total = 0.0f;
-    for (int i = 0; i < 16; i++) total += v[i];
-    return total;
+    f32x8 lo = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
+    f32x8 hi = {v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]};
+    f32x8 s = lo + hi;
+    return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-MG_CLONES static void linear_rows(float* out, const float* inp, const float* weight,
-                                  const float* bias, long N, long C, long OC, long o0, long o1) {
+MG_CLONES static void linear_rows(float* restrict out, const float* restrict inp,
+                                  const float* restrict weight, const float* restrict bias,
+                                  long N, long C, long OC, long o0, long o1) {
     long c_vec = C - C % 16;
     for (long o = o0; o < o1; o += 4) {
-        int rows = (int)mg_min(4, o1 - o);              /* four weight rows at once: four */
-        const float* w[4];                              /* independent FMA chains */
-        for (int r = 0; r < 4; r++) w[r] = weight + (o + (r < rows ? r : 0)) * C;
+        long rows = mg_min(4, o1 - o);                  /* four weight rows at once: four */
+        const float* w0 = weight + o * C;               /* independent FMA chains (rows past */
+        const float* w1 = w0 + (rows > 1 ? C : 0);      /* the end repeat row o, unused) */
+        const float* w2 = w0 + (rows > 2 ? 2 * C : 0);
+        const float* w3 = w0 + (rows > 3 ? 3 * C : 0);
         for (long n = 0; n < N; n++) {
             const float* x = inp + n * C;
             f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
             for (long c = 0; c < c_vec; c += 16) {
                 f32x16 xc = *(const f32x16*)(x + c);
-                acc0 += xc * *(const f32x16*)(w[0] + c);
-                acc1 += xc * *(const f32x16*)(w[1] + c);
-                acc2 += xc * *(const f32x16*)(w[2] + c);
-                acc3 += xc * *(const f32x16*)(w[3] + c);
+                acc0 += xc * *(const f32x16*)(w0 + c);
+                acc1 += xc * *(const f32x16*)(w1 + c);
+                acc2 += xc * *(const f32x16*)(w2 + c);
+                acc3 += xc * *(const f32x16*)(w3 + c);
             }
             float dots[4] = {sum16(acc0), sum16(acc1), sum16(acc2), sum16(acc3)};
-            for (long c = c_vec; c < C; c++)            /* the last C % 16 columns */
-                for (int r = 0; r < 4; r++) dots[r] += x[c] * w[r][c];
-            for (int r = 0; r < rows; r++)
+            for (long c = c_vec; c < C; c++) {          /* the last C % 16 columns */
+                dots[0] += x[c] * w0[c];
+                dots[1] += x[c] * w1[c];
+                dots[2] += x[c] * w2[c];
+                dots[3] += x[c] * w3[c];
+            }
+            for (long r = 0; r < rows; r++)
                 out[n * OC + o + r] = dots[r] + (bias ? bias[o + r] : 0.0f);
         }
     }
@@ -417,8 +428,8 @@ MG_CLONES static void linear_rows(float* out, const float* inp, const float* wei
 void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
                     long N, long C, long OC) {
     if (N <= LINEAR_ROWS_MAX) {
-        /* threads only pay off once W is large (~ 1M weights: a few hundred us to stream) */
-        #pragma omp parallel for schedule(static) if (OC * C >= 8 * MG_PAR_MIN)
+        /* both cores stream: decoding reads W from memory, not cache */
+        #pragma omp parallel for schedule(static) if (OC * C >= MG_PAR_MIN)
         for (long o0 = 0; o0 < OC; o0 += 64)
             linear_rows(out, inp, weight, bias, N, C, OC, o0, mg_min(o0 + 64, OC));
         return;
