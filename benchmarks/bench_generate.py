@@ -7,6 +7,11 @@ layout mapping) and decode greedily from the same 16-token prompt, 256 new token
 KV cache (`use_cache=True` for HF; HF is told to ignore end-of-text so both make exactly
 256 tokens). The check compares the prompt's logits and the first greedy tokens.
 
+Both libraries run OpenMP thread teams on the same 2 cores, and the harness alternates them.
+GNU OpenMP's default is to keep idle workers spinning for a while after each parallel region,
+so whichever side ran last steals cycles from the one being timed. The benchmark therefore
+sets OMP_WAIT_POLICY=PASSIVE (idle workers sleep) for both sides, unless it is already set.
+
 Rows: tokens/s of our engine on the default CPU backend (the C kernels when built), and with
 --reference also on the NumPy reference backend, each beside HF measured in the same run;
 ratio > 1 means we are faster.
@@ -16,7 +21,9 @@ ratio > 1 means we are faster.
 import os
 import sys
 
-import numpy as np
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before any OpenMP runtime starts
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE]
