@@ -61,6 +61,7 @@ setup(
             "tiktoken>=0.6",
             "tokenizers>=0.15",
             "datasketch>=1.6",
+            "transformers>=4.40",      # HF loads our checkpoints; the generation peer
         ],
         "plot": ["matplotlib>=3.5"],
     },
