@@ -15,7 +15,6 @@ Usage in a benchmark:  args = harness.parse_args(); ... harness.run_cases(cases,
 """
 import argparse
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -139,11 +138,6 @@ def report(rows, args, title=""):
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, {info['platform']}, {info['date']}")
     if getattr(args, "json", None):
-        payload = {"title": title, "machine": info, "quick": bool(getattr(args, "quick", False)),
-                   "rows": rows}
-        tmp = args.json + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(payload, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, args.json)
+        from microgpt.fileio import write_json
+        write_json(args.json, {"title": title, "machine": info,
+                               "quick": bool(getattr(args, "quick", False)), "rows": rows})

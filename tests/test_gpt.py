@@ -9,7 +9,6 @@
 import numpy as np
 import pytest
 
-from microgpt import ops
 from microgpt.errors import CheckpointError, ConfigError, ShapeError
 from microgpt.gradcheck import gradcheck
 from microgpt.nn import GPT, GPTConfig

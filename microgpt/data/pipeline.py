@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Optional, Tuple
 
 from ..errors import ConfigError
+from ..fileio import atomic_write
 from .clean import normalize
 from .dedup import DedupConfig, ExactDedup, NearDedup
 from .filters import FilterConfig, check_quality, strip_boilerplate
@@ -279,17 +280,6 @@ def _write_jsonl(path, lines):
 
 
 def _atomic_write(path, write):
-    """write(binary file) into a hidden temporary beside `path`, fsync, rename over `path`."""
-    directory, name = os.path.split(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """write(binary file) into a temporary beside `path`, then rename it over `path`."""
+    with atomic_write(path, "wb") as f:
+        write(f)

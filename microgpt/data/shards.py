@@ -30,6 +30,7 @@ import struct
 import numpy as np
 
 from ..errors import MicrogptError
+from ..fileio import atomic_write, write_json
 
 MAGIC = b"MGPTTOK\0"
 VERSION = 1
@@ -55,20 +56,6 @@ def dtype_for_vocab(vocab_size):
     raise ShardError(f"vocab_size {vocab_size} does not fit in uint32 shards")
 
 
-def _fsync_dir(directory):
-    """Make a rename inside `directory` durable (a no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_shard(path, tokens, vocab_size):
     """Write one shard atomically: header + ids, to a temporary file, fsync, rename."""
     dtype = dtype_for_vocab(vocab_size)
@@ -78,14 +65,9 @@ def write_shard(path, tokens, vocab_size):
     if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab_size):
         raise ShardError(f"token ids must lie in [0, {vocab_size}); got min {tokens.min()} "
                          f"max {tokens.max()} for {path}")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "wb") as f:
+    with atomic_write(path, "wb") as f:
         f.write(HEADER.pack(MAGIC, VERSION, dtype.itemsize, tokens.size, vocab_size))
         f.write(tokens.astype(dtype, copy=False).tobytes())
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
 def read_header(path):
@@ -239,7 +221,6 @@ def prepare(documents, out_dir, tokenizer, val_fraction=0.01, shard_tokens=DEFAU
     val_fraction of the train tokens becomes the val split instead.
     Writes meta.json last (with `extra_meta` merged in); returns its dict.
     """
-    import json
     from tqdm import tqdm
 
     if not 0.0 <= val_fraction < 1.0:
@@ -292,10 +273,5 @@ def prepare(documents, out_dir, tokenizer, val_fraction=0.01, shard_tokens=DEFAU
         "val_fraction": val_fraction,
     }
     meta.update(extra_meta or {})
-    tmp = os.path.join(out_dir, f"meta.json.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(meta, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(out_dir, "meta.json"))
+    write_json(os.path.join(out_dir, "meta.json"), meta)
     return meta

@@ -21,6 +21,7 @@ import os
 import re
 
 from ..errors import CheckpointError
+from ..fileio import atomic_write
 
 MAGIC = "microgpt-bpe"
 VERSION = 1
@@ -89,17 +90,8 @@ def dumps(tok):
 
 def save(tok, path):
     """Write atomically: a temporary file in the same folder, fsync, then rename."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(dumps(tok))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_write(os.fspath(path), "w", encoding="utf-8", newline="\n") as f:
+        f.write(dumps(tok))
 
 
 def load(cls, path):

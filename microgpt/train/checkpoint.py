@@ -33,6 +33,7 @@ import shutil
 import numpy as np
 
 from ..errors import CheckpointError
+from ..fileio import fsync_dir, write_json
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
@@ -43,29 +44,6 @@ _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight
 
 
 # --- small file helpers ------------------------------------------------------------------------
-
-def fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def write_json(path, obj):
-    """Atomic JSON write: temp file, fsync, rename."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
 
 def read_json(path):
     try:

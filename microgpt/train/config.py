@@ -23,11 +23,11 @@ must have the same hash, so a checkpoint is never continued under different math
 import dataclasses
 import hashlib
 import json
-import os
 import tomllib
 from dataclasses import dataclass, fields
 
 from ..errors import ConfigError
+from ..fileio import atomic_write
 
 
 @dataclass
@@ -243,12 +243,8 @@ def save_toml(config, path):
         else:
             text = repr(value)
         lines.append(f"{name} = {text}")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
+    with atomic_write(path, "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 # --- the command line: one flag per field ---------------------------------------------------

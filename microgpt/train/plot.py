@@ -13,6 +13,7 @@ import json
 import os
 
 from ..errors import CheckpointError, ConfigError
+from ..fileio import atomic_write
 
 
 def read_metrics(run_dir):
@@ -69,8 +70,7 @@ def plot_run(run_dir, out=None, title=None):
         ax2.legend(loc="center right")
     ax.set_title(title or os.path.basename(os.path.abspath(run_dir)))
     fig.tight_layout()
-    tmp = f"{out}.tmp{os.getpid()}.png"
-    fig.savefig(tmp)
+    with atomic_write(out, "wb") as f:
+        fig.savefig(f, format="png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MicrogptError
+from ..fileio import atomic_write
 from . import checkpoint as ckpt
 from .config import RUN_CONTROL_FIELDS, config_hash, from_dict
 from .data import prepare_run_data
@@ -283,12 +284,8 @@ class Trainer:
             return
         with open(self.metrics_path) as f:
             kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.metrics_path + f".tmp{os.getpid()}"
-        with open(tmp, "w") as f:
+        with atomic_write(self.metrics_path, "w") as f:
             f.writelines(kept)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.metrics_path)
 
     # --- the loop ------------------------------------------------------------------------------
 
