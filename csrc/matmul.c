@@ -395,32 +395,21 @@ static inline float sum16(f32x16 v) {
 MG_CLONES static void linear_rows(float* restrict out, const float* restrict inp,
                                   const float* restrict weight, const float* restrict bias,
                                   long N, long C, long OC, long o0, long o1) {
-    long c_vec = C - C % 16;
-    for (long o = o0; o < o1; o += 4) {
-        long rows = mg_min(4, o1 - o);                  /* four weight rows at once: four */
-        const float* w0 = weight + o * C;               /* independent FMA chains (rows past */
-        const float* w1 = w0 + (rows > 1 ? C : 0);      /* the end repeat row o, unused) */
-        const float* w2 = w0 + (rows > 2 ? 2 * C : 0);
-        const float* w3 = w0 + (rows > 3 ? 3 * C : 0);
+    long c_vec = C - C % 64;
+    for (long o = o0; o < o1; o++) {
+        const float* w = weight + o * C;    /* one row, read front to back: a single stream */
         for (long n = 0; n < N; n++) {
             const float* x = inp + n * C;
-            f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};
-            for (long c = 0; c < c_vec; c += 16) {
-                f32x16 xc = *(const f32x16*)(x + c);
-                acc0 += xc * *(const f32x16*)(w0 + c);
-                acc1 += xc * *(const f32x16*)(w1 + c);
-                acc2 += xc * *(const f32x16*)(w2 + c);
-                acc3 += xc * *(const f32x16*)(w3 + c);
+            f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};   /* four independent chains */
+            for (long c = 0; c < c_vec; c += 64) {
+                acc0 += *(const f32x16*)(x + c) * *(const f32x16*)(w + c);
+                acc1 += *(const f32x16*)(x + c + 16) * *(const f32x16*)(w + c + 16);
+                acc2 += *(const f32x16*)(x + c + 32) * *(const f32x16*)(w + c + 32);
+                acc3 += *(const f32x16*)(x + c + 48) * *(const f32x16*)(w + c + 48);
             }
-            float dots[4] = {sum16(acc0), sum16(acc1), sum16(acc2), sum16(acc3)};
-            for (long c = c_vec; c < C; c++) {          /* the last C % 16 columns */
-                dots[0] += x[c] * w0[c];
-                dots[1] += x[c] * w1[c];
-                dots[2] += x[c] * w2[c];
-                dots[3] += x[c] * w3[c];
-            }
-            for (long r = 0; r < rows; r++)
-                out[n * OC + o + r] = dots[r] + (bias ? bias[o + r] : 0.0f);
+            float dot = sum16((acc0 + acc1) + (acc2 + acc3));
+            for (long c = c_vec; c < C; c++) dot += x[c] * w[c];     /* the last C % 64 columns */
+            out[n * OC + o] = dot + (bias ? bias[o] : 0.0f);
         }
     }
 }
