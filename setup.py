@@ -12,7 +12,7 @@ from setuptools.command.build_py import build_py
 
 # One entry per compiled extension: "path/to/builder.py:ffibuilder".
 CFFI_MODULES = [
-    "microgpt/tokenizer/bpe_build.py:ffibuilder",     # BPE core (csrc/bpe.c) -> microgpt.tokenizer._bpe
+    "microgpt/tokenizer/bpe_build.py:ffibuilder",     # BPE core (csrc/bpe_*.c) -> microgpt.tokenizer._bpe
     "microgpt/backends/cpu_build.py:ffibuilder",      # C kernels (csrc/) -> microgpt.backends._cpu
     "microgpt/data/minhash_build.py:ffibuilder",      # MinHash (csrc/minhash.c) -> microgpt.data._minhash
 ]

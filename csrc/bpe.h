@@ -1,4 +1,5 @@
-/* bpe.h -- the C ABI of the byte-level BPE tokenizer (csrc/bpe.c).
+/* bpe.h -- the C ABI of the byte-level BPE tokenizer (csrc/bpe_split.c, bpe_encode.c, bpe_train.c;
+ * their shared internals in bpe_internal.h).
  *
  * Three objects, all opaque to Python:
  *   bpe_encoder  a vocabulary (token byte strings in rank order, id == rank) turned into two

@@ -2,7 +2,7 @@
 
 Out-of-line API mode: cffi reads the declarations between the CDEF markers of
 csrc/microgpt.h, writes a C extension that includes the header, and compiles it together
-with the kernel sources listed in SOURCES below (an explicit list: the tokenizer's bpe.c and
+with the kernel sources listed in SOURCES below (an explicit list: the tokenizer's bpe_*.c and
 the dedup code's minhash.c are other modules, built by their own builders).
 
 Portability: no -march flag. The build runs on any x86-64; the SIMD paths are chosen at run

@@ -8,7 +8,7 @@
 
 Chapters: patterns.py (split regexes, Unicode classes), bpe.py (Tokenizer, encoding rules),
 train.py (the training algorithm), fileformat.py (save/load), stream.py (StreamDecoder),
-native.py (the C objects of csrc/bpe.c), bpe_build.py (the cffi builder).
+native.py (the C objects of csrc/bpe_*.c), bpe_build.py (the cffi builder).
 """
 from .bpe import DEFAULT_SPECIALS, Tokenizer, TokenizerError
 from .patterns import GPT2_PATTERN, GPT4_PATTERN

@@ -11,7 +11,7 @@ Encoding a text (tiktoken's algorithm, which we match id for id):
      concatenation is the token of lowest rank, the leftmost such pair on ties, until no
      adjacent pair concatenates to a token. A trained vocabulary has exactly the tokens
      its merges made, so this replays the training merges in order.
-The C core (csrc/bpe.c) does both steps for the built-in patterns, with a cache of chunk
+The C core (csrc/bpe_split.c, bpe_encode.c) does both steps for the built-in patterns, with a cache of chunk
 -> ids per call (code and prose repeat their chunks a lot), a direct lookup for a chunk
 that is itself one token, and a heap for long chunks so that "a" * 10**6 stays
 O(n log n). Custom patterns split with the `regex` module, then merge in C.

@@ -1,4 +1,4 @@
-"""cffi builder of the BPE core: module `microgpt.tokenizer._bpe` from csrc/bpe.c.
+"""cffi builder of the BPE core: module `microgpt.tokenizer._bpe` from csrc/bpe_*.c.
 
 Out-of-line API mode, like backends/cpu_build.py: the cdef is the text between the CDEF
 markers of csrc/bpe.h. API mode matters for speed here: every call releases the GIL, so
@@ -15,6 +15,8 @@ from cffi import FFI
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
 HEADER = os.path.join(CSRC, "bpe.h")
+# The chapters of the C core, in reading order; their shared internals are in bpe_internal.h.
+SOURCES = ["bpe_split.c", "bpe_encode.c", "bpe_train.c"]
 CFLAGS = ["-O3", "-std=c11", "-Wall", "-Wno-unused-function"]
 
 
@@ -36,7 +38,7 @@ def make_builder(relative=True):
     builder.set_source(
         "microgpt.tokenizer._bpe",
         '#include "bpe.h"',
-        sources=[where(os.path.join(CSRC, "bpe.c"))],
+        sources=[where(os.path.join(CSRC, name)) for name in SOURCES],
         include_dirs=[where(CSRC)],
         extra_compile_args=CFLAGS,
     )

@@ -1,4 +1,4 @@
-"""Owners of the C objects of csrc/bpe.c (module `_bpe`, built by bpe_build.py).
+"""Owners of the C objects of csrc/bpe_*.c (module `_bpe`, built by bpe_build.py).
 
 Each class holds one C pointer under `ffi.gc`, so it is freed with the Python object, and
 checks the C return codes (-1 out of memory, -2 bad arguments). Calls go through cffi's

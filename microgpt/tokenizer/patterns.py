@@ -12,7 +12,7 @@ ranks imported from tiktoken with its pat_str land on the fast path:
         leading non-letter, digits in groups of at most three, newlines kept together,
         whitespace at the very end of the text kept whole.
 
-Both are also implemented as hand-written scanners in csrc/bpe.c (chapter 2), which is what
+Both are also implemented as hand-written scanners in csrc/bpe_split.c (chapter 2), which is what
 makes encoding fast; any other regex works too, through the `regex` module (slower).
 
 The C scanner needs the Unicode classes \\p{L}, \\p{N} and \\s. Rather than a second copy of

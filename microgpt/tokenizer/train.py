@@ -1,6 +1,6 @@
 """Training byte-level BPE: count chunks once, then merge with incremental pair counts.
 
-The algorithm (C core: csrc/bpe.c chapters 4 and 5):
+The algorithm (C core: csrc/bpe_train.c, chapters 4 and 5):
 
 1. Count. The corpus is split into chunks by the pattern (patterns.py) and only the
    *unique* chunks are kept, each with its count: a 10 MB corpus of code has ~10^5 unique
