@@ -62,6 +62,7 @@ setup(
             "tokenizers>=0.15",
             "datasketch>=1.6",
             "transformers>=4.40",      # HF loads our checkpoints; the generation peer
+            "matplotlib>=3.5",         # `microgpt plot` is tested too
         ],
         "plot": ["matplotlib>=3.5"],
     },
