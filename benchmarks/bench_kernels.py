@@ -10,7 +10,7 @@ Rows:
   kernels  layer_norm, softmax, cross_entropy (forward + backward), gelu and the AdamW update,
            in ms, beside backends/reference.py (NumPy) on the same arrays, at 1 and 2 threads
            of ours (NumPy's elementwise code has one thread either way).
-  attention  rows vs torch SDPA, added by the attention helper in the marked section below.
+  attention  rows vs torch SDPA (fused causal attention forward+backward, and decoding).
 
     python benchmarks/bench_kernels.py [--quick] [--json FILE]
 """
@@ -172,7 +172,7 @@ def row_kernel_cases(quick):
     return cases
 
 
-# === attention rows (owned by the attention helper) ================================================
+# === attention rows: ours vs torch SDPA =============================================================
 # Fused causal attention forward + backward (csrc/attention.c) at B=8, NH=6, HS=64 beside
 # PyTorch's scaled_dot_product_attention(is_causal=True) forward + backward (its CPU flash
 # kernel), both on every core (torch.set_num_threads = our team), plus T=256 and 1024 on one

@@ -98,8 +98,7 @@ void embedding_backward(float* dweight, const float* dout, const int64_t* ids, l
 void adamw_update(float* param, float* m, float* v, const float* grad, long n,
                   float lr, float beta1, float beta2, float eps, float weight_decay, long step);
 
-/* ---- attention (owned by the attention helper; csrc/attention.c) -------------------------------
- * BEGIN ATTENTION (cpu_build.py drops this block from the cdef while csrc/attention.c is absent) */
+/* ---- attention (csrc/attention.c) ---------------------------------------------------------------- */
 /* Fused causal attention, flash-style, with grouped-query heads (NH % NKV == 0):
  * q, out, dout, dq (B, NH, Tq, HS); k, v, dk, dv (B, NKV, Tk, HS); lse (B, NH, Tq);
  * 1 <= Tq <= Tk, query i sits at position Tk - Tq + i. `work` is scratch of work_len floats,
@@ -114,7 +113,6 @@ int attention_backward(float* dq, float* dk, float* dv, float* work, long work_l
                        const float* dout, const float* q, const float* k, const float* v,
                        const float* out, const float* lse, long B, long NH, long NKV, long Tq,
                        long Tk, long HS);
-/* END ATTENTION */
 
 /* END CDEF */
 

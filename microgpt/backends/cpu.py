@@ -361,7 +361,7 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     lib.adamw_update(_fp(param), _fp(m), _fp(v), _fp(grad), param.size, *scalars, step)
 
 
-# === attention (owned by the attention helper; bindings of csrc/attention.c) ========================
+# === attention: bindings of csrc/attention.c ======================================================
 # Inputs are only read and outputs are fresh arrays, so inputs may alias each other (q is k is
 # fine). The C kernel's scratch (`work`) is allocated here, sized by C for the current thread
 # count: O(T * HS) floats per thread, never T x T (tests/test_cpu_attention.py checks it).

@@ -12,8 +12,6 @@ OpenMP (-fopenmp) gives the threads.
 
 Run by setup.py (CFFI_MODULES) during `pip install -e .`; by hand:
     python microgpt/backends/cpu_build.py [DIR]  # compiles, copies the .so here (or to DIR)
-The attention kernels (csrc/attention.c) join the build when that file exists; until then
-their block of the header is left out of the cdef so the module still links.
 """
 import os
 import re
@@ -23,9 +21,8 @@ from cffi import FFI
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CSRC = os.path.join(ROOT, "csrc")
 HEADER = os.path.join(CSRC, "microgpt.h")
-SOURCES = ["threads.c", "matmul.c", "softmax.c", "crossentropy.c", "norm.c",
+SOURCES = ["threads.c", "matmul.c", "attention.c", "softmax.c", "crossentropy.c", "norm.c",
            "activation.c", "rope.c", "embedding.c", "adamw.c"]
-ATTENTION_SOURCE = "attention.c"
 CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]
 LDFLAGS = ["-fopenmp"]
 # MICROGPT_SANITIZE=1 (csrc/Makefile's `make sanitize`): AddressSanitizer + UndefinedBehaviorSanitizer,
@@ -35,16 +32,13 @@ SANITIZE = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
 
 
 def cdef_text():
-    """The declarations between the CDEF markers; the attention block only when it is built."""
+    """The declarations between the CDEF markers of the header."""
     with open(HEADER) as f:
         text = f.read()
     match = re.search(r"/\* BEGIN CDEF \*/(.*)/\* END CDEF \*/", text, re.S)
     if match is None:
         raise RuntimeError(f"{HEADER} lacks the /* BEGIN CDEF */ ... /* END CDEF */ markers")
-    body = match.group(1)
-    if not os.path.exists(os.path.join(CSRC, ATTENTION_SOURCE)):
-        body = re.sub(r"BEGIN ATTENTION.*?/\* END ATTENTION \*/", "*/", body, flags=re.S)
-    return body
+    return match.group(1)
 
 
 def _path(path, absolute):
@@ -54,10 +48,7 @@ def _path(path, absolute):
 
 
 def sources(absolute=False):
-    names = list(SOURCES)
-    if os.path.exists(os.path.join(CSRC, ATTENTION_SOURCE)):
-        names.append(ATTENTION_SOURCE)
-    return [_path(os.path.join(CSRC, name), absolute) for name in names]
+    return [_path(os.path.join(CSRC, name), absolute) for name in SOURCES]
 
 
 def make_builder(absolute=False):
