@@ -7,6 +7,8 @@ Rows:
            and OpenBLAS's pool are both set to that count, and both sleep when idle (see
            OPENBLAS_THREAD_TIMEOUT below). The slow teaching rungs (v1 naive,
            v2 blocked) run only at 1024^3 (512^3 with --quick), once each.
+  linear 1 row  linear_forward of one row (decoding a token) over 100 MB of weights, in GB/s
+           of W read, beside NumPy's x @ W.T: the matrix-vector path, bound by memory.
   kernels  layer_norm, softmax, cross_entropy (forward + backward), gelu and the AdamW update,
            in ms, beside backends/reference.py (NumPy) on the same arrays, at 1 and 2 threads
            of ours (NumPy's elementwise code has one thread either way).
@@ -100,6 +102,31 @@ def matmul_cases(quick):
         for threads in (1, 2):
             cases.append(matmul_case("v4_threaded", M, N, K, threads, 3 if quick else 7))
     return cases
+
+
+def decode_linear_case(threads, quick):
+    """linear_forward on one row (decoding one token) over weights too big for the caches:
+    the matrix-vector path streams W, so the figure is memory bandwidth (GB/s of W read)."""
+    rng = np.random.default_rng(0)
+    weights = [rng.standard_normal((8192, 384)).astype(np.float32) for _ in range(2 if quick else 8)]
+    x = rng.standard_normal((1, 384)).astype(np.float32)
+
+    def ours():
+        for w in weights:
+            cpu.linear_forward(x, w, None)
+
+    def peer():
+        for w in weights:
+            np.matmul(x, w.T)
+
+    def check():
+        close(cpu.linear_forward(x, weights[0], None), np.matmul(x, weights[0].T), "linear 1 row")
+
+    return harness.Case(name=f"linear 1 row x {len(weights)} x 8192x384 W {threads}t",
+                        ours=threaded(threads, ours), peer=threaded(threads, peer),
+                        peer_name="numpy/openblas", unit="GB/s",
+                        work=sum(w.nbytes for w in weights) / 1e9, check=check,
+                        repeats=3 if quick else 7)
 
 
 def kernel_case(name, ours, peer, check, threads, repeats):
@@ -254,7 +281,8 @@ def main():
     args = harness.parse_args(__doc__.splitlines()[0], extra=lambda p: p.add_argument(
         "--only", default="", help="run only the rows whose name contains this text"))
     print(f"simd path: {cpu.simd_path()}; OpenBLAS thread control: {SET_BLAS_THREADS is not None}")
-    cases = matmul_cases(args.quick) + row_kernel_cases(args.quick) + attention_cases(args.quick)
+    cases = (matmul_cases(args.quick) + [decode_linear_case(t, args.quick) for t in (1, 2)]
+             + row_kernel_cases(args.quick) + attention_cases(args.quick))
     cases = [case for case in cases if args.only in case.name]
     rows = harness.run_cases(cases, args, title="C kernels vs NumPy/OpenBLAS and the NumPy reference")
     set_threads(len(os.sched_getaffinity(0)))
