@@ -9,8 +9,8 @@ than the target size, .py files from site-packages fill it up), cut into documen
 replaced until the true word-5-shingle Jaccard is in [0.90, 0.99], and for 4% a "far" copy
 at Jaccard 0.30-0.55. The LSH threshold is 0.7 (128 permutations, 14 bands x 9 rows), where
 banding finds a pair at J = 0.9 with probability 1 - (1 - 0.9^9)^14 = 0.999, so both
-libraries should reach recall ~1 and the comparison is at equal recall. Each copy is inserted after its original. The true Jaccard of every
-planted pair is computed exactly from the shingle sets.
+libraries should reach recall ~1 and the comparison is at equal recall. Each copy is inserted
+after its original. The true Jaccard of every planted pair is computed exactly from the shingle sets.
 
 Rows:
   minhash dedup    text -> keep/drop decisions. Ours: NearDedup (C shingling + signatures,

@@ -16,9 +16,11 @@ Sections (each one fails alone: an error is reported in its row and the rest sti
              batch 8, vocab 50304 as in nanoGPT/llm.c) on microgpt's engine with the cuda
              backend vs benchmarks/gpu_train_peer.py in PyTorch eager, both from the same
              initial weights (microgpt's init, loaded into torch) on the same two batches
-             alternated, AdamW lr 3e-4, 20 steps. Targets: >= 0.5x tokens/s, and the loss
-             after the 20 steps within 1e-3 of PyTorch's (the largest difference over the
-             steps is reported beside it).
+             alternated, AdamW lr 3e-4, 20 steps. Targets: >= 0.5x tokens/s, and every
+             step's loss within 1e-3 of PyTorch's (the largest difference over the 20
+             steps; the last step's difference is reported beside it). This target was
+             fixed before the first GPU run and stays as it was: a run that misses it is
+             recorded as a miss, not re-judged by a looser criterion.
 Timing: CUDA events around each call after a warm-up, median of repeats (the number of
 repeats adapts to a time budget); the training step is timed by the host around a whole
 step (it ends with loss.item(), a synchronization) over steps 3..20.
@@ -63,11 +65,13 @@ def row(section, name, ours=None, peer=None, unit="ms", target=None, note="", er
 
 
 def format_row(r):
-    num = (lambda x: f"{x:12.3f}" if isinstance(x, (int, float)) else f"{'-':>12}")
+    def num(x):
+        return f"{x:12.3f}" if isinstance(x, (int, float)) else f"{'-':>12}"
     ratio = f"{r['ratio']:7.2f}x" if r["ratio"] else f"{'-':>8}"
     target = "" if r["passed"] is None else f"{_target_text(r)} {'PASS' if r['passed'] else 'MISS'}"
     tail = f"ERROR {r['error']}" if r["error"] else r["note"]
-    return f"{r['section']:<9} {r['name']:<40} {num(r['ours'])} {num(r['peer'])} {ratio} {r['unit']:<9} {target:<11} {tail}"
+    return (f"{r['section']:<9} {r['name']:<40} {num(r['ours'])} {num(r['peer'])} {ratio} {r['unit']:<9} "
+            f"{target:<11} {tail}")
 
 
 def _target_text(r):
@@ -129,7 +133,9 @@ def matmul_section(torch, rt, size):
     peer_err = rel_err(c, ref)
     peer_tflops = flop / peer_ms / 1e9
     row("matmul", f"cuBLAS sgemm {size}^3 (TF32 off)", peer_tflops, None, "TFLOP/s", note=f"err {peer_err:.1e}")
-    ptr = (lambda t: rt.ffi.cast("float*", t.data_ptr()))
+
+    def ptr(t):
+        return rt.ffi.cast("float*", t.data_ptr())
     best = 0.0
     for rung in RUNGS:
         def ours():
@@ -165,7 +171,9 @@ def attention_reference(q, k, v, dout):
 @guarded("attention")
 def attention_section(torch, rt, batch, heads, head_size, lengths):
     import torch.nn.functional as F
-    ptr = (lambda t: rt.ffi.cast("float*", t.data_ptr()))
+
+    def ptr(t):
+        return rt.ffi.cast("float*", t.data_ptr())
     for t in lengths:
         gen = torch.Generator(device="cuda").manual_seed(t)
         q, k, v, dout = (torch.randn(batch, heads, t, head_size, device="cuda", generator=gen) for _ in range(4))
@@ -264,6 +272,16 @@ def train_torch(torch, config, state, batches, steps, lr, device="cuda"):
     return losses, seconds
 
 
+LOSS_TARGET = "every step abs diff<=1e-3"
+
+
+def max_gap(ours, peer):
+    """(largest |ours - peer| over the steps, its 0-based step): the loss-parity criterion."""
+    diffs = [abs(a - b) for a, b in zip(ours, peer)]
+    worst = max(range(len(diffs)), key=diffs.__getitem__)
+    return diffs[worst], worst
+
+
 @guarded("train")
 def train_section(torch, config, batch, steps, lr):
     batches = make_batches(config.vocab_size, batch, config.block_size)
@@ -275,14 +293,13 @@ def train_section(torch, config, batch, steps, lr):
     tokens = batch * config.block_size
     skip = min(2, steps - 1)
     ours_tps, peer_tps = tokens / statistics.median(ours_s[skip:]), tokens / statistics.median(peer_s[skip:])
-    diffs = [abs(a - b) for a, b in zip(ours, peer)]
     row("train", f"GPT-2 124M step B{batch} T{config.block_size}", ours_tps, peer_tps, "tokens/s", target=0.5,
         note=f"step {1e3 * tokens / ours_tps:.0f} ms vs {1e3 * tokens / peer_tps:.0f} ms")
-    worst = max(range(len(diffs)), key=diffs.__getitem__)
-    loss_row = row("train", f"loss after {steps} steps vs PyTorch", ours[-1], peer[-1], "loss",
-                   target="abs diff<=1e-3", passed=diffs[-1] <= 1e-3,
-                   note=f"final abs diff {diffs[-1]:.1e}; largest over the steps {diffs[worst]:.1e} "
-                        f"(step {worst + 1}); first loss {ours[0]:.4f}")
+    largest, worst = max_gap(ours, peer)
+    loss_row = row("train", f"loss over {steps} steps vs PyTorch", ours[-1], peer[-1], "loss",
+                   target=LOSS_TARGET, passed=largest <= 1e-3,
+                   note=f"largest abs diff {largest:.1e} (step {worst + 1}); after the last step "
+                        f"{abs(ours[-1] - peer[-1]):.1e}; first loss {ours[0]:.4f}")
     loss_row["losses_ours"], loss_row["losses_peer"] = ours, peer
     print("losses ours:", " ".join(f"{x:.5f}" for x in ours))
     print("losses peer:", " ".join(f"{x:.5f}" for x in peer))
@@ -297,11 +314,17 @@ def machine(torch):
         info["torch"] = torch.__version__
         if torch.cuda.is_available():
             props = torch.cuda.get_device_properties(0)
-            info.update(gpu=props.name, sms=props.multi_processor_count, gpu_memory_gb=round(props.total_memory / 2**30, 1))
+            info.update(gpu=props.name, sms=props.multi_processor_count,
+                        gpu_memory_gb=round(props.total_memory / 2**30, 1))
     return info
 
 
+def _fmt(x):
+    return f"{x:.3f}" if isinstance(x, (int, float)) else "-"
+
+
 def report(out_dir, info, notes):
+    from microgpt.fileio import atomic_write
     lines = [f"{'section':<9} {'case':<40} {'ours':>12} {'peer':>12} {'ratio':>8} {'unit':<9} target",
              *(format_row(r) for r in ROWS)]
     print("\n== GPU check ==")
@@ -318,20 +341,15 @@ def report(out_dir, info, notes):
           "ratio > 1 means microgpt is faster (time: peer/ours; rate: ours/peer).", "",
           "| section | case | ours | peer | unit | ratio | target | note |", "|---|---|---|---|---|---|---|---|"]
     for r in ROWS:
-        fmt = (lambda x: f"{x:.3f}" if isinstance(x, (int, float)) else "-")
         target = "" if r["passed"] is None else f"{_target_text(r)} {'PASS' if r['passed'] else 'MISS'}"
         ratio = f"{r['ratio']:.2f}x" if r["ratio"] else "-"
         note = f"ERROR {r['error']}" if r["error"] else r["note"]
-        md.append(f"| {r['section']} | {r['name']} | {fmt(r['ours'])} | {fmt(r['peer'])} | {r['unit']} | {ratio} | "
-                  f"{target} | {note} |")
+        md.append(f"| {r['section']} | {r['name']} | {_fmt(r['ours'])} | {_fmt(r['peer'])} | {r['unit']} | "
+                  f"{ratio} | {target} | {note} |")
     md += ["", *(f"- {n}" for n in notes), ""]
     for name, text in (("gpu_check.json", json.dumps(payload, indent=1)), ("gpu.md", "\n".join(md))):
-        path = os.path.join(out_dir, name)
-        with open(path + ".tmp", "w") as f:
+        with atomic_write(os.path.join(out_dir, name)) as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(path + ".tmp", path)
 
 
 def main():
@@ -354,7 +372,8 @@ def main():
                 with open(path) as f:
                     ROWS.extend(json.load(f))
             except (OSError, ValueError) as exc:
-                notes.append(f"no rows from {os.path.basename(path)} ({type(exc).__name__}): that section did not finish")
+                notes.append(f"no rows from {os.path.basename(path)} ({type(exc).__name__}): "
+                             "that section did not finish")
         report(args.out, info, notes)
         return 0
     from microgpt.backends import cuda, cuda_runtime as rt
@@ -378,7 +397,8 @@ def main():
                                n_layer=2 if quick else 12, n_head=12, n_embd=768)
             train_section(torch, config, 2 if quick else 8, 5 if quick else 20, 3e-4)
     if args.rows:
-        with open(args.rows, "w") as f:
+        from microgpt.fileio import atomic_write
+        with atomic_write(args.rows) as f:
             json.dump(ROWS, f)
     else:
         report(args.out, info, notes)

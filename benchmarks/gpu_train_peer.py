@@ -54,7 +54,9 @@ class TorchGPT2(nn.Module):
 
 
 def make_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and not n.endswith(("wte.weight", "wpe.weight"))]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and not n.endswith(("wte.weight", "wpe.weight")))]
+    def decays(name, p):                   # matrices decay; biases, gains and embeddings do not
+        return p.dim() >= 2 and not name.endswith(("wte.weight", "wpe.weight"))
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    rest = [p for n, p in model.named_parameters() if not decays(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
                              lr=lr, betas=betas, eps=eps, foreach=True)
