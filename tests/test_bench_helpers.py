@@ -46,3 +46,27 @@ def test_recorded_gpu_loss_row_is_judged_by_the_largest_gap():
     largest, _ = gpu_check.max_gap(loss["losses_ours"], loss["losses_peer"])
     assert loss["target"] == gpu_check.LOSS_TARGET
     assert loss["passed"] == (largest <= 1e-3)
+
+
+# --- harness: the row every benchmark reports ---------------------------------------------------------
+
+@pytest.mark.parametrize("unit", ["ms", "tokens/s"])
+def test_harness_rows_order_min_median_max_for_times_and_rates(monkeypatch, unit):
+    harness = load_bench("harness")
+    seconds = iter([0.010, 0.020, 0.030, 0.060, 0.020, 0.040, 0.050, 0.080, 0.040, 0.020])
+    monkeypatch.setattr(harness, "_time", lambda fn: next(seconds))
+    case = harness.Case("fake", ours=lambda: None, peer=lambda: None, unit=unit, work=100.0, repeats=5, warmup=0)
+    [row] = harness.run_cases([case], argparse_namespace())
+    for side in ("ours", "peer"):
+        assert row[f"{side}_min"] <= row[side] <= row[f"{side}_max"], (side, row)
+    if unit == "ms":       # ours took 10, 30, 20, 50, 40 ms; the peer 20, 60, 40, 80, 20 ms
+        assert (row["ours_min"], row["ours"], row["ours_max"]) == pytest.approx((10, 30, 50))
+        assert row["ratio"] == pytest.approx(40 / 30)
+    else:                  # rates: 100 / seconds, so the slowest call is the minimum
+        assert (row["ours_min"], row["ours_max"]) == pytest.approx((2000, 10000))
+        assert (row["peer_min"], row["peer_max"]) == pytest.approx((1250, 5000))
+
+
+def argparse_namespace(**kwargs):
+    import argparse
+    return argparse.Namespace(json=None, quick=False, **kwargs)
