@@ -128,8 +128,74 @@ def test_training_lowers_the_loss(tmp_path):
     summary = train(tiny_config(tmp_path, max_steps=40, num_samples=2, eval_interval=40),
                     log=quiet)
     points = losses(summary["run_dir"])
-    assert np.mean([l for _, l in points[-5:]]) < np.mean([l for _, l in points[:5]]) - 0.5
+    assert np.mean([x for _, x in points[-5:]]) < np.mean([x for _, x in points[:5]]) - 0.5
     assert len(summary["samples"]) == 2 and all(isinstance(s, str) for s in summary["samples"])
     with open(os.path.join(summary["run_dir"], "metrics.jsonl")) as f:
         norms = [r["grad_norm"] for r in map(json.loads, f) if "grad_norm" in r]
     assert norms and all(math.isfinite(n) for n in norms)
+
+
+def _kill_points(count=4, seed=10):
+    """(step, site) pairs drawn reproducibly: steps between checkpoints, and inside a save."""
+    import random
+    rng = random.Random(seed)
+    between = [s for s in range(5, 12) if s % 4]                 # after the first checkpoint
+    points = [(s, "step") for s in rng.sample(between, count - 1)]
+    return points + [(rng.choice([4, 8]), "checkpoint")]
+
+
+KILL_CONFIG = dict(max_steps=12, checkpoint_interval=4, log_interval=3, eval_interval=5,
+                   num_samples=1)
+
+
+def test_sigkill_between_checkpoints_then_resume_equals_a_straight_run(tmp_path):
+    """A real process killed with SIGKILL at random points: the log is cut back on resume,
+    and weights and metrics end as in an uninterrupted run (log_interval 3 does not divide
+    checkpoint_interval 4, so a log window spans each checkpoint)."""
+    import signal
+    from train_helpers import metrics_without_wall_clock, start_training_process, wait_for
+    straight = tiny_config(tmp_path, "straight", **KILL_CONFIG)
+    train(straight, log=quiet)
+    expected = metrics_without_wall_clock(straight.out_dir)
+    assert [r["step"] for r in expected if "loss" in r] == [3, 6, 9, 12]
+    for step, site in _kill_points():
+        config = tiny_config(tmp_path, f"killed-{site}-{step}", **KILL_CONFIG)
+        process, flag = start_training_process(config, tmp_path, step, site)
+        wait_for(flag.exists, process)
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        assert process.returncode == -signal.SIGKILL
+        resume(config.out_dir, log=quiet)
+        where = f"killed at step {step} ({site})"
+        assert metrics_without_wall_clock(config.out_dir) == expected, where
+        wa, wb = _weights(straight.out_dir), _weights(config.out_dir)
+        for name in wa:
+            np.testing.assert_array_equal(wa[name], wb[name], err_msg=f"{name}, {where}")
+        samples = [open(os.path.join(c.out_dir, "samples.txt")).read() for c in (straight, config)]
+        assert samples[0] == samples[1], where
+
+
+def test_resume_drops_a_torn_last_metrics_line(tmp_path):
+    """A kill in the middle of writing a metrics line leaves half a line; resume drops it."""
+    from train_helpers import metrics_without_wall_clock
+    straight = tiny_config(tmp_path, "straight", **KILL_CONFIG)
+    train(straight, log=quiet)
+    config = tiny_config(tmp_path, "torn", **KILL_CONFIG)
+    train(config, log=quiet, stop_at_step=6)
+    with open(os.path.join(config.out_dir, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 7, "lo')
+    resume(config.out_dir, log=quiet)
+    assert metrics_without_wall_clock(config.out_dir) == metrics_without_wall_clock(
+        straight.out_dir)
+
+
+def test_resume_refuses_a_corrupt_metrics_line_naming_the_file(tmp_path):
+    from microgpt.errors import CheckpointError
+    config = tiny_config(tmp_path, **KILL_CONFIG)
+    train(config, log=quiet, stop_at_step=6)
+    path = os.path.join(config.out_dir, "metrics.jsonl")
+    lines = open(path).read().splitlines(keepends=True)
+    lines[1] = "not json\n"
+    open(path, "w").writelines(lines)
+    with pytest.raises(CheckpointError, match=r"metrics\.jsonl:2: not valid JSON"):
+        resume(config.out_dir, log=quiet)

@@ -45,3 +45,80 @@ def losses(run_dir):
     """[(step, loss)] of the training-loss lines in a run's metrics.jsonl."""
     with open(f"{run_dir}/metrics.jsonl") as f:
         return [(r["step"], r["loss"]) for r in map(json.loads, f) if "loss" in r]
+
+
+# --- a real training process, paused at a chosen point so a signal lands there --------------
+
+# The child trains a TrainConfig (JSON in argv[1]). When it reaches the point named by
+# argv[3] at step argv[2] it creates the file argv[4] and sleeps, so the parent's signal
+# arrives exactly there:
+#   "step"        when that step is done (metrics written, any checkpoint saved), before
+#                 the next one starts
+#   "checkpoint"  inside that step's checkpoint save, after its first file is on disk
+#   "none"        never pause (the parent signals whenever it likes)
+_CHILD = r"""
+import json, os, sys, time
+from microgpt.train import checkpoint as ckpt
+from microgpt.train.config import from_dict
+from microgpt.train.trainer import Trainer, train
+config = from_dict(json.load(open(sys.argv[1])))
+step, site, flag = int(sys.argv[2]), sys.argv[3], sys.argv[4]
+
+def pause():
+    open(flag, "w").close()
+    time.sleep(120)
+
+if site == "step":
+    train_step = Trainer.train_step
+    def pause_then_step(self):
+        if self.step == step:
+            pause()
+        return train_step(self)
+    Trainer.train_step = pause_then_step
+elif site == "checkpoint":
+    fsync = ckpt._fsync_file
+    def fsync_then_pause(path):
+        fsync(path)
+        if f"step_{step:06d}" in path:
+            pause()
+    ckpt._fsync_file = fsync_then_pause
+train(config, log=lambda *a, **k: None)
+"""
+
+
+def start_training_process(config, tmp_path, step=0, site="none", argv=None):
+    """Popen of a child training `config` (or running `python -m microgpt ARGV`); the flag
+    file it creates when it pauses at (step, site)."""
+    import subprocess
+    import sys
+    flag = tmp_path / f"paused-{site}-{step}"
+    if argv is None:
+        config_path = tmp_path / f"config-{site}-{step}.json"
+        config_path.write_text(json.dumps(config.to_dict()))
+        argv = [sys.executable, "-c", _CHILD, str(config_path), str(step), site, str(flag)]
+    else:
+        argv = [sys.executable, "-m", "microgpt", *argv]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return process, flag
+
+
+def wait_for(predicate, process, timeout=60.0):
+    """Poll until predicate() is true; fail if the process exits or time runs out first."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if process.poll() is not None:
+            out, err = process.communicate()
+            raise AssertionError(f"child exited with {process.returncode} first:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("child did not get there in time")
+        time.sleep(0.01)
+
+
+def metrics_without_wall_clock(run_dir):
+    """metrics.jsonl's records without the fields that measure wall-clock time."""
+    with open(f"{run_dir}/metrics.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    return [{k: v for k, v in r.items() if k not in ("elapsed_s", "tokens_per_s")}
+            for r in records]

@@ -89,6 +89,9 @@ class Trainer:
         self.elapsed_before = 0.0                  # wall seconds of earlier sessions
         self.tokens_seen = 0
         self.last = {}                              # latest logged metrics
+        # losses and gradient norms since the last metrics line: a checkpoint keeps them, so
+        # a log window that spans a checkpoint averages the same steps after a resume
+        self.window = {"loss": [], "grad_norm": []}
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -233,7 +236,8 @@ class Trainer:
                  "loaders": {"train": self.train_loader.state_dict(),
                              "val": self.val_loader.state_dict()},
                  "config": c.to_dict(), "config_hash": config_hash(c),
-                 "data_key": self.meta.get("data_key"), "metrics": self.last}
+                 "data_key": self.meta.get("data_key"), "metrics": self.last,
+                 "log_window": self.window}
         gpt = self.gpt_config.to_dict()
         eot = self.tokenizer.eot_id
         generation = {"bos_token_id": eot, "eos_token_id": eot, "do_sample": True,
@@ -275,16 +279,37 @@ class Trainer:
         self.step, self.bad_streak = state["step"], state["bad_streak"]
         self.tokens_seen, self.elapsed_before = state["tokens_seen"], state["elapsed_s"]
         self.last = state.get("metrics", {})
+        window = state.get("log_window", {})          # absent in checkpoints of older versions
+        self.window = {k: list(window.get(k, [])) for k in ("loss", "grad_norm")}
         self._truncate_metrics(self.step)
         return state
 
     def _truncate_metrics(self, step):
-        """Drop metric lines written after `step` by a run that was killed (atomic rewrite)."""
+        """Cut metrics.jsonl back to the lines of steps <= `step` (atomic rewrite).
+
+        The file is append-only, so a run killed between checkpoints has logged steps that
+        the resumed run will log again. A kill in the middle of a write leaves a last line
+        without its newline: that torn line is dropped; any other bad line is an error.
+        """
         if not os.path.exists(self.metrics_path):
             return
-        with open(self.metrics_path) as f:
-            kept = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
-        with atomic_write(self.metrics_path, "w") as f:
+        with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
+            lines = f.readlines()
+        kept = []
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines) and not line.endswith("\n"):
+                    break                              # torn by the kill
+                raise CheckpointError(f"{self.metrics_path}:{number}: not valid JSON "
+                                      f"({exc.msg}); delete or fix that line, then resume "
+                                      f"again") from None
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        with atomic_write(self.metrics_path, "w", encoding="utf-8") as f:
             f.writelines(kept)
 
     # --- the loop ------------------------------------------------------------------------------
@@ -294,7 +319,7 @@ class Trainer:
         from tqdm import tqdm
         c = self.config
         start_step, start = self.step, time.perf_counter()
-        step_time, window, grad_norms = 0.0, [], []
+        step_time, window = 0.0, self.window
         elapsed = lambda: self.elapsed_before + time.perf_counter() - start   # noqa: E731
         bar = tqdm(total=c.max_steps, initial=self.step, unit="step", desc="training",
                    dynamic_ncols=True, disable=not c.progress)
@@ -306,18 +331,20 @@ class Trainer:
                 step_time += time.perf_counter() - t
                 tokens_per_s = (self.step - start_step) * c.tokens_per_step / step_time
                 if "loss" in record:
-                    window.append(record["loss"])
-                    grad_norms.append(record["grad_norm"])
+                    window["loss"].append(record["loss"])
+                    window["grad_norm"].append(record["grad_norm"])
                     bar.set_postfix_str(f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
                                         f"{tokens_per_s:,.0f} tok/s")
                 bar.update(1)
-                if self.step % c.log_interval == 0 and window:
-                    self.last = {"step": self.step, "loss": float(np.mean(window)),
-                                 "lr": record["lr"], "grad_norm": float(np.mean(grad_norms)),
+                if self.step % c.log_interval == 0 and window["loss"]:
+                    self.last = {"step": self.step, "loss": float(np.mean(window["loss"])),
+                                 "lr": record["lr"],
+                                 "grad_norm": float(np.mean(window["grad_norm"])),
                                  "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
                                  "elapsed_s": elapsed()}
                     self.write_metrics(self.last)
-                    window, grad_norms = [], []
+                    window["loss"].clear()
+                    window["grad_norm"].clear()
                 if self.step % c.eval_interval == 0 or self.step == c.max_steps:
                     result = self.evaluate()
                     self.write_metrics({"step": self.step, **result, "elapsed_s": elapsed()})
