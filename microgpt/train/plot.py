@@ -52,10 +52,10 @@ def plot_run(run_dir, out=None, title=None):
     out = out or os.path.join(run_dir, "loss.png")
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     if train:
-        ax.plot([s for s, _ in train], [l for _, l in train], color="tab:blue", lw=1,
+        ax.plot([s for s, _ in train], [loss for _, loss in train], color="tab:blue", lw=1,
                 label="train loss")
     if val:
-        ax.plot([s for s, _, _ in val], [l for _, l, _ in val], "o-", color="tab:orange",
+        ax.plot([s for s, _, _ in val], [loss for _, loss, _ in val], "o-", color="tab:orange",
                 ms=4, lw=1, label="val loss")
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
