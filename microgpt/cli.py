@@ -51,7 +51,7 @@ def _add_train(sub):
 def _run_train(args):
     from .errors import ConfigError
     from .train.config import make_config, overrides_from_args
-    from .train.trainer import resume, train
+    from .train.trainer import format_summary, resume, train
     overrides = overrides_from_args(args)
     if args.resume:
         if args.preset or args.config:
@@ -59,10 +59,7 @@ def _run_train(args):
         summary = resume(args.resume, overrides)
     else:
         summary = train(make_config(args.preset, args.config, overrides))
-    print(f"\n{summary['steps']} steps in {summary['wall_s']:.0f}s at "
-          f"{summary['tokens_per_s']:,.0f} tokens/s; train loss {summary['train_loss'] or 0:.4f}, "
-          f"val loss {summary['val_loss'] or 0:.4f}, {summary['val_bpb'] or 0:.3f} bits/byte")
-    print(f"checkpoint: {summary['checkpoint']}")
+    print(f"\n{format_summary(summary)}")
     for i, text in enumerate(summary["samples"]):
         print(f"\n--- sample {i + 1} ---\n{text}")
     try:

@@ -336,7 +336,9 @@ class Trainer:
                     bar.set_postfix_str(f"loss {record['loss']:.3f} lr {record['lr']:.2e} "
                                         f"{tokens_per_s:,.0f} tok/s")
                 bar.update(1)
-                if self.step % c.log_interval == 0 and window["loss"]:
+                # a metrics line per log_interval steps, and one for the last, partial window
+                log_now = self.step % c.log_interval == 0 or self.step == c.max_steps
+                if log_now and window["loss"]:
                     self.last = {"step": self.step, "loss": float(np.mean(window["loss"])),
                                  "lr": record["lr"],
                                  "grad_norm": float(np.mean(window["grad_norm"])),
@@ -367,16 +369,41 @@ class Trainer:
         finally:
             bar.close()
         finished = self.step >= c.max_steps
-        samples = self.samples() if finished and c.num_samples else []
+        steps_run = self.step - start_step
+        # a resumed run that was already finished trained nothing: no new samples to draw
+        samples = self.samples() if finished and steps_run and c.num_samples else []
         if samples:
             with open(os.path.join(self.run_dir, "samples.txt"), "a") as f:
                 for i, text in enumerate(samples, start=1):
                     f.write(f"=== step {self.step}, sample {i} ===\n{text}\n\n")
-        return {"steps": self.step, "samples": samples, "train_loss": self.last.get("loss"),
+        return {"steps": self.step, "steps_run": steps_run, "max_steps": c.max_steps,
+                "samples": samples, "train_loss": self.last.get("loss"),
                 "val_loss": self.last.get("val_loss"), "val_bpb": self.last.get("val_bpb"),
-                "tokens_per_s": (self.step - start_step) * c.tokens_per_step / max(step_time, 1e-9),
+                "tokens_per_s": steps_run * c.tokens_per_step / step_time if steps_run else None,
                 "wall_s": elapsed(), "run_dir": self.run_dir,
                 "checkpoint": ckpt.latest(self.run_dir), "finished": finished}
+
+
+def format_summary(summary):
+    """The end-of-run lines `microgpt train` prints: only figures that were measured."""
+    known = []
+    if summary["train_loss"] is not None:
+        known.append(f"train loss {summary['train_loss']:.4f}")
+    if summary["val_loss"] is not None:
+        known.append(f"val loss {summary['val_loss']:.4f}")
+    if summary["val_bpb"] is not None:
+        known.append(f"{summary['val_bpb']:.3f} bits/byte")
+    figures = ", ".join(known) or "no loss measured yet"
+    steps, steps_run = summary["steps"], summary["steps_run"]
+    if steps_run == 0:
+        head = (f"no steps run: the checkpoint is already at max_steps ({summary['max_steps']}); "
+                f"training longer needs a new run with a larger --max-steps (the learning-rate "
+                f"schedule depends on it). At step {steps}: {figures}")
+    else:
+        now = "" if steps_run == steps else f" ({steps_run} of them now)"
+        head = (f"{steps} steps in {summary['wall_s']:.0f}s{now} at "
+                f"{summary['tokens_per_s']:,.0f} tokens/s; {figures}")
+    return f"{head}\ncheckpoint: {summary['checkpoint'] or 'none written'}"
 
 
 def _check_fresh_run_dir(run_dir):
