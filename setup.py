@@ -51,6 +51,7 @@ setup(
         "regex>=2023.0",
         "safetensors>=0.4",
         "tqdm>=4.60",
+        "matplotlib>=3.5",             # `microgpt train` ends by drawing its loss curve
     ],
     extras_require={
         # Peers and checkers: used by tests and benchmarks only, never imported at run time.
@@ -62,9 +63,8 @@ setup(
             "tokenizers>=0.15",
             "datasketch>=1.6",
             "transformers>=4.40",      # HF loads our checkpoints; the generation peer
-            "matplotlib>=3.5",         # `microgpt plot` is tested too
         ],
-        "plot": ["matplotlib>=3.5"],
+        "plot": ["matplotlib>=3.5"],   # a run-time dependency now; kept for old install lines
     },
     cffi_modules=CFFI_MODULES,
     cmdclass={"build_py": BuildPyWithCuda},   # the CUDA hook above

@@ -28,3 +28,11 @@ class CheckpointError(MicrogptError, ValueError):
 
 class ConfigError(MicrogptError, ValueError):
     """A configuration value that is out of range or inconsistent."""
+
+
+class TokenizerError(MicrogptError, ValueError):
+    """Invalid tokenizer input: a disallowed special token, an unknown id, a bad pattern."""
+
+
+class GraphError(MicrogptError, RuntimeError):
+    """An autograd graph used after backward() freed it (as PyTorch refuses it too)."""

@@ -13,7 +13,9 @@ Notable choices:
 - Gradients *accumulate*: a tensor used twice receives both contributions, and calling
   backward() twice without zeroing adds up (as in PyTorch); `zero_grad` is the caller's job.
 - Like PyTorch, backward() frees the graph as it goes (closures and non-leaf gradients are
-  dropped once used), so activations are released early and peak memory stays low.
+  dropped once used), so activations are released early and peak memory stays low. A freed
+  node keeps a marker instead of its closure, so a second backward() through it raises
+  GraphError rather than silently computing nothing (or only part of the gradient).
 - float32 is the default dtype; float64 works end to end (the gradient checks use it).
   Mixing dtypes in one op is an error rather than a silent upcast.
 """
@@ -22,7 +24,7 @@ import contextlib
 import numpy as np
 
 from . import backends
-from .errors import DTypeError, ShapeError
+from .errors import DTypeError, GraphError, ShapeError
 
 DEFAULT_DTYPE = np.float32
 _FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -64,6 +66,11 @@ def _to_array(data, dtype, device):
         raise DTypeError(f"Tensor: data of dtype {data.dtype} given with dtype={np.dtype(dtype)}; "
                          "convert it with .to(dtype=...) instead")
     return data   # already a backend array (e.g. a DeviceArray)
+
+
+def _freed(grad):
+    """What a non-leaf holds in place of its backward closure once backward() has used it."""
+    raise GraphError("internal: a freed backward closure was called")
 
 
 class Tensor:
@@ -190,12 +197,17 @@ class Tensor:
         if tuple(grad.shape) != self.shape:
             raise ShapeError(f"backward(): gradient shape {tuple(grad.shape)} differs from the "
                              f"tensor's shape {self.shape}")
+        order = self._topological_order()
+        if any(node._backward is _freed for node in order):
+            raise GraphError("backward() through the graph a second time: the first backward() "
+                             "freed it. Compute the loss again (a new forward pass) before "
+                             "calling backward() again")
         self._accumulate(grad)
-        for node in reversed(self._topological_order()):
+        for node in reversed(order):
             if node._backward is not None and node.grad is not None:
                 node._backward(node.grad)
             if node._parents:      # a non-leaf: free its closure (and the arrays it holds)
-                node._backward, node._parents = None, ()
+                node._backward, node._parents = _freed, ()
                 node.grad, node._grad_owned = None, False
 
     def _topological_order(self):
