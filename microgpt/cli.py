@@ -51,14 +51,20 @@ def _add_train(sub):
 def _run_train(args):
     from .errors import ConfigError
     from .train.config import make_config, overrides_from_args
-    from .train.trainer import format_summary, resume, train
+    from .train.trainer import Interrupted, format_summary, resume, stop_on_sigterm, train
     overrides = overrides_from_args(args)
-    if args.resume:
-        if args.preset or args.config:
-            raise ConfigError("--resume takes its config from the checkpoint; drop --preset/--config")
-        summary = resume(args.resume, overrides)
-    else:
-        summary = train(make_config(args.preset, args.config, overrides))
+    if args.resume and (args.preset or args.config):
+        raise ConfigError("--resume takes its config from the checkpoint; drop --preset/--config")
+    try:                                        # SIGINT and SIGTERM: one line, 128 + signal
+        with stop_on_sigterm():
+            if args.resume:
+                summary = resume(args.resume, overrides)
+            else:
+                summary = train(make_config(args.preset, args.config, overrides))
+    except KeyboardInterrupt as exc:
+        stop = exc if isinstance(exc, Interrupted) else Interrupted("SIGINT")
+        print(f"\n{stop}", file=sys.stderr)
+        return 128 + stop.signum
     print(f"\n{format_summary(summary)}")
     for i, text in enumerate(summary["samples"]):
         print(f"\n--- sample {i + 1} ---\n{text}")

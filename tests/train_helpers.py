@@ -1,5 +1,7 @@
-"""Shared by the pre-training tests: a tiny corpus, a byte-level tokenizer, a tiny config."""
+"""Shared by the pre-training tests: a tiny corpus, a byte-level tokenizer, a tiny config,
+and a real training process to send signals to."""
 import json
+import os
 
 from microgpt.tokenizer import Tokenizer
 from microgpt.train.config import make_config
@@ -82,22 +84,27 @@ elif site == "checkpoint":
         if f"step_{step:06d}" in path:
             pause()
     ckpt._fsync_file = fsync_then_pause
+if len(sys.argv) > 5:                          # the command line: `microgpt ARGV...`
+    from microgpt.cli import main
+    raise SystemExit(main(sys.argv[5:]))
 train(config, log=lambda *a, **k: None)
 """
 
 
-def start_training_process(config, tmp_path, step=0, site="none", argv=None):
-    """Popen of a child training `config` (or running `python -m microgpt ARGV`); the flag
-    file it creates when it pauses at (step, site)."""
+def start_training_process(config, tmp_path, step=0, site="none", cli=False):
+    """Popen of a child training `config` (through `microgpt train --config` if cli), and the
+    flag file it creates when it pauses at (step, site)."""
     import subprocess
     import sys
-    flag = tmp_path / f"paused-{site}-{step}"
-    if argv is None:
-        config_path = tmp_path / f"config-{site}-{step}.json"
-        config_path.write_text(json.dumps(config.to_dict()))
-        argv = [sys.executable, "-c", _CHILD, str(config_path), str(step), site, str(flag)]
-    else:
-        argv = [sys.executable, "-m", "microgpt", *argv]
+
+    from microgpt.train.config import save_toml
+    name = f"{site}-{step}-{os.path.basename(config.out_dir)}"
+    flag, config_path = tmp_path / f"paused-{name}", tmp_path / f"config-{name}.json"
+    config_path.write_text(json.dumps(config.to_dict()))
+    argv = [sys.executable, "-c", _CHILD, str(config_path), str(step), site, str(flag)]
+    if cli:
+        save_toml(config, str(tmp_path / f"config-{name}.toml"))
+        argv += ["train", "--config", str(tmp_path / f"config-{name}.toml")]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     return process, flag
 

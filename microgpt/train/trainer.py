@@ -28,11 +28,19 @@ Determinism: the model's initial weights come from `seed`, batch order from the 
 stores all three states (plus AdamW's moments and step count), so `resume` continues bit
 for bit: the losses and weights after N + N resumed steps equal those of 2N straight ones.
 Evaluation and sampling never touch those states (eval mode, their own Generators).
+
+Stopping. Ctrl-C (SIGINT), and SIGTERM inside `stop_on_sigterm()` (the CLI's train command
+runs in one), raise Interrupted, whose message names the step reached and the newest
+complete checkpoint. A kill of any kind, even SIGKILL halfway through a save, leaves that
+checkpoint intact; `resume` continues from it and first cuts metrics.jsonl back to its
+step, since the lines logged after it will be logged again.
 """
+import contextlib
 import dataclasses
 import json
 import math
 import os
+import signal
 import time
 
 import numpy as np
@@ -48,6 +56,38 @@ from .schedule import lr_at
 
 class TrainingError(MicrogptError, RuntimeError):
     """Training cannot go on (repeated NaN/inf losses); the message says what to try."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the run; the message (if any) says where it stands and how to go on.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles a SIGTERM the same way.
+    """
+
+    def __init__(self, signal_name="SIGINT", message=None):
+        super().__init__(message or f"interrupted by {signal_name}")
+        self.signal_name = signal_name
+        self.signum = int(getattr(signal, signal_name))
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """Within the block, SIGTERM raises Interrupted("SIGTERM"), as Ctrl-C raises
+    KeyboardInterrupt: a `kill` then stops training the same way and says so, instead of
+    ending the process silently. (Only the main thread may set handlers; elsewhere this is
+    a no-op.) The newest complete checkpoint is safe either way: saves are atomic.
+    """
+    def raise_interrupted(signum, frame):
+        raise Interrupted("SIGTERM")
+    try:
+        previous = signal.signal(signal.SIGTERM, raise_interrupted)
+    except ValueError:                             # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def gpt_config(config, vocab_size):
@@ -315,7 +355,27 @@ class Trainer:
     # --- the loop ------------------------------------------------------------------------------
 
     def run(self, stop_at_step=None):
-        """Train to max_steps (or stop after stop_at_step, as a kill would); returns a summary."""
+        """Train to max_steps (or stop after stop_at_step, as a kill would); returns a summary.
+
+        Ctrl-C (SIGINT), and SIGTERM within `stop_on_sigterm()`, raise Interrupted, whose
+        message names the step reached and the newest complete checkpoint to resume from.
+        """
+        try:
+            return self._run(stop_at_step)
+        except KeyboardInterrupt as exc:
+            raise self._interrupted(getattr(exc, "signal_name", "SIGINT")) from None
+
+    def _interrupted(self, signal_name):
+        newest = ckpt.latest(self.run_dir)
+        if newest is None:
+            where = ("no checkpoint was written yet, so there is nothing to resume: run the "
+                     "same `microgpt train` command again")
+        else:
+            where = (f"newest complete checkpoint: {newest}; continue with "
+                     f"`microgpt train --resume {self.run_dir}`")
+        return Interrupted(signal_name, f"interrupted by {signal_name} at step {self.step}; {where}")
+
+    def _run(self, stop_at_step):
         from tqdm import tqdm
         c = self.config
         start_step, start = self.step, time.perf_counter()
@@ -361,11 +421,6 @@ class Trainer:
                     self.save_checkpoint(elapsed())
                 if stop_at_step is not None and self.step >= stop_at_step:
                     break
-        except KeyboardInterrupt:
-            say(f"interrupted at step {self.step}; newest checkpoint: "
-                f"{ckpt.latest(self.run_dir) or 'none yet'}; continue with "
-                f"`microgpt train --resume {self.run_dir}`")
-            raise
         finally:
             bar.close()
         finished = self.step >= c.max_steps
