@@ -223,7 +223,10 @@ def softmax_forward(x):
 
 
 def softmax_backward(dout, out):
-    # dx_i = y_i (dout_i - sum_j dout_j y_j)
+    # y = softmax(x): dy_i/dx_j = y_i (delta_ij - y_j)  (quotient rule on e^x_i / sum_k e^x_k), so
+    #   dx_j = sum_i dout_i y_i (delta_ij - y_j) = y_j (dout_j - sum_i dout_i y_i).
+    # The forward's shift by max x adds the same constant to every x_i, which softmax ignores:
+    # no gradient flows through the max.
     return out * (dout - np.sum(dout * out, axis=-1, keepdims=True))
 
 
@@ -237,7 +240,8 @@ def log_softmax_forward(x):
 
 
 def log_softmax_backward(dout, out):
-    # out = x - lse(x)  =>  dx = dout - softmax(x) * sum(dout),  softmax(x) = exp(out)
+    # out_i = x_i - lse(x) and d lse/dx_j = softmax(x)_j, so
+    #   dx_j = dout_j - softmax(x)_j sum_i dout_i,  with softmax(x) = exp(out) (nothing else saved).
     return dout - np.exp(out) * np.sum(dout, axis=-1, keepdims=True)
 
 
@@ -252,7 +256,11 @@ def cross_entropy_forward(logits, targets, ignore_index):
 
 
 def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
-    # dlogits_n = dloss_n (softmax(logits_n) - onehot(target_n)); ignored rows get 0.
+    # loss = lse(z) - z_t for one row z with target t. d lse/dz_j = e^(z_j - lse) = p_j (the
+    # softmax) and d z_t/dz_j = [j == t], so dloss/dz_j = p_j - [j == t]; times the upstream dloss:
+    #   dlogits = dloss (p - onehot(t)).
+    # The forward's lse gives p = exp(z - lse) without a second reduction. An ignored row's loss
+    # is the constant 0, so its gradient is 0.
     kept = targets != ignore_index
     probs = np.exp(logits - lse[:, None])
     probs[np.arange(len(targets))[kept], targets[kept]] -= 1
@@ -285,7 +293,15 @@ def layer_norm_forward(x, w, b, eps):
 
 
 def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
-    # With g = dout * w:  dx = rstd (g - mean(g) - xhat mean(g xhat));  dw = sum dout xhat; db = sum dout
+    # One row of C values: xhat_i = (x_i - mu) r, mu = mean(x), r = (var + eps)^-1/2,
+    # var = mean((x - mu)^2);  out_i = xhat_i w_i + b_i.  Let g = dL/dxhat = dout * w.
+    # x_j reaches xhat_i three ways: directly (r delta_ij), through mu (-r / C) and through r:
+    #   dvar/dx_j = (2/C)(x_j - mu)  (the mu term sums to 0),  dr/dx_j = -r^3 (x_j - mu) / C,
+    #   so (x_i - mu) dr/dx_j = -r xhat_i xhat_j / C.  Summing g_i over the three:
+    #   dx_j = r (g_j - mean(g) - xhat_j mean(g xhat)):
+    # the direct gradient, minus its mean (shifting a row does not change xhat), minus its
+    # component along xhat (scaling a row does not change xhat). w and b act per channel, so
+    #   dw = sum over rows of dout xhat,  db = sum over rows of dout.
     xhat = (x - mean[..., None]) * rstd[..., None]
     g = dout * w
     dx = rstd[..., None] * (g - g.mean(axis=-1, keepdims=True)
@@ -303,7 +319,11 @@ def rms_norm_forward(x, w, eps):
 
 
 def rms_norm_backward(dout, x, w, rstd):
-    # With g = dout * w, xhat = x rstd:  dx = rstd (g - xhat mean(g xhat));  dw = sum dout xhat
+    # One row: xhat_i = x_i r, r = (mean(x^2) + eps)^-1/2; out_i = xhat_i w_i; g = dout * w.
+    # As for layer_norm without the mean: dr/dx_j = -r^3 x_j / C, so
+    #   dxhat_i/dx_j = r (delta_ij - xhat_i xhat_j / C)  and  dx = r (g - xhat mean(g xhat)):
+    # the direct gradient minus its component along xhat (scaling a row leaves xhat alone).
+    #   dw = sum over rows of dout xhat.
     xhat = x * rstd[..., None]
     g = dout * w
     dx = rstd[..., None] * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
@@ -322,7 +342,10 @@ def rope_forward(x, cos, sin):
 
 
 def rope_backward(dout, cos, sin):
-    # A rotation's transpose is the rotation by -theta.
+    # Per pair the forward is linear, out = R x with R = [[cos, -sin], [sin, cos]], so
+    # dx = R^T dout, and R^T is the rotation by -theta:
+    #   dx1 = d1 cos + d2 sin,   dx2 = d2 cos - d1 sin.
+    # cos and sin are constant tables (positions, not parameters): no gradient for them.
     half = dout.shape[-1] // 2
     d1, d2 = dout[..., :half], dout[..., half:]
     return np.concatenate([d1 * cos + d2 * sin, d2 * cos - d1 * sin], axis=-1)
@@ -352,9 +375,17 @@ def attention_forward(q, k, v):
 
 
 def attention_backward(dout, q, k, v, out, lse):
-    # Recompute P from lse (nothing T x T was saved), then
-    #   dV = P^T dout,  dP = dout V^T,  dS = P (dP - rowsum(dout * out)),
-    #   dQ = dS K / sqrt(HS),  dK = dS^T Q / sqrt(HS); GQA sums dK, dV over each head group.
+    # Forward, per head: S = s q K^T (s = 1/sqrt(HS), masked to -inf), P = softmax_rows(S),
+    # out = P V. Backward through each step in turn:
+    #   out = P V             dV = P^T dout,   dP = dout V^T
+    #   P = softmax_rows(S)   dS_ij = P_ij (dP_ij - D_i),  D_i = sum_j P_ij dP_ij  (softmax_backward)
+    #   S = s q K^T           dQ = s dS K,     dK = s dS^T Q
+    # D_i needs no T x T product: dP_ij = dout_i . v_j, so
+    #   D_i = sum_j P_ij (dout_i . v_j) = dout_i . (sum_j P_ij v_j) = dout_i . out_i,
+    # one dot product per row, which is how the fused kernels compute it. P itself is rebuilt as
+    # exp(S - lse) from the saved row logsumexp (nothing T x T was kept); masked entries have
+    # P_ij = 0, hence dS_ij = 0. With grouped-query heads each key/value head serves `group`
+    # query heads, so dK and dV sum over the heads of each group.
     b, nh, tq, hs = q.shape
     nkv = k.shape[1]
     keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
