@@ -20,8 +20,10 @@ Every `eval_interval` steps and at the end: mean loss over `eval_batches` fixed 
 batches, and bits per byte, bpb = sum of losses (nats) / ln 2 / bytes of the targets'
 text, counting only tokens that stand for text (end-of-text targets are ignored), so the
 figure compares across tokenizers. Every `log_interval` steps a JSON line goes to
-RUN_DIR/metrics.jsonl; the progress bar shows loss, lr, tokens/s and the ETA. The final
-samples are printed and appended to RUN_DIR/samples.txt.
+RUN_DIR/metrics.jsonl. Progress: on a terminal a bar (on stderr) redraws loss, lr, tokens/s
+and the ETA; when stderr is not a terminal (a log file, a pipe) a plain line with the same
+figures is printed every `log_interval` steps instead, so a log holds no carriage-return
+redraws. The final samples are printed and appended to RUN_DIR/samples.txt.
 
 Determinism: the model's initial weights come from `seed`, batch order from the loader's
 (seed, epoch) permutations, dropout masks from the model's own Generator. A checkpoint
@@ -41,6 +43,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 
 import numpy as np
@@ -143,7 +146,10 @@ class Trainer:
         backends.get(c.device)                     # fail early if the device has no backend
         os.makedirs(self.run_dir, exist_ok=True)
         data_dir = c.data_dir or os.path.join(self.run_dir, "data")
-        self.tokenizer, self.tokenizer_path, self.meta = prepare_run_data(c, data_dir, self.log)
+        # redrawn bars only on a terminal: in a log file each redraw would be another line
+        self.live_progress = c.progress and _is_terminal(sys.stderr)
+        self.tokenizer, self.tokenizer_path, self.meta = prepare_run_data(
+            dataclasses.replace(c, progress=self.live_progress), data_dir, self.log)
         V = self.tokenizer.vocab_size
         self.gpt_config = gpt_config(c, V)
         self.model = GPT(self.gpt_config, seed=c.seed)
@@ -382,8 +388,9 @@ class Trainer:
         step_time, window = 0.0, self.window
         elapsed = lambda: self.elapsed_before + time.perf_counter() - start   # noqa: E731
         bar = tqdm(total=c.max_steps, initial=self.step, unit="step", desc="training",
-                   dynamic_ncols=True, disable=not c.progress)
-        say = bar.write if c.progress else self.log
+                   dynamic_ncols=True, disable=not self.live_progress)
+        say = bar.write if self.live_progress else self.log
+        plain_progress = c.progress and not self.live_progress
         try:
             while self.step < c.max_steps:
                 t = time.perf_counter()
@@ -407,6 +414,11 @@ class Trainer:
                     self.write_metrics(self.last)
                     window["loss"].clear()
                     window["grad_norm"].clear()
+                    if plain_progress:
+                        eta = (c.max_steps - self.step) * step_time / (self.step - start_step)
+                        say(f"step {self.step}/{c.max_steps}: loss {self.last['loss']:.4f}, "
+                            f"lr {record['lr']:.2e}, {tokens_per_s:,.0f} tokens/s, "
+                            f"ETA {_clock(eta)}")
                 if self.step % c.eval_interval == 0 or self.step == c.max_steps:
                     result = self.evaluate()
                     self.write_metrics({"step": self.step, **result, "elapsed_s": elapsed()})
@@ -437,6 +449,18 @@ class Trainer:
                 "tokens_per_s": steps_run * c.tokens_per_step / step_time if steps_run else None,
                 "wall_s": elapsed(), "run_dir": self.run_dir,
                 "checkpoint": ckpt.latest(self.run_dir), "finished": finished}
+
+
+def _is_terminal(stream):
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _clock(seconds):
+    """h:mm:ss, or m:ss under an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def format_summary(summary):
