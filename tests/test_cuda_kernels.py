@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import cuda_mock
-from microgpt.backends import KERNELS, cuda, cuda_runtime as rt, reference as ref
+from microgpt.backends import KERNELS, cuda, cuda_matmul, cuda_runtime as rt, reference as ref
 from microgpt.errors import DTypeError, ShapeError
 
 TOL = 1e-5
@@ -162,7 +162,7 @@ def test_getitem_and_backward(cu, index):
                                    ((1, 33, 64), (4, 64, 130)), ((130, 260), (260, 132))])
 def test_matmul(cu, monkeypatch, rung, sa, sb):
     CHECKED.update({"matmul_forward", "matmul_backward"})
-    monkeypatch.setattr(cuda, "MATMUL", rung)
+    monkeypatch.setattr(cuda_matmul, "MATMUL", rung)
     rng = np.random.default_rng(7)
     a, b = rand(rng, *sa), rand(rng, *sb)
     out = ref.matmul_forward(a, b)
@@ -180,7 +180,7 @@ def test_matmul(cu, monkeypatch, rung, sa, sb):
 def test_linear(cu, monkeypatch, rung, xshape, oc, bias):
     """The last two shapes take the split-K path of gemm (few output tiles, K >= 1024)."""
     CHECKED.update({"linear_forward", "linear_backward"})
-    monkeypatch.setattr(cuda, "MATMUL", rung)
+    monkeypatch.setattr(cuda_matmul, "MATMUL", rung)
     rng = np.random.default_rng(8)
     x, w = rand(rng, *xshape), rand(rng, oc, xshape[-1])
     b = rand(rng, oc) if bias else None

@@ -3,7 +3,8 @@
 Each binding validates its arguments once (cpu_checks.py: dtype, C-contiguity, shapes,
 sizes, id ranges, aliasing) and raises ShapeError/DTypeError before any C runs, so no call
 from Python can crash the process; then it allocates the outputs and calls one C function.
-The matmul and linear bindings sit in cpu_linalg.py and are re-exported here.
+The matmul and linear bindings are in cpu_matmul.py, the compiled module and the pointer
+helpers in cpu_lib.py; this module binds the rest and is the backend module itself.
 
 Which kernels run in C (float32 only; float64 arrays take the NumPy reference path, for
 gradient checks):
@@ -18,8 +19,8 @@ Threads: MICROGPT_NUM_THREADS (default: every core) sizes the one OpenMP team of
 kernels. NumPy's OpenBLAS keeps its own pool, but the two never run at once: every float32
 matmul goes through C, so OpenBLAS only serves float64 reference work. Kernels below a size
 threshold stay on one thread (forking costs microseconds), which matters on tiny models, and
-idle workers sleep rather than spin (OMP_WAIT_POLICY, below), so neither pool starves the
-other, nor other processes, of cores.
+idle workers sleep rather than spin (OMP_WAIT_POLICY, set in cpu_lib.py), so neither pool
+starves the other, nor other processes, of cores.
 """
 import ctypes
 import os
@@ -28,21 +29,13 @@ import numpy as np
 
 from ..errors import BackendError, ConfigError, ShapeError
 from . import cpu_checks as check
+from . import cpu_lib
 from . import reference as _ref
 
 NAME = "cpu"
-# Idle OpenMP workers sleep instead of spinning (read once, when libgomp loads with _cpu). On a
-# shared or busy machine a spinning worker holds a core that the thread it waits for needs: a
-# baby-preset step measured 11x slower with spinning than sleeping under load. Costs a few
-# microseconds per parallel region when the machine is idle; OMP_WAIT_POLICY=active opts out.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-try:
-    from ._cpu import ffi, lib
-    AVAILABLE, UNAVAILABLE_REASON = True, ""
-except ImportError as exc:      # not compiled: backends.get("cpu") falls back to the reference
-    ffi = lib = None
-    AVAILABLE = False
-    UNAVAILABLE_REASON = f"the C kernels are not built ({exc}); run `pip install -e .`"
+AVAILABLE, UNAVAILABLE_REASON = cpu_lib.AVAILABLE, cpu_lib.UNAVAILABLE_REASON
+ffi, lib = cpu_lib.ffi, cpu_lib.lib
+_fp, _ip, _opt = cpu_lib.fp, cpu_lib.ip, cpu_lib.opt
 
 
 def set_num_threads(n):
@@ -93,9 +86,9 @@ def _keep_freed_memory():
 if AVAILABLE:
     set_num_threads(_threads_from_env())
     _keep_freed_memory()
-    # matmul and linear live in cpu_linalg.py (with the cffi pointer helpers _fp, _ip, _opt)
-    from .cpu_linalg import (_fp, _ip, _opt, linear_backward, linear_forward,  # noqa: F401
-                             matmul_backward, matmul_forward)
+    from . import cpu_matmul      # needs the built module
+    matmul_forward, matmul_backward = cpu_matmul.matmul_forward, cpu_matmul.matmul_backward
+    linear_forward, linear_backward = cpu_matmul.linear_forward, cpu_matmul.linear_backward
 
 
 # --- reused from the reference: creation, elementwise arithmetic, reductions, shapes -----------

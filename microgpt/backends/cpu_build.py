@@ -72,7 +72,8 @@ if __name__ == "__main__":
     import sys
     # optional argument: the folder to put the module in (default: this package)
     package = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "microgpt", "backends")
-    tmpdir = os.path.join(ROOT, "build", "cffi_cpu" + ("_sanitize" if os.environ.get("MICROGPT_SANITIZE") == "1" else ""))
+    sanitize = os.environ.get("MICROGPT_SANITIZE") == "1"
+    tmpdir = os.path.join(ROOT, "build", "cffi_cpu" + ("_sanitize" if sanitize else ""))
     built = make_builder(absolute=True).compile(tmpdir=tmpdir)
     for name in os.listdir(package):          # a stale _cpu.*.so of another suffix would win
         if name.startswith("_cpu.") and name.endswith(".so"):

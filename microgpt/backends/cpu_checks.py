@@ -2,7 +2,7 @@
 
 The rule of this edge: a C kernel trusts its arguments completely (no checks in the hot
 loops), so everything a caller can get wrong is checked once, in Python, before any C runs,
-and no call from Python can crash the process. Every binding in cpu.py and cpu_linalg.py
+and no call from Python can crash the process. Every binding in cpu.py and cpu_matmul.py
 passes each argument through these helpers first. They raise microgpt.errors types
 (ShapeError is a ValueError, DTypeError a TypeError) with the op's name and what to do, and
 they are written to be cheap (attribute reads and integer compares; no copies), because on

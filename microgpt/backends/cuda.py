@@ -1,23 +1,26 @@
 """The CUDA backend: every kernel of the contract on DeviceArray, through cffi.
 
 Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
-  cuda_runtime.py  library loading, checked calls, the caching memory pool, DeviceArray
-  cuda_shape.py    creation, transfer, broadcasting elementwise math, reductions, shapes
-  cuda_index.py    getitem and getitem_backward
-  cuda.py          (this file) linear algebra and the fused transformer kernels, plus
-                   AVAILABLE / UNAVAILABLE_REASON / NAME and a few CUDA-only helpers
+  cuda_runtime.py      library loading, checked calls, the caching memory pool, DeviceArray
+  cuda_create.py       creation and transfer: asarray, to_numpy, zeros, full
+  cuda_elementwise.py  broadcasting arithmetic, unary functions, activations, accumulate
+  cuda_reduce.py       sum, max, max_backward, sum_to_shape
+  cuda_shape.py        broadcast_to, reshape, permute, concatenate (strided copies)
+  cuda_index.py        getitem and getitem_backward
+  cuda_matmul.py       matmul and linear
+  cuda.py              (this file) the fused transformer kernels, and the backend module
+                       itself: every contract name, AVAILABLE / UNAVAILABLE_REASON / NAME,
+                       and a few CUDA-only helpers
 Every function has the name, signature and meaning of its twin in reference.py; arrays
 stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy
 and in rare getitem cases; the index checks of embedding/cross-entropy are read lazily at
 the next copy to the host, see cuda_runtime.check_flag).
 
 Rungs used in production, switchable for comparison (benchmarks/gpu_check.py does):
-  MATMUL     "gemm" (matmul.cu v6, warp-tiled) or "gemm_naive" (v2, the simple fallback);
-             environment MICROGPT_CUDA_MATMUL.
+  MATMUL     see cuda_matmul.py; environment MICROGPT_CUDA_MATMUL.
   ATTENTION  "v2_flash" or "v1_naive"; environment MICROGPT_CUDA_ATTENTION.
 float32 only for arithmetic (the reference's float64 gradient checks stay on the CPU).
 """
-import builtins
 import math
 import os
 
@@ -25,143 +28,33 @@ import numpy as np
 
 from ..errors import DTypeError, ShapeError
 from . import cuda_runtime as rt
-from .cuda_runtime import (AVAILABLE, UNAVAILABLE_REASON, DeviceArray, bad_flag, call, empty,  # noqa: F401
-                           on_device, require_f32, synchronize, device_name, view)
-from .cuda_shape import *  # noqa: F401,F403
-from .cuda_index import getitem, getitem_backward  # noqa: F401
-from .cuda_shape import broadcast_to, sum, sum_to_shape, zeros
+from .cuda_create import asarray, full, to_numpy, zeros
+from .cuda_elementwise import (accumulate, add, div, exp, gelu_backward, gelu_forward, log, mul, neg, pow_scalar,
+                               relu_backward, relu_forward, silu_backward, silu_forward, sqrt, sub, tanh)
+from .cuda_index import getitem, getitem_backward
+from .cuda_matmul import linear_backward, linear_forward, matmul_backward, matmul_forward
+from .cuda_reduce import max, max_backward, sum, sum_to_shape  # noqa: A004 - the contract's names
+from .cuda_runtime import (AVAILABLE, UNAVAILABLE_REASON, DeviceArray, bad_flag, call, device_name, empty,
+                           on_device, require_f32, synchronize)
+from .cuda_shape import broadcast_to, concatenate, permute, reshape
+
+__all__ = [
+    "NAME", "AVAILABLE", "UNAVAILABLE_REASON", "DeviceArray", "device_name", "synchronize", "grad_norm", "memory_stats",
+    # the contract (backends/__init__.py KERNELS), in its order
+    "asarray", "to_numpy", "zeros", "full", "accumulate",
+    "add", "sub", "mul", "div", "neg", "pow_scalar", "exp", "log", "sqrt", "tanh",
+    "relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "silu_forward", "silu_backward",
+    "sum", "max", "max_backward", "sum_to_shape", "broadcast_to", "reshape", "permute", "getitem",
+    "getitem_backward", "concatenate",
+    "matmul_forward", "matmul_backward", "linear_forward", "linear_backward",
+    "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
+    "cross_entropy_forward", "cross_entropy_backward", "embedding_forward", "embedding_backward",
+    "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
+    "rope_forward", "rope_backward", "attention_forward", "attention_backward", "adamw_update",
+]
 
 NAME = "cuda"
-MATMUL = os.environ.get("MICROGPT_CUDA_MATMUL", "gemm")
 ATTENTION = os.environ.get("MICROGPT_CUDA_ATTENTION", "v2_flash")
-_GEMM_BATCH = 65535
-
-
-def _gemm(out, a, b, bias, m, n, k, transa, transb, batch=1, sa=0, sb=0, sc=0):
-    """out[z] = op(a[z]) @ op(b[z]) (+ bias) with the chosen rung; z split into grid-sized chunks."""
-    if MATMUL not in ("gemm", "gemm_naive"):
-        raise ShapeError(f"MICROGPT_CUDA_MATMUL={MATMUL!r}: choose gemm or gemm_naive")
-    if builtins.max(m, n, k) >= 2 ** 31:
-        raise ShapeError(f"matmul: a dimension of ({m}, {n}, {k}) exceeds 2^31")
-    cast = rt.ffi.cast
-    bias_ptr = rt.ffi.NULL if bias is None else bias.ptr
-    for z0 in range(0, batch, _GEMM_BATCH):
-        zs = builtins.min(_GEMM_BATCH, batch - z0)
-        call(MATMUL, cast("float*", out.addr + 4 * z0 * sc), cast("float*", a.addr + 4 * z0 * sa),
-             cast("float*", b.addr + 4 * z0 * sb), bias_ptr, m, n, k, transa, transb, zs, sa, sb, sc)
-
-
-# --- linear algebra ---------------------------------------------------------------------------------
-
-def _batch_operand(x, batch, rows, cols):
-    """(array, stride) of operand x for a batched product: stride 0 when x has one matrix,
-    rows*cols when its batch axes equal `batch`, else a broadcast copy."""
-    own = x.shape[:-2]
-    if math.prod(own) == 1:
-        return x, 0
-    if (1,) * (len(batch) - len(own)) + own == batch:
-        return x, rows * cols
-    return broadcast_to(x, batch + (rows, cols)), rows * cols
-
-
-def matmul_forward(a, b):
-    a, b = on_device(a), on_device(b)
-    require_f32("matmul_forward", a, b)
-    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
-        raise ShapeError(f"matmul_forward: shapes {a.shape} and {b.shape} do not multiply")
-    try:
-        batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    except ValueError:
-        raise ShapeError(f"matmul_forward: batch dims of {a.shape} and {b.shape} do not broadcast") from None
-    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    out = empty(batch + (m, n), np.float32)
-    if out.size == 0:
-        return out
-    if k == 0:
-        return zeros(out.shape, np.float32)
-    nb = math.prod(batch)
-    a, sa = _batch_operand(a, batch, m, k)
-    b, sb = _batch_operand(b, batch, k, n)
-    if sb == 0 and sa != 0:              # one shared right matrix: fold the batch into rows
-        _gemm(out, a, b, None, nb * m, n, k, 0, 0)
-    else:
-        _gemm(out, a, b, None, m, n, k, 0, 0, nb, sa, sb, m * n)
-    return out
-
-
-def matmul_backward(dout, a, b):
-    # da = dout @ b^T,  db = a^T @ dout, each summed to its operand's shape
-    dout, a, b = on_device(dout), on_device(a), on_device(b)
-    require_f32("matmul_backward", dout, a, b)
-    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
-    batch = dout.shape[:-2]
-    if dout.shape[-2:] != (m, n):
-        raise ShapeError(f"matmul_backward: dout {dout.shape} does not fit {a.shape} @ {b.shape}")
-    nb = math.prod(batch)
-    if dout.size == 0 or k == 0:
-        return zeros(a.shape, np.float32), zeros(b.shape, np.float32)
-    a_full, sa = _batch_operand(a, batch, m, k)
-    b_full, sb = _batch_operand(b, batch, k, n)
-    da = empty(batch + (m, k), np.float32)
-    if sb == 0:
-        _gemm(da, dout, b_full, None, nb * m, k, n, 0, 1)
-    else:
-        _gemm(da, dout, b_full, None, m, k, n, 0, 1, nb, m * n, sb, m * k)
-    if sb == 0 and sa != 0:              # shared b: one product over all batch rows
-        db = empty(b.shape, np.float32)
-        _gemm(db, a_full, dout, None, k, n, nb * m, 1, 0)
-    else:
-        db = sum_to_shape(_batched_tn(a_full, dout, sa, batch, m, k, n), b.shape)
-    return sum_to_shape(da, a.shape), db
-
-
-def _batched_tn(a, dout, sa, batch, m, k, n):
-    """a[z]^T @ dout[z] for every z of the batch: (batch..., k, n)."""
-    db = empty(batch + (k, n), np.float32)
-    _gemm(db, a, dout, None, k, n, m, 1, 0, math.prod(batch), sa, m * n, k * n)
-    return db
-
-
-def linear_forward(x, w, b):
-    # out = x @ w^T + b: one gemm with B transposed and the bias added in its epilogue
-    x, w = on_device(x), on_device(w)
-    require_f32("linear_forward", x, w)
-    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
-        raise ShapeError(f"linear_forward: input {x.shape} does not fit weight {w.shape}")
-    if b is not None:
-        b = on_device(b)
-        require_f32("linear_forward", b)
-        if b.shape != (w.shape[0],):
-            raise ShapeError(f"linear_forward: bias {b.shape} does not fit weight {w.shape}")
-    rows, (oc, c) = math.prod(x.shape[:-1]), w.shape
-    out = empty(x.shape[:-1] + (oc,), np.float32)
-    if out.size == 0:
-        return out
-    if c == 0:
-        return broadcast_to(b, out.shape) if b is not None else zeros(out.shape, np.float32)
-    _gemm(out, x, w, b, rows, oc, c, 0, 1)
-    return out
-
-
-def linear_backward(dout, x, w, has_bias):
-    # dx = dout @ w,  dw = dout^T @ x over all rows,  db = column sums of dout
-    dout, x, w = on_device(dout), on_device(x), on_device(w)
-    require_f32("linear_backward", dout, x, w)
-    oc, c = w.shape
-    rows = math.prod(x.shape[:-1])
-    if dout.shape != x.shape[:-1] + (oc,):
-        raise ShapeError(f"linear_backward: dout {dout.shape} does not fit input {x.shape}, weight {w.shape}")
-    dx = empty(x.shape, np.float32)
-    dw = empty((oc, c), np.float32)
-    if rows == 0 or oc == 0 or c == 0:
-        dx, dw = zeros(x.shape, np.float32), zeros((oc, c), np.float32)
-    else:
-        _gemm(dx, dout, w, None, rows, c, oc, 0, 0)
-        _gemm(dw, dout, x, None, oc, c, rows, 1, 0)
-    db = None
-    if has_bias:
-        db = sum(view(dout, (rows, oc)), (0,), False) if rows else zeros((oc,), np.float32)
-    return dx, dw, db
 
 
 # --- softmax family ----------------------------------------------------------------------------------
@@ -371,7 +264,8 @@ def attention_backward(dout, q, k, v, out, lse):
     dout, out, lse = on_device(dout), on_device(out), on_device(lse)
     b, nh, nkv, tq, tk, hs = _attention_sizes("attention_backward", q, k, v)
     if dout.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:3]:
-        raise ShapeError(f"attention_backward: dout {dout.shape}, out {out.shape}, lse {lse.shape} do not fit q {q.shape}")
+        raise ShapeError(f"attention_backward: dout {dout.shape}, out {out.shape}, lse {lse.shape} "
+                         f"do not fit q {q.shape}")
     dq, dk, dv = empty(q.shape, np.float32), empty(k.shape, np.float32), empty(v.shape, np.float32)
     if q.size == 0:
         return dq, zeros(k.shape, np.float32), zeros(v.shape, np.float32)

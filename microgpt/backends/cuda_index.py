@@ -18,7 +18,8 @@ import numpy as np
 
 from ..errors import ShapeError
 from .cuda_runtime import DeviceArray, bad_flag, call, download, empty, on_device, upload
-from .cuda_shape import _strided_copy, contiguous_strides, zeros
+from .cuda_create import zeros
+from .cuda_shape import contiguous_strides, strided_copy
 
 
 def _basic_view(shape, index):
@@ -79,7 +80,7 @@ def getitem(a, index):
     a = on_device(a)
     basic = _basic_view(a.shape, index)
     if basic is not None:
-        return _strided_copy(a, *basic)
+        return strided_copy(a, *basic)
     ids = _row_index(a.shape, index)
     if ids is not None:
         width = math.prod(a.shape[1:])

@@ -1,8 +1,7 @@
 """The C backend's matrix products: matmul (batched, broadcast) and linear, through cffi.
 
-Part of backends/cpu.py (which re-exports every name here), split off to keep files short.
 All products run on csrc/matmul.c's production rung (matmul_forward = v4, threaded): the
-bindings only validate, allocate and pick strides, choosing among
+bindings only validate (cpu_checks.py), allocate and pick strides, choosing among
 
   b without a real batch    one (rows of every batch) x K @ K x N product: a's batch folds
                             into M, the best case for the micro-kernel;
@@ -11,26 +10,17 @@ bindings only validate, allocate and pick strides, choosing among
   backward                  da = dout @ b^T and db = a^T @ dout as transposed products
                             (packing absorbs the transposes), summed to each input's shape.
 
-float64 inputs go to backends/reference.py after the same checks.
+float64 inputs go to backends/reference.py after the same checks. Imported by cpu.py only
+when the C kernels are built.
 """
 import numpy as np
 
 from ..errors import ShapeError
 from . import cpu_checks as check
 from . import reference as _ref
-from ._cpu import ffi, lib
-
-
-def _fp(x):
-    return ffi.from_buffer("float[]", x)
-
-
-def _ip(x):
-    return ffi.from_buffer("int64_t[]", x)
-
-
-def _opt(x):
-    return ffi.NULL if x is None else _fp(x)
+from .cpu_lib import fp as _fp
+from .cpu_lib import lib
+from .cpu_lib import opt as _opt
 
 
 # --- matmul and linear ----------------------------------------------------------------------------
