@@ -1,6 +1,7 @@
 """Checkpoints: the model directory's files and names, atomic saves, pruning, corruption."""
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -100,14 +101,14 @@ def test_mismatched_checkpoint_is_rejected(run, tmp_path):
     with pytest.raises(CheckpointError, match="does not match"):
         other.load_checkpoint(ckpt.latest(run.out_dir))
     model = GPT(GPTConfig(vocab_size=257, block_size=16, n_layer=2, n_head=2, n_embd=16))
-    _, tensors = ckpt.load_model_files(ckpt.latest(run.out_dir))
+    tensors = ckpt.load(ckpt.latest(run.out_dir)).weights
     with pytest.raises(CheckpointError, match="missing"):
         model.load_state_dict(tensors)
 
 
 def test_load_model_round_trip(run):
     model, tokenizer, generation = ckpt.load_model(run.out_dir)
-    _, tensors = ckpt.load_model_files(ckpt.latest(run.out_dir))
+    tensors = ckpt.load(ckpt.latest(run.out_dir)).weights
     for name, p in model.named_parameters():
         np.testing.assert_array_equal(p.numpy(), tensors[name])
     assert tokenizer.eot_id == generation["eos_token_id"]
@@ -130,3 +131,78 @@ def test_transformers_loads_the_directory_and_agrees(tmp_path, family):
     with torch.no_grad():
         got = hf(torch.tensor(ids)).logits.numpy()
     np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+
+
+# --- the run-directory format is checkpoint.py's: one save, one load ---------------------------
+
+def _tiny_checkpoint(step=7, training=True):
+    from microgpt.tokenizer import Tokenizer
+    from microgpt.train.optim import AdamW
+    model = GPT(GPTConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16),
+                seed=3)
+    optimizer = AdamW(model.named_parameters())
+    rng = np.random.default_rng(0)
+    moments = {k: rng.standard_normal(v.shape).astype(v.dtype)
+               for k, v in optimizer.state_tensors().items()}
+    return ckpt.Checkpoint(step, model.config.to_dict(), model.state_dict(),
+                           Tokenizer.bytes_level(special_tokens=("<|endoftext|>",)),
+                           {"temperature": 0.5, "top_k": 3, "max_new_tokens": 9},
+                           {"step": step, "anything": [1, 2.5, "x"]} if training else None,
+                           moments if training else None)
+
+
+def test_save_then_load_returns_what_was_saved(tmp_path):
+    saved = _tiny_checkpoint()
+    path = ckpt.save(str(tmp_path), saved, keep=2)
+    assert path == ckpt.latest(str(tmp_path)) and path.endswith("step_000007")
+    loaded = ckpt.load(path)
+    assert loaded.step == 7 and loaded.gpt == saved.gpt
+    assert loaded.weights.keys() == saved.weights.keys()
+    for name, array in saved.weights.items():
+        np.testing.assert_array_equal(loaded.weights[name], array, err_msg=name)
+    for name, array in saved.optimizer.items():
+        np.testing.assert_array_equal(loaded.optimizer[name], array, err_msg=name)
+    assert loaded.trainer_state["anything"] == [1, 2.5, "x"]
+    assert loaded.trainer_state["format"] == "microgpt-trainer-state"
+    assert loaded.generation == {"bos_token_id": 256, "eos_token_id": 256, "do_sample": True,
+                                 "temperature": 0.5, "top_k": 3, "max_new_tokens": 9}
+    assert loaded.tokenizer.vocab_size == 257
+
+
+def test_a_model_only_checkpoint_loads_for_inference_but_cannot_resume(tmp_path):
+    path = ckpt.save(str(tmp_path), _tiny_checkpoint(training=False))
+    assert ckpt.load(path, training_state=False).trainer_state is None
+    model, tokenizer, generation = ckpt.load_model(str(tmp_path))
+    assert generation["top_k"] == 3
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        ckpt.load(path)
+    with pytest.raises(CheckpointError, match="cannot be resumed"):
+        resume(str(tmp_path), log=quiet)
+
+
+def _documented_layout():
+    """(run-directory entries, checkpoint files) named in checkpoint.py's header."""
+    doc = ckpt.__doc__
+    block = doc[doc.index("    RUN_DIR/\n"):doc.index("\nNo pickle")]
+    top = re.findall(r"^        (\S+?)/?\s", block, re.M)
+    files = re.findall(r"^                (\S+)\s", block, re.M)
+    return top, files
+
+
+def test_the_header_documents_the_run_directory_as_it_is(run):
+    top, files = _documented_layout()
+    assert sorted(files) == sorted(os.listdir(ckpt.latest(run.out_dir)))
+    actual = set(os.listdir(run.out_dir))
+    assert actual <= set(top)
+    assert set(top) - actual <= {"loss.png", "samples.txt"}     # plot and samples are optional
+    assert sorted(ckpt.MODEL_FILES + ckpt.TRAINING_FILES + (ckpt.MARKER,)) == sorted(files)
+
+
+def test_the_trainer_names_no_checkpoint_file():
+    """checkpoint.py owns the format: the trainer hands it a Checkpoint, never file names."""
+    import inspect
+
+    from microgpt.train import trainer
+    source = inspect.getsource(trainer)
+    for name in ckpt.MODEL_FILES + ckpt.TRAINING_FILES + (ckpt.METRICS_FILE, ckpt.SAMPLES_FILE):
+        assert f'"{name}"' not in source, name

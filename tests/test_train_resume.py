@@ -14,7 +14,7 @@ from train_helpers import losses, quiet, tiny_config
 
 
 def _weights(run_dir):
-    return ckpt.load_model_files(ckpt.latest(run_dir))[1]
+    return ckpt.load(ckpt.latest(run_dir)).weights
 
 
 @pytest.mark.parametrize("extra", [{}, {"dropout": 0.1, "grad_accum": 2, "family": "llama",

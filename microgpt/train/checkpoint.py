@@ -1,25 +1,58 @@
-"""Checkpoints: a model directory a user recognizes, plus the state to resume bit for bit.
+"""The run directory: its layout, and checkpoints a user recognizes that also resume bit for bit.
 
-    RUN_DIR/checkpoints/step_000250/
-        config.json              Hugging Face key names (GPT2LMHeadModel or LlamaForCausalLM)
-                                 plus "microgpt": our GPTConfig, for an exact round trip
-        model.safetensors        GPT-2 / Llama tensor names; GPT-2's attn/mlp matrices stored
-                                 in its Conv1D layout (in, out), so transformers loads the file
-        tokenizer.bpe            the tokenizer, in microgpt's text format (Tokenizer.save)
-        generation_config.json   bos/eos ids and default sampling settings
-        optimizer.safetensors    AdamW moments: exp_avg.NAME, exp_avg_sq.NAME
-        trainer_state.json       step, optimizer step count, RNG states, loader positions,
-                                 the TrainConfig and its hash, the latest metrics
-        COMPLETE                 written last: the sha256 and size of every file above
+    ckpt.save(run_dir, Checkpoint(step, gpt, weights, tokenizer, generation, ...), keep=3)
+    ckpt.load(path)                   # -> Checkpoint, every file verified and parsed
+    ckpt.load_model(path)             # -> (GPT, Tokenizer, generation dict), for inference
 
-No pickle anywhere: tensors are safetensors, everything else JSON.
+The layout, as `microgpt train` leaves it:
+
+    RUN_DIR/
+        data/                    the run's prepared data (train/data.py; elsewhere if
+                                 --data-dir is given): train_NNNNNN.bin and val_NNNNNN.bin
+                                 token shards, tokenizer.bpe, and meta.json (written last,
+                                 its data key tells whether the shards can be reused)
+        metrics.jsonl            append-only, one JSON object per line, each with its "step":
+                                   every log_interval steps and at the last step: "loss" (the
+                                   mean over the steps since the previous line), "lr",
+                                   "grad_norm", "tokens", "tokens_per_s", "elapsed_s"
+                                   every eval_interval steps and at the last step: "val_loss",
+                                   "val_bpb", "elapsed_s"
+                                   every sample_interval steps (if set): "sample"
+                                   a NaN/inf step: "event": "skipped_update", "reason", "lr",
+                                   "consecutive"
+                                 `--resume` first cuts it back to the checkpoint's step
+        samples.txt              the final samples of each session that trained to the end,
+                                 appended, each headed "=== step N, sample i ==="
+        loss.png                 the loss curve (train/plot.py), drawn at the end of a run
+        checkpoints/
+            step_000250/         one every checkpoint_interval steps and one at the last step
+                config.json              Hugging Face key names (GPT2LMHeadModel or
+                                         LlamaForCausalLM) plus "microgpt": our GPTConfig,
+                                         for an exact round trip
+                model.safetensors        GPT-2 / Llama tensor names; GPT-2's attn/mlp
+                                         matrices in its Conv1D layout (in, out), so
+                                         transformers loads the file
+                tokenizer.bpe            the tokenizer, in microgpt's text format
+                generation_config.json   bos/eos ids and default sampling settings
+                optimizer.safetensors    AdamW moments: exp_avg.NAME, exp_avg_sq.NAME
+                trainer_state.json       step, optimizer step count, RNG states, loader
+                                         positions, the TrainConfig and its hash, the latest
+                                         metrics and the open log window
+                COMPLETE                 written last: the sha256 and size of every file above
+            .tmp-step_N-PID/     a save in progress, or one a kill cut short: ignored,
+                                 and removed by the next save
+
+No pickle anywhere: tensors are safetensors, everything else JSON or text.
 
 Atomicity. A checkpoint is written into `checkpoints/.tmp-step_N-PID/`, every file and the
 directory fsync'ed, then renamed to `step_N` and the parent fsync'ed, and only then is the
 COMPLETE marker written (atomically, itself). A kill at any moment leaves either no
-`step_N`, or a `step_N` without COMPLETE — which `latest()` and `--resume` ignore — and the
-previous checkpoint untouched. Old checkpoints beyond `keep` are pruned only after the new
-one is complete, marker first, so a half-deleted directory never looks complete.
+`step_N`, or a `step_N` without COMPLETE, which `latest()` and `--resume` ignore (and a
+later save of that step replaces), and the previous checkpoint untouched.
+
+Rotation. After a save is complete, all but the newest `keep` (keep_checkpoints, default 3)
+complete checkpoints are deleted, oldest first, each marker first, so a half-deleted
+directory never looks complete.
 
 Loading verifies every file against the marker's checksums, then parses; any problem is a
 CheckpointError saying which file and what to do.
@@ -29,15 +62,21 @@ import json
 import os
 import re
 import shutil
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fileio import fsync_dir, write_json
+from ..fileio import atomic_write, fsync_dir, write_json
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
 TOKENIZER_FILE = "tokenizer.bpe"
+MODEL_FILES = ("config.json", "model.safetensors", TOKENIZER_FILE, "generation_config.json")
+TRAINING_FILES = ("optimizer.safetensors", "trainer_state.json")
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_FILE = "samples.txt"
+TRAINER_STATE_FORMAT = "microgpt-trainer-state"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
                     "mlp.c_proj.weight")
@@ -170,13 +209,56 @@ def resolve(path):
     return found
 
 
+# --- what a checkpoint holds ----------------------------------------------------------------------
+
+@dataclass
+class Checkpoint:
+    """One checkpoint in memory: everything `save` writes and `load` reads back.
+
+    gpt            GPTConfig.to_dict() of the model
+    weights        {name: array}, our parameter names and (out, in) layouts
+    tokenizer      the Tokenizer
+    generation     default sampling settings (temperature, top_k, max_new_tokens); `save`
+                   adds the bos/eos ids, `load` returns the file as it is
+    trainer_state  the dict `resume` needs (JSON-able), or None for a model-only load
+    optimizer      AdamW's {"exp_avg.NAME": array, "exp_avg_sq.NAME": array}, or None
+    """
+    step: int
+    gpt: dict
+    weights: dict
+    tokenizer: object
+    generation: dict = field(default_factory=dict)
+    trainer_state: dict | None = None
+    optimizer: dict | None = None
+
+
 # --- saving --------------------------------------------------------------------------------------
 
-def save(run_dir, step, files, keep=3):
-    """Write one checkpoint atomically and prune old ones; returns its path.
+def save(run_dir, checkpoint, keep=3):
+    """Write RUN_DIR/checkpoints/step_N atomically, then keep only the newest `keep`;
+    returns its path. Model-only checkpoints (no trainer_state/optimizer) are allowed."""
+    c = checkpoint
+    eot = c.tokenizer.eot_id
+    writers = {
+        "config.json": lambda p: write_json(p, hf_config(c.gpt, eot)),
+        "model.safetensors": lambda p: save_tensors(p, to_hf_tensors(c.weights, c.gpt["family"]),
+                                                    {"format": "pt"}),
+        TOKENIZER_FILE: c.tokenizer.save,
+        "generation_config.json": lambda p: write_json(p, {"bos_token_id": eot,
+                                                            "eos_token_id": eot,
+                                                            "do_sample": True, **c.generation}),
+    }
+    if c.optimizer is not None:
+        writers["optimizer.safetensors"] = lambda p: save_tensors(p, c.optimizer)
+    if c.trainer_state is not None:
+        state = {"format": TRAINER_STATE_FORMAT, "version": FORMAT_VERSION, **c.trainer_state,
+                 "step": c.step}
+        writers["trainer_state.json"] = lambda p: write_json(p, state)
+    return _write_atomically(run_dir, c.step, writers, keep)
 
-    files: {name: writer} where writer(path) writes that file (the caller knows formats).
-    """
+
+def _write_atomically(run_dir, step, writers, keep):
+    """writers: {file name: writer(path)}; the directory appears complete or not at all."""
     root = checkpoints_dir(run_dir)
     os.makedirs(root, exist_ok=True)
     for name in os.listdir(root):                  # leftovers of killed saves
@@ -186,7 +268,7 @@ def save(run_dir, step, files, keep=3):
     tmp = os.path.join(root, f".tmp-step_{step:06d}-{os.getpid()}")
     os.makedirs(tmp)
     manifest = {}
-    for name, writer in files.items():
+    for name, writer in writers.items():
         path = os.path.join(tmp, name)
         writer(path)
         _fsync_file(path)
@@ -239,39 +321,101 @@ def verify(path):
     return marker
 
 
-def load_model_files(path, check=True):
-    """(GPTConfig dict, {name: array} in our naming) from a checkpoint directory."""
-    if check:
-        verify(path)
+def load(path, training_state=True):
+    """The Checkpoint in directory `path`, every file checked against COMPLETE first.
+
+    training_state=False reads only the model files (config, weights, tokenizer,
+    generation settings): what inference needs, without AdamW's moments (twice the
+    weights' size).
+    """
+    from ..tokenizer import Tokenizer
+    marker = verify(path)
+    missing = [name for name in MODEL_FILES + (TRAINING_FILES if training_state else ())
+               if name not in marker.get("files", {})]
+    if missing:
+        raise CheckpointError(f"{path}: the checkpoint has no {', '.join(missing)}"
+                              + ("; it holds a model only, so it cannot be resumed"
+                                 if training_state else ""))
     config = read_json(os.path.join(path, "config.json"))
-    gpt = config.get("microgpt")
+    gpt = config.get("microgpt") if isinstance(config, dict) else None
     if not isinstance(gpt, dict) or "family" not in gpt:
         raise CheckpointError(f"{path}/config.json: no 'microgpt' model config; not a microgpt "
                               f"checkpoint")
-    tensors = from_hf_tensors(load_tensors(os.path.join(path, "model.safetensors")),
+    weights = from_hf_tensors(load_tensors(os.path.join(path, "model.safetensors")),
                               gpt["family"])
-    return gpt, tensors
+    tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
+    if tokenizer.vocab_size != gpt.get("vocab_size"):
+        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model "
+                              f"{gpt.get('vocab_size')}")
+    generation = read_json(os.path.join(path, "generation_config.json"))
+    checkpoint = Checkpoint(marker.get("step"), gpt, weights, tokenizer, generation)
+    if training_state:
+        state = read_json(os.path.join(path, "trainer_state.json"))
+        if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
+            raise CheckpointError(f"{path}/trainer_state.json: not a microgpt trainer state")
+        checkpoint.trainer_state = state
+        checkpoint.optimizer = load_tensors(os.path.join(path, "optimizer.safetensors"))
+    return checkpoint
 
 
 def load_model(path, device="cpu"):
     """(GPT, Tokenizer, generation config dict) from a checkpoint or run directory."""
     from ..nn import GPT, GPTConfig
-    from ..tokenizer import Tokenizer
     path = resolve(path)
-    gpt, tensors = load_model_files(path)
+    checkpoint = load(path, training_state=False)
     try:
-        config = GPTConfig(**gpt)
+        config = GPTConfig(**checkpoint.gpt)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}/config.json: invalid model config ({exc})") from exc
     model = GPT(config)
-    model.load_state_dict(tensors)
+    model.load_state_dict(checkpoint.weights)
     if device != "cpu":
         model.to(device)
-    tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
-    if tokenizer.vocab_size != config.vocab_size:
-        raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model "
-                              f"{config.vocab_size}")
-    generation = {}
-    if os.path.isfile(os.path.join(path, "generation_config.json")):
-        generation = read_json(os.path.join(path, "generation_config.json"))
-    return model, tokenizer, generation
+    return model, checkpoint.tokenizer, checkpoint.generation
+
+
+# --- the run's logs ------------------------------------------------------------------------------
+
+def metrics_path(run_dir):
+    return os.path.join(run_dir, METRICS_FILE)
+
+
+def append_metrics(run_dir, record):
+    """One line of metrics.jsonl (append-only while a session trains)."""
+    with open(metrics_path(run_dir), "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def cut_metrics(run_dir, step):
+    """Cut metrics.jsonl back to the lines of steps <= `step` (atomic rewrite).
+
+    The file is append-only, so a run killed between checkpoints has logged steps that the
+    resumed run will log again. A kill in the middle of a write leaves a last line without
+    its newline: that torn line is dropped; any other bad line is an error naming it.
+    """
+    path = metrics_path(run_dir)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as f:
+        lines = f.readlines()
+    kept = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if number == len(lines) and not line.endswith("\n"):
+                break                                  # torn by the kill
+            raise CheckpointError(f"{path}:{number}: not valid JSON ({exc.msg}); delete or "
+                                  f"fix that line, then resume again") from None
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    with atomic_write(path, "w", encoding="utf-8") as f:
+        f.writelines(kept)
+
+
+def append_samples(run_dir, step, texts):
+    with open(os.path.join(run_dir, SAMPLES_FILE), "a", encoding="utf-8") as f:
+        for i, text in enumerate(texts, start=1):
+            f.write(f"=== step {step}, sample {i} ===\n{text}\n\n")

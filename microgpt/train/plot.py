@@ -14,11 +14,12 @@ import os
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write
+from .checkpoint import metrics_path
 
 
 def read_metrics(run_dir):
     """(train points [(step, loss)], val points [(step, val_loss, val_bpb)])."""
-    path = os.path.join(run_dir, "metrics.jsonl")
+    path = metrics_path(run_dir)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no metrics; is {run_dir} a training run directory?")
     train, val = [], []

@@ -39,7 +39,6 @@ step, since the lines logged after it will be logged again.
 """
 import contextlib
 import dataclasses
-import json
 import math
 import os
 import signal
@@ -49,7 +48,6 @@ import time
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MicrogptError
-from ..fileio import atomic_write
 from . import checkpoint as ckpt
 from .config import RUN_CONTROL_FIELDS, config_hash, from_dict
 from .data import prepare_run_data
@@ -162,7 +160,7 @@ class Trainer:
         self.val_loader = DataLoader(data_dir, "val", c.batch_size, c.block_size, c.seed,
                                      shuffle=False, vocab_size=V)
         self.byte_lengths = token_byte_lengths(self.tokenizer)
-        self.metrics_path = os.path.join(self.run_dir, "metrics.jsonl")
+        self.metrics_path = ckpt.metrics_path(self.run_dir)
         n = self.model.num_parameters()
         self.log(f"model: {c.family} {c.n_layer} layers x {c.n_embd} channels, {c.n_head} heads, "
                  f"context {c.block_size}, vocab {V}: {n / 1e6:.2f}M parameters; "
@@ -270,50 +268,44 @@ class Trainer:
     # --- metrics and checkpoints ---------------------------------------------------------------
 
     def write_metrics(self, record):
-        with open(self.metrics_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        ckpt.append_metrics(self.run_dir, record)
 
     def save_checkpoint(self, elapsed):
         c = self.config
-        state = {"format": "microgpt-trainer-state", "version": 1, "step": self.step,
-                 "optimizer_t": self.optimizer.t, "bad_streak": self.bad_streak,
-                 "tokens_seen": self.tokens_seen, "elapsed_s": elapsed,
+        state = {"step": self.step, "optimizer_t": self.optimizer.t,
+                 "bad_streak": self.bad_streak, "tokens_seen": self.tokens_seen,
+                 "elapsed_s": elapsed,
                  "rng": [g.bit_generator.state for g in model_generators(self.model)],
                  "loaders": {"train": self.train_loader.state_dict(),
                              "val": self.val_loader.state_dict()},
                  "config": c.to_dict(), "config_hash": config_hash(c),
                  "data_key": self.meta.get("data_key"), "metrics": self.last,
                  "log_window": self.window}
-        gpt = self.gpt_config.to_dict()
-        eot = self.tokenizer.eot_id
-        generation = {"bos_token_id": eot, "eos_token_id": eot, "do_sample": True,
-                      "temperature": c.temperature, "top_k": c.top_k,
+        generation = {"temperature": c.temperature, "top_k": c.top_k,
                       "max_new_tokens": c.sample_tokens}
-        files = {
-            "config.json": lambda p: ckpt.write_json(p, ckpt.hf_config(gpt, eot)),
-            "model.safetensors": lambda p: ckpt.save_tensors(
-                p, ckpt.to_hf_tensors(self.model.state_dict(), c.family), {"format": "pt"}),
-            ckpt.TOKENIZER_FILE: lambda p: self.tokenizer.save(p),
-            "generation_config.json": lambda p: ckpt.write_json(p, generation),
-            "optimizer.safetensors": lambda p: ckpt.save_tensors(p, self.optimizer.state_tensors()),
-            "trainer_state.json": lambda p: ckpt.write_json(p, state),
-        }
-        return ckpt.save(self.run_dir, self.step, files, keep=c.keep_checkpoints)
+        checkpoint = ckpt.Checkpoint(self.step, self.gpt_config.to_dict(), self.model.state_dict(),
+                                     self.tokenizer, generation, state,
+                                     self.optimizer.state_tensors())
+        return ckpt.save(self.run_dir, checkpoint, keep=c.keep_checkpoints)
 
     def load_checkpoint(self, path):
         """Restore model, optimizer, loaders and RNGs from a checkpoint made by this config."""
-        ckpt.verify(path)
-        state = ckpt.read_json(os.path.join(path, "trainer_state.json"))
+        return self.restore(ckpt.load(path), path)
+
+    def restore(self, checkpoint, path):
+        """Continue from a loaded Checkpoint (read from `path`); returns its trainer state.
+
+        metrics.jsonl is cut back to the checkpoint's step: what was logged after it will
+        be logged again."""
+        state = checkpoint.trainer_state
         if state.get("data_key") != self.meta.get("data_key"):
             raise CheckpointError(f"{path}: the checkpoint was trained on other data (data key "
                                   f"{state.get('data_key')} vs {self.meta.get('data_key')})")
-        gpt, tensors = ckpt.load_model_files(path, check=False)
-        if gpt != self.gpt_config.to_dict():
-            raise CheckpointError(f"{path}: model config {gpt} does not match this run's "
-                                  f"{self.gpt_config.to_dict()}")
-        self.model.load_state_dict(tensors)
-        self.optimizer.load_state_tensors(
-            ckpt.load_tensors(os.path.join(path, "optimizer.safetensors")), state["optimizer_t"])
+        if checkpoint.gpt != self.gpt_config.to_dict():
+            raise CheckpointError(f"{path}: model config {checkpoint.gpt} does not match this "
+                                  f"run's {self.gpt_config.to_dict()}")
+        self.model.load_state_dict(checkpoint.weights)
+        self.optimizer.load_state_tensors(checkpoint.optimizer, state["optimizer_t"])
         self.train_loader.load_state_dict(state["loaders"]["train"])
         self.val_loader.load_state_dict(state["loaders"]["val"])
         generators = model_generators(self.model)
@@ -327,36 +319,8 @@ class Trainer:
         self.last = state.get("metrics", {})
         window = state.get("log_window", {})          # absent in checkpoints of older versions
         self.window = {k: list(window.get(k, [])) for k in ("loss", "grad_norm")}
-        self._truncate_metrics(self.step)
+        ckpt.cut_metrics(self.run_dir, self.step)
         return state
-
-    def _truncate_metrics(self, step):
-        """Cut metrics.jsonl back to the lines of steps <= `step` (atomic rewrite).
-
-        The file is append-only, so a run killed between checkpoints has logged steps that
-        the resumed run will log again. A kill in the middle of a write leaves a last line
-        without its newline: that torn line is dropped; any other bad line is an error.
-        """
-        if not os.path.exists(self.metrics_path):
-            return
-        with open(self.metrics_path, encoding="utf-8", errors="replace") as f:
-            lines = f.readlines()
-        kept = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if number == len(lines) and not line.endswith("\n"):
-                    break                              # torn by the kill
-                raise CheckpointError(f"{self.metrics_path}:{number}: not valid JSON "
-                                      f"({exc.msg}); delete or fix that line, then resume "
-                                      f"again") from None
-            if record.get("step", 0) <= step:
-                kept.append(line)
-        with atomic_write(self.metrics_path, "w", encoding="utf-8") as f:
-            f.writelines(kept)
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -440,9 +404,7 @@ class Trainer:
         # a resumed run that was already finished trained nothing: no new samples to draw
         samples = self.samples() if finished and steps_run and c.num_samples else []
         if samples:
-            with open(os.path.join(self.run_dir, "samples.txt"), "a") as f:
-                for i, text in enumerate(samples, start=1):
-                    f.write(f"=== step {self.step}, sample {i} ===\n{text}\n\n")
+            ckpt.append_samples(self.run_dir, self.step, samples)
         return {"steps": self.step, "steps_run": steps_run, "max_steps": c.max_steps,
                 "samples": samples, "train_loss": self.last.get("loss"),
                 "val_loss": self.last.get("val_loss"), "val_bpb": self.last.get("val_bpb"),
@@ -510,7 +472,11 @@ def resume(run_dir, overrides=None, log=print, stop_at_step=None):
     path = ckpt.resolve(run_dir)
     if os.path.abspath(path) == os.path.abspath(run_dir):          # given a checkpoint itself
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    state = ckpt.read_json(os.path.join(path, "trainer_state.json"))
+    checkpoint = ckpt.load(path)
+    state = checkpoint.trainer_state
+    if not isinstance(state.get("config"), dict):
+        raise CheckpointError(f"{path}/trainer_state.json: no training config; the checkpoint "
+                              f"cannot be resumed")
     saved = from_dict(state["config"])
     if config_hash(saved) != state.get("config_hash"):
         raise CheckpointError(f"{path}: trainer_state.json's config does not match its hash")
@@ -523,6 +489,6 @@ def resume(run_dir, overrides=None, log=print, stop_at_step=None):
         raise ConfigError(f"cannot resume with changed {', '.join(changed)}: these fields change "
                           f"what training computes; start a new run instead")
     trainer = Trainer(config, log).setup()
-    trainer.load_checkpoint(path)
+    trainer.restore(checkpoint, path)
     log(f"resumed from {path} at step {trainer.step}")
     return trainer.run(stop_at_step=stop_at_step)
