@@ -1,7 +1,7 @@
 """The pre-training loop: batches in, AdamW steps, evaluation, samples, checkpoints out.
 
     summary = train(make_config("demo"))                 # what `microgpt train` runs
-    summary = resume("runs/demo", {"max_steps": 2000})   # `microgpt train --resume runs/demo`
+    summary = resume("runs/demo", {"eval_interval": 100})  # `microgpt train --resume runs/demo`
 
 One optimizer step (step s counts from 0, `lr = lr_at(s, ...)`):
 
@@ -19,11 +19,12 @@ written before the trouble, is untouched).
 Every `eval_interval` steps and at the end: mean loss over `eval_batches` fixed val
 batches, and bits per byte, bpb = sum of losses (nats) / ln 2 / bytes of the targets'
 text, counting only tokens that stand for text (end-of-text targets are ignored), so the
-figure compares across tokenizers. Every `log_interval` steps a JSON line goes to
-RUN_DIR/metrics.jsonl. Progress: on a terminal a bar (on stderr) redraws loss, lr, tokens/s
-and the ETA; when stderr is not a terminal (a log file, a pipe) a plain line with the same
-figures is printed every `log_interval` steps instead, so a log holds no carriage-return
-redraws. The final samples are printed and appended to RUN_DIR/samples.txt.
+figure compares across tokenizers. Every `log_interval` steps, and at the last step, a JSON
+line with the mean loss since the previous one goes to RUN_DIR/metrics.jsonl (the run
+directory's layout is checkpoint.py's). Progress: on a terminal a bar (on stderr) redraws
+loss, lr, tokens/s and the ETA; when stderr is not a terminal (a log file, a pipe) a plain
+line with the same figures is printed every `log_interval` steps instead, so a log holds
+no carriage-return redraws. The final samples are printed and appended to samples.txt.
 
 Determinism: the model's initial weights come from `seed`, batch order from the loader's
 (seed, epoch) permutations, dropout masks from the model's own Generator. A checkpoint
@@ -436,7 +437,7 @@ def format_summary(summary):
         known.append(f"{summary['val_bpb']:.3f} bits/byte")
     figures = ", ".join(known) or "no loss measured yet"
     steps, steps_run = summary["steps"], summary["steps_run"]
-    if steps_run == 0:
+    if steps_run == 0 and summary["finished"]:
         head = (f"no steps run: the checkpoint is already at max_steps ({summary['max_steps']}); "
                 f"training longer needs a new run with a larger --max-steps (the learning-rate "
                 f"schedule depends on it). At step {steps}: {figures}")
