@@ -43,3 +43,10 @@ def test_signal_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, signum
     assert newest.endswith("step_000004")
     assert re.search(rf"at step 8\b.*{re.escape(newest)}", err)
     ckpt.verify(newest)
+
+
+def test_signal_before_the_first_checkpoint_says_there_is_nothing_to_resume(tmp_path):
+    config, code, out, err = _signal_between_checkpoints(tmp_path, signal.SIGTERM, step=2)
+    assert code == 128 + signal.SIGTERM
+    assert "interrupted by SIGTERM at step 2; no checkpoint was written yet" in err
+    assert ckpt.latest(config.out_dir) is None
