@@ -101,3 +101,51 @@ def test_schedule_warmup_cosine_floor():
     assert lr_at(3, 1.0, 0.0, 0, 0) == 0.0
     with pytest.raises(ConfigError):
         lr_at(-1, **kw)
+
+
+def test_every_float_field_rejects_nan_and_inf_from_any_source(tmp_path):
+    floats = [name for name, f in TrainConfig.__dataclass_fields__.items()
+              if f.type in (float, "float")]
+    assert len(floats) >= 10
+    for name in floats:
+        for bad in (math.nan, math.inf, -math.inf):
+            with pytest.raises(ConfigError, match=name):
+                TrainConfig(**{name: bad})
+    toml = tmp_path / "bad.toml"
+    for line in ("weight_decay = nan", "grad_clip = inf", "[optim]\nlr = -inf"):
+        toml.write_text(line + "\n")
+        with pytest.raises(ConfigError, match=r"weight_decay|grad_clip|lr"):
+            make_config("demo", str(toml))
+
+
+def test_ranges_that_were_not_checked_before():
+    for bad in (dict(eval_interval=0), dict(seed=-1), dict(val_fraction=0.0),
+                dict(eps=math.inf), dict(lr=math.inf, min_lr=0.0)):
+        with pytest.raises(ConfigError, match=next(iter(bad))):
+            TrainConfig(**bad)
+
+
+def test_a_preset_named_in_toml_must_be_a_string(tmp_path):
+    toml = tmp_path / "p.toml"
+    toml.write_text("preset = 3\n")
+    with pytest.raises(ConfigError, match="preset"):
+        make_config(None, str(toml))
+
+
+def test_warmup_scales_to_short_runs_unless_set():
+    demo = PRESETS["demo"]
+    assert make_config("demo").warmup_steps == demo["warmup_steps"]
+    assert make_config("demo", None, {"max_steps": 6}).warmup_steps == 0
+    assert make_config("demo", None, {"max_steps": 500}).warmup_steps == 50
+    assert make_config("demo", None, {"max_steps": 100_000}).warmup_steps == demo["warmup_steps"]
+    assert make_config("demo", None, {"max_steps": 6, "warmup_steps": 3}).warmup_steps == 3
+    with pytest.raises(ConfigError, match="--warmup-steps"):
+        make_config("demo", None, {"max_steps": 6, "warmup_steps": 100})
+
+
+def test_warmup_set_in_a_toml_file_is_kept(tmp_path):
+    toml = tmp_path / "w.toml"
+    toml.write_text("max_steps = 40\nwarmup_steps = 20\n")
+    assert make_config("demo", str(toml)).warmup_steps == 20
+    toml.write_text("max_steps = 40\n")
+    assert make_config("demo", str(toml)).warmup_steps == 4

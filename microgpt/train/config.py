@@ -10,9 +10,21 @@ keys, flat or grouped in tables (`[model] n_layer = 4` and `n_layer = 4` mean th
 table names are only for the reader). Unknown keys and values of the wrong type are a
 ConfigError naming the key.
 
-Presets (vocab sizes are those of the tokenizer the run trains or loads):
+Every number has its allowed range in FIELD_BOUNDS (floats must also be finite: TOML can
+spell nan and inf), checked in one place whichever layer the value came from; the CLI
+flags parse with the same bounds, so `--lr nan` is refused before anything runs, naming
+the flag.
+
+Warmup scales to short runs: when neither the TOML file nor a flag sets warmup_steps, the
+preset's value is capped at max_steps // 10, so `microgpt train --max-steps 6` just runs
+(with no warmup) and a long run keeps the preset's. A warmup_steps that *is* set must be
+<= max_steps, and the error says so.
+
+Presets (vocab sizes are those of the tokenizer the run trains or loads; `presets_help()`
+lists every value each one sets, for `microgpt train --help`):
     demo   4 layers x 128 channels, context 256, BPE vocab 2048 (1.1M parameters): 4.9M
-           tokens, 1.3 passes over the whole built-in corpus, ~10 minutes on 2 CPU cores
+           tokens, 1.3 passes over the whole built-in corpus; its wall time on 2 CPU cores
+           is DEMO_MINUTES, the one figure help text and docs quote
     baby   4 layers x 128 channels, a sanity-check size for benchmarks and tests
     small  6 layers x 384 channels (the "small" GPT of benchmarks, ~10M parameters)
     gpt2   the GPT-2 124M shape: 12 layers x 768 channels, 12 heads, context 1024, V 50257
@@ -20,14 +32,76 @@ Presets (vocab sizes are those of the tokenizer the run trains or loads):
 `config_hash` fingerprints the fields that change what training computes; a resumed run
 must have the same hash, so a checkpoint is never continued under different math.
 """
+import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 from dataclasses import dataclass, fields
+from typing import Optional
 
 from ..errors import ConfigError
 from ..fileio import atomic_write
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The allowed values of a number: low and high (None = unbounded), each included unless
+    its *_open flag is set. Float values must also be finite."""
+    low: Optional[float] = None
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __str__(self):
+        if self.low is not None and self.high is not None:
+            return (f"in {'(' if self.low_open else '['}{self.low}, "
+                    f"{self.high}{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '<='} {self.high}"
+        return "any value"
+
+    def problem(self, value):
+        """None if `value` (an int or float) is allowed, else what it must be."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return "must be a finite number" + ("" if str(self) == "any value" else f" {self}")
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return f"must be {self}"
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
+            return f"must be {self}"
+        return None
+
+
+def check_number(name, value, kind, bounds=Bounds()):
+    """Raise ConfigError naming `name` unless value is a `kind` (int, or float: ints accepted)
+    within bounds."""
+    wrong = isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int)
+    if wrong:
+        raise ConfigError(f"{name} must be {'a number' if kind is float else 'an integer'}, "
+                          f"got {value!r}")
+    problem = bounds.problem(value)
+    if problem:
+        raise ConfigError(f"{name} {problem}, got {value!r}")
+
+
+def number_type(kind, bounds=Bounds()):
+    """An argparse `type=` for ints or floats within bounds: a bad value is an argparse error
+    naming the flag ("argument --top-p: must be in (0, 1], got '1.5'")."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'a number' if kind is float else 'an integer'}, got {text!r}") from None
+        problem = bounds.problem(value)
+        if problem:
+            raise argparse.ArgumentTypeError(f"{problem}, got {text!r}")
+        return value
+    parse.kind, parse.bounds, parse.__name__ = kind, bounds, kind.__name__
+    return parse
 
 
 @dataclass
@@ -85,39 +159,23 @@ class TrainConfig:
         self.validate()
 
     def validate(self):
-        positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum",
-                    "max_steps", "eval_batches", "log_interval", "checkpoint_interval",
-                    "keep_checkpoints", "vocab_size", "max_bad_steps")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "sample_interval", "sample_tokens", "num_samples",
-                     "n_kv_head", "corpus_bytes", "tokenizer_bytes", "top_k"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.family not in ("gpt2", "llama"):
-            raise ConfigError(f"family must be 'gpt2' or 'llama', got {self.family!r}")
+        for name, bounds in FIELD_BOUNDS.items():
+            check_number(name, getattr(self, name), _kind(name), bounds)
+        for name, choices in FIELD_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be {' or '.join(map(repr, choices))}, "
+                                  f"got {getattr(self, name)!r}")
         if self.n_embd % self.n_head:
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head and self.n_head % self.n_kv_head:
             raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head "
                               f"({self.n_kv_head})")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
-            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr, got lr={self.lr} "
-                              f"min_lr={self.min_lr}")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.eps > 0):
-            raise ConfigError("need 0 <= beta1, beta2 < 1 and eps > 0")
-        if self.weight_decay < 0 or self.grad_clip < 0 or self.temperature < 0:
-            raise ConfigError("weight_decay, grad_clip and temperature must be >= 0")
+        if self.min_lr > self.lr:
+            raise ConfigError(f"need min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
         if self.warmup_steps > self.max_steps:
             raise ConfigError(f"warmup_steps ({self.warmup_steps}) must be <= max_steps "
-                              f"({self.max_steps})")
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+                              f"({self.max_steps}): lower --warmup-steps, or leave it unset "
+                              f"(warmup is then at most max_steps // 10)")
 
     @property
     def tokens_per_step(self):
@@ -125,6 +183,28 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+# The allowed range of every number field (the CLI flags parse with the same bounds).
+_AT_LEAST_1 = Bounds(1)
+_AT_LEAST_0 = Bounds(0)
+_UNIT = Bounds(0.0, 1.0, high_open=True)                  # [0, 1)
+FIELD_BOUNDS = {
+    **{name: _AT_LEAST_1 for name in (
+        "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
+        "eval_interval", "eval_batches", "log_interval", "checkpoint_interval",
+        "keep_checkpoints", "max_bad_steps", "tokenizer_bytes")},
+    **{name: _AT_LEAST_0 for name in (
+        "warmup_steps", "sample_interval", "sample_tokens", "num_samples", "n_kv_head",
+        "corpus_bytes", "top_k", "seed")},
+    "vocab_size": Bounds(257),                  # 256 bytes + <|endoftext|> at the least
+    "val_fraction": Bounds(0.0, 1.0, low_open=True, high_open=True),   # a run evaluates
+    "dropout": _UNIT, "beta1": _UNIT, "beta2": _UNIT,
+    "lr": Bounds(0.0, low_open=True), "eps": Bounds(0.0, low_open=True),
+    "min_lr": Bounds(0.0), "weight_decay": Bounds(0.0), "grad_clip": Bounds(0.0),
+    "temperature": Bounds(0.0),
+}
+FIELD_CHOICES = {"family": ("gpt2", "llama"), "device": ("cpu", "cuda")}
 
 
 # Fields that do not change what training computes: they may differ on resume.
@@ -140,6 +220,11 @@ def config_hash(config):
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
+
+# Wall time of the demo (`microgpt train`, no arguments) on 2 CPU cores, in minutes: the one
+# figure `microgpt --help`, `microgpt train --help` and the docs quote. Re-measure it when
+# the demo preset changes.
+DEMO_MINUTES = 6
 
 PRESETS = {
     "demo": dict(n_layer=4, n_head=4, n_embd=128, block_size=256, vocab_size=2048,
@@ -200,20 +285,22 @@ def load_toml(path):
             table = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     flat = _flatten(table, path)
     return {k: (v if k == "preset" else _coerce(k, v)) for k, v in flat.items()}
 
 
 def make_config(preset="demo", toml_path=None, overrides=None):
-    """preset < TOML file < overrides (a dict of field values, e.g. from CLI flags)."""
+    """preset < TOML file < overrides (a dict of field values, e.g. from CLI flags).
+
+    A warmup_steps set by neither the file nor the overrides is capped at max_steps // 10."""
     values = {}
     file_values = load_toml(toml_path) if toml_path else {}
     file_preset = file_values.pop("preset", "demo")
     preset = file_preset if preset is None else preset
     if preset:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
         values.update(PRESETS[preset])
     values.update(file_values)
@@ -221,6 +308,11 @@ def make_config(preset="demo", toml_path=None, overrides=None):
         if key not in _FIELDS:
             raise ConfigError(f"unknown config key {key!r}")
         values[key] = _coerce(key, value)
+    if "warmup_steps" not in file_values and "warmup_steps" not in (overrides or {}):
+        warmup = values.get("warmup_steps", _FIELDS["warmup_steps"].default)
+        max_steps = values.get("max_steps", _FIELDS["max_steps"].default)
+        if isinstance(max_steps, int) and isinstance(warmup, int):
+            values["warmup_steps"] = min(warmup, max(max_steps, 0) // 10)
     return TrainConfig(**values)
 
 
@@ -249,26 +341,75 @@ def save_toml(config, path):
 
 # --- the command line: one flag per field ---------------------------------------------------
 
-def _parse_bool(text):
+def boolean(text):
+    """An argparse `type=` for true/false flags."""
     lowered = text.lower()
     if lowered in ("1", "true", "yes", "on"):
         return True
     if lowered in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"not a boolean: {text!r}")
+    raise argparse.ArgumentTypeError(f"expected true or false (or yes/no, on/off, 1/0), "
+                                     f"got {text!r}")
+
+
+# Notes a flag's help adds to its default and range.
+_HELP_NOTES = {
+    "warmup_steps": "at most max_steps // 10 unless set",
+    "out_dir": "created if missing",
+    "data_dir": "'' = OUT_DIR/data; created if missing",
+    "data": "'builtin' or comma-separated paths",
+    "tokenizer": "'' = train a BPE of --vocab-size",
+    "n_kv_head": "0 = n_head",
+    "grad_clip": "0 = no clipping",
+    "sample_interval": "0 = only at the end",
+    "corpus_bytes": "0 = all of the built-in corpus",
+}
+
+
+def _flag_help(name):
+    """'default 256, >= 1' where the default is the demo preset's (the preset that runs)."""
+    default = PRESETS["demo"].get(name, _FIELDS[name].default)
+    parts = [f"default {default!r}"]
+    if name in FIELD_BOUNDS:
+        parts.append(str(FIELD_BOUNDS[name]))
+    if name in FIELD_CHOICES:
+        parts.append(" or ".join(FIELD_CHOICES[name]))
+    if name in _HELP_NOTES:
+        parts.append(_HELP_NOTES[name])
+    return ", ".join(parts)
+
+
+def presets_help(width=92):
+    """Every preset and each value it sets (the rest are the dataclass defaults), wrapped."""
+    import textwrap
+    lines = ["presets (--preset NAME; a --config file and flags override their values; "
+             "flags show the demo's):"]
+    for name, values in PRESETS.items():
+        head = f"  {name:<7}"
+        text = (f"the default, ~{DEMO_MINUTES} minutes on 2 CPU cores: " if name == "demo" else "")
+        text += " ".join(f"{k}={v}" for k, v in values.items())
+        lines += textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head),
+                               break_on_hyphens=False, break_long_words=False)
+    return "\n".join(lines)
 
 
 def add_arguments(parser):
-    """Add --preset, --config and one --flag per TrainConfig field (default: unset)."""
+    """Add --preset, --config and one --flag per TrainConfig field (default: unset); numbers
+    parse within FIELD_BOUNDS, so a bad value is refused before anything runs."""
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="starting point of the config (default: demo)")
     parser.add_argument("--config", metavar="FILE.toml", help="TOML file of config overrides")
     for f in fields(TrainConfig):
         kind = _kind(f.name)
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name,
-                            type=_parse_bool if kind is bool else kind,
-                            default=None, metavar=kind.__name__.upper(),
-                            help=f"(default {f.default!r})")
+        if kind is bool:
+            parse = boolean
+        elif kind in (int, float):
+            parse = number_type(kind, FIELD_BOUNDS.get(f.name, Bounds()))
+        else:
+            parse = kind
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=parse,
+                            choices=FIELD_CHOICES.get(f.name), default=None,
+                            metavar=kind.__name__.upper(), help=_flag_help(f.name))
 
 
 def overrides_from_args(args):
