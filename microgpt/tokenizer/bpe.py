@@ -38,15 +38,11 @@ import os
 
 import numpy as np
 
-from ..errors import MicrogptError
+from ..errors import TokenizerError
 from . import patterns
 from .native import MAX_CALL_BYTES, Encoder
 
 DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-
-
-class TokenizerError(MicrogptError, ValueError):
-    """Invalid tokenizer input: a disallowed special token, an unknown id, a bad file."""
 
 
 def _utf8(text):

@@ -26,6 +26,8 @@ import functools
 import numpy as np
 import regex
 
+from ..errors import TokenizerError
+
 GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$"""
                 r"""|\s+(?!\S)|\s""")
 GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+"""
@@ -44,10 +46,11 @@ def resolve(pattern):
     """'gpt2' | 'gpt4' | a regex string -> (name, regex string, native code).
 
     A regex equal to a built-in one is recognised, so a loaded tokenizer keeps the fast path.
+    A bad pattern is a TokenizerError (a ValueError).
     """
     if not isinstance(pattern, str) or not pattern:
-        raise ValueError(f"pattern must be 'gpt2', 'gpt4' or a non-empty regex string, "
-                         f"got {pattern!r}")
+        raise TokenizerError(f"pattern must be 'gpt2', 'gpt4' or a non-empty regex string, "
+                             f"got {pattern!r}")
     if pattern in BUILTIN:
         return (pattern,) + BUILTIN[pattern]
     for name, (text, code) in BUILTIN.items():
@@ -56,7 +59,7 @@ def resolve(pattern):
     try:
         regex.compile(pattern)
     except regex.error as exc:
-        raise ValueError(f"pattern {pattern!r} is not a valid regex: {exc}") from None
+        raise TokenizerError(f"pattern {pattern!r} is not a valid regex: {exc}") from None
     return None, pattern, NATIVE_NONE
 
 

@@ -72,7 +72,8 @@ def train(cls, source, vocab_size, pattern, special_tokens, progress):
             bar.update(len(made))
     if len(tokens) - 256 < n_merges:
         warnings.warn(f"the corpus ran out of pairs after {len(tokens) - 256} merges; the "
-                      f"vocabulary has {len(tokens) + len(special_tokens)} ids, not {vocab_size}")
+                      f"vocabulary has {len(tokens) + len(special_tokens)} ids, not {vocab_size}",
+                      stacklevel=3)                     # the caller of Tokenizer.train
     specials = {text: len(tokens) + k for k, text in enumerate(special_tokens)}
     return cls(tokens, pattern, specials)
 
@@ -113,6 +114,9 @@ def _blocks(source):
                 yield text, len(text)
         return texts(), None
     files = _files(paths)
+    if not files:
+        raise TokenizerError(f"no text files in {', '.join(map(repr, map(os.fspath, paths)))} "
+                             f"(hidden and binary files are skipped)")
     return _read_files(files), sum(os.path.getsize(f) for f in files)
 
 
@@ -141,10 +145,16 @@ def _as_paths(source):
 
 
 def _files(paths):
-    """Expand directories (sorted, recursive, skipping hidden names and binary files)."""
+    """Expand directories (sorted, recursive, skipping hidden names and binary files). A
+    binary file named explicitly is an error, as in data/sources.py."""
     files = []
     for path in map(os.fspath, paths):
         if os.path.isfile(path):
+            with open(path, "rb") as f:                 # unreadable: OSError, said as it is
+                head = f.read(8192)
+            if b"\0" in head:
+                raise TokenizerError(f"{path} looks binary (NUL byte in its first 8 KiB); "
+                                     f"give text files")
             files.append(path)
             continue
         if not os.path.isdir(path):
