@@ -28,6 +28,7 @@ documents changed and bytes removed.
 import dataclasses
 import gzip
 import json
+import math
 import os
 import time
 import tomllib
@@ -68,22 +69,61 @@ class CleanConfig:
 
 
 def _build(cls, values, where):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(values) - known
+    if isinstance(values, cls):
+        return values
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where} must be a table of settings, got {values!r}")
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(defaults)
     if unknown:
-        raise ConfigError(f"unknown keys in [{where}]: {sorted(unknown)}; known: {sorted(known)}")
+        raise ConfigError(f"unknown keys in [{where}]: {sorted(unknown)}; known: {sorted(defaults)}")
+    for key, value in values.items():
+        _check_type(f"{where}.{key}" if where != "top level" else key, value, defaults[key])
     return cls(**values)
 
 
+def _check_type(name, value, default):
+    """ConfigError unless `value` has the type of the field's default (ints pass for floats,
+    floats must be finite, a nested config must be a table, a tuple a list)."""
+    if dataclasses.is_dataclass(default):
+        ok, what = isinstance(value, (dict, type(default))), "a table"
+    elif isinstance(default, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        what = "a finite number"
+    elif isinstance(default, tuple):
+        ok, what = isinstance(value, (list, tuple)), "a list"
+        if ok and default and not isinstance(default[0], str):
+            ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                     for v in value)
+            what = "a list of finite numbers"
+        elif ok:
+            ok, what = all(isinstance(v, str) for v in value), "a list of strings"
+    elif isinstance(default, str):
+        ok, what = isinstance(value, str), "a string"
+    else:
+        ok, what = True, ""
+    if not ok:
+        raise ConfigError(f"{name} must be {what}, got {value!r}")
+
+
 def load_config(path: str, **overrides) -> CleanConfig:
-    """A CleanConfig from a TOML file; keyword overrides (e.g. from CLI flags) win."""
+    """A CleanConfig from a TOML file; keyword overrides (e.g. from CLI flags) win. Any
+    problem with the file is a ConfigError naming it."""
     try:
         with open(path, "rb") as f:
             values = tomllib.load(f)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
     values.update(overrides)
-    return _build(CleanConfig, values, "top level")
+    try:
+        return _build(CleanConfig, values, "top level")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 @dataclass

@@ -26,7 +26,9 @@ Choices, and why:
     error naming the file and line (on_bad_line="raise", the default, since a silently
     shrinking corpus hides bugs); with on_bad_line="skip" it is skipped and counted in
     SourceStats.bad_lines, with the first few reasons kept in SourceStats.bad_examples.
-  - A path that does not exist is an error before anything is read.
+  - A path that does not exist, or a directory holding no files at all, is an error before
+    anything is read: `iter_documents` checks its paths when it is called, not when the
+    first document is asked for (`check_paths` is the same check on its own).
 
 Nothing here writes; inputs are only ever opened for reading.
 """
@@ -34,6 +36,7 @@ import gzip
 import io
 import json
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, List, Optional, Union
 
@@ -68,21 +71,35 @@ class SourceStats:
 PathArg = Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]
 
 
-def iter_documents(paths: PathArg, text_field: str = "text", on_bad_line: str = "raise",
-                   stats: Optional[SourceStats] = None) -> Iterator[Document]:
-    """Yield every Document under `paths` (a path or a list of paths), in a fixed order."""
-    if on_bad_line not in ("raise", "skip"):
-        raise DataError(f"on_bad_line must be 'raise' or 'skip', got {on_bad_line!r}")
-    if not isinstance(text_field, str) or not text_field:
-        raise DataError(f"text_field must be a non-empty string, got {text_field!r}")
+def check_paths(paths: PathArg) -> List[str]:
+    """The paths as a list of str, after checking that each exists and that each directory
+    holds at least one (non-hidden) file; DataError naming the first that does not."""
     path_list = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     if not path_list:
         raise DataError("no input paths given")
     path_list = [os.fspath(p) for p in path_list]
-    for p in path_list:                       # fail before reading anything
+    for p in path_list:
         if not os.path.exists(p):
             raise DataError(f"input path does not exist: {p}")
-    stats = stats if stats is not None else SourceStats()
+        if os.path.isdir(p) and next(_walk(p), None) is None:
+            raise DataError(f"input directory {p} holds no files (hidden names are skipped)")
+    return path_list
+
+
+def iter_documents(paths: PathArg, text_field: str = "text", on_bad_line: str = "raise",
+                   stats: Optional[SourceStats] = None) -> Iterator[Document]:
+    """Every Document under `paths` (a path or a list of paths), in a fixed order. The
+    arguments and paths are checked now; the documents are read as the iterator is."""
+    if on_bad_line not in ("raise", "skip"):
+        raise DataError(f"on_bad_line must be 'raise' or 'skip', got {on_bad_line!r}")
+    if not isinstance(text_field, str) or not text_field:
+        raise DataError(f"text_field must be a non-empty string, got {text_field!r}")
+    path_list = check_paths(paths)                # fail before reading anything
+    return _iter_paths(path_list, text_field, on_bad_line,
+                       stats if stats is not None else SourceStats())
+
+
+def _iter_paths(path_list, text_field, on_bad_line, stats):
     for p in path_list:
         if os.path.isdir(p):
             for file_path in _walk(p):
@@ -116,7 +133,7 @@ def _iter_file(path, text_field, on_bad_line, stats, explicit):
     try:
         raw = _open_binary(path)
         head = raw.peek(_SNIFF_BYTES)[:_SNIFF_BYTES] if hasattr(raw, "peek") else b""
-    except OSError as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
     with raw:
         if b"\0" in head:
@@ -135,7 +152,7 @@ def _iter_file(path, text_field, on_bad_line, stats, explicit):
                 stats.documents += 1
                 stats.bytes += len(content.encode("utf-8", "surrogatepass"))
                 yield Document(content, path)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        except (OSError, EOFError, zlib.error) as exc:     # BadGzipFile is an OSError
             raise DataError(f"cannot read {path}: {exc}") from exc
 
 
