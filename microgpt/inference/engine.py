@@ -70,6 +70,11 @@ class Engine:
     def block_size(self):
         return self.model.config.block_size
 
+    def encode_prompts(self, prompts):
+        """The prompts as id lists, checked as generate will check them (ids in the vocabulary,
+        room left in the context): a caller can fail before printing anything."""
+        return self._prompt_ids(prompts)
+
     def _prompt_ids(self, prompts):
         rows = []
         for p in prompts:
@@ -88,7 +93,8 @@ class Engine:
                 raise ConfigError(f"prompt ids must lie in [0, {vocab})")
             if len(ids) >= self.block_size:
                 raise ConfigError(f"a prompt of {len(ids)} tokens leaves no room in the model's "
-                                  f"context of {self.block_size}")
+                                  f"context of {self.block_size} tokens; shorten it to at most "
+                                  f"{self.block_size - 1}")
             rows.append(ids)
         if not rows:
             raise ConfigError("no prompts given")

@@ -15,6 +15,7 @@ For each row of logits (B, V), in this order:
 All of it runs in float64 on the host; with the same seed and logits, the same ids come
 out on every run and backend.
 """
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,6 +31,13 @@ class SamplingConfig:
     repetition_penalty: float = 1.0
 
     def __post_init__(self):
+        for name in ("temperature", "top_p", "repetition_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                    or not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, (int, np.integer)):
+            raise ConfigError(f"top_k must be an integer, got {self.top_k!r}")
         if self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:

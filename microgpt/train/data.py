@@ -13,7 +13,12 @@ Caching: meta.json records a *data key*, the sha256 of every config field that s
 data (plus the Python version for the built-in corpus, whose text changes with it). When
 `data_dir/meta.json` carries the same key, the shards and tokenizer are reused as they are;
 otherwise they are rebuilt. meta.json is written last, so an interrupted preparation is
-simply redone.
+simply redone. A meta.json without a data key was written by `microgpt data prepare`: such
+a directory is the user's prepared data, used as it is (with its own tokenizer) and never
+rebuilt. A meta.json that cannot be read is an error naming it, never silently replaced.
+
+The corpus paths are checked (they exist, a directory holds files) before the tokenizer is
+trained, and a corpus with no documents stops there too.
 """
 import hashlib
 import json
@@ -23,8 +28,8 @@ import time
 
 from ..data.corpus import builtin_documents, describe_builtin
 from ..data.shards import DEFAULT_SHARD_TOKENS, prepare
-from ..data.sources import iter_documents
-from ..errors import ConfigError
+from ..data.sources import DataError, check_paths, iter_documents
+from ..errors import CheckpointError, ConfigError
 from .checkpoint import TOKENIZER_FILE
 
 EOT = "<|endoftext|>"
@@ -82,6 +87,9 @@ def _training_text(docs, budget):
 def train_tokenizer(docs, vocab_size, budget, log=print, progress=True):
     from ..tokenizer import Tokenizer
     texts = _training_text(docs, budget)
+    if not texts:
+        raise DataError("no documents to train the tokenizer on: the inputs hold no text "
+                        "(hidden and binary files are skipped)")
     start = time.perf_counter()
     tokenizer = Tokenizer.train(texts, vocab_size=vocab_size, special_tokens=(EOT,),
                                 progress=progress)
@@ -107,18 +115,42 @@ def build_shards(docs, out_dir, tokenizer, val_fraction=0.01, progress=True, ext
     return meta
 
 
+def read_meta(meta_path):
+    """A data directory's meta.json, checked: CheckpointError naming the file otherwise."""
+    remedy = ("delete it and run again to have the data prepared anew (for a directory made "
+              "by `microgpt data prepare`, run that again)")
+    try:
+        with open(meta_path, encoding="utf-8") as f:
+            meta = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{meta_path}: not valid JSON ({exc}); {remedy}") from None
+    tokens = meta.get("tokens") if isinstance(meta, dict) else None
+    if not (isinstance(tokens, dict) and all(isinstance(tokens.get(s), int) for s in ("train", "val"))
+            and isinstance(meta.get("tokenizer", TOKENIZER_FILE), str)):
+        raise CheckpointError(f"{meta_path}: not the meta.json of a prepared data directory "
+                              f"(no train/val token counts); {remedy}")
+    return meta
+
+
 def prepare_run_data(config, data_dir, log=print):
     """(tokenizer, tokenizer path, meta) for the run, building the shards if needed."""
     key = data_key(config)
     meta_path = os.path.join(data_dir, "meta.json")
-    tok_path = os.path.join(data_dir, TOKENIZER_FILE)
-    if os.path.isfile(meta_path) and os.path.isfile(tok_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        if meta.get("data_key") == key:
+    if os.path.isfile(meta_path):
+        meta = read_meta(meta_path)
+        tok_path = os.path.join(data_dir, meta.get("tokenizer", TOKENIZER_FILE))
+        if "data_key" not in meta:                 # made by `microgpt data prepare`: use it
+            log(f"data: using the prepared {data_dir} ({meta['tokens']['train']:,} train / "
+                f"{meta['tokens']['val']:,} val tokens, its own tokenizer); data and tokenizer "
+                f"settings do not apply")
+            return load_tokenizer(tok_path), tok_path, meta
+        if meta["data_key"] == key and os.path.isfile(tok_path):
             log(f"data: reusing {data_dir} ({meta['tokens']['train']:,} train / "
                 f"{meta['tokens']['val']:,} val tokens)")
             return load_tokenizer(tok_path), tok_path, meta
+    if config.data != "builtin":
+        check_paths(input_paths(config.data))      # before any tokenizer training
+    tok_path = os.path.join(data_dir, TOKENIZER_FILE)
     log(describe(config))
     if config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
