@@ -10,42 +10,92 @@ Each command group registers its flags in one `_add_<group>` function below and 
 parsed namespace to a `_run_<group>` function that imports the library lazily, so
 `microgpt --help` stays fast. Errors a user can fix (MicrogptError, OSError) are printed
 as one line and exit with status 2; anything else is a bug and keeps its traceback.
+
+Conventions every command keeps:
+  - Every number flag parses within its range (train/config.py's `number_type`, the
+    FIELD_BOUNDS of TrainConfig for `train`): nan, inf and out-of-range values are refused
+    by the parser, naming the flag, before anything runs. So is an unknown flag, with the
+    usage of the subcommand it was given to.
+  - Inputs are existing files or directories, checked before any work starts; passing
+    texts instead of paths is an API feature (Tokenizer.train), never a CLI one.
+  - An output path (-o/--out/--output/--report/--out-dir) may name directories that do not
+    exist yet: they are created. A path that is the wrong kind (a directory where a file is
+    written, or the reverse) is an error before any work starts.
 """
 import argparse
+import os
 import sys
 
-from .errors import MicrogptError
+from .errors import ConfigError, MicrogptError
+
+_CREATED = "directories are created if missing"
+
+
+def _int(low=None, high=None):
+    from .train.config import Bounds, number_type
+    return number_type(int, Bounds(low, high))
+
+
+def _float(low=None, high=None, low_open=False, high_open=False):
+    from .train.config import Bounds, number_type
+    return number_type(float, Bounds(low, high, low_open, high_open))
+
+
+def _leaf(subparsers, name, handler, **kwargs):
+    """A subcommand parser that remembers itself, so a bad flag prints *its* usage."""
+    p = subparsers.add_parser(name, **kwargs)
+    p.set_defaults(handler=handler, leaf_parser=p)
+    return p
+
+
+def _output_file(flag, path):
+    if path is not None and os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a directory; give the path of the file to write")
+
+
+def _output_dir(flag, path):
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} exists and is not a directory; give a directory")
 
 
 def _add_train(sub):
     """`microgpt train`, `generate`, `plot` (microgpt/train/, microgpt/inference/)."""
-    from .train.config import add_arguments
-    p = sub.add_parser("train", help="pre-train a GPT (no arguments: the demo on the built-in "
-                                     "corpus, ~10 minutes on 2 cores)")
+    from .train.config import DEMO_MINUTES, add_arguments, presets_help
+    p = _leaf(sub, "train", _run_train,
+              help=f"pre-train a GPT (no arguments: the demo on the built-in corpus, "
+                   f"~{DEMO_MINUTES} minutes on 2 CPU cores)",
+              usage="microgpt train [--preset NAME] [--config FILE.toml] [--resume RUN_DIR] "
+                    "[--FIELD VALUE ...]",
+              description=f"Pre-train a GPT. With no arguments: the demo preset on the built-in "
+                          f"corpus, ~{DEMO_MINUTES} minutes on 2 CPU cores, into runs/demo. "
+                          f"Every field of TrainConfig is a flag; the defaults shown are the demo "
+                          f"preset's (the one that runs without --preset).",
+              epilog=presets_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the newest complete checkpoint of RUN_DIR, bit for bit")
     add_arguments(p)
-    p.set_defaults(handler=_run_train)
 
-    g = sub.add_parser("generate", help="sample text from a trained model (KV-cache decoding)")
+    g = _leaf(sub, "generate", _run_generate,
+              help="sample text from a trained model (KV-cache decoding)")
     g.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a checkpoint directory")
     g.add_argument("--prompt", action="append", default=None,
                    help="prompt text (repeat for a batch; default: start a new document)")
-    g.add_argument("--max-new-tokens", type=int, default=200)
-    g.add_argument("--temperature", type=float, default=None, help="0 = greedy (default 0.8)")
-    g.add_argument("--top-k", type=int, default=None, help="0 = off (default: the run's)")
-    g.add_argument("--top-p", type=float, default=1.0)
-    g.add_argument("--repetition-penalty", type=float, default=1.0)
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--max-new-tokens", type=_int(0), default=200, help="default 200, >= 0")
+    g.add_argument("--temperature", type=_float(0.0), default=None,
+                   help="0 = greedy, >= 0 (default: the run's, else 0.8)")
+    g.add_argument("--top-k", type=_int(0), default=None, help="0 = off (default: the run's)")
+    g.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0,
+                   help="nucleus mass in (0, 1]; 1 = off (default)")
+    g.add_argument("--repetition-penalty", type=_float(0.0, low_open=True), default=1.0,
+                   help="> 0; 1 = off (default)")
+    g.add_argument("--seed", type=_int(0), default=0)
     g.add_argument("--stop", action="append", default=[],
                    help="stop string, backslash escapes allowed: --stop '\\n\\n' (repeatable)")
     g.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    g.set_defaults(handler=_run_generate)
 
-    pl = sub.add_parser("plot", help="draw a run's loss curve (needs matplotlib)")
+    pl = _leaf(sub, "plot", _run_plot, help="draw a run's loss curve as a PNG")
     pl.add_argument("run_dir", metavar="RUN_DIR")
-    pl.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
-    pl.set_defaults(handler=_run_plot)
+    pl.add_argument("--out", help=f"PNG path (default RUN_DIR/loss.png); {_CREATED}")
 
 
 def _run_train(args):
@@ -77,24 +127,54 @@ def _run_train(args):
     return 0
 
 
-def _run_generate(args):
+def _stop_strings(texts):
+    """--stop values with their backslash escapes decoded."""
     import codecs
-    from .inference.engine import Engine
+    stops = []
+    for text in texts:
+        try:
+            stops.append(codecs.decode(text, "unicode_escape"))
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"--stop {text!r}: bad backslash escape ({exc.reason}); write a "
+                              f"literal backslash as \\\\") from None
+    return stops
+
+
+def _sampling(args, checkpoint, gen):
+    """SamplingConfig from the flags, else the checkpoint's generation_config.json; a bad value
+    in that file is an error naming it."""
     from .inference.sampling import SamplingConfig
-    from .train.checkpoint import load_model
-    model, tokenizer, gen = load_model(args.run_dir, args.device)
-    sampling = SamplingConfig(
-        temperature=gen.get("temperature", 0.8) if args.temperature is None else args.temperature,
-        top_k=gen.get("top_k", 0) if args.top_k is None else args.top_k,
-        top_p=args.top_p, repetition_penalty=args.repetition_penalty)
+    where = os.path.join(checkpoint, "generation_config.json")
+    if not isinstance(gen, dict):
+        raise ConfigError(f"{where}: expected a JSON object of sampling settings, got "
+                          f"{type(gen).__name__}; fix or delete the file")
+    temperature = gen.get("temperature", 0.8) if args.temperature is None else args.temperature
+    top_k = gen.get("top_k", 0) if args.top_k is None else args.top_k
+    try:
+        return SamplingConfig(temperature=temperature, top_k=top_k, top_p=args.top_p,
+                              repetition_penalty=args.repetition_penalty)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}; fix the file, or override it with --temperature / "
+                          f"--top-k") from None
+
+
+def _run_generate(args):
+    from .inference.engine import Engine
+    from .train.checkpoint import load_model, resolve
+    stops = _stop_strings(args.stop)
+    checkpoint = resolve(args.run_dir)
+    model, tokenizer, gen = load_model(checkpoint, args.device)
+    sampling = _sampling(args, checkpoint, gen)
     prompts = args.prompt or [""]
-    stops = [codecs.decode(s, "unicode_escape") for s in args.stop]
     engine = Engine(model, tokenizer)
+    engine.encode_prompts(prompts)              # a prompt that does not fit: before any echo
     if len(prompts) == 1:                       # stream the one completion as it is decoded
         print(prompts[0], end="", flush=True)
         out = engine.generate(prompts, args.max_new_tokens, sampling, args.seed, stops,
                               on_text=lambda row, piece: print(piece, end="", flush=True))
-        print(f"\n[{len(out[0].ids)} tokens, {out[0].finish_reason}]", file=sys.stderr)
+        if not (prompts[0] + out[0].text).endswith("\n"):
+            print(flush=True)                   # the terminal's prompt starts on its own line
+        print(f"[{len(out[0].ids)} tokens, {out[0].finish_reason}]", file=sys.stderr)
         return 0
     outs = engine.generate(prompts, args.max_new_tokens, sampling, args.seed, stops)
     for prompt, out in zip(prompts, outs):
@@ -104,6 +184,7 @@ def _run_generate(args):
 
 def _run_plot(args):
     from .train.plot import plot_run
+    _output_file("--out", args.out)
     print(plot_run(args.run_dir, args.out))
     return 0
 
@@ -114,30 +195,34 @@ def _add_data(sub):
     data_sub = data.add_subparsers(dest="data_command", required=True)
     _add_data_prepare(data_sub)
     _add_data_clean(data_sub)
+    _name_the_choices(data_sub)
 
 
 def _add_data_prepare(data_sub):
     """`microgpt data prepare`: text -> token shards (microgpt/data/shards.py)."""
-    p = data_sub.add_parser("prepare", help="tokenize text into train/val token shards")
+    p = _leaf(data_sub, "prepare", _run_data_prepare,
+              help="tokenize text into train/val token shards")
     p.add_argument("inputs", nargs="+",
                    help="text files, directories, .jsonl, .gz, or 'builtin' (the built-in corpus)")
-    p.add_argument("-o", "--out", required=True, help="output directory for shards + tokenizer")
+    p.add_argument("-o", "--out", required=True,
+                   help=f"output directory for shards + tokenizer ({_CREATED})")
     p.add_argument("--tokenizer", help="a saved tokenizer file (default: train a BPE here)")
-    p.add_argument("--vocab-size", type=int, default=8192, help="vocab of the BPE to train")
-    p.add_argument("--tokenizer-bytes", type=int, default=8_000_000,
+    p.add_argument("--vocab-size", type=_int(257), default=8192,
+                   help="vocab of the BPE to train (default 8192, >= 257)")
+    p.add_argument("--tokenizer-bytes", type=_int(1), default=8_000_000,
                    help="bytes of text the BPE is trained on")
-    p.add_argument("--val-fraction", type=float, default=0.01)
-    p.add_argument("--shard-tokens", type=int, default=1 << 24, help="tokens per shard file")
+    p.add_argument("--val-fraction", type=_float(0.0, 1.0, high_open=True), default=0.01,
+                   help="share of documents held out, in [0, 1) (default 0.01)")
+    p.add_argument("--shard-tokens", type=_int(1), default=1 << 24, help="tokens per shard file")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    p.add_argument("--corpus-bytes", type=int, default=0,
+    p.add_argument("--corpus-bytes", type=_int(0), default=0,
                    help="cap on the built-in corpus (0 = all of it)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_run_data_prepare)
 
 
 def _run_data_prepare(args):
     from .data.corpus import builtin_documents
-    from .data.sources import iter_documents
+    from .data.sources import check_paths, iter_documents
     from .train.data import build_shards, load_tokenizer, train_tokenizer
 
     def documents():
@@ -145,6 +230,9 @@ def _run_data_prepare(args):
             return builtin_documents(max_bytes=args.corpus_bytes or None)
         return iter_documents(args.inputs, text_field=args.text_field)
 
+    _output_dir("-o/--out", args.out)           # everything is checked before the work starts
+    if args.inputs != ["builtin"]:
+        check_paths(args.inputs)
     if args.tokenizer:
         tokenizer = load_tokenizer(args.tokenizer)
     else:
@@ -160,11 +248,14 @@ def _run_data_prepare(args):
 
 def _add_data_clean(data_sub):
     """`microgpt data clean`: normalize, scrub PII, filter, dedup (microgpt/data/pipeline.py)."""
-    p = data_sub.add_parser("clean", help="normalize, scrub PII, quality-filter and dedup text")
+    p = _leaf(data_sub, "clean", _run_data_clean,
+              help="normalize, scrub PII, quality-filter and dedup text")
     p.add_argument("inputs", nargs="+", help="text files, directories, .jsonl, .gz of these")
-    p.add_argument("-o", "--output", required=True, help="output .jsonl or .jsonl.gz")
+    p.add_argument("-o", "--output", required=True,
+                   help=f"output .jsonl or .jsonl.gz ({_CREATED})")
     p.add_argument("--config", help="TOML file of CleanConfig ([filters], [dedup] tables)")
-    p.add_argument("--report", help="report JSON path (default: OUTPUT stem + .report.json)")
+    p.add_argument("--report", help=f"report JSON path (default: OUTPUT stem + .report.json; "
+                                    f"{_CREATED})")
     p.add_argument("--text-field", help="JSONL field holding the text (default text)")
     p.add_argument("--skip-bad-lines", action="store_true",
                    help="skip and count bad JSONL lines instead of stopping")
@@ -172,15 +263,15 @@ def _add_data_clean(data_sub):
     p.add_argument("--no-pii", action="store_true")
     p.add_argument("--no-exact", action="store_true", help="no exact dedup")
     p.add_argument("--no-near", action="store_true", help="no MinHash near-dup dedup")
-    p.add_argument("--threshold", type=float, help="near-dup Jaccard threshold (0.8)")
-    p.add_argument("--num-perm", type=int, help="MinHash permutations (128)")
-    p.add_argument("--shingle", type=int, help="words per shingle (5)")
-    p.add_argument("--seed", type=int, help="MinHash seed (0)")
-    p.add_argument("--min-words", type=int, help="word_count lower bound (50)")
+    p.add_argument("--threshold", type=_float(0.0, 1.0, low_open=True, high_open=True),
+                   help="near-dup Jaccard threshold in (0, 1) (0.8)")
+    p.add_argument("--num-perm", type=_int(1, 4096), help="MinHash permutations (128)")
+    p.add_argument("--shingle", type=_int(1, 64), help="words per shingle (5)")
+    p.add_argument("--seed", type=_int(0), help="MinHash seed (0)")
+    p.add_argument("--min-words", type=_int(0), help="word_count lower bound (50)")
     p.add_argument("--disable", action="append", default=[], metavar="RULE",
                    help="skip a quality rule by name (repeatable)")
     p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(handler=_run_data_clean)
 
 
 def _run_data_clean(args):
@@ -199,6 +290,8 @@ def _run_data_clean(args):
                                      **{k: v for k, v in filters.items() if v is not None}},
                          "dedup": {**vars(cfg.dedup),
                                    **{k: v for k, v in dedup.items() if v is not None}}})
+    _output_file("-o/--output", args.output)
+    _output_file("--report", args.report)
     report = clean_corpus(args.inputs, args.output, cfg, report_path=args.report)
     print(report.summary())
     return 0
@@ -210,8 +303,9 @@ def _add_tokenizer(sub):
     tok_sub = tok.add_subparsers(dest="tokenizer_command", required=True)
     p = tok_sub.add_parser("train", help="train on text files or directories")
     p.add_argument("inputs", nargs="+", help="text files or directories (read recursively)")
-    p.add_argument("-o", "--output", required=True, help="tokenizer file to write")
-    p.add_argument("--vocab-size", type=int, default=8192, help="ids incl. specials (8192)")
+    p.add_argument("-o", "--output", required=True, help=f"tokenizer file to write ({_CREATED})")
+    p.add_argument("--vocab-size", type=_int(257), default=8192,
+                   help="ids incl. specials (8192; at least 256 + the specials)")
     p.add_argument("--pattern", default="gpt4", help="gpt2, gpt4 (default) or a regex")
     p.add_argument("--special", action="append", metavar="TOKEN",
                    help="special token (repeatable; default <|endoftext|> <|im_start|> "
@@ -230,14 +324,24 @@ def _add_tokenizer(sub):
     p.add_argument("tokenizer", help="tokenizer file")
     p.add_argument("--text", help="also show how this text splits into tokens")
     for parser in tok_sub.choices.values():
-        parser.set_defaults(handler=_run_tokenizer)
+        parser.set_defaults(handler=_run_tokenizer, leaf_parser=parser)
+    _name_the_choices(tok_sub)
 
 
 def _run_tokenizer(args):
     from .tokenizer import DEFAULT_SPECIALS, Tokenizer, TokenizerError
     command = args.tokenizer_command
     if command == "train":
-        tok = Tokenizer.train(args.inputs, args.vocab_size, pattern=args.pattern,
+        from .tokenizer.patterns import resolve
+        for path in args.inputs:            # paths only: never train on the text of a typo
+            if not os.path.exists(path):
+                raise TokenizerError(f"{path}: no such file or directory")
+        _output_file("-o/--output", args.output)
+        try:
+            resolve(args.pattern)
+        except TokenizerError as exc:
+            raise TokenizerError(f"--pattern: {exc}") from None
+        tok = Tokenizer.train(list(args.inputs), args.vocab_size, pattern=args.pattern,
                               special_tokens=args.special or DEFAULT_SPECIALS,
                               progress=not args.no_progress)
         tok.save(args.output)
@@ -247,11 +351,17 @@ def _run_tokenizer(args):
     if command == "encode":
         if args.text is not None:
             text = args.text
-        elif args.file:
-            with open(args.file, encoding="utf-8", newline="") as f:
-                text = f.read()
         else:
-            text = sys.stdin.read()
+            where = args.file or "standard input"
+            try:
+                if args.file:
+                    with open(args.file, encoding="utf-8", newline="") as f:
+                        text = f.read()
+                else:
+                    text = sys.stdin.read()
+            except UnicodeDecodeError as exc:
+                raise TokenizerError(f"{where} is not UTF-8 text ({exc.reason} at byte "
+                                     f"{exc.start}); convert it to UTF-8 first") from None
         ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
         print(" ".join(map(str, ids)))
     elif command == "decode":
@@ -273,18 +383,26 @@ def _run_tokenizer(args):
     return 0
 
 
+def _name_the_choices(subparsers):
+    """A missing subcommand is reported by its choices, not by the internal dest name."""
+    subparsers.metavar = "{" + ",".join(subparsers.choices) + "}"
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_data(sub)
     _add_tokenizer(sub)
+    _name_the_choices(sub)
     return parser
 
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:                                 # said with the subcommand's own usage
+        getattr(args, "leaf_parser", parser).error(f"unrecognized arguments: {' '.join(unknown)}")
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.error(f"command {args.command!r} is not available yet")
