@@ -349,23 +349,11 @@ def _run_tokenizer(args):
         return 0
     tok = Tokenizer.load(args.tokenizer)
     if command == "encode":
-        if args.text is not None:
-            text = args.text
-        else:
-            where = args.file or "standard input"
-            try:
-                if args.file:
-                    with open(args.file, encoding="utf-8", newline="") as f:
-                        text = f.read()
-                else:
-                    text = sys.stdin.read()
-            except UnicodeDecodeError as exc:
-                raise TokenizerError(f"{where} is not UTF-8 text ({exc.reason} at byte "
-                                     f"{exc.start}); convert it to UTF-8 first") from None
+        text = args.text if args.text is not None else _read_text(args.file)
         ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())
         print(" ".join(map(str, ids)))
     elif command == "decode":
-        words = args.ids or sys.stdin.read().split()
+        words = args.ids or _read_text(None).split()
         try:
             ids = [int(word) for word in words]
         except ValueError as exc:
@@ -386,6 +374,20 @@ def _run_tokenizer(args):
 def _name_the_choices(subparsers):
     """A missing subcommand is reported by its choices, not by the internal dest name."""
     subparsers.metavar = "{" + ",".join(subparsers.choices) + "}"
+
+
+def _read_text(path):
+    """The UTF-8 text of a file (None: standard input); TokenizerError naming it otherwise."""
+    from .tokenizer import TokenizerError
+    try:
+        if path is None:                        # bytes as they are, like a file read
+            stream = getattr(sys.stdin, "buffer", None)
+            return sys.stdin.read() if stream is None else stream.read().decode("utf-8")
+        with open(path, encoding="utf-8", newline="") as f:
+            return f.read()
+    except UnicodeDecodeError as exc:
+        raise TokenizerError(f"{path or 'standard input'} is not UTF-8 text ({exc.reason} at "
+                             f"byte {exc.start}); convert it to UTF-8 first") from None
 
 
 def build_parser():

@@ -251,3 +251,14 @@ def test_a_corrupt_gzip_input_is_a_one_line_error(tmp_path, capsys):
         assert main(["data", "clean", str(path), "-o", str(tmp_path / "c.jsonl"),
                      "--no-progress"]) == 2
         assert name in one_line_error(capsys, "data")
+
+
+def test_tokenizer_decode_of_stdin_that_is_not_utf8_is_a_one_line_error(tmp_path, capsys):
+    import subprocess
+    import sys
+    done = subprocess.run([sys.executable, "-m", "microgpt", "tokenizer", "decode",
+                           byte_tokenizer(tmp_path)], input=b"104 105 \xff\n",
+                          capture_output=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    err = done.stderr.decode().strip().splitlines()
+    assert len(err) == 1 and "standard input" in err[0] and "UTF-8" in err[0], err
