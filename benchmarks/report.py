@@ -1,0 +1,376 @@
+"""The README's results table, made from benchmarks/results/*.json and nothing else.
+
+    python benchmarks/report.py            print the markdown table
+    python benchmarks/report.py --write    replace the table in README.md (between the two
+                                           marker comments below), atomically
+    python benchmarks/report.py --check    exit 1 if README.md's table is not this output
+
+Every figure in the table is read from a results file that a benchmark wrote (the harness's
+rows: name, unit, ours, ours_min, ours_max, peer, peer_min, peer_max, ratio, and the file's
+`machine`), so a figure can be traced to the run that measured it and re-made when the run
+is redone; tests/test_readme_results.py fails when the README's table differs from this
+script's output. Each row says which machine its figure is from (the file's CPU or GPU and
+the date). A results file written by `--quick` is refused: quick runs are smoke tests.
+
+Files whose run left no JSON of its own carry `"transcribed_from"` (the .md table the figures
+were copied from); the table marks their rows with that. demo.json's schema is DEMO_FIELDS
+below: `microgpt train`'s demo run, as a user starts it.
+"""
+import argparse
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+RESULTS = os.path.join(HERE, "results")
+README = os.path.join(ROOT, "README.md")
+BEGIN = ("<!-- results table: made by benchmarks/report.py from benchmarks/results/*.json; "
+         "do not edit by hand, run `python benchmarks/report.py --write` -->")
+END = "<!-- end of results table -->"
+
+# demo.json: what `microgpt train` (the demo preset, no arguments) did in one run.
+DEMO_FIELDS = {
+    "command": str,                 # the command line that was run, e.g. "microgpt train"
+    "machine": dict,                # as the harness writes it: cpu, cores, date (UTC), load_average ...
+    "wall_seconds": (int, float),   # the whole command: data, tokenizer, training, evals, samples, plot
+    "tokens_per_second": (int, float),   # training throughput (forward + backward + AdamW)
+    "steps": int,
+    "parameters": int,
+    "final_train_loss": (int, float),    # nats/token, mean of the last logged steps
+    "final_val_loss": (int, float),      # nats/token
+    "final_val_bits_per_byte": (int, float),
+    "sample": str,                  # text printed at the end of the run
+}
+
+
+class ReportError(Exception):
+    """A results file is missing, malformed, or lacks the row a README figure needs."""
+
+
+_cache = {}
+
+
+def load(name, results=RESULTS):
+    """The parsed results file `name` (e.g. "train.json"), checked to be a full (non-quick) run."""
+    path = os.path.join(results, name)
+    if path not in _cache:
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except OSError as exc:
+            raise ReportError(f"{path}: cannot read ({exc.strerror}); run the benchmark that writes it") from exc
+        except ValueError as exc:
+            raise ReportError(f"{path}: not valid JSON ({exc}); rerun the benchmark that writes it") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("machine"), dict):
+            raise ReportError(f"{path}: no 'machine' object; not a results file")
+        if data.get("quick"):
+            raise ReportError(f"{path}: written by a --quick run; rerun the benchmark without --quick")
+        _cache[path] = data
+    return _cache[path]
+
+
+def row(data, name, key="name"):
+    """The row of a results file whose `key` equals `name`."""
+    found = [r for r in data.get("rows", []) if r.get(key) == name]
+    if len(found) != 1:
+        raise ReportError(f"results file of {data['machine'].get('date')}: {len(found)} rows named {name!r}")
+    return found[0]
+
+
+def rows_where(data, test):
+    found = [r for r in data.get("rows", []) if test(r)]
+    if not found:
+        raise ReportError(f"results file of {data['machine'].get('date')}: no rows of the kind the README needs")
+    return found
+
+
+def machine_label(data):
+    """"AMD EPYC, 2 cores, 2026-11-27" / "NVIDIA H100 80GB HBM3, 2026-11-27" (+ a transcription mark)."""
+    m = data["machine"]
+    if m.get("gpu"):
+        what = m["gpu"]
+    else:
+        cpu = m.get("cpu", "unknown CPU").replace("(R)", "").replace(" Processor", "")
+        used, cores = m.get("cores_used"), m.get("cores")
+        what = f"{cpu}, {used} of {cores} cores" if used else f"{cpu}, {cores} cores"
+    label = f"{what}, {str(m.get('date', '?'))[:10]}"
+    if data.get("transcribed_from"):
+        label += f" (copied from {data['transcribed_from']})"
+    return label
+
+
+def x(ratio, digits=2):
+    return f"{ratio:.{digits}f}x"
+
+
+def span(values, digits=2, unit="x"):
+    low, high = min(values), max(values)
+    if f"{low:.{digits}f}" == f"{high:.{digits}f}":
+        return f"{low:.{digits}f}{unit}"
+    return f"{low:.{digits}f}–{high:.{digits}f}{unit}"
+
+
+def sci(v):
+    """7.2e-7, not 7.2e-07."""
+    mantissa, exponent = f"{v:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def kilo(v):
+    return f"{v / 1e3:.1f}k" if v >= 1e4 else f"{v:.0f}"
+
+
+def link(md):
+    return f"[{md}](benchmarks/results/{md})"
+
+
+# --- the table, row by row ---------------------------------------------------------------------------
+# Each entry returns (what, result, peer, machine, file) tuples in table order.
+
+ENTRIES = []
+
+
+def entry(fn):
+    ENTRIES.append(fn)
+    return fn
+
+
+TRAIN_SHAPES = {"baby": '"baby" (4 layers, 128 channels, B 12, T 64)',
+                "small": '"small" (6 layers, 384 channels, B 16, T 256)',
+                "gpt2-124M": "GPT-2-124M shape (12 layers, 768 channels, B 4, T 64)"}
+
+
+def _threads(name):
+    return name.rsplit(" ", 1)[-1].rstrip("t")
+
+
+@entry
+def training_steps(results):
+    data = load("train.json", results)
+    out = []
+    for preset, shape in TRAIN_SHAPES.items():
+        r = _train_row(data, preset, "tokens/s")
+        out.append((f"training step (fwd, bwd, AdamW), C backend, {shape}, {_threads(r['name'])} threads",
+                    f"**{x(r['ratio'])}** tokens/s ({kilo(r['ours'])} vs {kilo(r['peer'])}; "
+                    f"{r['rounds']} rounds, each {span([r['ratio_min'], r['ratio_max']])})",
+                    "PyTorch CPU eager", machine_label(data), link("train.md")))
+    return out
+
+
+def _train_row(data, preset, unit):
+    prefix = ("train step " if unit == "tokens/s" else "peak memory ") + preset + " "
+    [r] = rows_where(data, lambda r: r["name"].startswith(prefix) and r["unit"] == unit)
+    return r
+
+
+@entry
+def training_memory(results):
+    data = load("train.json", results)
+    rs = [_train_row(data, p, "MiB") for p in TRAIN_SHAPES]
+    ours = " / ".join(f"{r['ours']:.0f}" for r in rs)
+    peer = " / ".join(f"{r['peer']:.0f}" for r in rs)
+    ratios = " / ".join(x(r["ours"] / r["peer"]) for r in rs)
+    return [("peak memory of those steps, baby / small / GPT-2 (each side in its own process)",
+             f"{ratios} of PyTorch's ({ours} vs {peer} MiB, medians of {rs[0]['rounds']} rounds)",
+             "PyTorch CPU eager", machine_label(data), link("train.md"))]
+
+
+@entry
+def loss_parity(results):
+    data = load("train.json", results)
+    [r] = rows_where(data, lambda r: r["unit"] == "|dloss|")
+    steps = r["name"].split()[-2]
+    return [(f"loss over {steps} identical float32 training steps", f"max abs. difference {sci(r['ours'])} "
+             f"(target < {r['peer']:g})", "PyTorch", machine_label(data), link("train.md"))]
+
+
+@entry
+def gpt_block(results):
+    data = load("ops.json", results)
+    c, ref = (rows_where(data, lambda r, b=b: r["name"].startswith(f"block fwd+bwd {b} "))[0]
+              for b in ("cpu", "reference"))
+    shape = c["name"].split(" ", 3)[3]
+    return [(f"one GPT block fwd+bwd, {shape}: C / NumPy reference backend", f"{x(c['ratio'])} / {x(ref['ratio'])}",
+             "PyTorch CPU eager", machine_label(data), link("ops.md"))]
+
+
+def _sgemm_rows(data):
+    return rows_where(data, lambda r: r["name"].startswith("matmul v") and r["name"].split()[1]
+                      in ("v3_packed", "v4_threaded"))
+
+
+@entry
+def sgemm(results):
+    out = []
+    for name in ("kernels.json", "kernels_intel.json"):
+        data = load(name, results)
+        rs = _sgemm_rows(data)
+        threads = sorted({_threads(r["name"]) for r in rs})
+        out.append((f"sgemm (packed + threaded rungs) at the GPT shapes and 1024³, {' and '.join(threads)} threads",
+                    f"{span([r['ratio'] for r in rs])} GFLOP/s", "NumPy/OpenBLAS", machine_label(data),
+                    link("kernels.md")))
+    return out
+
+
+@entry
+def attention(results):
+    data = load("attention.json", results)
+    rs = rows_where(data, lambda r: r["name"].startswith("attention fwd+bwd") and r["name"].endswith(" 2t"))
+    first, last = rs[0], rs[-1]
+    t0, t1 = (r["name"].split()[4][1:] for r in (first, last))
+    return [(f"causal attention fwd+bwd B8 NH6 HS64, T={t0}…{t1}, 2 threads",
+             f"**{x(first['ratio'], 1)} … {x(last['ratio'], 1)}** faster; memory linear in T",
+             "torch SDPA", machine_label(data), link("attention.md"))]
+
+
+@entry
+def row_kernels(results):
+    data = load("kernels.json", results)
+    ops = ("layer_norm", "softmax", "cross_entropy", "adamw")
+    rs = rows_where(data, lambda r: r["name"].split()[0] in ops)
+    return [(" / ".join(ops) + " kernels, 1 and 2 threads", f"{span([r['ratio'] for r in rs], 1)} faster",
+             "NumPy reference backend", machine_label(data), link("kernels.md"))]
+
+
+@entry
+def bpe(results):
+    data = load("tokenizer.json", results)
+    g2, g4 = (row(data, f"train 10 MB -> 8192, {s} split") for s in ("gpt2", "gpt4"))
+    tk = row(data, "encode, 1 thread (vs tiktoken, our vocab)")
+    hf = row(data, "encode, 1 thread (vs HF, its own vocab)")
+    return [("BPE training to 8192 ids on 10 MB of stdlib sources, GPT-2 / GPT-4 split",
+             f"**{x(g2['ratio'], 1)} / {x(g4['ratio'], 1)}** faster", "HF tokenizers", machine_label(data),
+             link("tokenizer.md")),
+            ("BPE encoding, 1 thread", f"{x(tk['ratio'], 1)} / {x(hf['ratio'], 1)} the throughput, ids identical "
+             "to tiktoken's", "tiktoken / HF tokenizers", machine_label(data), link("tokenizer.md"))]
+
+
+@entry
+def dedup(results):
+    data = load("data.json", results)
+    r = rows_where(data, lambda r: r["name"].startswith("minhash dedup"))[0]
+    size = r["name"].split()[-2]
+    return [(f"MinHash near-duplicate removal, {size} MB", f"**{x(r['ratio'], 1)}** faster at equal recall "
+             f"({r['recall_ours']:.3f} vs {r['recall_peer']:.3f})", "datasketch", machine_label(data),
+             link("data.md"))]
+
+
+@entry
+def generation(results):
+    data = load("generate.json", results)
+    r = row(data, "generate 256 tokens, batch 1, cpu")
+    return [("generation, batch 1, 6L×384C GPT-2, KV cache, 256 tokens (at this size mostly a measure of "
+             "HF's per-token Python overhead)", f"**{x(r['ratio'])}** tokens/s ({r['ours']:.0f} vs {r['peer']:.0f})",
+             "HF transformers", machine_label(data), link("generate.md"))]
+
+
+def _gpu(results, section, test):
+    data = load("gpu.json", results)
+    return data, [r for r in data["rows"] if r["section"] == section and test(r)]
+
+
+@entry
+def gpu_matmul(results):
+    data, [r] = _gpu(results, "matmul", lambda r: r["name"] == "best fp32 rung vs cuBLAS")
+    size = _gpu(results, "matmul", lambda r: r["name"].startswith("cuBLAS"))[1][0]["name"].split()[2]
+    return [(f"GPU: best fp32 matmul rung at {size.replace('^3', '³')}",
+             f"{r['ours']:.1f} TFLOP/s = **{x(r['ratio'])}**", "cuBLAS (TF32 off)", machine_label(data),
+             link("gpu.md"))]
+
+
+@entry
+def gpu_attention(results):
+    data, rs = _gpu(results, "attention", lambda r: r["name"].startswith("fwd+bwd"))
+    t0, t1 = (r["name"].split()[-1][1:] for r in (rs[0], rs[-1]))
+    return [(f"GPU: attention fwd+bwd {' '.join(rs[0]['name'].split()[1:4])}, T={t0}…{t1}",
+             f"{x(rs[0]['ratio'])} … {x(rs[-1]['ratio'])}", "torch SDPA", machine_label(data), link("gpu.md"))]
+
+
+@entry
+def gpu_training(results):
+    data, [step] = _gpu(results, "train", lambda r: r["unit"] == "tokens/s")
+    _, [loss] = _gpu(results, "train", lambda r: r["unit"] == "loss")
+    gap = max(abs(a - b) for a, b in zip(loss["losses_ours"], loss["losses_peer"]))
+    verdict = "within" if loss["passed"] else "**misses** the target of"
+    return [(f"GPU: GPT-2-124M training step, {step['name'].split(' step ')[1]}",
+             f"{x(step['ratio'])} tokens/s; largest loss gap over {len(loss['losses_ours'])} steps {sci(gap)}, "
+             f"{verdict} 1e-3", "PyTorch eager", machine_label(data), link("gpu.md"))]
+
+
+def check_demo(data, path="demo.json"):
+    for key, kind in DEMO_FIELDS.items():
+        if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
+            raise ReportError(f"{path}: field {key!r} missing or not {kind}; see DEMO_FIELDS in benchmarks/report.py")
+
+
+@entry
+def demo(results):
+    data = load("demo.json", results)
+    check_demo(data)
+    return [(f"the demo (`{data['command']}`), {data['parameters'] / 1e6:.2f}M parameters, {data['steps']} steps",
+             f"{data['wall_seconds']:.0f} s, {kilo(data['tokens_per_second'])} tokens/s, val "
+             f"{data['final_val_loss']:.2f} nats ({data['final_val_bits_per_byte']:.2f} bits/byte)",
+             "—", machine_label(data), link("demo.md"))]
+
+
+def table(results=RESULTS):
+    """The markdown table, one line per figure."""
+    _cache.clear()
+    lines = ["| what | result | peer | measured on | file |", "|---|---|---|---|---|"]
+    for fn in ENTRIES:
+        try:
+            cells_of_rows = fn(results)
+        except (KeyError, TypeError, IndexError, ValueError) as exc:
+            raise ReportError(f"row {fn.__name__!r}: its results file lacks what it needs ({type(exc).__name__}: "
+                              f"{exc}); rerun the benchmark that writes it") from exc
+        for cells in cells_of_rows:
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def readme_table(text):
+    """The table between the markers of a README's text (ReportError if the markers are not there once)."""
+    if text.count(BEGIN) != 1 or text.count(END) != 1 or text.index(BEGIN) > text.index(END):
+        raise ReportError("README.md: the results-table markers (see benchmarks/report.py) are missing or repeated")
+    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip("\n")
+
+
+def replace_table(text, new_table):
+    start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
+    readme_table(text)
+    return text[:start] + "\n" + new_table + "\n" + text[end:]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="the README's results table from benchmarks/results/*.json")
+    parser.add_argument("--write", action="store_true", help="replace the table in the README, atomically")
+    parser.add_argument("--check", action="store_true", help="exit 1 if the README's table differs")
+    parser.add_argument("--readme", default=README, help="the README to write or check (default: the repo's)")
+    parser.add_argument("--results", default=RESULTS, help="the results folder (default: benchmarks/results)")
+    args = parser.parse_args(argv)
+    try:
+        new = table(args.results)
+        if not (args.write or args.check):
+            print(new)
+            return 0
+        with open(args.readme, encoding="utf-8") as f:
+            text = f.read()
+        if args.check:
+            same = readme_table(text) == new
+            print("README table is up to date" if same else "README table differs from report.py's output; "
+                  "run `python benchmarks/report.py --write`")
+            return 0 if same else 1
+        sys.path.insert(0, ROOT)
+        from microgpt.fileio import atomic_write
+        with atomic_write(args.readme, "w", encoding="utf-8") as f:
+            f.write(replace_table(text, new))
+        print(f"wrote the results table into {args.readme}")
+        return 0
+    except ReportError as exc:
+        print(f"report.py: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
