@@ -78,14 +78,14 @@ def matmul_case(rung, M, N, K, threads, repeats, with_peer=True):
 
     def check():
         set_threads(threads)
-        c_fn(po, pa, pb, M, N, K, 0, 0, 0)
+        c_fn(po, pa, pb, cpu.ffi.NULL, M, N, K, 0, 0)
         np.matmul(a, b, out=peer_out)
         err = np.max(np.abs(out - peer_out)) / (np.max(np.abs(peer_out)) + 1e-30)
         assert err < 1e-4, f"matmul {rung} {M}x{N}x{K}: relative error {err}"
 
     return harness.Case(
         name=f"matmul {rung} {M}x{K}@{K}x{N} {threads}t",
-        ours=threaded(threads, lambda: c_fn(po, pa, pb, M, N, K, 0, 0, 0)),
+        ours=threaded(threads, lambda: c_fn(po, pa, pb, cpu.ffi.NULL, M, N, K, 0, 0)),
         peer=threaded(threads, lambda: np.matmul(a, b, out=peer_out)) if with_peer else None,
         peer_name="numpy/openblas", unit="GFLOP/s", work=2.0 * M * N * K / 1e9,
         check=check, repeats=repeats, warmup=1 if repeats > 1 else 0)

@@ -61,18 +61,18 @@ MG_CLONES static void silu_backward_span(float* dx, const float* dy, const float
     _Pragma("omp parallel for schedule(static) if (n >= MG_PAR_MIN)")           \
     for (long c = 0; c < n; c += CHUNK) { long len = mg_min(CHUNK, n - c); call; }
 
-void gelu_forward(float* out, const float* inp, long n) {
-    SPAN_LOOP(gelu_forward_span(out + c, inp + c, len))
+void gelu_forward(float* out, const float* x, int64_t n) {
+    SPAN_LOOP(gelu_forward_span(out + c, x + c, len))
 }
 
-void gelu_backward(float* dinp, const float* dout, const float* inp, long n) {
-    SPAN_LOOP(gelu_backward_span(dinp + c, dout + c, inp + c, len))
+void gelu_backward(float* dx, const float* dout, const float* x, int64_t n) {
+    SPAN_LOOP(gelu_backward_span(dx + c, dout + c, x + c, len))
 }
 
-void silu_forward(float* out, const float* inp, long n) {
-    SPAN_LOOP(silu_forward_span(out + c, inp + c, len))
+void silu_forward(float* out, const float* x, int64_t n) {
+    SPAN_LOOP(silu_forward_span(out + c, x + c, len))
 }
 
-void silu_backward(float* dinp, const float* dout, const float* inp, long n) {
-    SPAN_LOOP(silu_backward_span(dinp + c, dout + c, inp + c, len))
+void silu_backward(float* dx, const float* dout, const float* x, int64_t n) {
+    SPAN_LOOP(silu_backward_span(dx + c, dout + c, x + c, len))
 }

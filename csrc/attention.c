@@ -170,7 +170,7 @@ static int fwd_split(long B, long NH, long Tq, long Tk, long HS)
     return B * NH < omp_get_max_threads() && (double)B * NH * Tq * Tk * HS >= PAR_MIN;
 }
 
-long attention_forward_workspace(long B, long NH, long Tq, long Tk, long HS)
+int64_t attention_forward_workspace(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS)
 {
     long threads = omp_get_max_threads();
     if (!fwd_split(B, NH, Tq, Tk, HS) && threads > B * NH) threads = B * NH;
@@ -187,9 +187,9 @@ static void fwd_pair(fwd_fn *head, long t, float *out, float *lse, const float *
          Tq, Tk, HS, w, first, step);
 }
 
-int attention_forward(float *out, float *lse, float *work, long work_len, const float *q,
-                      const float *k, const float *v, long B, long NH, long NKV, long Tq,
-                      long Tk, long HS)
+int attention_forward(float *out, float *lse, float *work, int64_t work_len, const float *q,
+                      const float *k, const float *v, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
+                      int64_t Tk, int64_t HS)
 {
     fwd_fn *head;
     bwd_fn *unused;
@@ -229,7 +229,7 @@ static size_t bwd_slice(long B, long NH, long Tq, long Tk, long HS, int split)
     return round_up(bwd_floats(Tq, Tk, HS) + (split ? (size_t)B * NH * Tq * HS : 0), 16);
 }
 
-long attention_backward_workspace(long B, long NH, long NKV, long Tq, long Tk, long HS)
+int64_t attention_backward_workspace(int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
     const int split = bwd_split(B, NH, NKV, Tq, Tk, HS);
     long threads = omp_get_max_threads();
@@ -237,10 +237,10 @@ long attention_backward_workspace(long B, long NH, long NKV, long Tq, long Tk, l
     return (long)(threads * bwd_slice(B, NH, Tq, Tk, HS, split) + 16);
 }
 
-int attention_backward(float *dq, float *dk, float *dv, float *work, long work_len,
+int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t work_len,
                        const float *dout, const float *q, const float *k, const float *v,
-                       const float *out, const float *lse, long B, long NH, long NKV, long Tq,
-                       long Tk, long HS)
+                       const float *out, const float *lse, int64_t B, int64_t NH, int64_t NKV,
+                       int64_t Tq, int64_t Tk, int64_t HS)
 {
     fwd_fn *unused;
     bwd_fn *group;

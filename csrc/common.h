@@ -45,7 +45,7 @@ static inline float mg_expf(float x) {
     return x < -87.0f ? 0.0f : y;                   /* e^-inf = 0; tiny values flush to 0 */
 }
 
-static inline long mg_min(long a, long b) { return a < b ? a : b; }
+static inline int64_t mg_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 int microgpt_simd_level(void);      /* threads.c: 0 scalar, 1 avx2, 2 avx512 (matmul's path) */
 

@@ -9,36 +9,36 @@
 #include "common.h"
 #include "microgpt.h"
 
-MG_CLONES static float ce_row_lse(const float* z, long V) {
+MG_CLONES static float ce_row_lse(const float* z, int64_t V) {
     float m = -INFINITY;
     #pragma omp simd reduction(max:m)
-    for (long j = 0; j < V; j++) m = z[j] > m ? z[j] : m;
+    for (int64_t j = 0; j < V; j++) m = z[j] > m ? z[j] : m;
     float s = 0.0f;
     #pragma omp simd reduction(+:s)
-    for (long j = 0; j < V; j++) s += mg_expf(z[j] - m);
+    for (int64_t j = 0; j < V; j++) s += mg_expf(z[j] - m);
     return m + logf(s);
 }
 
 void cross_entropy_forward(float* losses, float* lse, const float* logits, const int64_t* targets,
-                           int64_t ignore_index, long N, long V) {
+                           int64_t ignore_index, int64_t N, int64_t V) {
     #pragma omp parallel for schedule(static) if (N * V >= MG_PAR_MIN)
-    for (long n = 0; n < N; n++) {
+    for (int64_t n = 0; n < N; n++) {
         const float* z = logits + n * V;
         lse[n] = ce_row_lse(z, V);
         losses[n] = targets[n] == ignore_index ? 0.0f : lse[n] - z[targets[n]];
     }
 }
 
-MG_CLONES static void ce_row_backward(float* dz, const float* z, float lse, float d, long V) {
+MG_CLONES static void ce_row_backward(float* dz, const float* z, float lse, float d, int64_t V) {
     #pragma omp simd
-    for (long j = 0; j < V; j++) dz[j] = d * mg_expf(z[j] - lse);
+    for (int64_t j = 0; j < V; j++) dz[j] = d * mg_expf(z[j] - lse);
 }
 
 void cross_entropy_backward(float* dlogits, const float* dlosses, const float* logits,
                             const int64_t* targets, const float* lse, int64_t ignore_index,
-                            long N, long V) {
+                            int64_t N, int64_t V) {
     #pragma omp parallel for schedule(static) if (N * V >= MG_PAR_MIN)
-    for (long n = 0; n < N; n++) {
+    for (int64_t n = 0; n < N; n++) {
         float* dz = dlogits + n * V;
         if (targets[n] == ignore_index) {
             memset(dz, 0, (size_t)V * sizeof(float));

@@ -14,25 +14,25 @@
 #include "common.h"
 #include "microgpt.h"
 
-void embedding_forward(float* out, const int64_t* ids, const float* weight, long N, long V, long C) {
+void embedding_forward(float* out, const int64_t* ids, const float* weight, int64_t N, int64_t V, int64_t C) {
     (void)V;
     #pragma omp parallel for schedule(static) if (N * C >= MG_PAR_MIN)
-    for (long n = 0; n < N; n++)
+    for (int64_t n = 0; n < N; n++)
         memcpy(out + n * C, weight + ids[n] * C, (size_t)C * sizeof(float));
 }
 
-MG_CLONES static void add_span(float* dst, const float* src, long len) {
+MG_CLONES static void add_span(float* dst, const float* src, int64_t len) {
     #pragma omp simd
-    for (long j = 0; j < len; j++) dst[j] += src[j];
+    for (int64_t j = 0; j < len; j++) dst[j] += src[j];
 }
 
-void embedding_backward(float* dweight, const float* dout, const int64_t* ids, long N, long V, long C) {
+void embedding_backward(float* dweight, const float* dout, const int64_t* ids, int64_t N, int64_t V, int64_t C) {
     (void)V;
-    const long slice = 64;                               /* channels per work item */
+    const int64_t slice = 64;                               /* channels per work item */
     #pragma omp parallel for schedule(static) if (N * C >= MG_PAR_MIN)
-    for (long j0 = 0; j0 < C; j0 += slice) {
-        long len = mg_min(slice, C - j0);
-        for (long n = 0; n < N; n++)
+    for (int64_t j0 = 0; j0 < C; j0 += slice) {
+        int64_t len = mg_min(slice, C - j0);
+        for (int64_t n = 0; n < N; n++)
             add_span(dweight + ids[n] * C + j0, dout + n * C + j0, len);
     }
 }

@@ -9,9 +9,11 @@
  *   matmul_forward = v4 (production); matmul_forward_batched, linear_forward/backward use it,
  *   except that linear_forward with at most 4 rows (decoding) streams W row by row instead.
  *
- * Every rung computes out (M, N) = op(a) @ op(b) (+ out when accumulate), where op transposes
- * a stored (K, M) or b stored (N, K) on request: packing reads either layout, so the
- * micro-kernel never sees a transpose.
+ * Every rung computes out (M, N) = op(a) @ op(b) + bias (bias (N) added to every row; NULL:
+ * none), where op transposes a stored (K, M) or b stored (N, K) on request: packing reads
+ * either layout, so the micro-kernel never sees a transpose. A rung starts from the bias
+ * rows (start_rows) and adds the product into them, which is also how the bias costs no
+ * extra pass over out.
  */
 #include <stdlib.h>
 #include <omp.h>
@@ -27,13 +29,22 @@
 #define OPA(i, k) (trans_a ? a[(k) * M + (i)] : a[(i) * K + (k)])
 #define OPB(k, j) (trans_b ? b[(j) * K + (k)] : b[(k) * N + (j)])
 
+/* out = the bias in every row, or zeros without one: where every rung starts. */
+static void start_rows(float* out, const float* bias, int64_t M, int64_t N) {
+    if (!bias) {
+        memset(out, 0, (size_t)M * (size_t)N * sizeof(float));
+        return;
+    }
+    for (int64_t i = 0; i < M; i++) memcpy(out + i * N, bias, (size_t)N * sizeof(float));
+}
+
 /* ---- v1: the definition ---------------------------------------------------------------- */
-void matmul_forward_v1_naive(float* out, const float* a, const float* b,
-                             long M, long N, long K, int trans_a, int trans_b, int accumulate) {
-    for (long i = 0; i < M; i++)
-        for (long j = 0; j < N; j++) {
-            float s = accumulate ? out[i * N + j] : 0.0f;
-            for (long k = 0; k < K; k++) s += OPA(i, k) * OPB(k, j);
+void matmul_forward_v1_naive(float* out, const float* a, const float* b, const float* bias,
+                             int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    for (int64_t i = 0; i < M; i++)
+        for (int64_t j = 0; j < N; j++) {
+            float s = bias ? bias[j] : 0.0f;
+            for (int64_t k = 0; k < K; k++) s += OPA(i, k) * OPB(k, j);
             out[i * N + j] = s;
         }
 }
@@ -42,26 +53,31 @@ void matmul_forward_v1_naive(float* out, const float* a, const float* b,
 #define V2_MB 64
 #define V2_KB 256
 #define V2_NB 1024
-MG_CLONES void matmul_forward_v2_blocked(float* out, const float* a, const float* b,
-                                         long M, long N, long K, int trans_a, int trans_b,
-                                         int accumulate) {
-    if (!accumulate) memset(out, 0, (size_t)M * (size_t)N * sizeof(float));
-    for (long i0 = 0; i0 < M; i0 += V2_MB)
-        for (long k0 = 0; k0 < K; k0 += V2_KB)
-            for (long j0 = 0; j0 < N; j0 += V2_NB)
-                for (long i = i0; i < mg_min(i0 + V2_MB, M); i++)
-                    for (long k = k0; k < mg_min(k0 + V2_KB, K); k++) {
+/* out += op(a) @ op(b), tile by tile */
+MG_CLONES static void blocked_add(float* out, const float* a, const float* b, int64_t M, int64_t N, int64_t K,
+                                  int trans_a, int trans_b) {
+    for (int64_t i0 = 0; i0 < M; i0 += V2_MB)
+        for (int64_t k0 = 0; k0 < K; k0 += V2_KB)
+            for (int64_t j0 = 0; j0 < N; j0 += V2_NB)
+                for (int64_t i = i0; i < mg_min(i0 + V2_MB, M); i++)
+                    for (int64_t k = k0; k < mg_min(k0 + V2_KB, K); k++) {
                         float aik = OPA(i, k);
                         float* row = out + i * N;
-                        long j1 = mg_min(j0 + V2_NB, N);
+                        int64_t j1 = mg_min(j0 + V2_NB, N);
                         if (!trans_b) {
                             const float* brow = b + k * N;
                             #pragma omp simd
-                            for (long j = j0; j < j1; j++) row[j] += aik * brow[j];
+                            for (int64_t j = j0; j < j1; j++) row[j] += aik * brow[j];
                         } else {
-                            for (long j = j0; j < j1; j++) row[j] += aik * b[j * K + k];
+                            for (int64_t j = j0; j < j1; j++) row[j] += aik * b[j * K + k];
                         }
                     }
+}
+
+void matmul_forward_v2_blocked(float* out, const float* a, const float* b, const float* bias,
+                               int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    start_rows(out, bias, M, N);
+    blocked_add(out, a, b, M, N, K, trans_a, trans_b);
 }
 
 /* ---- v3/v4: packing ------------------------------------------------------------------------
@@ -71,22 +87,22 @@ MG_CLONES void matmul_forward_v2_blocked(float* out, const float* a, const float
 #define KC 384          /* depth of one pass: an A sliver (12 x 384 floats = 18 KiB) fits L1 */
 #define NC 3072         /* columns of one packed B panel (384 x 3072 floats = 4.5 MiB, in L3) */
 
-static void pack_a(float* ap, const float* a, int trans_a, long M, long K,
-                   long i0, long k0, long kc, int MR) {
-    long rows = mg_min(MR, M - i0);
+static void pack_a(float* ap, const float* a, int trans_a, int64_t M, int64_t K,
+                   int64_t i0, int64_t k0, int64_t kc, int MR) {
+    int64_t rows = mg_min(MR, M - i0);
     if (rows < MR) memset(ap, 0, (size_t)kc * MR * sizeof(float));
     if (trans_a) {
-        for (long k = 0; k < kc; k++)
+        for (int64_t k = 0; k < kc; k++)
             memcpy(ap + k * MR, a + (k0 + k) * M + i0, (size_t)rows * sizeof(float));
     } else {
-        long i = 0;
+        int64_t i = 0;
 #ifdef MG_X86
         /* groups of 4 rows, 4 k at a time: a 4 x 4 transpose in SSE registers (baseline x86-64)
          * replaces 16 single-float writes with a stride of MR floats by 4 vector writes */
-        long k4 = kc / 4 * 4;
+        int64_t k4 = kc / 4 * 4;
         for (; i + 4 <= rows; i += 4) {
             const float* src = a + (i0 + i) * K + k0;
-            for (long k = 0; k < k4; k += 4) {
+            for (int64_t k = 0; k < k4; k += 4) {
                 __m128 r0 = _mm_loadu_ps(src + k), r1 = _mm_loadu_ps(src + K + k);
                 __m128 r2 = _mm_loadu_ps(src + 2 * K + k), r3 = _mm_loadu_ps(src + 3 * K + k);
                 _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
@@ -95,13 +111,13 @@ static void pack_a(float* ap, const float* a, int trans_a, long M, long K,
                 _mm_storeu_ps(ap + (k + 2) * MR + i, r2);
                 _mm_storeu_ps(ap + (k + 3) * MR + i, r3);
             }
-            for (long r = 0; r < 4; r++)                  /* the last kc % 4 columns */
-                for (long k = k4; k < kc; k++) ap[k * MR + i + r] = src[r * K + k];
+            for (int64_t r = 0; r < 4; r++)                  /* the last kc % 4 columns */
+                for (int64_t k = k4; k < kc; k++) ap[k * MR + i + r] = src[r * K + k];
         }
 #endif
         for (; i < rows; i++) {
             const float* src = a + (i0 + i) * K + k0;
-            for (long k = 0; k < kc; k++) ap[k * MR + i] = src[k];
+            for (int64_t k = 0; k < kc; k++) ap[k * MR + i] = src[k];
         }
     }
 }
@@ -114,11 +130,11 @@ static void pack_a(float* ap, const float* a, int trans_a, long M, long K,
  * = 256: ~20% of a forward product). Returns the first k it did not handle (kc rounded down
  * to a multiple of 8). */
 __attribute__((target("avx2")))
-static long pack_b_trans_8x8(float* bp, const float* b, long K, long j0, long k0, long kc, int NR) {
-    long k8 = kc / 8 * 8;
+static int64_t pack_b_trans_8x8(float* bp, const float* b, int64_t K, int64_t j0, int64_t k0, int64_t kc, int NR) {
+    int64_t k8 = kc / 8 * 8;
     for (int jb = 0; jb < NR; jb += 8) {
         const float* src = b + (j0 + jb) * K + k0;
-        for (long kb = 0; kb < k8; kb += 8) {
+        for (int64_t kb = 0; kb < k8; kb += 8) {
             __m256 r[8], t[8], u[8];
             for (int i = 0; i < 8; i++) r[i] = _mm256_loadu_ps(src + i * K + kb);
             for (int i = 0; i < 8; i += 2) {
@@ -142,31 +158,31 @@ static long pack_b_trans_8x8(float* bp, const float* b, long K, long j0, long k0
 }
 #endif
 
-static void pack_b(float* bp, const float* b, int trans_b, long N, long K,
-                   long j0, long k0, long kc, int NR) {
-    long cols = mg_min(NR, N - j0);
+static void pack_b(float* bp, const float* b, int trans_b, int64_t N, int64_t K,
+                   int64_t j0, int64_t k0, int64_t kc, int NR) {
+    int64_t cols = mg_min(NR, N - j0);
     if (cols < NR) memset(bp, 0, (size_t)kc * NR * sizeof(float));
 #ifdef MG_X86
     if (trans_b && cols == NR && microgpt_simd_level() >= 1) {
-        long done = pack_b_trans_8x8(bp, b, K, j0, k0, kc, NR);
-        for (long j = 0; j < cols; j++)                 /* the last kc % 8 rows of the panel */
-            for (long k = done; k < kc; k++) bp[k * NR + j] = b[(j0 + j) * K + k0 + k];
+        int64_t done = pack_b_trans_8x8(bp, b, K, j0, k0, kc, NR);
+        for (int64_t j = 0; j < cols; j++)                 /* the last kc % 8 rows of the panel */
+            for (int64_t k = done; k < kc; k++) bp[k * NR + j] = b[(j0 + j) * K + k0 + k];
         return;
     }
 #endif
     if (!trans_b) {
-        for (long k = 0; k < kc; k++)
+        for (int64_t k = 0; k < kc; k++)
             memcpy(bp + k * NR, b + (k0 + k) * N + j0, (size_t)cols * sizeof(float));
     } else {
-        for (long j = 0; j < cols; j++) {
+        for (int64_t j = 0; j < cols; j++) {
             const float* src = b + (j0 + j) * K + k0;
-            for (long k = 0; k < kc; k++) bp[k * NR + j] = src[k];
+            for (int64_t k = 0; k < kc; k++) bp[k * NR + j] = src[k];
         }
     }
 }
 
 /* ---- micro-kernels: c (MR x NR, row stride ldc) = [c +] ap^T bp over kc -------------------- */
-typedef void (*micro_kernel)(long kc, const float* ap, const float* bp, float* c, long ldc, int acc);
+typedef void (*micro_kernel)(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int acc);
 
 /* Ask for the cache lines of one C-tile row (n floats) ahead of use, for writing: the tile
  * is read (or at least owned) at the end of the micro-kernel, and without this its misses
@@ -180,7 +196,7 @@ static inline void prefetch_row(const float* row, int n) {
 /* AVX-512: 12 rows x 32 columns = 24 zmm accumulators; per k, 2 loads of B and 12 broadcasts
  * of A feed 24 FMAs (768 flops per 14 memory operands, all from L1). */
 __attribute__((target("avx512f")))
-static void kernel_avx512_12x32(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
+static void kernel_avx512_12x32(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int acc) {
     __m512 c0[12], c1[12];
     #pragma GCC unroll 12
     for (int i = 0; i < 12; i++) {
@@ -188,7 +204,7 @@ static void kernel_avx512_12x32(long kc, const float* ap, const float* bp, float
         c1[i] = _mm512_setzero_ps();
         prefetch_row(c + i * ldc, 32);   /* the C tile arrives while the loop below computes */
     }
-    for (long k = 0; k < kc; k++) {
+    for (int64_t k = 0; k < kc; k++) {
         __m512 b0 = _mm512_load_ps(bp + k * 32), b1 = _mm512_load_ps(bp + k * 32 + 16);
         #pragma GCC unroll 12
         for (int i = 0; i < 12; i++) {
@@ -211,7 +227,7 @@ static void kernel_avx512_12x32(long kc, const float* ap, const float* bp, float
 
 /* AVX2 + FMA: 6 rows x 16 columns = 12 ymm accumulators, 2 for B, 1 broadcast: 15 of 16. */
 __attribute__((target("avx2,fma")))
-static void kernel_avx2_6x16(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
+static void kernel_avx2_6x16(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int acc) {
     __m256 c0[6], c1[6];
     #pragma GCC unroll 6
     for (int i = 0; i < 6; i++) {
@@ -219,7 +235,7 @@ static void kernel_avx2_6x16(long kc, const float* ap, const float* bp, float* c
         c1[i] = _mm256_setzero_ps();
         prefetch_row(c + i * ldc, 16);
     }
-    for (long k = 0; k < kc; k++) {
+    for (int64_t k = 0; k < kc; k++) {
         __m256 b0 = _mm256_load_ps(bp + k * 16), b1 = _mm256_load_ps(bp + k * 16 + 8);
         #pragma GCC unroll 6
         for (int i = 0; i < 6; i++) {
@@ -242,9 +258,9 @@ static void kernel_avx2_6x16(long kc, const float* ap, const float* bp, float* c
 #endif
 
 /* Portable C: 4 x 8, written so any compiler keeps the tile in registers. */
-static void kernel_scalar_4x8(long kc, const float* ap, const float* bp, float* c, long ldc, int acc) {
+static void kernel_scalar_4x8(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int acc) {
     float t[4][8] = {{0}};
-    for (long k = 0; k < kc; k++)
+    for (int64_t k = 0; k < kc; k++)
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 8; j++) t[i][j] += ap[k * 4 + i] * bp[k * 8 + j];
     for (int i = 0; i < 4; i++)
@@ -268,7 +284,7 @@ static kernel_choice choose_kernel(void) {
  *     pack the MR x kc A sliver (L1), then for each NR-wide B sliver: one micro-kernel call.
  * When A has few slivers (small M), the B slivers of each are split into groups as well so
  * every thread has work. Edge tiles go through a small buffer, so the kernels stay branch-free. */
-static void gemm_packed(float* out, const float* a, const float* b, long M, long N, long K,
+static void gemm_packed(float* out, const float* a, const float* b, int64_t M, int64_t N, int64_t K,
                         int trans_a, int trans_b, int accumulate, int threads) {
     if (M == 0 || N == 0) return;
     if (K == 0) {
@@ -277,41 +293,42 @@ static void gemm_packed(float* out, const float* a, const float* b, long M, long
     }
     kernel_choice ch = choose_kernel();
     const int MR = ch.MR, NR = ch.NR;
-    long nc_max = mg_min(NC, (N + NR - 1) / NR * NR);
+    int64_t nc_max = mg_min(NC, (N + NR - 1) / NR * NR);
     float* bpack = aligned_alloc(64, (size_t)KC * nc_max * sizeof(float));
     float* apack = aligned_alloc(64, (size_t)threads * KC * MR * sizeof(float));
     if (!bpack || !apack) {                  /* out of memory: the blocked rung needs none */
         free(bpack);
         free(apack);
-        matmul_forward_v2_blocked(out, a, b, M, N, K, trans_a, trans_b, accumulate);
+        if (!accumulate) start_rows(out, NULL, M, N);
+        blocked_add(out, a, b, M, N, K, trans_a, trans_b);
         return;
     }
-    long n_ir = (M + MR - 1) / MR;
+    int64_t n_ir = (M + MR - 1) / MR;
     #pragma omp parallel num_threads(threads)
     {
-        float* ap = apack + (long)omp_get_thread_num() * KC * MR;
+        float* ap = apack + (int64_t)omp_get_thread_num() * KC * MR;
         float ctile[12 * 32] __attribute__((aligned(64)));
-        for (long jc = 0; jc < N; jc += NC) {
-            long n_jr = (mg_min(NC, N - jc) + NR - 1) / NR;
-            long groups = n_ir >= 4 * threads ? 1 : mg_min(n_jr, (4 * threads + n_ir - 1) / n_ir);
-            for (long pc = 0; pc < K; pc += KC) {
-                long kc = mg_min(KC, K - pc);
+        for (int64_t jc = 0; jc < N; jc += NC) {
+            int64_t n_jr = (mg_min(NC, N - jc) + NR - 1) / NR;
+            int64_t groups = n_ir >= 4 * threads ? 1 : mg_min(n_jr, (4 * threads + n_ir - 1) / n_ir);
+            for (int64_t pc = 0; pc < K; pc += KC) {
+                int64_t kc = mg_min(KC, K - pc);
                 int acc = accumulate || pc > 0;
                 #pragma omp for schedule(static)
-                for (long s = 0; s < n_jr; s++)
+                for (int64_t s = 0; s < n_jr; s++)
                     pack_b(bpack + s * kc * NR, b, trans_b, N, K, jc + s * NR, pc, kc, NR);
-                long packed_ir = -1;
+                int64_t packed_ir = -1;
                 /* dynamic: a thread that the OS parks (busy machine) does not hold up the rest;
                  * each tile still has one owner and one summation order, so results do not
                  * depend on the schedule */
                 #pragma omp for schedule(dynamic, 1)
-                for (long t = 0; t < n_ir * groups; t++) {
-                    long ir = t / groups, g = t % groups;
-                    long i0 = ir * MR, rows = mg_min(MR, M - i0);
+                for (int64_t t = 0; t < n_ir * groups; t++) {
+                    int64_t ir = t / groups, g = t % groups;
+                    int64_t i0 = ir * MR, rows = mg_min(MR, M - i0);
                     if (ir != packed_ir) pack_a(ap, a, trans_a, M, K, i0, pc, kc, MR);
                     packed_ir = ir;
-                    for (long s = g * n_jr / groups; s < (g + 1) * n_jr / groups; s++) {
-                        long j0 = jc + s * NR, cols = mg_min(NR, N - j0);
+                    for (int64_t s = g * n_jr / groups; s < (g + 1) * n_jr / groups; s++) {
+                        int64_t j0 = jc + s * NR, cols = mg_min(NR, N - j0);
                         float* c = out + i0 * N + j0;
                         const float* bp = bpack + s * kc * NR;
                         if (rows == MR && cols == NR) {
@@ -319,8 +336,8 @@ static void gemm_packed(float* out, const float* a, const float* b, long M, long
                             continue;
                         }
                         ch.kernel(kc, ap, bp, ctile, NR, 0);
-                        for (long i = 0; i < rows; i++)
-                            for (long j = 0; j < cols; j++)
+                        for (int64_t i = 0; i < rows; i++)
+                            for (int64_t j = 0; j < cols; j++)
                                 c[i * N + j] = (acc ? c[i * N + j] : 0.0f) + ctile[i * NR + j];
                     }
                 }
@@ -331,50 +348,57 @@ static void gemm_packed(float* out, const float* a, const float* b, long M, long
     free(apack);
 }
 
-void matmul_forward_v3_packed(float* out, const float* a, const float* b,
-                              long M, long N, long K, int trans_a, int trans_b, int accumulate) {
-    gemm_packed(out, a, b, M, N, K, trans_a, trans_b, accumulate, 1);
+/* out = op(a) @ op(b) + bias: start from the bias rows and accumulate onto them */
+static void packed_with_bias(float* out, const float* a, const float* b, const float* bias,
+                             int64_t M, int64_t N, int64_t K, int trans_a, int trans_b, int threads) {
+    if (bias) start_rows(out, bias, M, N);
+    gemm_packed(out, a, b, M, N, K, trans_a, trans_b, bias != NULL, threads);
+}
+
+void matmul_forward_v3_packed(float* out, const float* a, const float* b, const float* bias,
+                              int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    packed_with_bias(out, a, b, bias, M, N, K, trans_a, trans_b, 1);
 }
 
 /* Below ~ 2^20 multiply-adds (~ 20 us on one core) waking a thread team costs more than it saves. */
-static int threads_for(long M, long N, long K) {
+static int threads_for(int64_t M, int64_t N, int64_t K) {
     return (double)M * (double)N * (double)K < 1048576.0 ? 1 : omp_get_max_threads();
 }
 
-void matmul_forward_v4_threaded(float* out, const float* a, const float* b,
-                                long M, long N, long K, int trans_a, int trans_b, int accumulate) {
-    gemm_packed(out, a, b, M, N, K, trans_a, trans_b, accumulate, threads_for(M, N, K));
+void matmul_forward_v4_threaded(float* out, const float* a, const float* b, const float* bias,
+                                int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    packed_with_bias(out, a, b, bias, M, N, K, trans_a, trans_b, threads_for(M, N, K));
 }
 
-void matmul_forward(float* out, const float* a, const float* b,
-                    long M, long N, long K, int trans_a, int trans_b, int accumulate) {
-    matmul_forward_v4_threaded(out, a, b, M, N, K, trans_a, trans_b, accumulate);
+void matmul_forward(float* out, const float* a, const float* b, const float* bias,
+                    int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    matmul_forward_v4_threaded(out, a, b, bias, M, N, K, trans_a, trans_b);
 }
 
 /* Many small products: one per thread (each single-threaded); few large ones: one at a time,
  * each threaded. */
-void matmul_forward_batched(float* out, const float* a, const float* b, long batch,
-                            long stride_out, long stride_a, long stride_b,
-                            long M, long N, long K, int trans_a, int trans_b, int accumulate) {
+void matmul_forward_batched(float* out, const float* a, const float* b, const float* bias,
+                            int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                            int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
     int threads = omp_get_max_threads();
     if (threads > 1 && batch >= threads && (double)M * N * K < 4194304.0) {
         #pragma omp parallel for schedule(static) if ((double)batch * M * N * K >= 1048576.0)
-        for (long i = 0; i < batch; i++)
-            gemm_packed(out + i * stride_out, a + i * stride_a, b + i * stride_b, M, N, K,
-                        trans_a, trans_b, accumulate, 1);
+        for (int64_t i = 0; i < batch; i++)
+            packed_with_bias(out + i * stride_out, a + i * stride_a, b + i * stride_b, bias, M, N, K,
+                             trans_a, trans_b, 1);
         return;
     }
-    for (long i = 0; i < batch; i++)
-        matmul_forward(out + i * stride_out, a + i * stride_a, b + i * stride_b, M, N, K,
-                       trans_a, trans_b, accumulate);
+    for (int64_t i = 0; i < batch; i++)
+        matmul_forward(out + i * stride_out, a + i * stride_a, b + i * stride_b, bias, M, N, K,
+                       trans_a, trans_b);
 }
 
-/* ---- linear layers: out = inp @ weight^T + bias, weight (OC, C) as in PyTorch and GPT-2 ---- */
+/* ---- linear layers: out = x @ w^T + b, w (OC, C) as in PyTorch and GPT-2 ------------------- */
 
 /* Few rows (decoding one token at a time): with N <= LINEAR_ROWS_MAX input rows each weight is
  * used at most N times, so there is no reuse for packing to buy; packing a panel of W would
  * cost more than the whole product. Instead each weight row is streamed once, in storage order,
- * and dotted with every input row: out[n][o] = bias[o] + sum_c inp[n][c] * weight[o][c]. The
+ * and dotted with every input row: out[n][o] = b[o] + sum_c x[n][c] * w[o][c]. The
  * speed limit is then the memory bandwidth of reading W, and the threads split W's rows. */
 #define LINEAR_ROWS_MAX 4
 
@@ -392,60 +416,57 @@ static inline float sum16(f32x16 v) {
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
-MG_CLONES static void linear_rows(float* restrict out, const float* restrict inp,
-                                  const float* restrict weight, const float* restrict bias,
-                                  long N, long C, long OC, long o0, long o1) {
-    long c_vec = C - C % 64;
-    for (long o = o0; o < o1; o++) {
-        const float* w = weight + o * C;    /* one row, read front to back: a single stream */
-        for (long n = 0; n < N; n++) {
-            const float* x = inp + n * C;
+MG_CLONES static void linear_rows(float* restrict out, const float* restrict x,
+                                  const float* restrict w, const float* restrict b,
+                                  int64_t N, int64_t C, int64_t OC, int64_t o0, int64_t o1) {
+    int64_t c_vec = C - C % 64;
+    for (int64_t o = o0; o < o1; o++) {
+        const float* w_row = w + o * C;     /* one row, read front to back: a single stream */
+        for (int64_t n = 0; n < N; n++) {
+            const float* x_row = x + n * C;
             f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};   /* four independent chains */
-            for (long c = 0; c < c_vec; c += 64) {
-                acc0 += *(const f32x16*)(x + c) * *(const f32x16*)(w + c);
-                acc1 += *(const f32x16*)(x + c + 16) * *(const f32x16*)(w + c + 16);
-                acc2 += *(const f32x16*)(x + c + 32) * *(const f32x16*)(w + c + 32);
-                acc3 += *(const f32x16*)(x + c + 48) * *(const f32x16*)(w + c + 48);
+            for (int64_t c = 0; c < c_vec; c += 64) {
+                acc0 += *(const f32x16*)(x_row + c) * *(const f32x16*)(w_row + c);
+                acc1 += *(const f32x16*)(x_row + c + 16) * *(const f32x16*)(w_row + c + 16);
+                acc2 += *(const f32x16*)(x_row + c + 32) * *(const f32x16*)(w_row + c + 32);
+                acc3 += *(const f32x16*)(x_row + c + 48) * *(const f32x16*)(w_row + c + 48);
             }
             float dot = sum16((acc0 + acc1) + (acc2 + acc3));
-            for (long c = c_vec; c < C; c++) dot += x[c] * w[c];     /* the last C % 64 columns */
-            out[n * OC + o] = dot + (bias ? bias[o] : 0.0f);
+            for (int64_t c = c_vec; c < C; c++) dot += x_row[c] * w_row[c];  /* the last C % 64 columns */
+            out[n * OC + o] = dot + (b ? b[o] : 0.0f);
         }
     }
 }
 
-void linear_forward(float* out, const float* inp, const float* weight, const float* bias,
-                    long N, long C, long OC) {
+void linear_forward(float* out, const float* x, const float* w, const float* b,
+                    int64_t N, int64_t C, int64_t OC) {
     if (N <= LINEAR_ROWS_MAX) {
         /* both cores stream: decoding reads W from memory, not cache */
         #pragma omp parallel for schedule(static) if (OC * C >= MG_PAR_MIN)
-        for (long o0 = 0; o0 < OC; o0 += 64)
-            linear_rows(out, inp, weight, bias, N, C, OC, o0, mg_min(o0 + 64, OC));
+        for (int64_t o0 = 0; o0 < OC; o0 += 64)
+            linear_rows(out, x, w, b, N, C, OC, o0, mg_min(o0 + 64, OC));
         return;
     }
-    if (bias)
-        for (long n = 0; n < N; n++) memcpy(out + n * OC, bias, (size_t)OC * sizeof(float));
-    matmul_forward(out, inp, weight, N, OC, C, 0, 1, bias != NULL);
+    matmul_forward(out, x, w, b, N, OC, C, 0, 1);
 }
 
-MG_CLONES static void column_sums(float* dbias, const float* dout, long N, long OC, long j0, long j1) {
-    for (long j = j0; j < j1; j++) dbias[j] = 0.0f;
-    for (long n = 0; n < N; n++) {
+MG_CLONES static void column_sums(float* db, const float* dout, int64_t N, int64_t OC, int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j++) db[j] = 0.0f;
+    for (int64_t n = 0; n < N; n++) {
         const float* row = dout + n * OC;
         #pragma omp simd
-        for (long j = j0; j < j1; j++) dbias[j] += row[j];
+        for (int64_t j = j0; j < j1; j++) db[j] += row[j];
     }
 }
 
-/* dinp (N, C) = dout (N, OC) @ weight (OC, C);  dweight (OC, C) = dout^T @ inp;  dbias = sum_n dout */
-void linear_backward(float* dinp, float* dweight, float* dbias,
-                     const float* dout, const float* inp, const float* weight,
-                     long N, long C, long OC) {
-    matmul_forward(dinp, dout, weight, N, C, OC, 0, 0, 0);
-    matmul_forward(dweight, dout, inp, OC, C, N, 1, 0, 0);
-    if (dbias) {
+/* dx (N, C) = dout (N, OC) @ w (OC, C);  dw (OC, C) = dout^T @ x;  db = sum_n dout */
+void linear_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
+                     int64_t N, int64_t C, int64_t OC) {
+    matmul_forward(dx, dout, w, NULL, N, C, OC, 0, 0);
+    matmul_forward(dw, dout, x, NULL, OC, C, N, 1, 0);
+    if (db) {
         #pragma omp parallel for schedule(static) if (N * OC >= MG_PAR_MIN)
-        for (long j0 = 0; j0 < OC; j0 += 256)
-            column_sums(dbias, dout, N, OC, j0, mg_min(j0 + 256, OC));
+        for (int64_t j0 = 0; j0 < OC; j0 += 256)
+            column_sums(db, dout, N, OC, j0, mg_min(j0 + 256, OC));
     }
 }

@@ -10,31 +10,31 @@
 
 /* sign = +1 rotates forward, -1 backward (sin -> -sin) */
 MG_CLONES static void rope_row(float* y, const float* x, const float* c, const float* s,
-                               float sign, long half) {
+                               float sign, int64_t half) {
     #pragma omp simd
-    for (long i = 0; i < half; i++) {
+    for (int64_t i = 0; i < half; i++) {
         float x1 = x[i], x2 = x[i + half], sn = sign * s[i];
         y[i] = x1 * c[i] - x2 * sn;
         y[i + half] = x2 * c[i] + x1 * sn;
     }
 }
 
-static void rope_apply(float* out, const float* inp, const float* cos, const float* sin,
-                       float sign, long BNH, long T, long HS) {
-    long half = HS / 2;
+static void rope_apply(float* out, const float* x, const float* cos, const float* sin,
+                       float sign, int64_t BNH, int64_t T, int64_t HS) {
+    int64_t half = HS / 2;
     #pragma omp parallel for schedule(static) if (BNH * T * HS >= MG_PAR_MIN)
-    for (long r = 0; r < BNH * T; r++) {
-        long t = r % T;
-        rope_row(out + r * HS, inp + r * HS, cos + t * half, sin + t * half, sign, half);
+    for (int64_t r = 0; r < BNH * T; r++) {
+        int64_t t = r % T;
+        rope_row(out + r * HS, x + r * HS, cos + t * half, sin + t * half, sign, half);
     }
 }
 
-void rope_forward(float* out, const float* inp, const float* cos, const float* sin,
-                  long BNH, long T, long HS) {
-    rope_apply(out, inp, cos, sin, 1.0f, BNH, T, HS);
+void rope_forward(float* out, const float* x, const float* cos, const float* sin,
+                  int64_t BNH, int64_t T, int64_t HS) {
+    rope_apply(out, x, cos, sin, 1.0f, BNH, T, HS);
 }
 
-void rope_backward(float* dinp, const float* dout, const float* cos, const float* sin,
-                   long BNH, long T, long HS) {
-    rope_apply(dinp, dout, cos, sin, -1.0f, BNH, T, HS);
+void rope_backward(float* dx, const float* dout, const float* cos, const float* sin,
+                   int64_t BNH, int64_t T, int64_t HS) {
+    rope_apply(dx, dout, cos, sin, -1.0f, BNH, T, HS);
 }

@@ -26,8 +26,8 @@ int microgpt_simd_level(void) {
     return forced_path >= 0 ? forced_path : best_path();
 }
 
-void microgpt_set_num_threads(int n) {
-    omp_set_num_threads(n < 1 ? 1 : n);
+void microgpt_set_num_threads(int threads) {
+    omp_set_num_threads(threads < 1 ? 1 : threads);
 }
 
 int microgpt_get_num_threads(void) {

@@ -1,7 +1,7 @@
 """The C backend against the NumPy reference, kernel by kernel, on hypothesis-drawn shapes.
 
 Every matmul rung (v1 naive ... v4 threaded) is called straight through cffi on sizes 1..300
-per dimension (no multiple of any tile), with both transposes and accumulate, and on every
+per dimension (no multiple of any tile), with both transposes and a bias, and on every
 SIMD micro-kernel this CPU has (AVX-512, AVX2, portable C). Every other kernel goes through
 backends/cpu.py and is compared with backends/reference.py: forward, and backward with a
 random upstream gradient, in float32, with tolerances atol + rtol*|ref| (assert_close prints
@@ -49,24 +49,28 @@ def rand(rng, *shape, dtype=np.float32):
     return rng.standard_normal(shape).astype(dtype)
 
 
-def call_rung(name, a, b, M, N, K, ta, tb, out=None):
-    accumulate = out is not None
-    out = np.zeros((M, N), np.float32) if out is None else out.copy()
-    getattr(cpu.lib, name)(cpu._fp(out), cpu._fp(a), cpu._fp(b), M, N, K, ta, tb, int(accumulate))
+def f64(z):
+    """z in float64 (None stays None): the reference's input."""
+    return None if z is None else z.astype(np.float64)
+
+
+def call_rung(name, a, b, M, N, K, ta, tb, bias=None):
+    out = np.full((M, N), np.nan, np.float32)        # every element must be written
+    getattr(cpu.lib, name)(cpu._fp(out), cpu._fp(a), cpu._fp(b), cpu._opt(bias), M, N, K, ta, tb)
     return out
 
 
 # --- matmul: every rung, every SIMD path --------------------------------------------------------
 
 @given(dims, dims, dims, st.booleans(), st.booleans(), st.booleans(), seeds)
-def test_matmul_rungs(M, N, K, ta, tb, accumulate, seed):
+def test_matmul_rungs(M, N, K, ta, tb, with_bias, seed):
     rng = np.random.default_rng(seed)
     a = rand(rng, *((K, M) if ta else (M, K)))
     b = rand(rng, *((N, K) if tb else (K, N)))
-    start = rand(rng, M, N) if accumulate else None
+    bias = rand(rng, N) if with_bias else None
     expected = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
-    if accumulate:
-        expected += start
+    if with_bias:
+        expected += bias
     tol = dict(atol=1e-5 * K + 1e-5, rtol=1e-4)
     for path in supported_paths():
         assert cpu.lib.microgpt_set_simd_path(path.encode())
@@ -74,8 +78,8 @@ def test_matmul_rungs(M, N, K, ta, tb, accumulate, seed):
             for name in RUNGS:
                 if name == "matmul_forward_v1_naive" and path != "scalar":
                     continue   # the naive rung has no SIMD path: checked once
-                assert_close(call_rung(name, a, b, M, N, K, int(ta), int(tb), start), expected,
-                             what=f"{name} [{path}] M={M} N={N} K={K} ta={ta} tb={tb}", **tol)
+                assert_close(call_rung(name, a, b, M, N, K, int(ta), int(tb), bias), expected,
+                             what=f"{name} [{path}] M={M} N={N} K={K} ta={ta} tb={tb} bias={with_bias}", **tol)
         finally:
             cpu.lib.microgpt_set_simd_path(b"")
 
@@ -119,7 +123,6 @@ def test_linear(lead, OC, bias, seed):
     C = lead[-1]
     x, w = rand(rng, *lead), rand(rng, OC, C)
     b = rand(rng, OC) if bias else None
-    f64 = (lambda z: None if z is None else z.astype(np.float64))
     assert_close(cpu.linear_forward(x, w, b), ref.linear_forward(f64(x), f64(w), f64(b)),
                  what="linear_forward", **F32)
     dout = rand(rng, *(lead[:-1] + (OC,)))
@@ -187,9 +190,8 @@ def test_norms(shape, seed, bias, eps):
     C = shape[-1]
     x, w = rand(rng, *shape) * 2 + 0.5, rand(rng, C)
     b = rand(rng, C) if bias else None
-    d64 = (lambda z: None if z is None else z.astype(np.float64))
     got = cpu.layer_norm_forward(x, w, b, eps)
-    want = ref.layer_norm_forward(d64(x), d64(w), d64(b), eps)
+    want = ref.layer_norm_forward(f64(x), f64(w), f64(b), eps)
     for g, wv, name in zip(got, want, ("out", "mean", "rstd")):
         assert_close(g, wv, what=f"layer_norm_forward {name}", atol=1e-4, rtol=1e-4)
     dout = rand(rng, *shape)
@@ -197,7 +199,7 @@ def test_norms(shape, seed, bias, eps):
     # float32 rounding by rstd, so dx is compared in units of (1 + rstd) per row.
     row_scale = 1.0 + want[2][..., None]
     got = cpu.layer_norm_backward(dout, x, w, got[1], got[2], bias)
-    want = ref.layer_norm_backward(d64(dout), d64(x), d64(w), want[1], want[2], bias)
+    want = ref.layer_norm_backward(f64(dout), f64(x), f64(w), want[1], want[2], bias)
     got, want = (got[0] / row_scale,) + got[1:], (want[0] / row_scale,) + want[1:]
     for g, wv, name in zip(got, want, ("dx", "dw", "db")):
         if wv is None:
@@ -205,12 +207,12 @@ def test_norms(shape, seed, bias, eps):
         else:
             assert_close(g, wv, what=f"layer_norm_backward {name}", atol=2e-4, rtol=2e-4)
     out, rstd = cpu.rms_norm_forward(x, w, eps)
-    want = ref.rms_norm_forward(d64(x), d64(w), eps)
+    want = ref.rms_norm_forward(f64(x), f64(w), eps)
     assert_close(out, want[0], what="rms_norm out", atol=1e-4, rtol=1e-4)
     assert_close(rstd, want[1], what="rms_norm rstd", atol=1e-4, rtol=1e-4)
     row_scale = 1.0 + want[1][..., None]
     got = cpu.rms_norm_backward(dout, x, w, rstd)
-    want = ref.rms_norm_backward(d64(dout), d64(x), d64(w), want[1])
+    want = ref.rms_norm_backward(f64(dout), f64(x), f64(w), want[1])
     got, want = (got[0] / row_scale, got[1]), (want[0] / row_scale, want[1])
     for g, wv, name in zip(got, want, ("dx", "dw")):
         assert_close(g, wv, what=f"rms_norm_backward {name}", atol=2e-4, rtol=2e-4)
@@ -223,10 +225,9 @@ def test_rope(lead, T, half, seed):
     x = rand(rng, *(lead + (T, 2 * half)))
     angles = rng.uniform(-4, 4, (T, half))
     cos, sin = np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
-    d64 = (lambda z: z.astype(np.float64))
-    assert_close(cpu.rope_forward(x, cos, sin), ref.rope_forward(d64(x), d64(cos), d64(sin)),
+    assert_close(cpu.rope_forward(x, cos, sin), ref.rope_forward(f64(x), f64(cos), f64(sin)),
                  what="rope_forward", **F32)
-    assert_close(cpu.rope_backward(x, cos, sin), ref.rope_backward(d64(x), d64(cos), d64(sin)),
+    assert_close(cpu.rope_backward(x, cos, sin), ref.rope_backward(f64(x), f64(cos), f64(sin)),
                  what="rope_backward", **F32)
 
 

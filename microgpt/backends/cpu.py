@@ -351,7 +351,7 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     step = check.integer(op, "step", step, low=1)
     if not is32:
         return _ref.adamw_update(param, grad, m, v, *scalars, step)
-    lib.adamw_update(_fp(param), _fp(m), _fp(v), _fp(grad), param.size, *scalars, step)
+    lib.adamw_update(_fp(param), _fp(grad), _fp(m), _fp(v), *scalars, step, param.size)
 
 
 # === attention: bindings of csrc/attention.c ======================================================

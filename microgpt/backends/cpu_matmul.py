@@ -19,18 +19,19 @@ from ..errors import ShapeError
 from . import cpu_checks as check
 from . import reference as _ref
 from .cpu_lib import fp as _fp
-from .cpu_lib import lib
+from .cpu_lib import ffi, lib
 from .cpu_lib import opt as _opt
 
 
 # --- matmul and linear ----------------------------------------------------------------------------
 
-def _gemm(out, a, b, M, N, K, trans_a, trans_b, accumulate=0, batch=1, strides=(0, 0, 0)):
+def _gemm(out, a, b, M, N, K, trans_a, trans_b, batch=1, strides=(0, 0, 0)):
+    """out = op(a) @ op(b), or `batch` of them `strides` (out, a, b) apart; no bias."""
     if batch == 1:
-        lib.matmul_forward(_fp(out), _fp(a), _fp(b), M, N, K, trans_a, trans_b, accumulate)
+        lib.matmul_forward(_fp(out), _fp(a), _fp(b), ffi.NULL, M, N, K, trans_a, trans_b)
     else:
-        lib.matmul_forward_batched(_fp(out), _fp(a), _fp(b), batch, *strides,
-                                   M, N, K, trans_a, trans_b, accumulate)
+        lib.matmul_forward_batched(_fp(out), _fp(a), _fp(b), ffi.NULL, batch, *strides,
+                                   M, N, K, trans_a, trans_b)
 
 
 def _matmul_shapes(op, a, b):
@@ -60,12 +61,12 @@ def matmul_forward(a, b):
         return out
     count = out.size // (M * N)
     if a.size == M * K:                     # a has no real batch: broadcast it with stride 0
-        _gemm(out, a, b, M, N, K, 0, 0, 0, count, (M * N, 0, K * N))
+        _gemm(out, a, b, M, N, K, 0, 0, count, (M * N, 0, K * N))
         return out
     if a.shape[:-2] != batch or b.shape[:-2] != batch:
         a = np.ascontiguousarray(np.broadcast_to(a, batch + (M, K)))
         b = np.ascontiguousarray(np.broadcast_to(b, batch + (K, N)))
-    _gemm(out, a, b, M, N, K, 0, 0, 0, count, (M * N, M * K, K * N))
+    _gemm(out, a, b, M, N, K, 0, 0, count, (M * N, M * K, K * N))
     return out
 
 
@@ -88,8 +89,8 @@ def matmul_backward(dout, a, b):
     b_full = np.ascontiguousarray(np.broadcast_to(b, batch + (K, N)))
     da = np.empty(batch + (M, K), dtype=a.dtype)
     db = np.empty(batch + (K, N), dtype=a.dtype)
-    _gemm(da, dout, b_full, M, K, N, 0, 1, 0, count, (M * K, M * N, K * N))
-    _gemm(db, a_full, dout, K, N, M, 1, 0, 0, count, (K * N, M * K, M * N))
+    _gemm(da, dout, b_full, M, K, N, 0, 1, count, (M * K, M * N, K * N))
+    _gemm(db, a_full, dout, K, N, M, 1, 0, count, (K * N, M * K, M * N))
     return _ref.sum_to_shape(da, a.shape), _ref.sum_to_shape(db, b.shape)
 
 
