@@ -70,3 +70,69 @@ def test_harness_rows_order_min_median_max_for_times_and_rates(monkeypatch, unit
 def argparse_namespace(**kwargs):
     import argparse
     return argparse.Namespace(json=None, quick=False, **kwargs)
+
+
+# --- bench_train: figures from alternating processes ---------------------------------------------------
+
+def fake_probes(bench, monkeypatch, per_round, loss_gap=0.0):
+    """Replace the subprocess probe: round r's `side` takes per_round[r][side] = (seconds, MiB)."""
+    calls = []
+
+    def run_probe(side, preset, weights, warmup, steps, threads):
+        r = sum(1 for c in calls if c == side)
+        calls.append(side)
+        seconds, mib = per_round[r][side]
+        losses = [2.0 + (loss_gap if side == "peer" else 0.0)] * (warmup + steps)
+        return {"seconds": [seconds] * steps, "losses": losses, "peak_bytes": mib * 2**20, "load": 1.0 + r}
+    monkeypatch.setattr(bench, "run_probe", run_probe)
+    return calls
+
+
+def test_bench_train_rows_are_medians_over_alternating_processes(monkeypatch):
+    bench = load_bench("bench_train")
+    tokens = 12 * 64
+    per_round = [{"ours": (0.10, 60), "peer": (0.20, 130)},     # ratio 2.0
+                 {"ours": (0.40, 62), "peer": (0.20, 140)},     # 0.5: a round the machine was busy for ours
+                 {"ours": (0.12, 61), "peer": (0.15, 135)},     # 1.25
+                 {"ours": (0.11, 64), "peer": (0.13, 120)},
+                 {"ours": (0.13, 63), "peer": (0.16, 138)}]
+    calls = fake_probes(bench, monkeypatch, per_round)
+    speed, memory = bench.preset_rows("baby", "w.safetensors", 2, 5, 1, 3)
+    assert calls == ["ours", "peer"] * 5                          # alternating, one side at a time
+    ours_rates = [tokens / r["ours"][0] for r in per_round]
+    peer_rates = [tokens / r["peer"][0] for r in per_round]
+    assert speed["ours"] == pytest.approx(tokens / 0.12) and speed["peer"] == pytest.approx(tokens / 0.16)
+    assert (speed["ours_min"], speed["ours_max"]) == pytest.approx((min(ours_rates), max(ours_rates)))
+    assert (speed["peer_min"], speed["peer_max"]) == pytest.approx((min(peer_rates), max(peer_rates)))
+    assert speed["ratio"] == pytest.approx(0.16 / 0.12)
+    assert (speed["ratio_min"], speed["ratio_max"]) == pytest.approx((0.5, 2.0))
+    assert speed["rounds"] == 5 and (speed["load_min"], speed["load_max"]) == (1.0, 5.0)
+    assert memory["ours"] == pytest.approx(62) and memory["peer"] == pytest.approx(135)
+    assert memory["ratio"] == pytest.approx(135 / 62)
+    assert (memory["ratio_min"], memory["ratio_max"]) == pytest.approx((120 / 64, 140 / 62))
+
+
+def test_bench_train_refuses_to_report_when_the_losses_disagree(monkeypatch):
+    bench = load_bench("bench_train")
+    fake_probes(bench, monkeypatch, [{"ours": (0.1, 60), "peer": (0.2, 130)}], loss_gap=5e-3)
+    with pytest.raises(RuntimeError, match="disagree"):
+        bench.preset_rows("baby", "w.safetensors", 2, 1, 1, 3)
+
+
+def test_bench_train_peer_process_builds_no_model_of_ours(monkeypatch, tmp_path):
+    """The peer's process loads the shared weights file into torch and never builds our GPT
+    (it used to build ours first, which put our model and AdamW state into PyTorch's peak)."""
+    pytest.importorskip("torch")
+    bench = load_bench("bench_train")
+    weights = str(tmp_path / "baby.safetensors")
+    bench.write_initial_weights("baby", weights)
+    [(idx, targets)] = bench.batches("baby", 1)
+    ours_loss = bench.build_ours("baby", weights)(idx, targets)
+
+    import microgpt.nn
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the peer built a microgpt GPT")
+    monkeypatch.setattr(microgpt.nn.GPT, "__init__", refuse)
+    peer_loss = bench.build_peer("baby", weights)(idx, targets)
+    assert abs(ours_loss - peer_loss) < 1e-5
