@@ -293,16 +293,17 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_backward_v2_kernel(
 static size_t forward_smem(int D) { return sizeof(float) * (3 * ATT_BR * (D + 1) + ATT_BR * 65); }
 static size_t backward_smem(int D) { return sizeof(float) * (4 * ATT_BR * (D + 1) + 2 * ATT_BC * 65 + 2 * ATT_BR); }
 
-static int check_sizes(int B, int NH, int NKV, int Tq, int Tk, int HS) {
+// The ABI's sizes are int64_t; the kernels take int, so every size must fit one (Tq <= Tk).
+static int check_sizes(int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS) {
     if (B <= 0 || NH <= 0 || NKV <= 0 || NH % NKV || Tq <= 0 || Tq > Tk || HS <= 0) return (int)cudaErrorInvalidValue;
-    if ((int64_t)B * NH > 65535) return (int)cudaErrorInvalidValue;
+    if (B * NH > 65535 || Tk > INT32_MAX || HS > INT32_MAX) return (int)cudaErrorInvalidValue;
     return 0;
 }
 
 extern "C" {
 
 int attention_forward_v1_naive(float* out, float* lse, const float* q, const float* k, const float* v,
-                               int B, int NH, int NKV, int Tq, int Tk, int HS) {
+                               int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS) {
     MG_CHECK((cudaError_t)check_sizes(B, NH, NKV, Tq, Tk, HS));
     if (HS > V1_MAX_HS) return (int)cudaErrorInvalidValue;
     int64_t rows = (int64_t)B * NH * Tq;
@@ -311,8 +312,8 @@ int attention_forward_v1_naive(float* out, float* lse, const float* q, const flo
 }
 
 int attention_backward_v1_naive(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                                const float* v, const float* out, const float* lse, int B, int NH, int NKV,
-                                int Tq, int Tk, int HS) {
+                                const float* v, const float* out, const float* lse, int64_t B, int64_t NH,
+                                int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS) {
     MG_CHECK((cudaError_t)check_sizes(B, NH, NKV, Tq, Tk, HS));
     if (HS > V1_MAX_HS) return (int)cudaErrorInvalidValue;
     size_t kv_bytes = sizeof(float) * (size_t)B * NKV * Tk * HS;
@@ -324,7 +325,7 @@ int attention_backward_v1_naive(float* dq, float* dk, float* dv, const float* do
 }
 
 int attention_forward_v2_flash(float* out, float* lse, const float* q, const float* k, const float* v,
-                               int B, int NH, int NKV, int Tq, int Tk, int HS) {
+                               int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS) {
     MG_CHECK((cudaError_t)check_sizes(B, NH, NKV, Tq, Tk, HS));
     if (HS > 128) return attention_forward_v1_naive(out, lse, q, k, v, B, NH, NKV, Tq, Tk, HS);
     dim3 grid((Tq + ATT_BR - 1) / ATT_BR, B * NH);
@@ -340,8 +341,8 @@ int attention_forward_v2_flash(float* out, float* lse, const float* q, const flo
 
 /* delta: scratch of B * NH * Tq floats (D_i). */
 int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
-                                const float* k, const float* v, const float* out, const float* lse, int B, int NH,
-                                int NKV, int Tq, int Tk, int HS) {
+                                const float* k, const float* v, const float* out, const float* lse, int64_t B,
+                                int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS) {
     MG_CHECK((cudaError_t)check_sizes(B, NH, NKV, Tq, Tk, HS));
     if (HS > 128) return attention_backward_v1_naive(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS);
     int64_t rows = (int64_t)B * NH * Tq;

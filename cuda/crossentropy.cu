@@ -49,7 +49,7 @@ __global__ void cross_entropy_backward_kernel(float* dlogits, const float* dloss
 extern "C" {
 
 int cross_entropy_forward(float* losses, float* lse, int* bad, const float* logits, const int64_t* targets,
-                          int64_t N, int64_t V, int64_t ignore_index) {
+                          int64_t ignore_index, int64_t N, int64_t V) {
     if (N <= 0) return 0;
     if (V <= 0 || N > 2147483647) return (int)cudaErrorInvalidValue;
     cross_entropy_forward_kernel<<<(unsigned int)N, 256>>>(losses, lse, bad, logits, targets, V, ignore_index);
@@ -57,7 +57,7 @@ int cross_entropy_forward(float* losses, float* lse, int* bad, const float* logi
 }
 
 int cross_entropy_backward(float* dlogits, const float* dlosses, const float* logits, const int64_t* targets,
-                           const float* lse, int64_t N, int64_t V, int64_t ignore_index) {
+                           const float* lse, int64_t ignore_index, int64_t N, int64_t V) {
     if (N <= 0) return 0;
     if (V <= 0 || N > 2147483647) return (int)cudaErrorInvalidValue;
     cross_entropy_backward_kernel<<<(unsigned int)N, 256>>>(dlogits, dlosses, logits, targets, lse, V, ignore_index);

@@ -4,7 +4,7 @@
                      into an MgShape whose strides are 0 along broadcast axes, and merges
                      axes so that equal shapes arrive as one contiguous axis (fast path).
                      out may alias a (accumulate: dst += src).
-   binary_scalar_op  out = a (op) s, or s (op) a when reversed, for a Python number s.
+   binary_scalar_op  out = a (op) s, or s (op) a when scalar_first, for a Python number s.
    unary_op          out = f(a) for neg, exp, log, sqrt, tanh and pow(a, p).
    Op codes (same numbers in microgpt/backends/cuda.py):
      binary: 0 add, 1 sub, 2 mul, 3 div, 4 equal (1.0 where a == b, else 0.0)
@@ -45,8 +45,8 @@ __global__ void binary_broadcast_kernel(float* out, const float* a, const float*
     }
 }
 
-__global__ void binary_scalar_kernel(float* out, const float* a, float s, int64_t n, int op, int reversed) {
-    MG_FOR(i, n) out[i] = reversed ? apply_binary(op, s, a[i]) : apply_binary(op, a[i], s);
+__global__ void binary_scalar_kernel(float* out, const float* a, float s, int64_t n, int op, int scalar_first) {
+    MG_FOR(i, n) out[i] = scalar_first ? apply_binary(op, s, a[i]) : apply_binary(op, a[i], s);
 }
 
 __global__ void unary_kernel(float* out, const float* a, int64_t n, int op, float p) {
@@ -69,10 +69,10 @@ int binary_op(float* out, const float* a, const float* b, int ndim, const int64_
     MG_LAUNCHED();
 }
 
-int binary_scalar_op(float* out, const float* a, float s, int64_t n, int op, int reversed) {
+int binary_scalar_op(float* out, const float* a, float s, int64_t n, int op, int scalar_first) {
     if (op < 0 || op > 4) return (int)cudaErrorInvalidValue;
     if (n <= 0) return 0;
-    binary_scalar_kernel<<<blocks_for(n, 256), 256>>>(out, a, s, n, op, reversed);
+    binary_scalar_kernel<<<blocks_for(n, 256), 256>>>(out, a, s, n, op, scalar_first);
     MG_LAUNCHED();
 }
 

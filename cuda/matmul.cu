@@ -1,11 +1,15 @@
 /* matmul.cu: float32 matrix products, as a ladder of rungs (each tested, each benchmarked
-   against cuBLAS by benchmarks/gpu_check.py). Row-major; C (M, N) = A (M, K) @ B (K, N).
+   against cuBLAS by benchmarks/gpu_check.py). Row-major; every rung has the signature of
+   csrc/matmul.c's ladder: out (M, N) = op(a) @ op(b) + bias, op(a) = a (M, K) or, with
+   trans_a, a^T of a stored (K, M); op(b) likewise; bias (N) added to every row, or NULL.
+   matmul_forward is the production rung (v6); matmul_forward_batched_* run a batch of
+   products on gridDim.z (v2 and v6 batch; v6 is production).
 
    v1_naive        one thread per output; threadIdx.x walks rows, so a warp reads 32
                    different rows of A and writes a column of C: uncoalesced.
    v2_coalesced    threadIdx.x walks columns: a warp reads one row of A (broadcast) and 32
                    neighbouring elements of B and C. Same arithmetic, far fewer transactions.
-                   This kernel, with transpose flags, batching and bias, is gemm_naive.
+                   With batching it is matmul_forward_batched_v2_coalesced, the simple fallback.
    v3_smem         32 x 32 tiles of A and B staged in shared memory; each element loaded
                    from DRAM once per tile instead of once per output.
    v4_regblock     64 x 64 block tile, BK = 8; each thread computes a 4 x 4 patch from
@@ -13,7 +17,7 @@
    v5_vectorized   128 x 128 block tile, 8 x 8 per thread; 16-byte (float4) loads from DRAM
                    and shared memory; A is stored transposed (k-major) so both operands are
                    read as float4 along the output patch.
-   v6_warptile     the production kernel `gemm` (below, gemm_tile): 8 warps each own a
+   v6_warptile     the production kernel (below, gemm_tile): 8 warps each own a
                    64 x 32 warp tile, lanes own 2 x 2 sub-patches of 4 x 4 arranged so that a
                    warp's shared-memory reads are conflict-free broadcasts; BK = 16 with two
                    shared-memory buffers (the next tile's loads are in flight during the
@@ -27,23 +31,31 @@
                    A different precision (bf16 inputs: ~3e-3 relative error), shown beside
                    the float32 rungs to show what the matrix units are worth; not used by
                    the float32 training path.
-   Every rung handles any M, N, K (edges are loaded guarded, zero-filled); float4 paths are
-   taken only where 16 bytes are in bounds and aligned. */
+   v3-v5 and v7 each teach one tiling idea on the plain layout, so they take no transposed
+   operand: asked for one they return cudaErrorNotSupported instead of computing something
+   else (the bindings use v6, or v2, for transposed products). Every rung handles any M, N, K
+   below 2^31 (edges are loaded guarded, zero-filled); float4 paths are taken only where 16
+   bytes are in bounds and aligned. */
 #include "common.cuh"
 #include "microgpt_cuda.h"
 #include <cuda_bf16.h>
 
-// ---- v1, v2 and gemm_naive ----------------------------------------------------------------
+// ---- v1 and v2 ------------------------------------------------------------------------------
 
-__global__ void matmul_v1_kernel(float* c, const float* a, const float* b, int M, int N, int K) {
+// op(A)[m][k] = TA ? A[k*M + m] : A[m*K + k];  op(B)[k][n] = TB ? B[n*K + k] : B[k*N + n]
+__global__ void matmul_v1_kernel(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
+                                 int ta, int tb) {
     int m = blockIdx.x * blockDim.x + threadIdx.x, n = blockIdx.y * blockDim.y + threadIdx.y;
     if (m >= M || n >= N) return;
     float acc = 0.0f;
-    for (int k = 0; k < K; k++) acc += a[(int64_t)m * K + k] * b[(int64_t)k * N + n];
-    c[(int64_t)m * N + n] = acc;
+    for (int k = 0; k < K; k++) {
+        float x = ta ? a[(int64_t)k * M + m] : a[(int64_t)m * K + k];
+        float y = tb ? b[(int64_t)n * K + k] : b[(int64_t)k * N + n];
+        acc += x * y;
+    }
+    c[(int64_t)m * N + n] = bias ? acc + bias[n] : acc;
 }
 
-// op(A)[m][k] = TA ? A[k*M + m] : A[m*K + k];  op(B)[k][n] = TB ? B[n*K + k] : B[k*N + n]
 __global__ void gemm_naive_kernel(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
                                   int ta, int tb, int64_t sa, int64_t sb, int64_t sc) {
     int n = blockIdx.x * blockDim.x + threadIdx.x, m = blockIdx.y * blockDim.y + threadIdx.y;
@@ -61,7 +73,7 @@ __global__ void gemm_naive_kernel(float* c, const float* a, const float* b, cons
 // ---- v3: shared-memory tiles --------------------------------------------------------------
 
 #define V3_TILE 32
-__global__ void matmul_v3_kernel(float* c, const float* a, const float* b, int M, int N, int K) {
+__global__ void matmul_v3_kernel(float* c, const float* a, const float* b, const float* bias, int M, int N, int K) {
     __shared__ float as[V3_TILE][V3_TILE], bs[V3_TILE][V3_TILE + 1];
     int tx = threadIdx.x, ty = threadIdx.y;
     int m = blockIdx.y * V3_TILE + ty, n = blockIdx.x * V3_TILE + tx;
@@ -73,7 +85,7 @@ __global__ void matmul_v3_kernel(float* c, const float* a, const float* b, int M
         for (int k = 0; k < V3_TILE; k++) acc += as[ty][k] * bs[k][tx];
         __syncthreads();
     }
-    if (m < M && n < N) c[(int64_t)m * N + n] = acc;
+    if (m < M && n < N) c[(int64_t)m * N + n] = bias ? acc + bias[n] : acc;
 }
 
 // ---- v4: 2-D register blocking --------------------------------------------------------------
@@ -81,7 +93,7 @@ __global__ void matmul_v3_kernel(float* c, const float* a, const float* b, int M
 #define V4_BM 64
 #define V4_BN 64
 #define V4_BK 8
-__global__ void matmul_v4_kernel(float* c, const float* a, const float* b, int M, int N, int K) {
+__global__ void matmul_v4_kernel(float* c, const float* a, const float* b, const float* bias, int M, int N, int K) {
     __shared__ float as[V4_BK][V4_BM], bs[V4_BK][V4_BN];   // as is k-major (A transposed)
     int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;     // 256 threads, 16 x 16, 4 x 4 each
     int m0 = blockIdx.y * V4_BM, n0 = blockIdx.x * V4_BN;
@@ -105,7 +117,7 @@ __global__ void matmul_v4_kernel(float* c, const float* a, const float* b, int M
     for (int i = 0; i < 4; i++)
         for (int j = 0; j < 4; j++) {
             int m = m0 + ty * 4 + i, n = n0 + tx * 4 + j;
-            if (m < M && n < N) c[(int64_t)m * N + n] = acc[i][j];
+            if (m < M && n < N) c[(int64_t)m * N + n] = bias ? acc[i][j] + bias[n] : acc[i][j];
         }
 }
 
@@ -127,7 +139,8 @@ __device__ __forceinline__ float4 load4(const float* p, int valid, bool vec) {
 #define V5_BM 128
 #define V5_BN 128
 #define V5_BK 8
-__global__ void __launch_bounds__(256) matmul_v5_kernel(float* c, const float* a, const float* b, int M, int N, int K, int vec) {
+__global__ void __launch_bounds__(256) matmul_v5_kernel(float* c, const float* a, const float* b, const float* bias,
+                                                        int M, int N, int K, int vec) {
     __shared__ __align__(16) float as[V5_BK][V5_BM + 4], bs[V5_BK][V5_BN];
     int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;     // 8 x 8 outputs per thread
     int m0 = blockIdx.y * V5_BM, n0 = blockIdx.x * V5_BN;
@@ -158,11 +171,11 @@ __global__ void __launch_bounds__(256) matmul_v5_kernel(float* c, const float* a
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 8; j++) {
             int m = m0 + ty * 8 + i, n = n0 + tx * 8 + j;
-            if (m < M && n < N) c[(int64_t)m * N + n] = acc[i][j];
+            if (m < M && n < N) c[(int64_t)m * N + n] = bias ? acc[i][j] + bias[n] : acc[i][j];
         }
 }
 
-// ---- v6: warp tiling, double buffering, transposes (the production gemm) ------------------------
+// ---- v6: warp tiling, double buffering, transposes (the production rung) ----------------------
 
 #define G_BM 128
 #define G_BN 128
@@ -292,7 +305,8 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return *reinterpret_cast<uint32_t*>(&v);
 }
 
-__global__ void __launch_bounds__(256) matmul_v7_kernel(float* c, const float* a, const float* b, int M, int N, int K, int vec) {
+__global__ void __launch_bounds__(256) matmul_v7_kernel(float* c, const float* a, const float* b, const float* bias,
+                                                        int M, int N, int K, int vec) {
     __shared__ __align__(16) __nv_bfloat16 as[T_BM][T_LD];   // A tile, rows m, k contiguous
     __shared__ __align__(16) __nv_bfloat16 bs[T_BN][T_LD];   // B tile transposed: rows n, k contiguous
     int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -348,7 +362,7 @@ __global__ void __launch_bounds__(256) matmul_v7_kernel(float* c, const float* a
         for (int ni = 0; ni < 4; ni++)
             for (int e = 0; e < 4; e++) {
                 int m = m0 + wm0 + mi * 16 + g + (e / 2) * 8, n = n0 + wn0 + ni * 8 + 2 * t + e % 2;
-                if (m < M && n < N) c[(int64_t)m * N + n] = acc[mi][ni][e];
+                if (m < M && n < N) c[(int64_t)m * N + n] = bias ? acc[mi][ni][e] + bias[n] : acc[mi][ni][e];
             }
 }
 
@@ -390,58 +404,12 @@ static int split_count(int M, int N, int K, int* kc) {
     return (K + chunk - 1) / chunk;
 }
 
-extern "C" {
-
-int matmul_forward_v1_naive(float* c, const float* a, const float* b, int M, int N, int K) {
-    if (M <= 0 || N <= 0) return 0;
-    dim3 block(32, 8), grid((M + 31) / 32, (N + 7) / 8);
-    matmul_v1_kernel<<<grid, block>>>(c, a, b, M, N, K);
-    MG_LAUNCHED();
-}
-
-int gemm_naive(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
-               int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc) {
-    if (M <= 0 || N <= 0 || batch <= 0) return 0;
-    if (batch > 65535) return (int)cudaErrorInvalidValue;
-    dim3 block(32, 8), grid((N + 31) / 32, (M + 7) / 8, batch);
-    gemm_naive_kernel<<<grid, block>>>(c, a, b, bias, M, N, K, transa, transb, sa, sb, sc);
-    MG_LAUNCHED();
-}
-
-int matmul_forward_v2_coalesced(float* c, const float* a, const float* b, int M, int N, int K) {
-    return gemm_naive(c, a, b, NULL, M, N, K, 0, 0, 1, 0, 0, 0);
-}
-
-int matmul_forward_v3_smem(float* c, const float* a, const float* b, int M, int N, int K) {
-    if (M <= 0 || N <= 0) return 0;
-    dim3 block(V3_TILE, V3_TILE), grid((N + V3_TILE - 1) / V3_TILE, (M + V3_TILE - 1) / V3_TILE);
-    matmul_v3_kernel<<<grid, block>>>(c, a, b, M, N, K);
-    MG_LAUNCHED();
-}
-
-int matmul_forward_v4_regblock(float* c, const float* a, const float* b, int M, int N, int K) {
-    if (M <= 0 || N <= 0) return 0;
-    dim3 grid((N + V4_BN - 1) / V4_BN, (M + V4_BM - 1) / V4_BM);
-    matmul_v4_kernel<<<grid, 256>>>(c, a, b, M, N, K);
-    MG_LAUNCHED();
-}
-
-int matmul_forward_v5_vectorized(float* c, const float* a, const float* b, int M, int N, int K) {
-    if (M <= 0 || N <= 0) return 0;
-    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);   // both operands or neither
-    dim3 grid((N + V5_BN - 1) / V5_BN, (M + V5_BM - 1) / V5_BM);
-    matmul_v5_kernel<<<grid, 256>>>(c, a, b, M, N, K, vec);
-    MG_LAUNCHED();
-}
-
-/* C[z] = op(A[z]) @ op(B[z]) (+ bias) for z < batch; s* are the element strides between
-   batch entries (0 broadcasts one matrix over the batch). op(A) is (M, K), op(B) is (K, N). */
-int gemm(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
-         int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc) {
-    if (M <= 0 || N <= 0 || batch <= 0) return 0;
+/* The v6 product, c[z] = op(a[z]) @ op(b[z]) + bias for z < batch, sizes already checked. */
+static int warptile(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
+                    int trans_a, int trans_b, int batch, int64_t sa, int64_t sb, int64_t sc) {
     if (batch > 65535 || (M + G_BM - 1) / G_BM > 65535) return (int)cudaErrorInvalidValue;
     // vec bits: 1 = A, 2 = B, 4 = C may use 16-byte accesses (leading dims, batch strides, bases)
-    int lda = transa ? M : K, ldb = transb ? K : N;
+    int lda = trans_a ? M : K, ldb = trans_b ? K : N;
     int vec = (lda % 4 == 0 && sa % 4 == 0 && aligned16(a) ? 1 : 0) | (ldb % 4 == 0 && sb % 4 == 0 && aligned16(b) ? 2 : 0) |
               (N % 4 == 0 && sc % 4 == 0 && aligned16(c) ? 4 : 0);
     int kc = 0, splits = 1;
@@ -464,9 +432,9 @@ int gemm(float* c, const float* a, const float* b, const float* bias, int M, int
         }
     }
     dim3 grid((N + G_BN - 1) / G_BN, (M + G_BM - 1) / G_BM, splits > 1 ? splits : batch);
-    if (!transa && !transb) gemm_tile_kernel<false, false><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
-    else if (!transa && transb) gemm_tile_kernel<false, true><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
-    else if (transa && !transb) gemm_tile_kernel<true, false><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    if (!trans_a && !trans_b) gemm_tile_kernel<false, false><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    else if (!trans_a && trans_b) gemm_tile_kernel<false, true><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
+    else if (trans_a && !trans_b) gemm_tile_kernel<true, false><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
     else gemm_tile_kernel<true, true><<<grid, 256>>>(dst, a, b, tile_bias, M, N, K, sa, sb, sc, vec, kc);
     MG_CHECK(cudaGetLastError());
     if (splits > 1) {
@@ -476,16 +444,104 @@ int gemm(float* c, const float* a, const float* b, const float* bias, int M, int
     MG_LAUNCHED();
 }
 
-int matmul_forward_v6_warptile(float* c, const float* a, const float* b, int M, int N, int K) {
-    return gemm(c, a, b, NULL, M, N, K, 0, 0, 1, 0, 0, 0);
+// The ABI's sizes are int64_t; the kernels index with int, so a launcher refuses sizes of 2^31 and more.
+static bool fits_int(int64_t M, int64_t N, int64_t K) { return M <= INT32_MAX && N <= INT32_MAX && K <= INT32_MAX; }
+
+extern "C" {
+
+int matmul_forward_v1_naive(float* out, const float* a, const float* b, const float* bias,
+                            int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (M <= 0 || N <= 0) return 0;
+    if (!fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    dim3 block(32, 8), grid((unsigned int)((M + 31) / 32), (unsigned int)((N + 7) / 8));
+    matmul_v1_kernel<<<grid, block>>>(out, a, b, bias, (int)M, (int)N, (int)K, trans_a, trans_b);
+    MG_LAUNCHED();
 }
 
-int matmul_forward_v7_bf16_tc(float* c, const float* a, const float* b, int M, int N, int K) {
-    if (M <= 0 || N <= 0) return 0;
-    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);
-    dim3 grid((N + T_BN - 1) / T_BN, (M + T_BM - 1) / T_BM);
-    matmul_v7_kernel<<<grid, 256>>>(c, a, b, M, N, K, vec);
+int matmul_forward_batched_v2_coalesced(float* out, const float* a, const float* b, const float* bias,
+                                        int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                                        int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (M <= 0 || N <= 0 || batch <= 0) return 0;
+    if (batch > 65535 || !fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    dim3 block(32, 8), grid((unsigned int)((N + 31) / 32), (unsigned int)((M + 7) / 8), (unsigned int)batch);
+    gemm_naive_kernel<<<grid, block>>>(out, a, b, bias, (int)M, (int)N, (int)K, trans_a, trans_b, stride_a, stride_b,
+                                       stride_out);
     MG_LAUNCHED();
+}
+
+int matmul_forward_v2_coalesced(float* out, const float* a, const float* b, const float* bias,
+                                int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    return matmul_forward_batched_v2_coalesced(out, a, b, bias, 1, 0, 0, 0, M, N, K, trans_a, trans_b);
+}
+
+int matmul_forward_v3_smem(float* out, const float* a, const float* b, const float* bias,
+                           int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (trans_a || trans_b) return (int)cudaErrorNotSupported;
+    if (M <= 0 || N <= 0) return 0;
+    if (!fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    dim3 block(V3_TILE, V3_TILE), grid((unsigned int)((N + V3_TILE - 1) / V3_TILE), (unsigned int)((M + V3_TILE - 1) / V3_TILE));
+    matmul_v3_kernel<<<grid, block>>>(out, a, b, bias, (int)M, (int)N, (int)K);
+    MG_LAUNCHED();
+}
+
+int matmul_forward_v4_regblock(float* out, const float* a, const float* b, const float* bias,
+                               int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (trans_a || trans_b) return (int)cudaErrorNotSupported;
+    if (M <= 0 || N <= 0) return 0;
+    if (!fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    dim3 grid((unsigned int)((N + V4_BN - 1) / V4_BN), (unsigned int)((M + V4_BM - 1) / V4_BM));
+    matmul_v4_kernel<<<grid, 256>>>(out, a, b, bias, (int)M, (int)N, (int)K);
+    MG_LAUNCHED();
+}
+
+int matmul_forward_v5_vectorized(float* out, const float* a, const float* b, const float* bias,
+                                 int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (trans_a || trans_b) return (int)cudaErrorNotSupported;
+    if (M <= 0 || N <= 0) return 0;
+    if (!fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);   // both operands or neither
+    dim3 grid((unsigned int)((N + V5_BN - 1) / V5_BN), (unsigned int)((M + V5_BM - 1) / V5_BM));
+    matmul_v5_kernel<<<grid, 256>>>(out, a, b, bias, (int)M, (int)N, (int)K, vec);
+    MG_LAUNCHED();
+}
+
+/* out[z] = op(a[z]) @ op(b[z]) + bias for z < batch; the strides are in elements between batch
+   entries (0 broadcasts one matrix over the batch). op(a) is (M, K), op(b) is (K, N). */
+int matmul_forward_batched_v6_warptile(float* out, const float* a, const float* b, const float* bias,
+                                       int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                                       int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (M <= 0 || N <= 0 || batch <= 0) return 0;
+    if (batch > 65535 || !fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    return warptile(out, a, b, bias, (int)M, (int)N, (int)K, trans_a, trans_b, (int)batch, stride_a, stride_b,
+                    stride_out);
+}
+
+int matmul_forward_batched(float* out, const float* a, const float* b, const float* bias,
+                           int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                           int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    return matmul_forward_batched_v6_warptile(out, a, b, bias, batch, stride_out, stride_a, stride_b, M, N, K,
+                                              trans_a, trans_b);
+}
+
+int matmul_forward_v6_warptile(float* out, const float* a, const float* b, const float* bias,
+                               int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    return matmul_forward_batched_v6_warptile(out, a, b, bias, 1, 0, 0, 0, M, N, K, trans_a, trans_b);
+}
+
+int matmul_forward_v7_bf16_tc(float* out, const float* a, const float* b, const float* bias,
+                              int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    if (trans_a || trans_b) return (int)cudaErrorNotSupported;
+    if (M <= 0 || N <= 0) return 0;
+    if (!fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
+    int vec = K % 4 == 0 && N % 4 == 0 && aligned16(a) && aligned16(b);
+    dim3 grid((unsigned int)((N + T_BN - 1) / T_BN), (unsigned int)((M + T_BM - 1) / T_BM));
+    matmul_v7_kernel<<<grid, 256>>>(out, a, b, bias, (int)M, (int)N, (int)K, vec);
+    MG_LAUNCHED();
+}
+
+int matmul_forward(float* out, const float* a, const float* b, const float* bias,
+                   int64_t M, int64_t N, int64_t K, int trans_a, int trans_b) {
+    return matmul_forward_v6_warptile(out, a, b, bias, M, N, K, trans_a, trans_b);
 }
 
 }  // extern "C"

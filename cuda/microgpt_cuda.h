@@ -2,12 +2,18 @@
 
    Every function is extern "C", runs on the default stream, and returns 0 or a CUDA error
    code; cuda_error_string(code) gives CUDA's message. Pointers are device pointers unless
-   named host_*. Argument order follows llm.c: outputs first, then caches, then inputs,
-   then sizes. Kernels with a `bad` argument set *bad (a device int) when an index is out
-   of range, instead of reading outside an array.
+   named host_*. One signature per kernel, in every language (as in llm.c): a kernel here
+   and its twin in csrc/microgpt.h take the same arguments in the same order, named as in
+   the NumPy reference (backends/reference.py): the outputs the reference returns first,
+   then extras, then the reference's inputs and scalars in its order, then the sizes, then
+   int flags. Every size is an int64_t. The extras of this side: `bad`, a device int that a
+   kernel sets when an index is out of range instead of reading outside an array (checking
+   on the host would synchronize), and `delta`, attention's scratch. The rule and its check:
+   tests/test_kernel_signatures.py.
 
    Size legend: N rows, V vocab, B batch, T time, C channels, NH query heads, NKV key/value
-   heads, HS head size, M/N/K matrix sizes; n element count; elsize bytes per element.
+   heads, HS head size, BNH = B * NH, M/N/K matrix sizes; n element count; elsize bytes per
+   element.
 
    The block between the CDEF markers is read verbatim by microgpt/backends/cuda.py as the
    cffi cdef, so it holds declarations only (no #include, #define or #ifdef). */
@@ -45,7 +51,7 @@ int scatter_add_rows(float* out, int* bad, const float* src, const int64_t* ids,
 /* elementwise.cu: binary ops 0 add 1 sub 2 mul 3 div 4 equal; unary 0 neg 1 exp 2 log 3 sqrt 4 tanh 5 pow */
 int binary_op(float* out, const float* a, const float* b, int ndim, const int64_t* size,
               const int64_t* stride_a, const int64_t* stride_b, int64_t n, int op);
-int binary_scalar_op(float* out, const float* a, float s, int64_t n, int op, int reversed);
+int binary_scalar_op(float* out, const float* a, float s, int64_t n, int op, int scalar_first);
 int unary_op(float* out, const float* a, int64_t n, int op, float p);
 
 /* activation.cu */
@@ -60,18 +66,36 @@ int silu_backward(float* dx, const float* dout, const float* x, int64_t n);
 int reduce_axes(float* out, const float* inp, int64_t outer, int64_t R, int64_t inner, int is_max);
 int sumsq_accumulate(float* out, const float* x, int64_t n);
 
-/* matmul.cu: the ladder (C = A @ B, row-major) and the production gemm */
-int matmul_forward_v1_naive(float* c, const float* a, const float* b, int M, int N, int K);
-int matmul_forward_v2_coalesced(float* c, const float* a, const float* b, int M, int N, int K);
-int matmul_forward_v3_smem(float* c, const float* a, const float* b, int M, int N, int K);
-int matmul_forward_v4_regblock(float* c, const float* a, const float* b, int M, int N, int K);
-int matmul_forward_v5_vectorized(float* c, const float* a, const float* b, int M, int N, int K);
-int matmul_forward_v6_warptile(float* c, const float* a, const float* b, int M, int N, int K);
-int matmul_forward_v7_bf16_tc(float* c, const float* a, const float* b, int M, int N, int K);
-int gemm(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
-         int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc);
-int gemm_naive(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
-               int transa, int transb, int batch, int64_t sa, int64_t sb, int64_t sc);
+/* matmul.cu: the ladder, out (M, N) = op(a) @ op(b) + bias (row-major; bias (N) may be NULL;
+   op transposes a stored (K, M) or b stored (N, K)); v3-v5 and v7 refuse transposes */
+int matmul_forward_v1_naive(float* out, const float* a, const float* b, const float* bias,
+                            int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_v2_coalesced(float* out, const float* a, const float* b, const float* bias,
+                                int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_v3_smem(float* out, const float* a, const float* b, const float* bias,
+                           int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_v4_regblock(float* out, const float* a, const float* b, const float* bias,
+                               int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_v5_vectorized(float* out, const float* a, const float* b, const float* bias,
+                                 int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_v6_warptile(float* out, const float* a, const float* b, const float* bias,
+                               int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_v7_bf16_tc(float* out, const float* a, const float* b, const float* bias,
+                              int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+/* the production rung (an alias of v6) */
+int matmul_forward(float* out, const float* a, const float* b, const float* bias,
+                   int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+/* batch of products out[z] = op(a[z]) @ op(b[z]) + bias, z < batch, the stride_* apart in
+   elements (0 broadcasts that operand); the rungs that batch, and the production alias (v6) */
+int matmul_forward_batched_v2_coalesced(float* out, const float* a, const float* b, const float* bias,
+                                        int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                                        int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_batched_v6_warptile(float* out, const float* a, const float* b, const float* bias,
+                                       int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                                       int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_forward_batched(float* out, const float* a, const float* b, const float* bias,
+                           int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
+                           int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
 
 /* softmax.cu, crossentropy.cu: rows of (N, C) / (N, V) */
 int softmax_forward(float* out, const float* x, int64_t N, int64_t C);
@@ -79,9 +103,9 @@ int softmax_backward(float* dx, const float* dout, const float* out, int64_t N, 
 int log_softmax_forward(float* out, const float* x, int64_t N, int64_t C);
 int log_softmax_backward(float* dx, const float* dout, const float* out, int64_t N, int64_t C);
 int cross_entropy_forward(float* losses, float* lse, int* bad, const float* logits, const int64_t* targets,
-                          int64_t N, int64_t V, int64_t ignore_index);
+                          int64_t ignore_index, int64_t N, int64_t V);
 int cross_entropy_backward(float* dlogits, const float* dlosses, const float* logits, const int64_t* targets,
-                           const float* lse, int64_t N, int64_t V, int64_t ignore_index);
+                           const float* lse, int64_t ignore_index, int64_t N, int64_t V);
 
 /* embedding.cu */
 int embedding_forward(float* out, int* bad, const int64_t* ids, const float* weight, int64_t N, int64_t V, int64_t C);
@@ -89,32 +113,32 @@ int embedding_backward(float* dweight, int* bad, const float* dout, const int64_
 
 /* norm.cu: rows of (N, C); b may be NULL */
 int layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b,
-                       int64_t N, int64_t C, float eps);
+                       float eps, int64_t N, int64_t C);
 int layer_norm_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
                         const float* mean, const float* rstd, int64_t N, int64_t C);
-int rms_norm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps);
+int rms_norm_forward(float* out, float* rstd, const float* x, const float* w, float eps, int64_t N, int64_t C);
 int rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, const float* w, const float* rstd,
                       int64_t N, int64_t C);
 
-/* rope.cu: x (rows = B*NH*T, HS), cos/sin (T, HS/2) */
-int rope_forward(float* out, const float* x, const float* cosv, const float* sinv, int64_t rows, int64_t T, int64_t HS);
-int rope_backward(float* dx, const float* dout, const float* cosv, const float* sinv, int64_t rows, int64_t T, int64_t HS);
+/* rope.cu: x (BNH, T, HS), cos/sin (T, HS/2) */
+int rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t BNH, int64_t T, int64_t HS);
+int rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int64_t BNH, int64_t T, int64_t HS);
 
 /* attention.cu: q (B, NH, Tq, HS), k/v (B, NKV, Tk, HS); delta is B*NH*Tq floats of scratch */
 int attention_forward_v1_naive(float* out, float* lse, const float* q, const float* k, const float* v,
-                               int B, int NH, int NKV, int Tq, int Tk, int HS);
+                               int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_backward_v1_naive(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                                const float* v, const float* out, const float* lse, int B, int NH, int NKV,
-                                int Tq, int Tk, int HS);
+                                const float* v, const float* out, const float* lse, int64_t B, int64_t NH,
+                                int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_forward_v2_flash(float* out, float* lse, const float* q, const float* k, const float* v,
-                               int B, int NH, int NKV, int Tq, int Tk, int HS);
+                               int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
-                                const float* k, const float* v, const float* out, const float* lse, int B, int NH,
-                                int NKV, int Tq, int Tk, int HS);
+                                const float* k, const float* v, const float* out, const float* lse, int64_t B,
+                                int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 
-/* adamw.cu: bc1 = 1 - beta1^step, bc2 = 1 - beta2^step */
-int adamw_update(float* param, const float* grad, float* m, float* v, int64_t n, float lr,
-                 float beta1, float beta2, float eps, float weight_decay, float bc1, float bc2);
+/* adamw.cu: one step, in place on param, m and v; step counts from 1 */
+int adamw_update(float* param, const float* grad, float* m, float* v, float lr, float beta1, float beta2,
+                 float eps, float weight_decay, int64_t step, int64_t n);
 /* CDEF END */
 #ifdef __cplusplus
 }

@@ -113,7 +113,7 @@ static int norm_backward(float* dx, float* dw, float* db, const float* dout, con
 extern "C" {
 
 int layer_norm_forward(float* out, float* mean, float* rstd, const float* x, const float* w, const float* b,
-                       int64_t N, int64_t C, float eps) {
+                       float eps, int64_t N, int64_t C) {
     return norm_forward(out, mean, rstd, x, w, b, N, C, eps);
 }
 
@@ -122,7 +122,7 @@ int layer_norm_backward(float* dx, float* dw, float* db, const float* dout, cons
     return norm_backward(dx, dw, db, dout, x, w, mean, rstd, N, C);
 }
 
-int rms_norm_forward(float* out, float* rstd, const float* x, const float* w, int64_t N, int64_t C, float eps) {
+int rms_norm_forward(float* out, float* rstd, const float* x, const float* w, float eps, int64_t N, int64_t C) {
     return norm_forward(out, NULL, rstd, x, w, NULL, N, C, eps);
 }
 

@@ -3,7 +3,7 @@
    Each pair (x1, x2) = (x[..., i], x[..., i + HS/2]) at time t turns by angle theta_{t,i}:
      forward   out1 = x1 cos - x2 sin,   out2 = x2 cos + x1 sin     ("rotate_half", HF Llama)
      backward  the transpose of a rotation is the rotation by -theta: sin -> -sin.
-   One thread per pair; rows = B*NH*T. */
+   One thread per pair; rows = BNH * T of HS values each. */
 #include "common.cuh"
 #include "microgpt_cuda.h"
 
@@ -29,12 +29,12 @@ static int rope_launch(float* out, const float* x, const float* cosv, const floa
 
 extern "C" {
 
-int rope_forward(float* out, const float* x, const float* cosv, const float* sinv, int64_t rows, int64_t T, int64_t HS) {
-    return rope_launch(out, x, cosv, sinv, rows, T, HS, 1.0f);
+int rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t BNH, int64_t T, int64_t HS) {
+    return rope_launch(out, x, cos, sin, BNH * T, T, HS, 1.0f);
 }
 
-int rope_backward(float* dx, const float* dout, const float* cosv, const float* sinv, int64_t rows, int64_t T, int64_t HS) {
-    return rope_launch(dx, dout, cosv, sinv, rows, T, HS, -1.0f);
+int rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int64_t BNH, int64_t T, int64_t HS) {
+    return rope_launch(dx, dout, cos, sin, BNH * T, T, HS, -1.0f);
 }
 
 }  // extern "C"

@@ -1,7 +1,8 @@
 """A NumPy stand-in for the CUDA library, so the binding's Python side runs without a GPU.
 
-MockLib has one method per launcher of cuda/microgpt_cuda.h, with the same arguments (device
-pointers become host addresses of NumPy buffers) and the meaning its .cu file documents,
+MockLib has one method per launcher of cuda/microgpt_cuda.h, with the same arguments under
+the same names (tests/test_kernel_signatures.py checks it; device pointers become host
+addresses of NumPy buffers) and the meaning its .cu file documents,
 computed with NumPy and reference.py. Tests install it in place of the real library
 (`install(monkeypatch)`) to check everything the binding decides on its own: shapes,
 broadcast strides and axis merging, reduction plans, transpose flags and batch strides of
@@ -57,39 +58,39 @@ class MockLib:
     def cuda_error_string(self, code):
         return self._msg
 
-    def cuda_device_count(self, p):
-        p[0] = 1
+    def cuda_device_count(self, count):
+        count[0] = 1
         return 0
 
-    def cuda_device_name(self, buf, n):
+    def cuda_device_name(self, buf, len):     # noqa: A002 - the header's name
         ffi.memmove(buf, b"mock\0", 5)
         return 0
 
-    def cuda_malloc(self, pp, nbytes):
-        arr = np.full(nbytes + 16, 0xAB, dtype=np.uint8)
+    def cuda_malloc(self, ptr, bytes):        # noqa: A002
+        arr = np.full(bytes + 16, 0xAB, dtype=np.uint8)
         addr = (arr.ctypes.data + 15) // 16 * 16
         self.buffers[addr] = arr
-        pp[0] = ffi.cast("void*", addr)
+        ptr[0] = ffi.cast("void*", addr)
         return 0
 
-    def cuda_free(self, p):
-        self.buffers.pop(_addr(p), None)
+    def cuda_free(self, ptr):
+        self.buffers.pop(_addr(ptr), None)
         return 0
 
-    def cuda_memcpy_h2d(self, dst, src, n):
-        ffi.memmove(ffi.cast("char*", _addr(dst)), src, n)
+    def cuda_memcpy_h2d(self, dst, src, bytes):     # noqa: A002
+        ffi.memmove(ffi.cast("char*", _addr(dst)), src, bytes)
         return 0
 
-    def cuda_memcpy_d2h(self, dst, src, n):
-        ffi.memmove(dst, ffi.cast("char*", _addr(src)), n)
+    def cuda_memcpy_d2h(self, dst, src, bytes):     # noqa: A002
+        ffi.memmove(dst, ffi.cast("char*", _addr(src)), bytes)
         return 0
 
-    def cuda_memcpy_d2d(self, dst, src, n):
-        ffi.memmove(ffi.cast("char*", _addr(dst)), ffi.cast("char*", _addr(src)), n)
+    def cuda_memcpy_d2d(self, dst, src, bytes):     # noqa: A002
+        ffi.memmove(ffi.cast("char*", _addr(dst)), ffi.cast("char*", _addr(src)), bytes)
         return 0
 
-    def cuda_memset(self, p, value, n):
-        view(p, n, np.uint8)[:] = value & 0xFF
+    def cuda_memset(self, ptr, value, bytes):       # noqa: A002
+        view(ptr, bytes, np.uint8)[:] = value & 0xFF
         return 0
 
     def cuda_synchronize(self):
@@ -135,15 +136,15 @@ class MockLib:
     _BIN = (np.add, np.subtract, np.multiply, np.divide, lambda x, y: (x == y).astype(np.float32))
     _UN = (np.negative, np.exp, np.log, np.sqrt, np.tanh)
 
-    def binary_op(self, out, a, b, ndim, size, sa, sb, n, op):
-        ia, ib = _index(size[:ndim], sa[:ndim], 0), _index(size[:ndim], sb[:ndim], 0)
+    def binary_op(self, out, a, b, ndim, size, stride_a, stride_b, n, op):
+        ia, ib = _index(size[:ndim], stride_a[:ndim], 0), _index(size[:ndim], stride_b[:ndim], 0)
         x, y = view(a, int(ia.max()) + 1)[ia], view(b, int(ib.max()) + 1)[ib]
         view(out, n)[:] = self._BIN[op](x, y)
         return 0
 
-    def binary_scalar_op(self, out, a, s, n, op, reversed_):
+    def binary_scalar_op(self, out, a, s, n, op, scalar_first):
         x, s = view(a, n).copy(), np.float32(s)
-        view(out, n)[:] = self._BIN[op](s, x) if reversed_ else self._BIN[op](x, s)
+        view(out, n)[:] = self._BIN[op](s, x) if scalar_first else self._BIN[op](x, s)
         return 0
 
     def unary_op(self, out, a, n, op, p):
@@ -182,24 +183,30 @@ class MockLib:
         return 0
 
     # matmul.cu
-    def gemm(self, c, a, b, bias, M, N, K, transa, transb, batch, sa, sb, sc):
+    def matmul_forward_batched(self, out, a, b, bias, batch, stride_out, stride_a, stride_b, M, N, K,
+                               trans_a, trans_b):
         for z in range(batch):
-            A = view(ffi.cast("char*", _addr(a) + 4 * z * sa), M * K).reshape((K, M) if transa else (M, K))
-            B = view(ffi.cast("char*", _addr(b) + 4 * z * sb), K * N).reshape((N, K) if transb else (K, N))
-            out = (A.T if transa else A) @ (B.T if transb else B)
+            A = view(ffi.cast("char*", _addr(a) + 4 * z * stride_a), M * K).reshape((K, M) if trans_a else (M, K))
+            B = view(ffi.cast("char*", _addr(b) + 4 * z * stride_b), K * N).reshape((N, K) if trans_b else (K, N))
+            product = (A.T if trans_a else A) @ (B.T if trans_b else B)
             if bias != ffi.NULL:
-                out = out + view(bias, N)
-            view(ffi.cast("char*", _addr(c) + 4 * z * sc), M * N)[:] = out.reshape(-1)
+                product = product + view(bias, N)
+            view(ffi.cast("char*", _addr(out) + 4 * z * stride_out), M * N)[:] = product.reshape(-1)
         return 0
 
-    gemm_naive = gemm
+    matmul_forward_batched_v2_coalesced = matmul_forward_batched_v6_warptile = matmul_forward_batched
 
-    def _rung(self, c, a, b, M, N, K):
-        return self.gemm(c, a, b, ffi.NULL, M, N, K, 0, 0, 1, 0, 0, 0)
+    def matmul_forward(self, out, a, b, bias, M, N, K, trans_a, trans_b):
+        return self.matmul_forward_batched(out, a, b, bias, 1, 0, 0, 0, M, N, K, trans_a, trans_b)
 
-    matmul_forward_v1_naive = matmul_forward_v2_coalesced = matmul_forward_v3_smem = _rung
-    matmul_forward_v4_regblock = matmul_forward_v5_vectorized = matmul_forward_v6_warptile = _rung
-    matmul_forward_v7_bf16_tc = _rung
+    def _plain_layout_rung(self, out, a, b, bias, M, N, K, trans_a, trans_b):
+        if trans_a or trans_b:
+            return 801                 # cudaErrorNotSupported, as the rungs without transposes answer
+        return self.matmul_forward(out, a, b, bias, M, N, K, trans_a, trans_b)
+
+    matmul_forward_v1_naive = matmul_forward_v2_coalesced = matmul_forward_v6_warptile = matmul_forward
+    matmul_forward_v3_smem = matmul_forward_v4_regblock = matmul_forward_v5_vectorized = _plain_layout_rung
+    matmul_forward_v7_bf16_tc = _plain_layout_rung
 
     # softmax.cu, crossentropy.cu
     def _rows(fn):
@@ -219,19 +226,19 @@ class MockLib:
     softmax_backward = _rows_backward(ref.softmax_backward)
     log_softmax_backward = _rows_backward(ref.log_softmax_backward)
 
-    def cross_entropy_forward(self, losses, lse, bad, logits, targets, N, V, ignore):
+    def cross_entropy_forward(self, losses, lse, bad, logits, targets, ignore_index, N, V):
         t = view(targets, N, I64)
-        if np.any((t != ignore) & ((t < 0) | (t >= V))):
+        if np.any((t != ignore_index) & ((t < 0) | (t >= V))):
             view(bad, 1, np.int32)[0] = 1
             return 0
-        lo, ls = ref.cross_entropy_forward(view(logits, N * V).reshape(N, V), t, ignore)
+        lo, ls = ref.cross_entropy_forward(view(logits, N * V).reshape(N, V), t, ignore_index)
         view(losses, N)[:] = lo
         view(lse, N)[:] = ls
         return 0
 
-    def cross_entropy_backward(self, dlogits, dlosses, logits, targets, lse, N, V, ignore):
+    def cross_entropy_backward(self, dlogits, dlosses, logits, targets, lse, ignore_index, N, V):
         d = ref.cross_entropy_backward(view(dlosses, N), view(logits, N * V).reshape(N, V), view(targets, N, I64),
-                                       view(lse, N), ignore)
+                                       view(lse, N), ignore_index)
         view(dlogits, N * V)[:] = d.reshape(-1)
         return 0
 
@@ -244,7 +251,7 @@ class MockLib:
         return self.scatter_add_rows(dweight, bad, dout, ids, N, V, C)
 
     # norm.cu
-    def layer_norm_forward(self, out, mean, rstd, x, w, b, N, C, eps):
+    def layer_norm_forward(self, out, mean, rstd, x, w, b, eps, N, C):
         o, m, r = ref.layer_norm_forward(view(x, N * C).reshape(N, C), view(w, C),
                                          None if b == ffi.NULL else view(b, C), np.float32(eps))
         view(out, N * C)[:], view(mean, N)[:], view(rstd, N)[:] = o.reshape(-1), m, r
@@ -259,7 +266,7 @@ class MockLib:
             view(db, C)[:] = bb
         return 0
 
-    def rms_norm_forward(self, out, rstd, x, w, N, C, eps):
+    def rms_norm_forward(self, out, rstd, x, w, eps, N, C):
         o, r = ref.rms_norm_forward(view(x, N * C).reshape(N, C), view(w, C), np.float32(eps))
         view(out, N * C)[:], view(rstd, N)[:] = o.reshape(-1), r
         return 0
@@ -271,16 +278,17 @@ class MockLib:
         return 0
 
     # rope.cu
-    def _rope(fn):
-        def launcher(self, out, x, cosv, sinv, rows, T, HS):
-            xs = view(x, rows * HS).reshape(-1, T, HS)
-            c, s = view(cosv, T * HS // 2).reshape(T, HS // 2), view(sinv, T * HS // 2).reshape(T, HS // 2)
-            view(out, rows * HS)[:] = fn(xs, c, s).reshape(-1)
-            return 0
-        return launcher
+    def _rope(fn, out, x, cos, sin, BNH, T, HS):
+        xs = view(x, BNH * T * HS).reshape(BNH, T, HS)
+        c, s = view(cos, T * HS // 2).reshape(T, HS // 2), view(sin, T * HS // 2).reshape(T, HS // 2)
+        view(out, BNH * T * HS)[:] = fn(xs, c, s).reshape(-1)
+        return 0
 
-    rope_forward = _rope(ref.rope_forward)
-    rope_backward = _rope(ref.rope_backward)
+    def rope_forward(self, out, x, cos, sin, BNH, T, HS):
+        return MockLib._rope(ref.rope_forward, out, x, cos, sin, BNH, T, HS)
+
+    def rope_backward(self, dx, dout, cos, sin, BNH, T, HS):
+        return MockLib._rope(ref.rope_backward, dx, dout, cos, sin, BNH, T, HS)
 
     # attention.cu
     def attention_forward_v2_flash(self, out, lse, q, k, v, B, NH, NKV, Tq, Tk, HS):
@@ -305,11 +313,12 @@ class MockLib:
         return self.attention_backward_v1_naive(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS)
 
     # adamw.cu
-    def adamw_update(self, param, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2):
+    def adamw_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, n):
         p, g, mm, vv = view(param, n), view(grad, n), view(m, n), view(v, n)
-        mm[:] = b1 * mm + (1 - b1) * g
-        vv[:] = b2 * vv + (1 - b2) * g * g
-        p[:] = p - lr * (wd * p + (mm / bc1) / (np.sqrt(vv / bc2) + eps))
+        bc1, bc2 = 1.0 - np.float64(np.float32(beta1)) ** step, 1.0 - np.float64(np.float32(beta2)) ** step
+        mm[:] = beta1 * mm + (1 - beta1) * g
+        vv[:] = beta2 * vv + (1 - beta2) * g * g
+        p[:] = p - lr * (weight_decay * p + (mm / np.float32(bc1)) / (np.sqrt(vv / np.float32(bc2)) + eps))
         return 0
 
 

@@ -43,7 +43,7 @@ def test_contract_is_complete():
 
 def test_cdef_matches_header():
     cdef = cuda_build.read_cdef()
-    for name in ("gemm", "attention_forward_v2_flash", "adamw_update", "cuda_malloc"):
+    for name in ("matmul_forward_batched", "attention_forward_v2_flash", "adamw_update", "cuda_malloc"):
         assert f" {name}(" in cdef
 
 

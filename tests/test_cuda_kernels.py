@@ -13,7 +13,7 @@ import pytest
 
 import cuda_mock
 from microgpt.backends import KERNELS, cuda, cuda_matmul, cuda_runtime as rt, reference as ref
-from microgpt.errors import DTypeError, ShapeError
+from microgpt.errors import BackendError, DTypeError, ShapeError
 
 TOL = 1e-5
 CHECKED = set()     # kernels some test below compares with the reference
@@ -157,7 +157,7 @@ def test_getitem_and_backward(cu, index):
 
 # --- linear algebra -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rung", ["gemm", "gemm_naive"])
+@pytest.mark.parametrize("rung", cuda_matmul.MATMUL_RUNGS)
 @pytest.mark.parametrize("sa,sb", [((37, 19), (19, 41)), ((3, 5, 129), (129, 7)), ((2, 1, 6, 8), (3, 8, 5)),
                                    ((1, 33, 64), (4, 64, 130)), ((130, 260), (260, 132))])
 def test_matmul(cu, monkeypatch, rung, sa, sb):
@@ -174,11 +174,11 @@ def test_matmul(cu, monkeypatch, rung, sa, sb):
     close(cu, db, rdb, name="db")
 
 
-@pytest.mark.parametrize("rung", ["gemm", "gemm_naive"])
+@pytest.mark.parametrize("rung", cuda_matmul.MATMUL_RUNGS)
 @pytest.mark.parametrize("xshape,oc,bias", [((2, 17, 33), 65, True), ((130, 64), 96, False), ((1, 1, 5), 3, True),
                                             ((257, 768), 131, True), ((4, 515, 64), 96, True), ((3, 1030), 5, True)])
 def test_linear(cu, monkeypatch, rung, xshape, oc, bias):
-    """The last two shapes take the split-K path of gemm (few output tiles, K >= 1024)."""
+    """The last two shapes take the split-K path of v6 (few output tiles, K >= 1024)."""
     CHECKED.update({"linear_forward", "linear_backward"})
     monkeypatch.setattr(cuda_matmul, "MATMUL", rung)
     rng = np.random.default_rng(8)
@@ -200,14 +200,41 @@ RUNGS = ["matmul_forward_v1_naive", "matmul_forward_v2_coalesced", "matmul_forwa
          "matmul_forward_v7_bf16_tc"]
 
 
-@pytest.mark.parametrize("rung", RUNGS)
+PLAIN_LAYOUT = {"matmul_forward_v3_smem", "matmul_forward_v4_regblock", "matmul_forward_v5_vectorized",
+                "matmul_forward_v7_bf16_tc"}      # these rungs refuse transposed operands
+
+
+def call_rung(cu, rung, a, b, bias, m, n, k, ta, tb):
+    """out = op(a) @ op(b) + bias by one rung of matmul.cu, called straight through cffi."""
+    out, da, db = rt.empty((m, n), np.float32), dev(cu, a), dev(cu, b)     # named: alive during the call
+    dbias = None if bias is None else dev(cu, bias)
+    rt.call(rung, out.ptr, da.ptr, db.ptr, rt.ffi.NULL if dbias is None else dbias.ptr, m, n, k, ta, tb)
+    return out
+
+
+@pytest.mark.parametrize("rung", RUNGS + ["matmul_forward"])
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (37, 41, 19), (128, 256, 64), (131, 129, 130)])
 def test_matmul_ladder(cu, rung, m, n, k):
     rng = np.random.default_rng(9)
-    a, b = rand(rng, m, k), rand(rng, k, n)
-    da, db, out = dev(cu, a), dev(cu, b), rt.empty((m, n), np.float32)
-    rt.call(rung, out.ptr, da.ptr, db.ptr, m, n, k)
-    close(cu, out, a @ b, tol=1e-2 if "bf16" in rung else TOL, name=rung)   # bf16 operands: 1e-2
+    a, b, bias = rand(rng, m, k), rand(rng, k, n), rand(rng, n)
+    tol = 1e-2 if "bf16" in rung else TOL                                   # bf16 operands: 1e-2
+    close(cu, call_rung(cu, rung, a, b, None, m, n, k, 0, 0), a @ b, tol=tol, name=rung)
+    close(cu, call_rung(cu, rung, a, b, bias, m, n, k, 0, 0), a @ b + bias, tol=tol, name=rung + " + bias")
+
+
+@pytest.mark.parametrize("rung", RUNGS + ["matmul_forward"])
+@pytest.mark.parametrize("ta,tb", [(1, 0), (0, 1), (1, 1)])
+def test_matmul_ladder_transposes(cu, rung, ta, tb):
+    """One signature for every rung: the rungs without transposed loads say so, the rest compute."""
+    m, n, k = 37, 41, 19
+    rng = np.random.default_rng(10)
+    a, b, bias = rand(rng, *((k, m) if ta else (m, k))), rand(rng, *((n, k) if tb else (k, n))), rand(rng, n)
+    if rung in PLAIN_LAYOUT:
+        with pytest.raises(BackendError, match=rung):
+            call_rung(cu, rung, a, b, bias, m, n, k, ta, tb)
+        return
+    want = (a.T if ta else a) @ (b.T if tb else b) + bias
+    close(cu, call_rung(cu, rung, a, b, bias, m, n, k, ta, tb), want, name=f"{rung} ta={ta} tb={tb}")
 
 
 # --- fused kernels --------------------------------------------------------------------------------------

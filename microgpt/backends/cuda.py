@@ -117,7 +117,7 @@ def cross_entropy_forward(logits, targets, ignore_index):
     losses, lse = empty((n,), np.float32), empty((n,), np.float32)
     if n:
         flag = bad_flag("cross_entropy_forward", f"a target outside [0, {v}) that is not ignore_index")
-        call("cross_entropy_forward", losses.ptr, lse.ptr, flag, logits.ptr, targets.ptr, n, v, int(ignore_index))
+        call("cross_entropy_forward", losses.ptr, lse.ptr, flag, logits.ptr, targets.ptr, int(ignore_index), n, v)
     return losses, lse
 
 
@@ -131,8 +131,8 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
         dlosses = broadcast_to(dlosses, (n,))
     dlogits = empty((n, v), np.float32)
     if n:
-        call("cross_entropy_backward", dlogits.ptr, dlosses.ptr, logits.ptr, targets.ptr, lse.ptr, n, v,
-             int(ignore_index))
+        call("cross_entropy_backward", dlogits.ptr, dlosses.ptr, logits.ptr, targets.ptr, lse.ptr, int(ignore_index),
+             n, v)
     return dlogits
 
 
@@ -181,8 +181,8 @@ def layer_norm_forward(x, w, b, eps):
             raise ShapeError(f"layer_norm_forward: bias {b.shape} does not fit input {x.shape}")
     out = empty(x.shape, np.float32)
     mean, rstd = empty(x.shape[:-1], np.float32), empty(x.shape[:-1], np.float32)
-    call("layer_norm_forward", out.ptr, mean.ptr, rstd.ptr, x.ptr, w.ptr, rt.ffi.NULL if b is None else b.ptr, n, c,
-         float(eps))
+    call("layer_norm_forward", out.ptr, mean.ptr, rstd.ptr, x.ptr, w.ptr, rt.ffi.NULL if b is None else b.ptr,
+         float(eps), n, c)
     return out, mean, rstd
 
 
@@ -201,7 +201,7 @@ def layer_norm_backward(dout, x, w, mean, rstd, has_bias):
 def rms_norm_forward(x, w, eps):
     x, w, n, c = _norm_args("rms_norm_forward", x, w)
     out, rstd = empty(x.shape, np.float32), empty(x.shape[:-1], np.float32)
-    call("rms_norm_forward", out.ptr, rstd.ptr, x.ptr, w.ptr, n, c, float(eps))
+    call("rms_norm_forward", out.ptr, rstd.ptr, x.ptr, w.ptr, float(eps), n, c)
     return out, rstd
 
 
@@ -223,7 +223,8 @@ def _rope(name, x, cos, sin):
     if x.ndim < 2 or x.shape[-1] % 2 or cos.shape != (x.shape[-2], x.shape[-1] // 2) or sin.shape != cos.shape:
         raise ShapeError(f"{name}: x {x.shape} needs cos/sin of shape (T, HS/2), got {cos.shape}, {sin.shape}")
     out = empty(x.shape, np.float32)
-    call(name, out.ptr, x.ptr, cos.ptr, sin.ptr, math.prod(x.shape[:-1]), x.shape[-2], x.shape[-1])
+    t, hs = x.shape[-2], x.shape[-1]
+    call(name, out.ptr, x.ptr, cos.ptr, sin.ptr, math.prod(x.shape[:-2]), t, hs)     # (BNH, T, HS)
     return out
 
 
@@ -290,9 +291,8 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
         raise ShapeError(f"adamw_update: shapes differ: {param.shape}, {grad.shape}, {m.shape}, {v.shape}")
     if step < 1:
         raise ShapeError(f"adamw_update: step counts from 1, got {step}")
-    bc1, bc2 = 1.0 - beta1 ** step, 1.0 - beta2 ** step      # bias corrections, in double
-    call("adamw_update", param.ptr, grad.ptr, m.ptr, v.ptr, param.size, float(lr), float(beta1), float(beta2),
-         float(eps), float(weight_decay), bc1, bc2)
+    call("adamw_update", param.ptr, grad.ptr, m.ptr, v.ptr, float(lr), float(beta1), float(beta2), float(eps),
+         float(weight_decay), int(step), param.size)
 
 
 # --- CUDA-only helpers -----------------------------------------------------------------------------------------

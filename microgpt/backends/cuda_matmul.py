@@ -1,7 +1,7 @@
 """The CUDA backend's matrix products: matmul (batched, broadcast) and linear, through cffi.
 
-Every product is one call of matmul.cu's general launcher, out[z] = op(a[z]) @ op(b[z])
-(+ bias), with the transposes, the bias and the batch strides chosen here:
+Every product is one call of matmul.cu's batched launcher, out[z] = op(a[z]) @ op(b[z]) + bias,
+with the transposes, the bias and the batch strides chosen here:
 
   one shared right matrix   a's batch folds into the rows: one (batch x M, K) @ (K, N);
   otherwise                 the batch runs on gridDim.z, stride 0 for an operand with one
@@ -10,9 +10,9 @@ Every product is one call of matmul.cu's general launcher, out[z] = op(a[z]) @ o
   backward                  da = dout @ b^T and db = a^T @ dout as transposed products,
                             summed to each input's shape.
 
-Which launcher runs is switchable for comparison (the tests run both): MATMUL, from the
-environment MICROGPT_CUDA_MATMUL, is "gemm" (v6, warp-tiled: production)
-or "gemm_naive" (v2, the simple fallback). float32 only.
+Which rung runs is switchable for comparison (the tests run both): MATMUL, from the
+environment MICROGPT_CUDA_MATMUL, is "v6_warptile" (production) or "v2_coalesced" (the simple
+fallback), the two rungs of matmul_forward_batched. float32 only.
 """
 import math
 import os
@@ -27,22 +27,24 @@ from .cuda_reduce import sum_to_shape
 from .cuda_runtime import call, empty, on_device, require_f32, view
 from .cuda_shape import broadcast_to
 
-MATMUL = os.environ.get("MICROGPT_CUDA_MATMUL", "gemm")
+MATMUL = os.environ.get("MICROGPT_CUDA_MATMUL", "v6_warptile")
+MATMUL_RUNGS = ("v6_warptile", "v2_coalesced")
 _GEMM_BATCH = 65535     # gridDim.z: at most this many products per launch
 
 
 def _gemm(out, a, b, bias, m, n, k, transa, transb, batch=1, sa=0, sb=0, sc=0):
     """out[z] = op(a[z]) @ op(b[z]) (+ bias) with the chosen rung; z split into grid-sized chunks."""
-    if MATMUL not in ("gemm", "gemm_naive"):
-        raise ShapeError(f"MICROGPT_CUDA_MATMUL={MATMUL!r}: choose gemm or gemm_naive")
+    if MATMUL not in MATMUL_RUNGS:
+        raise ShapeError(f"MICROGPT_CUDA_MATMUL={MATMUL!r}: choose one of {', '.join(MATMUL_RUNGS)}")
     if max(m, n, k) >= 2 ** 31:
         raise ShapeError(f"matmul: a dimension of ({m}, {n}, {k}) exceeds 2^31")
     cast = rt.ffi.cast
     bias_ptr = rt.ffi.NULL if bias is None else bias.ptr
     for z0 in range(0, batch, _GEMM_BATCH):
         zs = min(_GEMM_BATCH, batch - z0)
-        call(MATMUL, cast("float*", out.addr + 4 * z0 * sc), cast("float*", a.addr + 4 * z0 * sa),
-             cast("float*", b.addr + 4 * z0 * sb), bias_ptr, m, n, k, transa, transb, zs, sa, sb, sc)
+        call(f"matmul_forward_batched_{MATMUL}", cast("float*", out.addr + 4 * z0 * sc),
+             cast("float*", a.addr + 4 * z0 * sa), cast("float*", b.addr + 4 * z0 * sb), bias_ptr,
+             zs, sc, sa, sb, m, n, k, transa, transb)
 
 
 def _batch_operand(x, batch, rows, cols):
