@@ -45,6 +45,7 @@ void cross_entropy_backward(float* dlogits, const float* dlosses, const float* l
             continue;
         }
         ce_row_backward(dz, logits + n * V, lse[n], dlosses[n], V);
-        dz[targets[n]] -= dlosses[n];
+        const int64_t t = targets[n];      /* d (p_t - 1), not d p_t - d: they differ at d = +-inf */
+        dz[t] = dlosses[n] * (mg_expf(logits[n * V + t] - lse[n]) - 1.0f);
     }
 }

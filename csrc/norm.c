@@ -53,7 +53,7 @@ MG_CLONES static void norm_backward_row(float* dx, float* dw, float* db, const f
     for (int64_t j = 0; j < C; j++) {
         float g = dy[j] * w[j];
         sum_g += g;
-        sum_gx += g * (x[j] - mean) * rstd;
+        sum_gx += g * ((x[j] - mean) * rstd);   /* g xhat: (x - mean) g alone can overflow */
     }
     float mean_g = centered ? sum_g / (float)C : 0.0f;   /* rms norm has no mean term */
     float mean_gx = sum_gx / (float)C;
