@@ -1,12 +1,15 @@
 /*
- * attention.c — fused causal self-attention, forward and backward, flash-style, with GQA.
+ * attention.c — fused causal self-attention, forward and backward, flash-style, with GQA:
+ * rung v2 (attention_*_v2_flash) of the C attention, and the production entry points.
  *
  * Specification: attention_forward / attention_backward in microgpt/backends/reference.py.
  *   q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS); query head h reads key/value head h / (NH/NKV);
  *   query i sits at position Tk - Tq + i and sees keys 0 .. Tk - Tq + i (bottom-right causal);
  *   S = q k^T / sqrt(HS), lse_i = log sum_j exp S_ij, P = exp(S - lse), out = P v.
  *
- * How it is fast, in the order a reader meets it:
+ * Rung v1 (attention_naive.c) computes exactly that, one query after another: a row of S, its
+ * softmax, the weighted sum of values, and the backward through the same row of P, in plain
+ * loops on one thread. What v2 adds, in the order a reader meets it:
  *   1. Tiles, never the T x T matrix. Keys come in blocks of BC = 64, queries in blocks of up to
  *      BR = 64; a (BC x BR) tile of scores lives in a 16 KB buffer. Memory is O(T * HS) per thread.
  *   2. Scores are transposed: we compute S^T (keys down, queries across), so the softmax
@@ -39,11 +42,23 @@
  *      over each pair's query blocks — backward over (batch, kv-head) as in 5; calls under
  *      PAR_MIN multiply-adds stay on the calling thread. Each thread works in its own slice of
  *      the caller's workspace (attention_*_workspace floats).
+ * Both rungs do the same O(Tq * Tk * HS) multiply-adds per head and neither holds a T x T matrix
+ * (v1 keeps one row of Tk scores); v2's speed is items 1-7 above, v1 has none of them.
+ *
+ * Production (attention_forward / attention_backward, end of file) is v2, except for a call whose
+ * v2 result holds a NaN or inf: that call is recomputed by v1. v2 carries NaN and inf faithfully
+ * (vexp2 keeps them), but a tile of a diagonal block also multiplies the zero probabilities of
+ * keys that a query cannot see, and 0 * NaN is NaN: a NaN value at key j would reach queries
+ * before j. v1's sums run over exactly the keys a query sees, as the reference's answer for that
+ * query alone does (tests/test_kernel_special_values.py); the check of the outputs costs
+ * O(T * HS) against the call's O(T^2 * HS).
  *
  * Built into microgpt.backends._cpu by backends/cpu_build.py (binding: backends/cpu.py).
- * Tests: pytest tests/test_cpu_attention.py. Speed: python benchmarks/bench_kernels.py
- * --only attention (rows beside PyTorch's scaled_dot_product_attention).
+ * Tests: pytest tests/test_cpu_attention.py tests/test_kernel_special_values.py.
+ * Speed: python benchmarks/bench_kernels.py --only attention (rows beside PyTorch's
+ * scaled_dot_product_attention).
  */
+#include <float.h>
 #include <math.h>
 #include <stddef.h>
 #include <string.h>
@@ -152,12 +167,12 @@ static void pick(int level, int rows, fwd_fn **fwd, bwd_fn **bwd)
 
 /* Threads: at most one per task, and no more than the caller's workspace has slices for (each
  * slice rounded to 16 floats, so all start 64-byte aligned); 0 when not even one fits. */
-static long team(long tasks, size_t per, size_t work_len)
+static int64_t team(int64_t tasks, size_t per, size_t work_len)
 {
-    long n = omp_get_max_threads();
+    int64_t n = omp_get_max_threads();
     if (n > tasks) n = tasks;
     if (work_len < per + 16) return 0;
-    if ((size_t)n * per + 16 > work_len) n = (long)((work_len - 16) / per);
+    if ((size_t)n * per + 16 > work_len) n = (int64_t)((work_len - 16) / per);
     return n;
 }
 
@@ -165,52 +180,52 @@ static float *aligned(float *work) { return work + ((64 - (uintptr_t)work % 64) 
 
 /* With fewer (batch, head) pairs than threads (and work worth threads), the forward splits each
  * pair's query blocks across threads instead: output rows are disjoint, nothing to sum. */
-static int fwd_split(long B, long NH, long Tq, long Tk, long HS)
+static int fwd_split(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS)
 {
     return B * NH < omp_get_max_threads() && (double)B * NH * Tq * Tk * HS >= PAR_MIN;
 }
 
 int64_t attention_forward_workspace(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS)
 {
-    long threads = omp_get_max_threads();
+    int64_t threads = omp_get_max_threads();
     if (!fwd_split(B, NH, Tq, Tk, HS) && threads > B * NH) threads = B * NH;
-    return (long)(threads * round_up(fwd_floats(Tq, Tk, HS), 16) + 16);
+    return (int64_t)(threads * round_up(fwd_floats(Tq, Tk, HS), 16) + 16);
 }
 
 /* Pair t = b * NH + h (its kv head is h / (NH / NKV)): query blocks first, first + step, ... */
-static void fwd_pair(fwd_fn *head, long t, float *out, float *lse, const float *q, const float *k,
-                     const float *v, long NH, long NKV, long Tq, long Tk, long HS, float *w,
-                     size_t first, size_t step)
+static void fwd_pair(fwd_fn *head, int64_t t, float *out, float *lse, const float *q,
+                     const float *k, const float *v, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                     int64_t HS, float *w, size_t first, size_t step)
 {
     const size_t kv = ((size_t)(t / NH) * NKV + (size_t)(t % NH / (NH / NKV))) * Tk * HS;
     head(out + (size_t)t * Tq * HS, lse + (size_t)t * Tq, q + (size_t)t * Tq * HS, k + kv, v + kv,
          Tq, Tk, HS, w, first, step);
 }
 
-int attention_forward(float *out, float *lse, float *work, int64_t work_len, const float *q,
-                      const float *k, const float *v, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
-                      int64_t Tk, int64_t HS)
+int attention_forward_v2_flash(float *out, float *lse, float *work, int64_t work_len,
+                               const float *q, const float *k, const float *v, int64_t B, int64_t NH,
+                               int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
     fwd_fn *head;
     bwd_fn *unused;
     pick(microgpt_simd_level(), Tq < ROWS_BELOW, &head, &unused);
     const int split = fwd_split(B, NH, Tq, Tk, HS);
     const size_t per = round_up(fwd_floats(Tq, Tk, HS), 16);
-    const long tasks = B * NH;
-    const long threads = team(split ? omp_get_max_threads() : tasks, per, (size_t)work_len);
+    const int64_t tasks = B * NH;
+    const int64_t threads = team(split ? omp_get_max_threads() : tasks, per, (size_t)work_len);
     const double work_madds = (double)tasks * Tq * Tk * HS;
     float *base = aligned(work);
     if (threads == 0) return -1;
     #pragma omp parallel num_threads(threads) if (work_madds >= PAR_MIN)
     {
-        const long p = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
         float *w = base + (size_t)p * per;
         if (split && n > 1) {
-            for (long t = 0; t < tasks; t++)    /* every pair, query blocks p, p + n, ... */
+            for (int64_t t = 0; t < tasks; t++)    /* every pair, query blocks p, p + n, ... */
                 fwd_pair(head, t, out, lse, q, k, v, NH, NKV, Tq, Tk, HS, w, p, n);
         } else {
             #pragma omp for schedule(dynamic, 1)
-            for (long t = 0; t < tasks; t++)
+            for (int64_t t = 0; t < tasks; t++)
                 fwd_pair(head, t, out, lse, q, k, v, NH, NKV, Tq, Tk, HS, w, 0, 1);
         }
     }
@@ -219,28 +234,29 @@ int attention_forward(float *out, float *lse, float *work, int64_t work_len, con
 
 /* The backward splits key blocks across threads (each with its own dq copy of B*NH*Tq*HS floats)
  * when there are fewer (batch, kv-head) pairs than threads and the call is worth threads. */
-static int bwd_split(long B, long NH, long NKV, long Tq, long Tk, long HS)
+static int bwd_split(int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
     return B * NKV < omp_get_max_threads() && 2.5 * B * NH * Tq * Tk * HS >= PAR_MIN;
 }
 
-static size_t bwd_slice(long B, long NH, long Tq, long Tk, long HS, int split)
+static size_t bwd_slice(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS, int split)
 {
     return round_up(bwd_floats(Tq, Tk, HS) + (split ? (size_t)B * NH * Tq * HS : 0), 16);
 }
 
-int64_t attention_backward_workspace(int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
+int64_t attention_backward_workspace(int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                                     int64_t HS)
 {
     const int split = bwd_split(B, NH, NKV, Tq, Tk, HS);
-    long threads = omp_get_max_threads();
+    int64_t threads = omp_get_max_threads();
     if (!split && threads > B * NKV) threads = B * NKV;
-    return (long)(threads * bwd_slice(B, NH, Tq, Tk, HS, split) + 16);
+    return (int64_t)(threads * bwd_slice(B, NH, Tq, Tk, HS, split) + 16);
 }
 
-int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t work_len,
-                       const float *dout, const float *q, const float *k, const float *v,
-                       const float *out, const float *lse, int64_t B, int64_t NH, int64_t NKV,
-                       int64_t Tq, int64_t Tk, int64_t HS)
+int attention_backward_v2_flash(float *dq, float *dk, float *dv, float *work, int64_t work_len,
+                                const float *dout, const float *q, const float *k, const float *v,
+                                const float *out, const float *lse, int64_t B, int64_t NH,
+                                int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
     fwd_fn *unused;
     bwd_fn *group;
@@ -248,17 +264,17 @@ int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t wor
     const int split = bwd_split(B, NH, NKV, Tq, Tk, HS);
     const size_t per = bwd_slice(B, NH, Tq, Tk, HS, split), part = bwd_floats(Tq, Tk, HS);
     const size_t dq_len = (size_t)B * NH * Tq * HS;
-    const long tasks = B * NKV, G = NH / NKV;
-    const long threads = team(split ? omp_get_max_threads() : tasks, per, (size_t)work_len);
+    const int64_t tasks = B * NKV, G = NH / NKV;
+    const int64_t threads = team(split ? omp_get_max_threads() : tasks, per, (size_t)work_len);
     const double work_madds = 2.5 * tasks * G * Tq * Tk * HS;
     float *base = aligned(work);
     if (threads == 0) return -1;
     #pragma omp parallel num_threads(threads) if (work_madds >= PAR_MIN)
     {
-        const long p = omp_get_thread_num(), n = omp_get_num_threads();
+        const int64_t p = omp_get_thread_num(), n = omp_get_num_threads();
         float *w = base + (size_t)p * per;
         if (split && n > 1) {                   /* every pair, key blocks p, p + n, ... */
-            for (long t = 0; t < tasks; t++) {
+            for (int64_t t = 0; t < tasks; t++) {
                 const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
                 group(w + part + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk,
                       out + hq, lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w, p, n);
@@ -267,12 +283,12 @@ int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t wor
             #pragma omp for schedule(static)
             for (size_t x = 0; x < dq_len; x++) {          /* dq = the sum of the n copies */
                 float sum = 0.0f;
-                for (long r = 0; r < n; r++) sum += base[(size_t)r * per + part + x];
+                for (int64_t r = 0; r < n; r++) sum += base[(size_t)r * per + part + x];
                 dq[x] = sum;
             }
         } else {
             #pragma omp for schedule(dynamic, 1)
-            for (long t = 0; t < tasks; t++) {          /* t = b * NKV + kv head: its G query heads */
+            for (int64_t t = 0; t < tasks; t++) {          /* t = b * NKV + kv head: its G query heads */
                 const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
                 group(dq + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk, out + hq,
                       lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w, 0, 1);
@@ -280,4 +296,42 @@ int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t wor
         }
     }
     return 0;
+}
+
+/* ---- production: v2, and v1 for a call whose v2 result is not finite (see the file header) ------
+ * Every non-finite answer shows in v2's outputs (a NaN or inf score, value or gradient reaches the
+ * rows that see it), so finite outputs are the answer; v2's workspace always holds v1's rows. */
+
+static int all_finite(const float *x, size_t n)
+{
+    int bad = 0;
+    #pragma omp simd reduction(|:bad)
+    for (size_t i = 0; i < n; i++) bad |= !(fabsf(x[i]) <= FLT_MAX);     /* false for NaN too */
+    return !bad;
+}
+
+int attention_forward(float *out, float *lse, float *work, int64_t work_len, const float *q,
+                      const float *k, const float *v, int64_t B, int64_t NH, int64_t NKV,
+                      int64_t Tq, int64_t Tk, int64_t HS)
+{
+    const int status = attention_forward_v2_flash(out, lse, work, work_len, q, k, v, B, NH, NKV, Tq,
+                                                  Tk, HS);
+    const size_t rows = (size_t)(B * NH * Tq);
+    if (status == 0 && !(all_finite(lse, rows) && all_finite(out, rows * (size_t)HS)))
+        return attention_forward_v1_naive(out, lse, work, work_len, q, k, v, B, NH, NKV, Tq, Tk, HS);
+    return status;
+}
+
+int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t work_len,
+                       const float *dout, const float *q, const float *k, const float *v,
+                       const float *out, const float *lse, int64_t B, int64_t NH, int64_t NKV,
+                       int64_t Tq, int64_t Tk, int64_t HS)
+{
+    const int status = attention_backward_v2_flash(dq, dk, dv, work, work_len, dout, q, k, v, out,
+                                                   lse, B, NH, NKV, Tq, Tk, HS);
+    const size_t nq = (size_t)(B * NH * Tq * HS), nk = (size_t)(B * NKV * Tk * HS);
+    if (status == 0 && !(all_finite(dq, nq) && all_finite(dk, nk) && all_finite(dv, nk)))
+        return attention_backward_v1_naive(dq, dk, dv, work, work_len, dout, q, k, v, out, lse, B,
+                                           NH, NKV, Tq, Tk, HS);
+    return status;
 }

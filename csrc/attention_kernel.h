@@ -55,14 +55,17 @@ static const vi lanes = {0, 1, 2, 3};
 
 /* 2^x = 2^n 2^f with n = round(x), f = x - n in [-1/2, 1/2]; 2^f by a degree-6 polynomial fitted
  * (relative least squares at Chebyshev nodes) to 2e-9, ~1 ulp after float rounding. Below -125
- * the result is exactly 0, which is how masked scores (-inf) become zero probabilities. */
+ * the result is exactly 0, which is how masked scores (-inf) become zero probabilities; from 128
+ * up it is +inf and a NaN stays NaN (x + inf gives both), as exp2f: a NaN score must reach the
+ * outputs, where attention.c sees it and hands the call to the naive rung. */
 AI vf vexp2(vf x)
 {
-    vi dead = x < vsplat(-125.0f);
-    x = vselect(dead, vsplat(-125.0f), x);
-    x = vselect(x > vsplat(127.0f), vsplat(127.0f), x);
-    vi n = __builtin_convertvector(x + 125.5f, vi) - 125;   /* x + 125.5 > 0: truncation = floor */
-    vf f = x - __builtin_convertvector(n, vf);
+    vi dead = x < vsplat(-125.0f), beyond = ~(x < vsplat(128.0f));   /* beyond: >= 128 or NaN */
+    vf c = vselect(dead, vsplat(-125.0f), x);
+    c = vselect(c > vsplat(127.0f), vsplat(127.0f), c);
+    c = vselect(beyond, vsplat(0.0f), c);                   /* no NaN into the integer conversion */
+    vi n = __builtin_convertvector(c + 125.5f, vi) - 125;   /* c + 125.5 > 0: truncation = floor */
+    vf f = c - __builtin_convertvector(n, vf);
     vf p = vsplat(1.5337585e-4f);
     p = p * f + 1.3399870e-3f;
     p = p * f + 9.6185198e-3f;
@@ -71,7 +74,7 @@ AI vf vexp2(vf x)
     p = p * f + 6.9314718e-1f;
     p = p * f + 1.0f;
     vu bits = (vu)p + ((vu)n << 23);                       /* multiply by 2^n in the exponent */
-    return (vf)((vi)bits & ~dead);
+    return vselect(beyond, x + INFINITY, (vf)((vi)bits & ~dead));
 }
 
 /* ---- the micro-kernel and the tile GEMM ---------------------------------------------------------

@@ -102,12 +102,31 @@ void embedding_backward(float* dweight, const float* dout, const int64_t* ids, i
 void adamw_update(float* param, const float* grad, float* m, float* v, float lr, float beta1,
                   float beta2, float eps, float weight_decay, int64_t step, int64_t n);
 
-/* ---- attention (csrc/attention.c) ---------------------------------------------------------------- */
-/* Fused causal attention, flash-style, with grouped-query heads (NH % NKV == 0):
+/* ---- attention (attention_naive.c, attention.c): a ladder of two rungs --------------------------- */
+/* Causal attention with grouped-query heads (NH % NKV == 0):
  * q, out, dout, dq (B, NH, Tq, HS); k, v, dk, dv (B, NKV, Tk, HS); lse (B, NH, Tq);
- * 1 <= Tq <= Tk, query i sits at position Tk - Tq + i. `work` is scratch of work_len floats,
- * at least what the matching *_workspace returns for the current thread count: O(T * HS) per
- * thread, never T x T. Return 0, or -1 (nothing written) when work_len is too small.          */
+ * 1 <= Tq <= Tk, query i sits at position Tk - Tq + i. `work` is scratch of work_len floats.
+ * Every function returns 0, or -1 (nothing written) when work_len is too small.
+ *   v1_naive   the definition, one query at a time, one thread; work: Tk floats (forward),
+ *              2 Tk (backward)
+ *   v2_flash   tiled, SIMD, threaded; work: what the matching *_workspace returns for the
+ *              current thread count, O(T * HS) per thread, never T x T
+ * The production attention_forward / attention_backward is v2, and v1 for a call whose v2
+ * result is not finite (see attention.c); its workspace is v2's.                              */
+int attention_forward_v1_naive(float* out, float* lse, float* work, int64_t work_len, const float* q,
+                               const float* k, const float* v, int64_t B, int64_t NH, int64_t NKV,
+                               int64_t Tq, int64_t Tk, int64_t HS);
+int attention_backward_v1_naive(float* dq, float* dk, float* dv, float* work, int64_t work_len,
+                                const float* dout, const float* q, const float* k, const float* v,
+                                const float* out, const float* lse, int64_t B, int64_t NH, int64_t NKV,
+                                int64_t Tq, int64_t Tk, int64_t HS);
+int attention_forward_v2_flash(float* out, float* lse, float* work, int64_t work_len, const float* q,
+                               const float* k, const float* v, int64_t B, int64_t NH, int64_t NKV,
+                               int64_t Tq, int64_t Tk, int64_t HS);
+int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* work, int64_t work_len,
+                                const float* dout, const float* q, const float* k, const float* v,
+                                const float* out, const float* lse, int64_t B, int64_t NH, int64_t NKV,
+                                int64_t Tq, int64_t Tk, int64_t HS);
 int64_t attention_forward_workspace(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_forward(float* out, float* lse, float* work, int64_t work_len, const float* q,
                       const float* k, const float* v, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,

@@ -1,13 +1,17 @@
-"""The fused C attention (csrc/attention.c) against the NumPy reference, and its memory bound.
+"""The C attention (csrc/attention_naive.c, csrc/attention.c) against the NumPy reference, and its memory bound.
 
 Oracle: backends/reference.py's attention_forward/backward in float64 (it builds the whole
 T x T matrix; the C kernel never does). Shapes are drawn by hypothesis so that they cross and
 miss every tile size (blocks of 64 keys and 64 queries, 16-float vectors): T from 1 to 150,
 head sizes 1, 3, 17, 64 and others, grouped-query heads (NKV any divisor of NH), and fewer
 queries than keys (the KV-cache case, down to Tq = 1, which has its own row path for Tq < 8).
-Every SIMD path this CPU has (AVX-512, AVX2, portable) and 1 and 2 threads run. The memory check reads the workspace the binding
-allocates (it must grow linearly in T) and, independently, the peak of Python-visible memory
-with tracemalloc over T = 1024 and 4096. Bad arguments must raise a MicrogptError.
+Every SIMD path this CPU has (AVX-512, AVX2, portable) and 1 and 2 threads run. Each rung of
+the ladder (v1_naive, v2_flash) is also called straight through cffi, as the matmul rungs are,
+and the production entry point is checked to be v2 on finite inputs and v1 on the others
+(tests/test_kernel_special_values.py has the NaN/inf patterns). The memory check reads the
+workspace the binding allocates (it must grow linearly in T) and, independently, the peak of
+Python-visible memory with tracemalloc over T = 1024 and 4096. Bad arguments must raise a
+MicrogptError.
 """
 import tracemalloc
 
@@ -121,6 +125,69 @@ def test_float64_takes_the_reference_path():
     for g, g_ref in zip(cpu.attention_backward(dout, q, k, v, out, lse),
                         ref.attention_backward(dout, q, k, v, out, lse)):
         assert np.array_equal(g, g_ref)
+
+
+# --- the ladder: each rung straight through cffi ------------------------------------------------------
+
+RUNGS = ["attention_{}_v1_naive", "attention_{}_v2_flash", "attention_{}"]   # the last: production
+
+
+def call_rung(rung, q, k, v, dout):
+    """out, lse, dq, dk, dv of one rung (float32 arrays), with the production workspace sizes."""
+    B, NH, Tq, HS = q.shape
+    NKV, Tk = k.shape[1], k.shape[2]
+    fp, sizes = cpu._fp, (B, NH, NKV, Tq, Tk, HS)
+    out, lse = np.empty_like(q), np.empty((B, NH, Tq), np.float32)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    work = np.empty(cpu.lib.attention_forward_workspace(B, NH, Tq, Tk, HS), np.float32)
+    assert getattr(cpu.lib, rung.format("forward"))(fp(out), fp(lse), fp(work), work.size, fp(q), fp(k), fp(v),
+                                                    *sizes) == 0
+    work = np.empty(cpu.lib.attention_backward_workspace(B, NH, NKV, Tq, Tk, HS), np.float32)
+    assert getattr(cpu.lib, rung.format("backward"))(fp(dq), fp(dk), fp(dv), fp(work), work.size, fp(dout), fp(q),
+                                                     fp(k), fp(v), fp(out), fp(lse), *sizes) == 0
+    return out, lse, dq, dk, dv
+
+
+@pytest.mark.parametrize("rung", RUNGS)
+@given(attention_shapes(max_tq=90), st.integers(0, 2**31 - 1))
+def test_rungs_match_reference(rung, shape, seed):
+    q, k, v, dout = [x.astype(np.float32) for x in inputs(np.random.default_rng(seed), *shape)]
+    out_ref, lse_ref = ref.attention_forward(*(x.astype(np.float64) for x in (q, k, v)))
+    out, lse, *grads = call_rung(rung, q, k, v, dout)
+    assert_close(out, out_ref, **TOL, what=f"{rung} out")
+    assert_close(lse, lse_ref, **TOL, what=f"{rung} lse")
+    grads_ref = ref.attention_backward(*(x.astype(np.float64) for x in (dout, q, k, v)), out_ref, lse_ref)
+    for name, g, g_ref in zip(("dq", "dk", "dv"), grads, grads_ref):
+        assert_close(g, g_ref, atol=TOL["atol"] * max(1.0, np.abs(g_ref).max()), rtol=TOL["rtol"],
+                     what=f"{rung} {name}")
+
+
+def test_production_is_v2_then_v1_where_v2_is_not_finite():
+    """Finite inputs: the production result is v2's, bit for bit. A NaN value at a key that early
+    queries cannot see: v2's diagonal tile multiplies it by their zero probabilities (0 * NaN), so
+    production hands the call to v1, which keeps those queries finite."""
+    rng = np.random.default_rng(11)
+    q, k, v, dout = [x.astype(np.float32) for x in inputs(rng, 1, 2, 1, 40, 40, 16)]
+    production, flash = call_rung(RUNGS[2], q, k, v, dout), call_rung(RUNGS[1], q, k, v, dout)
+    for got, want in zip(production, flash):
+        assert np.array_equal(got, want)
+    v[0, 0, 20, 3] = np.nan                          # seen by queries 20 .. 39 only
+    production, flash, naive = (call_rung(r, q, k, v, dout) for r in (RUNGS[2], RUNGS[1], RUNGS[0]))
+    assert np.isnan(flash[0][0, :, :20]).any()       # why the fallback exists
+    for got, want in zip(production, naive):
+        assert np.array_equal(got, want, equal_nan=True)
+    out = production[0]
+    assert np.isfinite(out[0, :, :20]).all() and np.isnan(out[0, :, 20:, 3]).all()
+
+
+def test_naive_refuses_a_short_workspace():
+    q = np.ones((1, 1, 4, 8), np.float32)
+    out, lse, work, fp = np.empty_like(q), np.empty((1, 1, 4), np.float32), np.empty(3, np.float32), cpu._fp
+    assert cpu.lib.attention_forward_v1_naive(fp(out), fp(lse), fp(work), 3, fp(q), fp(q), fp(q),
+                                              1, 1, 1, 4, 4, 8) == -1
+    dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
+    assert cpu.lib.attention_backward_v1_naive(fp(dq), fp(dk), fp(dv), fp(work), 7, fp(q), fp(q), fp(q), fp(q),
+                                               fp(out), fp(lse), 1, 1, 1, 4, 4, 8) == -1
 
 
 # --- memory: linear in T ---------------------------------------------------------------------------
