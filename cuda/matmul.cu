@@ -56,7 +56,7 @@ __global__ void matmul_v1_kernel(float* c, const float* a, const float* b, const
     c[(int64_t)m * N + n] = bias ? acc + bias[n] : acc;
 }
 
-__global__ void gemm_naive_kernel(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
+__global__ void matmul_v2_kernel(float* c, const float* a, const float* b, const float* bias, int M, int N, int K,
                                   int ta, int tb, int64_t sa, int64_t sb, int64_t sc) {
     int n = blockIdx.x * blockDim.x + threadIdx.x, m = blockIdx.y * blockDim.y + threadIdx.y;
     a += blockIdx.z * sa; b += blockIdx.z * sb; c += blockIdx.z * sc;
@@ -464,7 +464,7 @@ int matmul_forward_batched_v2_coalesced(float* out, const float* a, const float*
     if (M <= 0 || N <= 0 || batch <= 0) return 0;
     if (batch > 65535 || !fits_int(M, N, K)) return (int)cudaErrorInvalidValue;
     dim3 block(32, 8), grid((unsigned int)((N + 31) / 32), (unsigned int)((M + 7) / 8), (unsigned int)batch);
-    gemm_naive_kernel<<<grid, block>>>(out, a, b, bias, (int)M, (int)N, (int)K, trans_a, trans_b, stride_a, stride_b,
+    matmul_v2_kernel<<<grid, block>>>(out, a, b, bias, (int)M, (int)N, (int)K, trans_a, trans_b, stride_a, stride_b,
                                        stride_out);
     MG_LAUNCHED();
 }

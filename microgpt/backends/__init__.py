@@ -9,9 +9,11 @@ unwraps tensors, calls kernels, and wraps the results. Three backends honour one
     cuda        CUDA kernels through cffi (backends/cuda.py, sources in cuda/), on DeviceArray.
 
 KERNELS below is the contract: every backend module defines every name in it, with the
-same signature and meaning as reference.py. A backend may implement a kernel by calling
-another (the C backend leaves float64 and shape bookkeeping to NumPy), but callers never
-branch on which backend they hold.
+same signature and meaning as reference.py. The C and CUDA kernels under the bindings take
+the reference's arguments too, in its order (outputs first, then its inputs, then sizes):
+tests/test_kernel_signatures.py states that rule and checks both headers against it.
+A backend may implement a kernel by calling another (the C backend leaves float64 and shape
+bookkeeping to NumPy), but callers never branch on which backend they hold.
 
 Choosing: a device ("cpu" or "cuda") maps to one backend. The "cpu" device uses the C
 backend when it is built, else the reference; MICROGPT_BACKEND=reference|cpu|cuda or

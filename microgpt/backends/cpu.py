@@ -9,7 +9,7 @@ helpers in cpu_lib.py; this module binds the rest and is the backend module itse
 Which kernels run in C (float32 only; float64 arrays take the NumPy reference path, for
 gradient checks):
   matmul, linear, softmax, log_softmax, cross_entropy, embedding, layer_norm, rms_norm,
-  rope, gelu, silu, attention (once csrc/attention.c is built), adamw_update.
+  rope, gelu, silu, attention, adamw_update.
 Which reuse backends/reference.py as they are: array creation and transfer, the elementwise
 arithmetic (add ... tanh, relu), reductions, and shape bookkeeping (reshape, permute,
 getitem, concatenate ...). These are memory-bound one-liners that NumPy already runs at
