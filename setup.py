@@ -57,6 +57,7 @@ setup(
         # Peers and checkers: used by tests and benchmarks only, never imported at run time.
         "test": [
             "pytest>=7",
+            "ruff>=0.5",               # the linter CI runs (rules in pyproject.toml)
             "hypothesis>=6.80",
             "torch==2.13.0",
             "tiktoken>=0.6",

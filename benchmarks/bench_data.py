@@ -33,13 +33,13 @@ import sys
 import sysconfig
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import harness  # noqa: E402
+import harness
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from microgpt.data.dedup import DedupConfig, NearDedup, shingle_hashes  # noqa: E402
-from microgpt.data.pipeline import CleanConfig, clean_documents  # noqa: E402
-from microgpt.data.sources import Document  # noqa: E402
+from microgpt.data.dedup import DedupConfig, NearDedup, shingle_hashes
+from microgpt.data.pipeline import CleanConfig, clean_documents
+from microgpt.data.sources import Document
 
 THRESHOLD, NUM_PERM, SHINGLE, SEED = 0.7, 128, 5, 1
 _WORD = re.compile(rb"[0-9A-Za-z_\x80-\xff]+")

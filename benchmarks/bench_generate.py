@@ -23,18 +23,18 @@ import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before any OpenMP runtime starts
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE]
 
-import harness  # noqa: E402
-from microgpt import backends  # noqa: E402
-from microgpt.inference.engine import Engine  # noqa: E402
-from microgpt.inference.sampling import SamplingConfig  # noqa: E402
-from microgpt.nn import GPT, GPTConfig  # noqa: E402
-from microgpt.tensor import no_grad  # noqa: E402
-from microgpt.train.checkpoint import to_hf_tensors  # noqa: E402
+import harness
+from microgpt import backends
+from microgpt.inference.engine import Engine
+from microgpt.inference.sampling import SamplingConfig
+from microgpt.nn import GPT, GPTConfig
+from microgpt.tensor import no_grad
+from microgpt.train.checkpoint import to_hf_tensors
 
 LAYERS, CHANNELS, HEADS, VOCAB, CONTEXT = 6, 384, 6, 8192, 512
 PROMPT = 16

@@ -26,14 +26,14 @@ import sys
 # next timed call (measured: 2-thread matmul at 37 instead of 57 GFLOP/s on a busy machine).
 # Both pools sleep when idle here: ours (OMP_WAIT_POLICY, cpu.py) and OpenBLAS (read at load).
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-import numpy as np  # noqa: E402
+import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
 
-import harness  # noqa: E402
-from microgpt.backends import cpu  # noqa: E402
-from microgpt.backends import reference as ref  # noqa: E402
+import harness
+from microgpt.backends import cpu
+from microgpt.backends import reference as ref
 
 GPT_SHAPES = [(4096, 1536, 384), (4096, 384, 1536), (4096, 8192, 384), (1024, 1024, 1024)]   # M, N, K
 RUNGS = ["v1_naive", "v2_blocked", "v3_packed", "v4_threaded"]
@@ -264,7 +264,7 @@ def attention_decode_case(Tk, threads, B=1, NH=6, HS=64, repeats=50):
 
 def attention_cases(quick):
     try:
-        import torch  # noqa: F401 - the peer
+        import torch
     except ImportError:
         print("attention rows skipped: torch (the peer) is not installed")
         return []

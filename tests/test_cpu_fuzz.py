@@ -1,12 +1,13 @@
 """Throw bad arguments at every C binding: a clear MicrogptError, or a right answer — never a crash.
 
 For each kernel backed by C, a valid float32 call is built, then one argument at a time is
-spoiled (in float32, and the shape spoils in float64 too): another dtype (int32, float16, complex, mixed float64), a non-contiguous view, a
-shape with one dimension changed or dropped, an empty array, a plain list, ids out of range,
-non-finite or non-numeric scalars, and (for the in-place AdamW) arrays that overlap or are
-read-only. The oracle: the call either raises a MicrogptError (ShapeError is a ValueError,
-DTypeError a TypeError) or — when the spoiled call is still legal, e.g. softmax of another
-shape — returns what the reference returns. A crash of the C code would kill pytest itself.
+spoiled (in float32, and the shape spoils in float64 too): another dtype (int32, float16,
+complex, mixed float64), a non-contiguous view, a shape with one dimension changed or dropped,
+an empty array, a plain list, ids out of range, non-finite or non-numeric scalars, and (for the
+in-place AdamW) arrays that overlap or are read-only. The oracle: the call either raises a
+MicrogptError (ShapeError is a ValueError, DTypeError a TypeError) or — when the spoiled call
+is still legal, e.g. softmax of another shape — returns what the reference returns. A crash of
+the C code would kill pytest itself.
 """
 import numpy as np
 import pytest

@@ -4,6 +4,7 @@ inputs. Oracles are independent: `regex.findall`, a pure-Python recount-everythi
 trainer written here, tiktoken (Rust), and a pinned example worked out by hand.
 """
 import collections
+import functools
 import os
 import sysconfig
 import time
@@ -246,10 +247,9 @@ def test_encoding_matches_tiktoken_random(text):
     assert tok.encode_ordinary(text) == tiktoken_of(tok).encode_ordinary(text)
 
 
-def _TRAINED_SMALL(cache={}):
-    if "tok" not in cache:
-        cache["tok"] = Tokenizer.train([varied_text()[-60_000:]], 1500, progress=False)
-    return cache["tok"]
+@functools.cache
+def _TRAINED_SMALL():
+    return Tokenizer.train([varied_text()[-60_000:]], 1500, progress=False)
 
 
 def test_custom_regex_pattern_matches_tiktoken(corpus):

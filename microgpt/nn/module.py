@@ -101,7 +101,7 @@ class Module:
     def to(self, device=None, dtype=None):
         """Move every parameter to `device` and/or cast it to a float `dtype`, in place."""
         for _, module in self.named_modules():
-            for name, child in list(vars(module).items()):
+            for child in list(vars(module).values()):
                 if isinstance(child, Parameter):
                     moved = child.to(device, dtype)
                     if moved is not child:
