@@ -12,33 +12,21 @@ Ops never touch array elements themselves: all math goes through the backend, wh
 what lets the same op run on NumPy, on our C kernels or on CUDA. Broadcasting follows NumPy;
 its backward sums the gradient back down to each input's shape (`sum_to_shape`).
 
-Every op is registered in OPS by the @op decorator; the test suite enumerates OPS and fails
-if any op lacks a gradient check. Fused ops (layer_norm, attention, cross_entropy ...) live
-in ops_fused.py, which extends OPS; `from microgpt import ops` gives both.
+Every op is registered in OPS (op_registry.py) by the @op decorator; the test suite
+enumerates OPS and fails if any op lacks a gradient check. The fused ops (layer_norm,
+attention, cross_entropy ...) live in ops_fused.py, which builds on this file: import the
+names from the module that defines them (`from microgpt import ops, ops_fused`).
 """
 import builtins
 
 import numpy as np
 
 from .errors import DTypeError, ShapeError
+from .op_registry import _send, op
 from .tensor import Tensor
-
-OPS = {}   # name -> function; every entry must have a gradient check in tests/
-
-
-def op(fn):
-    """Register a differentiable op under its function name."""
-    OPS[fn.__name__] = fn
-    return fn
 
 
 # --- helpers ------------------------------------------------------------------------------------
-
-def _send(tensor, grad):
-    """Deliver a gradient to a parent that wants one."""
-    if tensor.requires_grad:
-        tensor._accumulate(grad)
-
 
 def _tensor(x, like=None):
     """Wrap Python numbers and arrays as constant tensors matching `like`'s dtype and device."""
@@ -407,7 +395,3 @@ def linear(x, weight, bias=None):
             _send(bias, db)
     return Tensor._from_op(be.linear_forward(x.data, weight.data, None if bias is None else bias.data),
                            parents, backward, "linear")
-
-
-# The fused ops (softmax, cross_entropy, norms, rope, attention ...) extend this module.
-from .ops_fused import *  # noqa: E402,F401,F403

@@ -5,16 +5,15 @@ causal self-attention are each one idea, so each is one node: the forward kernel
 what the backward needs (mean and rstd for layer_norm, the row logsumexp for attention and
 cross_entropy) and the backward kernel turns dout into input gradients in one call. The
 formulas live beside the kernels in backends/reference.py; this file checks arguments and
-wires forward to backward. It extends ops.OPS, so `microgpt.ops` exposes everything.
+wires forward to backward. The ops register in op_registry.OPS beside ops.py's; this file
+imports ops.py for the primitives it is built from, never the other way round.
 """
 import numpy as np
 
 from .errors import DTypeError, ShapeError
-from .ops import _send, op, transpose
+from .op_registry import _send, op
+from .ops import transpose
 from .tensor import Tensor
-
-__all__ = ["softmax", "log_softmax", "cross_entropy", "embedding", "dropout", "layer_norm",
-           "rms_norm", "rope", "attention"]
 
 
 def _same_dtype(name, *tensors):

@@ -2,8 +2,10 @@
 
 A Tensor holds `data` (a NumPy array on the CPU, a DeviceArray on CUDA), its `grad`, and —
 when it was produced by an op while gradients are on — its parent tensors and a backward
-closure. It knows no math and no device: every computation lives in ops.py, which calls the
-backend that serves the tensor's device. This is micrograd's shape, over arrays:
+closure. It knows no math and no device: every computation lives in ops.py and ops_fused.py,
+which call the backend that serves the tensor's device (and import this module, so the
+operator sugar at the end reaches ops.py only at call time). This is micrograd's shape, over
+arrays:
 
     loss.backward()  =  sort the graph topologically, then walk it from the loss backwards,
                         calling each node's closure with the node's gradient; a closure adds
@@ -226,36 +228,48 @@ class Tensor:
         return order
 
     # --- operators: thin forwards to ops.py ----------------------------------------------------
-    def __add__(self, other):       return ops.add(self, other)
-    def __radd__(self, other):      return ops.add(other, self)
-    def __sub__(self, other):       return ops.sub(self, other)
-    def __rsub__(self, other):      return ops.sub(other, self)
-    def __mul__(self, other):       return ops.mul(self, other)
-    def __rmul__(self, other):      return ops.mul(other, self)
-    def __truediv__(self, other):   return ops.div(self, other)
-    def __rtruediv__(self, other):  return ops.div(other, self)
-    def __neg__(self):              return ops.neg(self)
-    def __pow__(self, exponent):    return ops.pow(self, exponent)
-    def __matmul__(self, other):    return ops.matmul(self, other)
-    def __getitem__(self, index):   return ops.getitem(self, index)
+    # The one import that points up: ops.py is built on Tensor (it imports this module at its
+    # top), so the sugar reaches it at call time through _ops(), never at import time.
+    def __add__(self, other):       return _ops().add(self, other)
+    def __radd__(self, other):      return _ops().add(other, self)
+    def __sub__(self, other):       return _ops().sub(self, other)
+    def __rsub__(self, other):      return _ops().sub(other, self)
+    def __mul__(self, other):       return _ops().mul(self, other)
+    def __rmul__(self, other):      return _ops().mul(other, self)
+    def __truediv__(self, other):   return _ops().div(self, other)
+    def __rtruediv__(self, other):  return _ops().div(other, self)
+    def __neg__(self):              return _ops().neg(self)
+    def __pow__(self, exponent):    return _ops().pow(self, exponent)
+    def __matmul__(self, other):    return _ops().matmul(self, other)
+    def __getitem__(self, index):   return _ops().getitem(self, index)
 
-    def sum(self, axis=None, keepdims=False):   return ops.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False):  return ops.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False):   return ops.max(self, axis, keepdims)
-    def reshape(self, *shape):                  return ops.reshape(self, *shape)
-    def permute(self, *axes):                   return ops.permute(self, *axes)
-    def transpose(self, axis0=-2, axis1=-1):    return ops.transpose(self, axis0, axis1)
-    def exp(self):                              return ops.exp(self)
-    def log(self):                              return ops.log(self)
-    def sqrt(self):                             return ops.sqrt(self)
-    def tanh(self):                             return ops.tanh(self)
-    def relu(self):                             return ops.relu(self)
+    def sum(self, axis=None, keepdims=False):   return _ops().sum(self, axis, keepdims)
+    def mean(self, axis=None, keepdims=False):  return _ops().mean(self, axis, keepdims)
+    def max(self, axis=None, keepdims=False):   return _ops().max(self, axis, keepdims)
+    def reshape(self, *shape):                  return _ops().reshape(self, *shape)
+    def permute(self, *axes):                   return _ops().permute(self, *axes)
+    def transpose(self, axis0=-2, axis1=-1):    return _ops().transpose(self, axis0, axis1)
+    def exp(self):                              return _ops().exp(self)
+    def log(self):                              return _ops().log(self)
+    def sqrt(self):                             return _ops().sqrt(self)
+    def tanh(self):                             return _ops().tanh(self)
+    def relu(self):                             return _ops().relu(self)
 
     @property
     def T(self):
-        return ops.transpose(self, -2, -1)
+        return _ops().transpose(self, -2, -1)
 
 
-# ops.py imports this module for the Tensor class; importing it here, after Tensor exists,
-# lets the operator methods above find it at call time whichever module is imported first.
-from . import ops  # noqa: E402
+_ops_module = None
+
+
+def _ops():
+    """The ops module, for the operator sugar above: imported on the first call, then kept
+    here (an import statement per call would cost ~1 us, a tenth of a small op).
+    tests/test_import_graph.py allows this one upward import, and only inside a function."""
+    global _ops_module
+    if _ops_module is None:
+        from . import ops
+        _ops_module = ops
+    return _ops_module
+

@@ -1,8 +1,9 @@
 """Every op's backward against float64 central differences, on shapes drawn by hypothesis.
 
-CHECKS maps each op in ops.OPS to the test that checks it; test_every_op_is_checked fails
-when an op is added without a gradient check. Shapes include size-1 dims, broadcasting,
-non-square matrices and transposed (permuted) inputs; values are drawn from a seeded rng.
+CHECKS maps each op in OPS (ops.py and ops_fused.py register there) to the test that checks
+it; test_every_op_is_checked fails when an op is added without a gradient check. Shapes
+include size-1 dims, broadcasting, non-square matrices and transposed (permuted) inputs;
+values are drawn from a seeded rng.
 """
 import numpy as np
 import pytest
@@ -10,9 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-from microgpt import ops
+from microgpt import ops, ops_fused
 from microgpt.gradcheck import GradcheckError, gradcheck
 from microgpt.nn import rope_tables
+from microgpt.op_registry import OPS, _send
 from microgpt.tensor import Tensor
 
 pytestmark = pytest.mark.usefixtures("reference_backend")
@@ -41,14 +43,14 @@ def broadcast_partner(shape, data):
 
 
 def test_every_op_is_checked():
-    missing = sorted(set(ops.OPS) - set(CHECKS))
+    missing = sorted(set(OPS) - set(CHECKS))
     assert not missing, f"ops without a gradient check: {missing}"
 
 
 def test_gradcheck_catches_a_wrong_backward():
     def wrong_square(x):
         be = x.backend
-        return Tensor._from_op(be.mul(x.data, x.data), (x,), lambda d: ops._send(x, d), "wrong")
+        return Tensor._from_op(be.mul(x.data, x.data), (x,), lambda d: _send(x, d), "wrong")
     with pytest.raises(GradcheckError, match="out of tolerance"):
         gradcheck(wrong_square, [Tensor(np.array([1.5, -2.0]), dtype=np.float64, requires_grad=True)])
 
@@ -166,8 +168,8 @@ def test_softmax_family(data, shape, seed):
     rng = np.random.default_rng(seed)
     x = t64(rng, shape)
     axis = data.draw(st.integers(-len(shape), len(shape) - 1))
-    gradcheck(lambda v: ops.softmax(v, axis), [x], name="softmax")
-    gradcheck(lambda v: ops.log_softmax(v, axis), [x], name="log_softmax")
+    gradcheck(lambda v: ops_fused.softmax(v, axis), [x], name="softmax")
+    gradcheck(lambda v: ops_fused.log_softmax(v, axis), [x], name="log_softmax")
 
 
 @checks("cross_entropy")
@@ -180,7 +182,7 @@ def test_cross_entropy(data, seed, weighted):
     targets = rng.integers(0, vocab, size=lead)
     targets[rng.random(lead) < 0.3] = -100                       # masked / ignored targets
     weights = rng.uniform(0.1, 2.0, size=lead) if weighted else None
-    gradcheck(lambda v: ops.cross_entropy(v, targets, -100, weights), [logits])
+    gradcheck(lambda v: ops_fused.cross_entropy(v, targets, -100, weights), [logits])
 
 
 @checks("embedding")
@@ -189,7 +191,7 @@ def test_embedding(data, seed):
     rng = np.random.default_rng(seed)
     num, dim = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 4))
     ids = rng.integers(0, num, size=data.draw(array_shapes(min_dims=1, max_dims=2, max_side=5)))
-    gradcheck(lambda w: ops.embedding(ids, w), [t64(rng, (num, dim))])
+    gradcheck(lambda w: ops_fused.embedding(ids, w), [t64(rng, (num, dim))])
 
 
 @checks("dropout")
@@ -197,7 +199,7 @@ def test_embedding(data, seed):
 def test_dropout(shape, seed, p):
     rng = np.random.default_rng(seed)
     # A fresh generator per call draws the same mask, so finite differences see one function.
-    gradcheck(lambda v: ops.dropout(v, p, np.random.default_rng(seed)), [t64(rng, shape)])
+    gradcheck(lambda v: ops_fused.dropout(v, p, np.random.default_rng(seed)), [t64(rng, shape)])
 
 
 @checks("layer_norm", "rms_norm")
@@ -208,8 +210,8 @@ def test_norms(data, shape, seed, with_bias):
     x, w = t64(rng, shape), t64(rng, (c,))
     inputs = [x, w, t64(rng, (c,))] if with_bias else [x, w]
     if c > 1:   # with one channel, layer_norm's output is the constant bias: nothing to check in x
-        gradcheck(lambda *v: ops.layer_norm(*v, eps=1e-5), inputs, name="layer_norm")
-    gradcheck(lambda v, g: ops.rms_norm(v, g, eps=1e-6), [x, w], name="rms_norm")
+        gradcheck(lambda *v: ops_fused.layer_norm(*v, eps=1e-5), inputs, name="layer_norm")
+    gradcheck(lambda v, g: ops_fused.rms_norm(v, g, eps=1e-6), [x, w], name="rms_norm")
 
 
 @checks("rope")
@@ -219,7 +221,7 @@ def test_rope(data, seed):
     b, nh, t = (data.draw(st.integers(1, 3)) for _ in range(3))
     hs = 2 * data.draw(st.integers(1, 4))
     cos, sin = rope_tables(t, hs, 10000.0, np.float64)
-    gradcheck(lambda v: ops.rope(v, cos, sin), [t64(rng, (b, nh, t, hs))])
+    gradcheck(lambda v: ops_fused.rope(v, cos, sin), [t64(rng, (b, nh, t, hs))])
 
 
 @checks("attention")
@@ -232,4 +234,4 @@ def test_attention(data, seed):
     hs = data.draw(st.integers(1, 4))
     q = t64(rng, (b, nkv * group, tq, hs))
     k, v = t64(rng, (b, nkv, tk, hs)), t64(rng, (b, nkv, tk, hs))
-    gradcheck(ops.attention, [q, k, v])
+    gradcheck(ops_fused.attention, [q, k, v])

@@ -14,7 +14,7 @@ residual dropout after the output projection remains.
 """
 import numpy as np
 
-from .. import backends, ops
+from .. import backends, ops, ops_fused
 from ..errors import ShapeError
 from .layers import Dropout, Linear
 from .module import Module
@@ -81,10 +81,10 @@ class CausalSelfAttention(Module):
         b, t, _ = x.shape
         q, k, v = self._project(x)
         if rotary is not None:
-            q, k = ops.rope(q, *rotary), ops.rope(k, *rotary)
+            q, k = ops_fused.rope(q, *rotary), ops_fused.rope(k, *rotary)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
-        y = ops.attention(q, k, v)                                   # (B, NH, T, HS)
+        y = ops_fused.attention(q, k, v)                             # (B, NH, T, HS)
         y = ops.reshape(ops.permute(y, (0, 2, 1, 3)), (b, t, self.n_head * self.head_size))
         out_proj = self.c_proj if self.family == "gpt2" else self.o_proj
         return self.dropout(out_proj(y))

@@ -25,7 +25,7 @@ from typing import Optional
 
 import numpy as np
 
-from .. import ops
+from .. import ops_fused
 from ..errors import ConfigError, ShapeError
 from ..tensor import Tensor
 from .attention import CausalSelfAttention, KVCache, RotaryTables
@@ -177,7 +177,7 @@ class GPT(Module):
         logits = self.lm_head(norm_f(x))                               # (B, T, V)
         loss = None
         if targets is not None:
-            loss = ops.cross_entropy(logits, targets, ignore_index, loss_weights)
+            loss = ops_fused.cross_entropy(logits, targets, ignore_index, loss_weights)
         return logits, loss
 
     def _on_moved(self):

@@ -6,7 +6,7 @@ knows the depth. Every layer draws from a numpy Generator passed in, so a seed f
 """
 import numpy as np
 
-from .. import ops
+from .. import ops, ops_fused
 from .module import Module, Parameter
 
 INIT_STD = 0.02
@@ -36,7 +36,7 @@ class Embedding(Module):
         self.weight = Parameter(normal(rng, (num_embeddings, dim), std, dtype))
 
     def forward(self, ids):
-        return ops.embedding(ids, self.weight)
+        return ops_fused.embedding(ids, self.weight)
 
 
 class LayerNorm(Module):
@@ -46,7 +46,7 @@ class LayerNorm(Module):
         self.eps = eps
 
     def forward(self, x):
-        return ops.layer_norm(x, self.weight, self.bias, self.eps)
+        return ops_fused.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 class RMSNorm(Module):
@@ -55,7 +55,7 @@ class RMSNorm(Module):
         self.eps = eps
 
     def forward(self, x):
-        return ops.rms_norm(x, self.weight, self.eps)
+        return ops_fused.rms_norm(x, self.weight, self.eps)
 
 
 class Dropout(Module):
@@ -65,7 +65,7 @@ class Dropout(Module):
         self.p, self.rng = float(p), rng
 
     def forward(self, x):
-        return ops.dropout(x, self.p, self.rng, self.training)
+        return ops_fused.dropout(x, self.p, self.rng, self.training)
 
 
 class MLP(Module):

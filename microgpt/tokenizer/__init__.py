@@ -8,9 +8,11 @@
 
 Chapters: patterns.py (split regexes, Unicode classes), bpe.py (Tokenizer, encoding rules),
 train.py (the training algorithm), fileformat.py (save/load), stream.py (StreamDecoder),
-native.py (the C objects of csrc/bpe_*.c), bpe_build.py (the cffi builder).
+text.py (str -> UTF-8 bytes), native.py (the C objects of csrc/bpe_*.c), bpe_build.py
+(the cffi builder).
 """
-from .bpe import DEFAULT_SPECIALS, Tokenizer, TokenizerError
+from ..errors import TokenizerError
+from .bpe import DEFAULT_SPECIALS, Tokenizer
 from .patterns import GPT2_PATTERN, GPT4_PATTERN
 from .stream import StreamDecoder
 

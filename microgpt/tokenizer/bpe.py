@@ -39,19 +39,11 @@ import os
 import numpy as np
 
 from ..errors import TokenizerError
-from . import patterns
+from . import fileformat, patterns
 from .native import MAX_CALL_BYTES, Encoder
+from .text import utf8_bytes
 
 DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
-
-
-def _utf8(text):
-    if not isinstance(text, str):
-        raise TypeError(f"expected str, got {type(text).__name__}")
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").encode("utf-8")
 
 
 class Tokenizer:
@@ -107,7 +99,7 @@ class Tokenizer:
               progress=True):
         """Train on `source` (a path to a file or directory, a list of paths, or an iterable
         of str) up to `vocab_size` ids, the special tokens included. See train.py."""
-        from .train import train
+        from .train import train      # on first use: its progress bars (tqdm) take ~30 ms to import
         return train(cls, source, vocab_size, pattern, special_tokens, progress)
 
     @classmethod
@@ -133,13 +125,11 @@ class Tokenizer:
 
     def save(self, path):
         """Write the versioned text format (fileformat.py), atomically."""
-        from .fileformat import save
-        save(self, path)
+        fileformat.save(self, path)
 
     @classmethod
     def load(cls, path):
-        from .fileformat import load
-        return load(cls, path)
+        return fileformat.load(cls, path)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -170,7 +160,7 @@ class Tokenizer:
         return self._ordinary(text, False)
 
     def _ordinary(self, text, as_array):
-        data = _utf8(text)
+        data = utf8_bytes(text)
         if len(data) > MAX_CALL_BYTES:
             raise TokenizerError(f"one call encodes at most {MAX_CALL_BYTES} bytes of UTF-8, "
                                  f"got {len(data)}: encode the text in pieces")

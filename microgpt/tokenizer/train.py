@@ -41,9 +41,10 @@ import warnings
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..errors import TokenizerError
 from . import patterns
-from .bpe import TokenizerError, _utf8
 from .native import Counter, Trainer
+from .text import utf8_bytes
 
 BLOCK_CHARS = 1 << 20
 MERGES_PER_CALL = 64
@@ -94,9 +95,9 @@ def count_chunks(source, regex_text, native, special_tokens, progress):
             pieces = splitter.split(block) if splitter and splitter.search(block) else (block,)
             for piece in pieces:
                 if native != patterns.NATIVE_NONE:
-                    counter.add_text(_utf8(piece), native)
+                    counter.add_text(utf8_bytes(piece), native)
                 else:
-                    chunks = [c.encode("utf-8") for c in compiled.findall(_utf8(piece).decode())]
+                    chunks = [c.encode("utf-8") for c in compiled.findall(utf8_bytes(piece).decode())]
                     ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
                     counter.add_chunks(b"".join(chunks), ends)
             bar.update(size)
