@@ -8,8 +8,9 @@
                dq_i = sum_j dS_ij k_j / sqrt(HS),  dk_j = sum_i dS_ij q_i / sqrt(HS),
                dv_j = sum_i P_ij dout_i   (dk, dv summed over the query heads of a group)
 
-   v1_naive  one thread per query row, online softmax over its keys straight from global
-             memory; backward likewise with atomics into dk/dv. Any HS; the fallback.
+   v1_naive  one thread per query row, over its keys straight from global memory: their max,
+             then the sums (two passes over the scores, as the reference: no online rescaling);
+             backward likewise with atomics into dk/dv. Any HS; the fallback.
    v2_flash  flash-attention tiling (Dao et al. 2022, FA-2 loop order): 64 queries x 64 keys
              per step in shared memory, 128 threads each owning 4 rows x 8 columns of the
              score tile, the online-softmax state (row max m, row sum l) in registers, so
@@ -19,7 +20,15 @@
              (most keys under the causal mask) are scheduled first. The backward runs one
              block per key tile, keeps dk and dv in registers while it walks the query tiles
              that can see it, recomputes P from lse, and adds its dq share with atomics
-             (as FA-2 does). HS up to 128 (templates D = 64, 128), else v1 is used. */
+             (as FA-2 does). HS up to 128 (templates D = 64, 128), else v1 is used.
+
+   NaN and inf (tests/test_kernel_special_values.py): a query's outputs are what the reference
+   gives for that query against exactly the keys it sees. A score, value or gradient that is
+   not finite reaches the rows that see it and no other: both rungs mask hidden scores to -inf
+   by a select (never by arithmetic), and v2, whose diagonal tiles hold pairs of a query and a
+   key it cannot see, skips those pairs in its products (a zero probability times a NaN value
+   is NaN) and zeroes their dS. A row whose visible scores are all -inf has lse NaN, as in the
+   reference, whose max of that row is -inf (and -inf - -inf is NaN). */
 #include "common.cuh"
 #include "microgpt_cuda.h"
 
@@ -44,14 +53,17 @@ __global__ void attention_forward_v1_kernel(float* out, float* lse, const float*
     for (int d = 0; d < HS; d++) acc[d] = 0.0f;
     float m = -INFINITY, l = 0.0f, scale = rsqrtf((float)HS);
     int last = Tk - Tq + i;
-    for (int j = 0; j <= last; j++) {
+    for (int j = 0; j <= last; j++) {            // m = max_j s_ij (a NaN s reaches l below)
         float s = 0.0f;
         for (int d = 0; d < HS; d++) s += qi[d] * kb[(int64_t)j * HS + d];
-        s *= scale;
-        float m_new = fmaxf(m, s), alpha = expf(m - m_new), p = expf(s - m_new);
-        l = l * alpha + p;
-        for (int d = 0; d < HS; d++) acc[d] = acc[d] * alpha + p * vb[(int64_t)j * HS + d];
-        m = m_new;
+        m = fmaxf(m, s * scale);
+    }
+    for (int j = 0; j <= last; j++) {            // l = sum_j e^(s_ij - m), acc = sum_j e^(s_ij - m) v_j
+        float s = 0.0f;
+        for (int d = 0; d < HS; d++) s += qi[d] * kb[(int64_t)j * HS + d];
+        float p = expf(s * scale - m);
+        l += p;
+        for (int d = 0; d < HS; d++) acc[d] += p * vb[(int64_t)j * HS + d];
     }
     for (int d = 0; d < HS; d++) out[row * HS + d] = acc[d] / l;
     lse[row] = m + logf(l);
@@ -92,6 +104,55 @@ __device__ __forceinline__ void load_tile(float* dst, const float* src, int rows
     for (int f = threadIdx.x; f < ATT_BR * D; f += ATT_THREADS) {
         int r = f / D, d = f % D;
         dst[r * (D + 1) + d] = (r < rows_valid && d < HS) ? src[(int64_t)r * HS + d] : 0.0f;
+    }
+}
+
+// The products of a tile skip, in a diagonal tile (MASKED), the pairs of a query r and a key c
+// that comes after its position (c > diag + r, diag = offset + q0 - k0): their P and dS are 0,
+// but 0 times a NaN or inf value, gradient or query is NaN, which must not reach query r.
+
+// o += P V (rows: queries r = ty + 16 i; columns e = tx + 8 j).
+template <int D, bool MASKED>
+__device__ __forceinline__ void pv_tile(float (&o)[4][D / 8], const float* ps, const float* vs, int tx, int ty,
+                                        int diag) {
+#pragma unroll 4
+    for (int c = 0; c < ATT_BC; c++) {
+        float x[4], y[D / 8];
+        for (int i = 0; i < 4; i++) x[i] = ps[(ty + 16 * i) * 65 + c];
+        for (int j = 0; j < D / 8; j++) y[j] = vs[c * (D + 1) + tx + 8 * j];
+        for (int i = 0; i < 4; i++)
+            if (!MASKED || c <= diag + ty + 16 * i)
+                for (int j = 0; j < D / 8; j++) o[i][j] += x[i] * y[j];
+    }
+}
+
+// dv += P^T dO and dk += dS^T Q (rows: keys c = ty + 16 i; columns e = tx + 8 j).
+template <int D, bool MASKED>
+__device__ __forceinline__ void dkv_tile(float (&dk_acc)[4][D / 8], float (&dv_acc)[4][D / 8], const float* pt,
+                                         const float* st, const float* gs, const float* qs, int tx, int ty, int diag) {
+#pragma unroll 2
+    for (int r = 0; r < ATT_BR; r++) {
+        float px[4], sx[4], gy[D / 8], qy[D / 8];
+        for (int i = 0; i < 4; i++) { px[i] = pt[(ty + 16 * i) * 65 + r]; sx[i] = st[(ty + 16 * i) * 65 + r]; }
+        for (int j = 0; j < D / 8; j++) { gy[j] = gs[r * (D + 1) + tx + 8 * j]; qy[j] = qs[r * (D + 1) + tx + 8 * j]; }
+        for (int i = 0; i < 4; i++)
+            if (!MASKED || ty + 16 * i <= diag + r)
+                for (int j = 0; j < D / 8; j++) { dv_acc[i][j] += px[i] * gy[j]; dk_acc[i][j] += sx[i] * qy[j]; }
+    }
+}
+
+// dq += dS K (rows: queries r = ty + 16 i; columns e = tx + 8 j).
+template <int D, bool MASKED>
+__device__ __forceinline__ void dq_tile(float (&dq_part)[4][D / 8], const float* st, const float* ks, int tx, int ty,
+                                        int diag) {
+#pragma unroll 2
+    for (int c = 0; c < ATT_BC; c++) {
+        float sx[4], ky[D / 8];
+        for (int i = 0; i < 4; i++) sx[i] = st[c * 65 + ty + 16 * i];
+        for (int j = 0; j < D / 8; j++) ky[j] = ks[c * (D + 1) + tx + 8 * j];
+        for (int i = 0; i < 4; i++)
+            if (!MASKED || c <= diag + ty + 16 * i)
+                for (int j = 0; j < D / 8; j++) dq_part[i][j] += sx[i] * ky[j];
     }
 }
 
@@ -157,14 +218,9 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_forward_v2_kernel(
             for (int j = 0; j < D / 8; j++) o[i][j] *= alpha;
         }
         __syncthreads();
-#pragma unroll 4
-        for (int c = 0; c < ATT_BC; c++) {
-            float x[4], y[D / 8];
-            for (int i = 0; i < 4; i++) x[i] = ps[(ty + 16 * i) * 65 + c];
-            for (int j = 0; j < D / 8; j++) y[j] = vs[c * (D + 1) + tx + 8 * j];
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < D / 8; j++) o[i][j] += x[i] * y[j];
-        }
+        int diag = offset + q0 - k0;                           // key c is visible to row r iff c <= diag + r
+        if (diag < ATT_BC - 1) pv_tile<D, true>(o, ps, vs, tx, ty, diag);
+        else pv_tile<D, false>(o, ps, vs, tx, ty, diag);
     }
     for (int i = 0; i < 4; i++) {
         int r = ty + 16 * i;
@@ -175,7 +231,8 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_forward_v2_kernel(
             int e = tx + 8 * j;
             if (e < HS) orow[e] = o[i][j] * inv;
         }
-        if (tx == 0) lse[bh * Tq + q0 + r] = (m[i] + log2f(l[i])) / LOG2E;
+        // l = 0: every visible score is -inf; the reference's lse is NaN (its max is -inf)
+        if (tx == 0) lse[bh * Tq + q0 + r] = l[i] > 0.0f ? (m[i] + log2f(l[i])) / LOG2E : NAN;
     }
 }
 
@@ -245,28 +302,19 @@ __global__ void __launch_bounds__(ATT_THREADS) attention_backward_v2_kernel(
                 bool seen = r < valid && key < Tk && key <= offset + q0 + r;
                 float pij = seen ? exp2f(p[i][j] * scale2 - lse2[r]) : 0.0f;
                 pt[c * 65 + r] = pij;
-                st[c * 65 + r] = pij * (dp[i][j] - dl[r]);
+                st[c * 65 + r] = seen ? pij * (dp[i][j] - dl[r]) : 0.0f;   // not 0 * (NaN - D)
             }
         __syncthreads();
         float dq_part[4][D / 8];
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < D / 8; j++) dq_part[i][j] = 0.0f;
-#pragma unroll 2
-        for (int r = 0; r < ATT_BR; r++) {
-            float px[4], sx[4], gy[D / 8], qy[D / 8];
-            for (int i = 0; i < 4; i++) { px[i] = pt[(ty + 16 * i) * 65 + r]; sx[i] = st[(ty + 16 * i) * 65 + r]; }
-            for (int j = 0; j < D / 8; j++) { gy[j] = gs[r * (D + 1) + tx + 8 * j]; qy[j] = qs[r * (D + 1) + tx + 8 * j]; }
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < D / 8; j++) { dv_acc[i][j] += px[i] * gy[j]; dk_acc[i][j] += sx[i] * qy[j]; }
-        }
-        // dq rows: queries r = ty + 16 i, columns e = tx + 8 j
-#pragma unroll 2
-        for (int c = 0; c < ATT_BC; c++) {
-            float sx[4], ky[D / 8];
-            for (int i = 0; i < 4; i++) sx[i] = st[c * 65 + ty + 16 * i];
-            for (int j = 0; j < D / 8; j++) ky[j] = ks[c * (D + 1) + tx + 8 * j];
-            for (int i = 0; i < 4; i++)
-                for (int j = 0; j < D / 8; j++) dq_part[i][j] += sx[i] * ky[j];
+        int diag = offset + q0 - k0;                           // key c is visible to query r iff c <= diag + r
+        if (diag < ATT_BC - 1) {
+            dkv_tile<D, true>(dk_acc, dv_acc, pt, st, gs, qs, tx, ty, diag);
+            dq_tile<D, true>(dq_part, st, ks, tx, ty, diag);
+        } else {
+            dkv_tile<D, false>(dk_acc, dv_acc, pt, st, gs, qs, tx, ty, diag);
+            dq_tile<D, false>(dq_part, st, ks, tx, ty, diag);
         }
         for (int i = 0; i < 4; i++) {
             int r = ty + 16 * i;
