@@ -8,7 +8,8 @@
 #   GPU_CHECK_SECTIONS="matmul train attention"   the benchmark sections, in this order
 #   MICROGPT_CUDA_ARCHS=90                         build for one arch only (faster)
 #
-# Writes OUTDIR/tests.log, OUTDIR/gpu_check.json and OUTDIR/gpu.md and prints one table last.
+# Writes OUTDIR/tests.log, OUTDIR/special_values.log, OUTDIR/gpu_check.json and OUTDIR/gpu.md
+# and prints one table last.
 # cffi/pycparser: if python3 lacks them and .wheels/ holds their wheels, they are installed
 # to a temporary folder first (a GPU machine without network access).
 set -uo pipefail
@@ -32,6 +33,9 @@ echo "build took $(( $(date +%s) - start )) s"
 echo "== CUDA kernel tests (pytest -m gpu) =="
 timeout 75 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py \
     2>&1 | tee "$OUTDIR/tests.log" | tail -40
+echo "== NaN/inf patterns of every kernel against the reference (pytest -m gpu) =="
+timeout 60 python3 -m pytest -m gpu -rfE -p no:cacheprovider tests/test_kernel_special_values.py \
+    2>&1 | tee "$OUTDIR/special_values.log" | tail -20
 
 echo "== benchmarks =="
 for section in ${GPU_CHECK_SECTIONS:-matmul train attention}; do
