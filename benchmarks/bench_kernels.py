@@ -31,9 +31,9 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.join(HERE, "..", "tests")]
 
-import harness
-from microgpt.backends import cpu
-from microgpt.backends import reference as ref
+import harness  # noqa: E402
+from microgpt.backends import cpu  # noqa: E402
+from microgpt.backends import reference as ref  # noqa: E402
 
 GPT_SHAPES = [(4096, 1536, 384), (4096, 384, 1536), (4096, 8192, 384), (1024, 1024, 1024)]   # M, N, K
 RUNGS = ["v1_naive", "v2_blocked", "v3_packed", "v4_threaded"]
@@ -264,7 +264,7 @@ def attention_decode_case(Tk, threads, B=1, NH=6, HS=64, repeats=50):
 
 def attention_cases(quick):
     try:
-        import torch
+        import torch  # noqa: F401 - the peer
     except ImportError:
         print("attention rows skipped: torch (the peer) is not installed")
         return []
