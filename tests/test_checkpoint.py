@@ -206,3 +206,138 @@ def test_the_trainer_names_no_checkpoint_file():
     source = inspect.getsource(trainer)
     for name in ckpt.MODEL_FILES + ckpt.TRAINING_FILES + (ckpt.METRICS_FILE, ckpt.SAMPLES_FILE):
         assert f'"{name}"' not in source, name
+
+
+# --- files that are valid JSON but not what they should hold ---------------------------------------
+# Each is a one-line CheckpointError naming the file and what to do, never an AttributeError,
+# KeyError or TypeError from deep inside (as a hand-edited or damaged file used to give).
+
+def _one_line_error(excinfo, path, advice):
+    message = str(excinfo.value)
+    assert "\n" not in message and path in message and advice.lower() in message.lower(), message
+    return message
+
+
+def _rewrite(path, text):
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+@pytest.mark.parametrize("marker", ["[1, 2]", '"done"', "7", "null"])
+def test_a_marker_that_is_not_a_json_object(tmp_path, marker):
+    path = ckpt.save(str(tmp_path), _tiny_checkpoint())
+    _rewrite(os.path.join(path, ckpt.MARKER), marker)
+    with pytest.raises(CheckpointError) as excinfo:
+        ckpt.verify(path)
+    _one_line_error(excinfo, os.path.join(path, ckpt.MARKER), f"delete {path}")
+    with pytest.raises(CheckpointError, match="not a JSON object"):
+        ckpt.load_model(str(tmp_path))
+
+
+@pytest.mark.parametrize("files", [
+    {"model.safetensors": {"sha256": "0" * 64}},        # no bytes
+    {"model.safetensors": {"bytes": 10}},               # no sha256
+    {"model.safetensors": {"bytes": "10", "sha256": "0" * 64}},
+    {"model.safetensors": {"bytes": 10, "sha256": None}},
+    {"model.safetensors": "abc"},
+    ["model.safetensors"],
+])
+def test_a_marker_whose_file_list_is_malformed(tmp_path, files):
+    path = ckpt.save(str(tmp_path), _tiny_checkpoint())
+    marker_path = os.path.join(path, ckpt.MARKER)
+    marker = json.load(open(marker_path))
+    marker["files"] = files
+    _rewrite(marker_path, json.dumps(marker))
+    with pytest.raises(CheckpointError) as excinfo:
+        ckpt.verify(path)
+    _one_line_error(excinfo, marker_path, f"delete {path}")
+
+
+def test_a_marker_whose_step_is_not_an_integer(tmp_path):
+    path = ckpt.save(str(tmp_path), _tiny_checkpoint())
+    marker_path = os.path.join(path, ckpt.MARKER)
+    marker = json.load(open(marker_path))
+    marker["step"] = "seven"
+    _rewrite(marker_path, json.dumps(marker))
+    with pytest.raises(CheckpointError) as excinfo:
+        ckpt.verify(path)
+    _one_line_error(excinfo, marker_path, f"delete {path}")
+
+
+@pytest.mark.parametrize("text", ["[]", "3.5", '"text"', "null"])
+def test_read_json_returns_an_object_or_says_which_file_is_not_one(tmp_path, text):
+    path = str(tmp_path / "step_000001" / "generation_config.json")
+    os.makedirs(os.path.dirname(path))
+    _rewrite(path, text)
+    with pytest.raises(CheckpointError) as excinfo:
+        ckpt.read_json(path)
+    _one_line_error(excinfo, path, "not a JSON object")
+
+
+def test_read_json_of_bytes_that_are_not_utf8(tmp_path):
+    path = str(tmp_path / "config.json")
+    open(path, "wb").write(b'{"a": "\xff"}')
+    with pytest.raises(CheckpointError) as excinfo:
+        ckpt.read_json(path)
+    _one_line_error(excinfo, path, "not valid JSON")
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", "17", '"x"', '{"step": "5", "loss": 1.0}',
+                                  '{"step": null, "loss": 1.0}', '{"step": true}'])
+def test_cut_metrics_names_a_line_that_is_not_a_record(tmp_path, line):
+    path = ckpt.metrics_path(str(tmp_path))
+    _rewrite(path, '{"step": 1, "loss": 2.0}\n' + line + '\n{"step": 3, "loss": 1.0}\n')
+    with pytest.raises(CheckpointError) as excinfo:
+        ckpt.cut_metrics(str(tmp_path), 2)
+    _one_line_error(excinfo, f"{path}:2", "delete or fix that line")
+
+
+def test_cut_metrics_keeps_records_up_to_the_step_and_lines_without_a_step(tmp_path):
+    path = ckpt.metrics_path(str(tmp_path))
+    _rewrite(path, '{"step": 1, "loss": 2.0}\n{"note": "x"}\n{"step": 3, "loss": 1.0}\n{"step": 2')
+    ckpt.cut_metrics(str(tmp_path), 2)
+    assert open(path).read() == '{"step": 1, "loss": 2.0}\n{"note": "x"}\n'
+
+
+@pytest.mark.parametrize("line", ['{"loss": 1.0}', '{"val_loss": 1.0, "val_bpb": 0.5}', "[1, 2]", "3",
+                                  '{"step": "4", "loss": 1.0}', '{"step": 4, "loss": "low"}',
+                                  '{"step": 4, "val_loss": 1.0, "val_bpb": []}'])
+def test_read_metrics_names_a_line_it_cannot_plot(tmp_path, line):
+    from microgpt.train.plot import read_metrics
+    path = ckpt.metrics_path(str(tmp_path))
+    _rewrite(path, '{"step": 1, "loss": 2.0}\n' + line + "\n")
+    with pytest.raises(CheckpointError) as excinfo:
+        read_metrics(str(tmp_path))
+    _one_line_error(excinfo, f"{path}:2", "delete or fix that line")
+
+
+def test_read_metrics_reads_what_the_trainer_writes(tmp_path):
+    from microgpt.train.plot import read_metrics
+    path = ckpt.metrics_path(str(tmp_path))
+    _rewrite(path, '{"step": 1, "loss": 2.0, "lr": 0.1}\n{"event": "skipped_update", "reason": "nan"}\n'
+                   '{"step": 2, "loss": NaN}\n{"step": 2, "val_loss": 1.5, "val_bpb": 0.9}\n'
+                   '{"step": 3, "val_loss": 1.2}\n{"step": 3, "sample": "text"}\n')
+    train_points, val_points = read_metrics(str(tmp_path))
+    assert train_points[0] == (1, 2.0) and train_points[1][0] == 2 and np.isnan(train_points[1][1])
+    assert val_points == [(2, 1.5, 0.9), (3, 1.2, None)]
+
+
+def test_the_cli_prints_a_bad_metrics_line_as_one_line(tmp_path, capsys):
+    from microgpt.cli import main
+    _rewrite(ckpt.metrics_path(str(tmp_path)), '{"loss": 1.0}\n')
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "metrics.jsonl:1" in err and "Traceback" not in err
+
+
+def test_matplotlib_is_a_run_time_dependency():
+    """`microgpt train` ends by drawing its loss curve (train/plot.py), so setup.py must not
+    leave matplotlib to an optional extra."""
+    import ast
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    tree = ast.parse(open(os.path.join(root, "setup.py")).read())
+    call = next(node for node in ast.walk(tree)
+                if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setup")
+    requires = next(k.value for k in call.keywords if k.arg == "install_requires")
+    names = [ast.literal_eval(e).split(">")[0].split("=")[0] for e in requires.elts]
+    assert "matplotlib" in names

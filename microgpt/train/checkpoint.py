@@ -85,13 +85,37 @@ _CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight
 # --- small file helpers ------------------------------------------------------------------------
 
 def read_json(path):
+    """The JSON object in checkpoint file `path`: every JSON file of a checkpoint holds one
+    object, so anything else (missing, not JSON, not UTF-8, an array or a number) is a
+    CheckpointError naming the file, never a dict method failing later in a caller."""
     try:
-        with open(path) as f:
-            return json.load(f)
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); the checkpoint is corrupt") from exc
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); {_damaged(path)}") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object (it holds {_json_kind(value)}); {_damaged(path)}")
+    return value
+
+
+def _damaged(path):
+    """What to do about a damaged file of a checkpoint directory."""
+    return (f"the file is damaged: delete {os.path.dirname(path)} to fall back to the previous "
+            f"checkpoint")
+
+
+def _json_kind(value):
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def _is_count(value):
+    """A JSON integer >= 0 (bool is an int in Python, but true is no step or size)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _fsync_file(path):
@@ -306,11 +330,12 @@ def verify(path):
     if not is_complete(path):
         raise CheckpointError(f"{path}: incomplete checkpoint (no {MARKER} marker; the save was "
                               f"interrupted); use an earlier one")
-    marker = read_json(os.path.join(path, MARKER))
+    marker_path = os.path.join(path, MARKER)
+    marker = read_json(marker_path)
     if marker.get("format") != "microgpt-checkpoint" or marker.get("version") != FORMAT_VERSION:
         raise CheckpointError(f"{path}: unknown checkpoint format {marker.get('format')!r} "
                               f"version {marker.get('version')!r}")
-    for name, info in marker.get("files", {}).items():
+    for name, info in _manifest(marker, marker_path).items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             raise CheckpointError(f"{file}: missing from the checkpoint")
@@ -319,6 +344,29 @@ def verify(path):
                                   f"checkpoint was written; the file is corrupt. Delete {path} "
                                   f"to fall back to the previous checkpoint")
     return marker
+
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _manifest(marker, marker_path):
+    """The marker's {file name: {"bytes", "sha256"}}, every field checked for its type (a
+    marker is written by `save` only, so a wrong one was damaged or edited by hand)."""
+    def damaged(problem):
+        return CheckpointError(f"{marker_path}: {problem}; {_damaged(marker_path)}")
+    if not _is_count(marker.get("step")):
+        raise damaged(f'"step" is {json.dumps(marker.get("step"))}, not an integer >= 0')
+    files = marker.get("files")
+    if not isinstance(files, dict):
+        raise damaged(f'"files" is {_json_kind(files)}, not an object of file names')
+    for name, info in files.items():
+        if not name or os.path.basename(name) != name or name in (".", ".."):
+            raise damaged(f"{name!r} is not a file name inside the checkpoint")
+        if not (isinstance(info, dict) and _is_count(info.get("bytes"))
+                and isinstance(info.get("sha256"), str) and _SHA256_HEX.match(info["sha256"])):
+            raise damaged(f'the entry of {name} is {json.dumps(info)}, not {{"bytes": size, '
+                          f'"sha256": 64 hex digits}}')
+    return files
 
 
 def load(path, training_state=True):
@@ -331,13 +379,13 @@ def load(path, training_state=True):
     from ..tokenizer import Tokenizer
     marker = verify(path)
     missing = [name for name in MODEL_FILES + (TRAINING_FILES if training_state else ())
-               if name not in marker.get("files", {})]
+               if name not in marker["files"]]
     if missing:
         raise CheckpointError(f"{path}: the checkpoint has no {', '.join(missing)}"
                               + ("; it holds a model only, so it cannot be resumed"
                                  if training_state else ""))
     config = read_json(os.path.join(path, "config.json"))
-    gpt = config.get("microgpt") if isinstance(config, dict) else None
+    gpt = config.get("microgpt")
     if not isinstance(gpt, dict) or "family" not in gpt:
         raise CheckpointError(f"{path}/config.json: no 'microgpt' model config; not a microgpt "
                               f"checkpoint")
@@ -348,10 +396,10 @@ def load(path, training_state=True):
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model "
                               f"{gpt.get('vocab_size')}")
     generation = read_json(os.path.join(path, "generation_config.json"))
-    checkpoint = Checkpoint(marker.get("step"), gpt, weights, tokenizer, generation)
+    checkpoint = Checkpoint(marker["step"], gpt, weights, tokenizer, generation)
     if training_state:
         state = read_json(os.path.join(path, "trainer_state.json"))
-        if not isinstance(state, dict) or state.get("format") != TRAINER_STATE_FORMAT:
+        if state.get("format") != TRAINER_STATE_FORMAT:
             raise CheckpointError(f"{path}/trainer_state.json: not a microgpt trainer state")
         checkpoint.trainer_state = state
         checkpoint.optimizer = load_tensors(os.path.join(path, "optimizer.safetensors"))
@@ -402,14 +450,19 @@ def cut_metrics(run_dir, step):
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
+        fix = "delete or fix that line, then resume again"
         try:
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             if number == len(lines) and not line.endswith("\n"):
                 break                                  # torn by the kill
-            raise CheckpointError(f"{path}:{number}: not valid JSON ({exc.msg}); delete or "
-                                  f"fix that line, then resume again") from None
-        if record.get("step", 0) <= step:
+            raise CheckpointError(f"{path}:{number}: not valid JSON ({exc.msg}); {fix}") from None
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}:{number}: not a JSON object (it holds {_json_kind(record)}); {fix}")
+        line_step = record.get("step", 0)            # a line without a step is kept
+        if not _is_count(line_step):
+            raise CheckpointError(f'{path}:{number}: "step" is {json.dumps(line_step)}, not an integer >= 0; {fix}')
+        if line_step <= step:
             kept.append(line)
     with atomic_write(path, "w", encoding="utf-8") as f:
         f.writelines(kept)

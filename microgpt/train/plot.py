@@ -5,8 +5,12 @@ Reads RUN_DIR/metrics.jsonl (one JSON object per line, written by the trainer): 
 "val_loss" are evaluations. Both are drawn against the step, training on a light line,
 validation as markers, with bits per byte on a second axis when present.
 
-matplotlib is an optional extra (`pip install microgpt[plot]`); without it, plotting
-raises ConfigError saying so, and nothing else in microgpt needs it. The figure is small
+A line the curve cannot use (not a JSON object, a loss without an integer "step", a loss
+that is no number) is a CheckpointError naming the file and the line; lines without a loss
+(samples, skipped-update events) are passed over.
+
+matplotlib is a run-time dependency (`microgpt train` ends by drawing the curve); where it is
+missing anyway, plotting raises ConfigError saying how to install it. The figure is small
 (6.4 x 3.6 in at 100 dpi) so the PNG stays a few tens of kB.
 """
 import json
@@ -17,27 +21,48 @@ from ..fileio import atomic_write
 from .checkpoint import metrics_path
 
 
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)     # NaN included
+
+
 def read_metrics(run_dir):
     """(train points [(step, loss)], val points [(step, val_loss, val_bpb)])."""
     path = metrics_path(run_dir)
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no metrics; is {run_dir} a training run directory?")
     train, val = [], []
-    with open(path) as f:
+    with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise CheckpointError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+                raise _bad_line(path, number, f"not valid JSON ({exc.msg})") from None
+            if not isinstance(record, dict):
+                raise _bad_line(path, number, "not a JSON object")
+            if "loss" not in record and "val_loss" not in record:
+                continue
+            step = record.get("step")
+            if "step" not in record:
+                raise _bad_line(path, number, 'a loss without its "step"')
+            if not isinstance(step, int) or isinstance(step, bool):
+                raise _bad_line(path, number, f'"step" is {json.dumps(step)}, not an integer')
+            for key in ("loss", "val_loss", "val_bpb"):
+                optional = key == "val_bpb"                 # drawn only where it is a number
+                if key in record and not (_is_number(record[key]) or (optional and record[key] is None)):
+                    raise _bad_line(path, number, f'"{key}" is {json.dumps(record[key])}, not a number')
             if "loss" in record:
-                train.append((record["step"], record["loss"]))
+                train.append((step, record["loss"]))
             if "val_loss" in record:
-                val.append((record["step"], record["val_loss"], record.get("val_bpb")))
+                val.append((step, record["val_loss"], record.get("val_bpb")))
     if not train and not val:
         raise CheckpointError(f"{path}: no loss records yet")
     return train, val
+
+
+def _bad_line(path, number, problem):
+    return CheckpointError(f"{path}:{number}: {problem}; delete or fix that line, then plot again")
 
 
 def plot_run(run_dir, out=None, title=None):
@@ -47,8 +72,8 @@ def plot_run(run_dir, out=None, title=None):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ConfigError("plotting needs matplotlib: pip install 'microgpt[plot]' "
-                          "(or pip install matplotlib)") from None
+        raise ConfigError("plotting needs matplotlib, a dependency of microgpt that is not "
+                          "installed here: pip install matplotlib") from None
     train, val = read_metrics(run_dir)
     out = out or os.path.join(run_dir, "loss.png")
     fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
