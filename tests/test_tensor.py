@@ -1,9 +1,10 @@
-"""Tensor bookkeeping: accumulation, broadcasting in backward, no_grad, detach, clear errors."""
+"""Tensor bookkeeping: accumulation, broadcasting in backward, no_grad, detach, clear errors,
+and backward() refusing a graph that an earlier backward() freed."""
 import numpy as np
 import pytest
 
 from microgpt import ops_fused
-from microgpt.errors import DTypeError, ShapeError
+from microgpt.errors import DTypeError, GraphError, MicrogptError, ShapeError
 from microgpt.tensor import Tensor, no_grad
 
 pytestmark = pytest.mark.usefixtures("reference_backend")
@@ -98,3 +99,27 @@ def test_deep_graph_does_not_hit_the_recursion_limit():
         y = y + 1.0
     y.sum().backward()
     np.testing.assert_allclose(x.grad, [1.0])
+
+
+def test_backward_through_a_freed_graph_raises_instead_of_doing_nothing():
+    x = Tensor([1.0, 2.0], requires_grad=True)
+    loss = (x * x).sum()
+    loss.backward()
+    np.testing.assert_allclose(x.grad, [2.0, 4.0])
+    with pytest.raises(GraphError, match="second time"):
+        loss.backward()
+    np.testing.assert_allclose(x.grad, [2.0, 4.0])           # nothing was added
+    assert isinstance(GraphError("x"), (MicrogptError, RuntimeError))
+
+
+def test_a_branch_whose_shared_part_was_freed_raises_too():
+    x = Tensor([3.0], requires_grad=True)
+    h = x * 2.0                        # shared by both losses
+    a, b = (h * 5.0).sum(), (h * 7.0).sum()
+    a.backward()
+    with pytest.raises(GraphError):
+        b.backward()                   # would silently miss the gradient through h
+    np.testing.assert_allclose(x.grad, [10.0])
+    x.zero_grad()
+    (x * 4.0).sum().backward()         # a new graph is fine
+    np.testing.assert_allclose(x.grad, [4.0])
