@@ -20,18 +20,13 @@ x = -100 with dout = inf: e^-100 * inf in float64, 0 * inf in float32). Elementw
 float64 evaluation's finite values; that catches gelu_backward(-1e5) = -1.4e-3 where the
 answer is 0.
 
-Two kernels are judged against the reference's documented meaning where its code says more:
-  - attention: query i sits at position p = Tk - Tq + i and sees keys 0 .. p; its answer is
-    what the reference gives for that query alone against exactly those keys (the KV-cache
-    call: Tq = 1, Tk = p + 1), and the gradients are the sums of those calls' gradients. The
-    reference's full (Tq, Tk) call agrees for every finite input, but computes the masked
-    product P @ V over the whole matrix, so a NaN or inf *value* at a position that a query
-    cannot see still reaches it through 0 * NaN. A causal kernel cannot and should not do
-    that: the same query decoded with a KV cache never has those keys, and both answers must
-    be the same.
-  - cross_entropy_backward: rows whose target is ignore_index are 0 ("0 rows where ignored",
-    as KERNELS says and the forward's np.where does); the reference multiplies them by a dloss
-    of 0, which leaves 0 * NaN = NaN where such a row's logits are not finite.
+That holds for attention and cross_entropy_backward too, where the reference spells out what
+a fast formula could blur: query i (at position p = Tk - Tq + i) sees keys 0 .. p only, so a
+NaN or inf in a key or value it cannot see must not reach it through 0 * NaN -- the same
+query decoded with a KV cache never has that key -- and a row whose target is ignore_index
+has a gradient of exactly 0. tests/test_reference_special.py checks the reference itself
+there, against one call per query.
+
 The CUDA mock (tests/cuda_mock.py) computes every kernel with reference.py itself, so on
 "cuda-mock" the oracle is reference.py exactly as NumPy runs it: that run checks that the CUDA
 binding's own logic -- broadcast strides, reduction plans, index handling -- hides or adds no
@@ -225,7 +220,8 @@ def _attention_forward(rng, spoil):
 
 def _attention_backward(rng, spoil):
     q, k, v = _attention_inputs(rng, spoil, QK_BACKWARD)
-    out, lse = causal_attention_forward(q, k, v)       # what a causal kernel's forward hands on
+    with np.errstate(all="ignore"):
+        out, lse = ref.attention_forward(q, k, v)     # what the forward hands on
     return [Arr(spoil(normal(rng, *q.shape))), Arr(q), Arr(k), Arr(v), Arr(out), Arr(lse)]
 
 
@@ -287,50 +283,7 @@ CASES = {
 }
 
 
-# --- the oracle ------------------------------------------------------------------------------------------
-
-def causal_attention_forward(q, k, v):
-    """Each query against exactly the keys it sees, by the reference (see the module docstring)."""
-    tq, tk = q.shape[2], k.shape[2]
-    out, lse = np.empty_like(q), np.empty(q.shape[:3], q.dtype)
-    with np.errstate(all="ignore"):
-        for i in range(tq):
-            seen = tk - tq + i + 1
-            out[:, :, i:i + 1], lse[:, :, i:i + 1] = ref.attention_forward(q[:, :, i:i + 1], k[:, :, :seen],
-                                                                           v[:, :, :seen])
-    return out, lse
-
-
-def causal_attention_backward(dout, q, k, v, out, lse):
-    """The gradients of causal_attention_forward: the sums of the per-query calls' gradients."""
-    tq, tk = q.shape[2], k.shape[2]
-    dq, dk, dv = np.empty_like(q), np.zeros_like(k), np.zeros_like(v)
-    with np.errstate(all="ignore"):
-        for i in range(tq):
-            seen, row = tk - tq + i + 1, slice(i, i + 1)
-            dq_i, dk_i, dv_i = ref.attention_backward(dout[:, :, row], q[:, :, row], k[:, :, :seen], v[:, :, :seen],
-                                                      out[:, :, row], lse[:, :, row])
-            dq[:, :, row] = dq_i
-            dk[:, :, :seen] += dk_i
-            dv[:, :, :seen] += dv_i
-    return dq, dk, dv
-
-
-def cross_entropy_backward_as_documented(dlosses, logits, targets, lse, ignore_index):
-    """The reference, with the rows of ignored targets exactly 0, as the contract says.
-
-    The reference multiplies those rows by a dloss of 0, which leaves 0 * NaN = NaN where
-    the logits (or lse) of an ignored row are not finite; its forward uses np.where for the
-    same rows, and "0 rows where ignored" is the contract's own wording.
-    """
-    dlogits = ref.cross_entropy_backward(dlosses, logits, targets, lse, ignore_index)
-    dlogits[targets == ignore_index] = 0
-    return dlogits
-
-
-ORACLE = {"attention_forward": causal_attention_forward, "attention_backward": causal_attention_backward,
-          "cross_entropy_backward": cross_entropy_backward_as_documented}
-
+# --- the oracle: reference.py ----------------------------------------------------------------------------
 
 def _flat(result, args, host_args):
     """The arrays a call produced: its results (a tuple flattened, None kept) and the arrays it wrote."""
@@ -338,8 +291,8 @@ def _flat(result, args, host_args):
     return results + [host for arg, host in zip(args, host_args) if isinstance(arg, Arr) and arg.mutated]
 
 
-def run_oracle(name, args, dtype, exact=False):
-    """The oracle's results for float inputs cast to dtype, each cast back to float32."""
+def run_oracle(name, args, dtype):
+    """The reference's results for float inputs cast to dtype, each cast back to float32."""
     def host(arg):
         if isinstance(arg, list):
             return [host(a) for a in arg]
@@ -354,9 +307,8 @@ def run_oracle(name, args, dtype, exact=False):
         return arg
 
     host_args = [host(a) for a in args]
-    fn = getattr(ref, name) if exact or name not in ORACLE else ORACLE[name]
     with np.errstate(all="ignore"):
-        results = _flat(fn(*host_args), args, host_args)
+        results = _flat(getattr(ref, name)(*host_args), args, host_args)
         return [None if r is None else np.asarray(r).astype(F32) if np.asarray(r).dtype.kind == "f" else np.asarray(r)
                 for r in results]
 
@@ -391,7 +343,7 @@ def check_call(backend_name, be, name, args):
     """The backend's results have, element by element, the class of the oracle's in float32 or in
     float64, and elementwise kernels the float64 oracle's finite values."""
     exact = backend_name == "cuda-mock"          # the mock runs reference.py itself: compare with it as it is
-    as_run = run_oracle(name, args, F32, exact)
+    as_run = run_oracle(name, args, F32)
     wide = as_run if exact else run_oracle(name, args, np.float64)
     got = run_backend(be, name, args)
     assert len(got) == len(as_run), f"{name}: {len(got)} results, the reference gives {len(as_run)}"

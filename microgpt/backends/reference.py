@@ -260,11 +260,13 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
     # softmax) and d z_t/dz_j = [j == t], so dloss/dz_j = p_j - [j == t]; times the upstream dloss:
     #   dlogits = dloss (p - onehot(t)).
     # The forward's lse gives p = exp(z - lse) without a second reduction. An ignored row's loss
-    # is the constant 0, so its gradient is 0.
+    # is the constant 0, so its gradient is exactly 0: chosen with np.where, as the forward does,
+    # not multiplied by a dloss of 0, which would leave 0 * NaN = NaN where that row's logits
+    # (which the loss never read) are not finite.
     kept = targets != ignore_index
     probs = np.exp(logits - lse[:, None])
     probs[np.arange(len(targets))[kept], targets[kept]] -= 1
-    return (probs * np.where(kept, dlosses, 0)[:, None]).astype(logits.dtype)
+    return np.where(kept[:, None], probs * dlosses[:, None], 0).astype(logits.dtype)
 
 
 # --- embedding -----------------------------------------------------------------------------------
@@ -363,15 +365,40 @@ def _causal_mask(tq, tk):
     return np.arange(tk)[None, :] <= (tk - tq + np.arange(tq))[:, None]
 
 
+# Why masked products need care. Query i's answer is, by definition, what it would be for that
+# query alone against the keys it sees -- exactly the call a KV cache makes while decoding, which
+# never holds the later keys. Computing every query at once as one (Tq, Tk) product P @ V is the
+# same sum plus terms P_ij V_j with P_ij = 0 for the hidden keys j; those vanish only while V_j is
+# finite, since 0 * NaN = 0 * inf = NaN. So the products below run as one fast matmul and then
+# redo, for the rare output rows that came out non-finite, the sum over the visible terms alone.
+# A row that came out finite had only 0 * finite = 0 extra terms, so it needs no second look.
+
+def _masked_matmul(a, b, visible):
+    """sum_k a_mk b_kn over the k with visible[m, k] only, batched over the leading axes.
+
+    a must be 0 where hidden, or not finite there: such an entry makes its row of the matmul
+    non-finite, so that row is redone without it. P = exp(-inf - lse) and dS = P (dP - D) are
+    of that kind.
+    """
+    c = np.matmul(a, b)
+    batch = c.shape[:-2]
+    a, b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+    for *index, m in np.argwhere(~np.isfinite(c).all(axis=-1)):
+        index, seen = tuple(index), visible[m]
+        c[index + (m,)] = np.matmul(a[index + (m,)][seen], b[index][seen])
+    return c
+
+
 def attention_forward(q, k, v):
     # S = q k^T / sqrt(HS) (causal), lse = logsumexp_j S_ij, P = exp(S - lse), out = P v
     nh, tq, hs = q.shape[1], q.shape[2], q.shape[3]
     keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
+    visible = _causal_mask(tq, k.shape[2])
     scores = np.matmul(q, np.swapaxes(keys, -1, -2)) / np.sqrt(hs)
-    scores = np.where(_causal_mask(tq, k.shape[2]), scores, -np.inf)
+    scores = np.where(visible, scores, -np.inf)
     lse = _logsumexp(scores)
     probs = np.exp(scores - lse[..., None])
-    return np.matmul(probs, values).astype(q.dtype), lse.astype(q.dtype)
+    return _masked_matmul(probs, values, visible).astype(q.dtype), lse.astype(q.dtype)
 
 
 def attention_backward(dout, q, k, v, out, lse):
@@ -386,18 +413,24 @@ def attention_backward(dout, q, k, v, out, lse):
     # exp(S - lse) from the saved row logsumexp (nothing T x T was kept); masked entries have
     # P_ij = 0, hence dS_ij = 0. With grouped-query heads each key/value head serves `group`
     # query heads, so dK and dV sum over the heads of each group.
+    # Each gradient is the sum of the per-query calls' gradients (see _masked_matmul): a hidden
+    # pair (i, j) contributes nothing, even where dout_i, q_i, k_j, v_j or D_i is not finite. So
+    # every product over the pairs is masked: P^T dout and dS^T Q by visible^T, dS K by visible.
+    # dP = dout V^T is elementwise in (i, j) and reaches the gradients only through dS, whose
+    # hidden entries, P_ij (dP_ij - D_i) = 0 * (a NaN maybe), those products leave out.
     b, nh, tq, hs = q.shape
     nkv = k.shape[1]
     keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
+    visible = _causal_mask(tq, k.shape[2])
     scale = 1.0 / np.sqrt(hs)
     scores = np.matmul(q, np.swapaxes(keys, -1, -2)) * scale
-    scores = np.where(_causal_mask(tq, k.shape[2]), scores, -np.inf)
+    scores = np.where(visible, scores, -np.inf)
     probs = np.exp(scores - lse[..., None])
-    dvalues = np.matmul(np.swapaxes(probs, -1, -2), dout)
+    dvalues = _masked_matmul(np.swapaxes(probs, -1, -2), dout, visible.T)
     dprobs = np.matmul(dout, np.swapaxes(values, -1, -2))
     dscores = probs * (dprobs - np.sum(dout * out, axis=-1, keepdims=True))
-    dq = np.matmul(dscores, keys) * scale
-    dkeys = np.matmul(np.swapaxes(dscores, -1, -2), q) * scale
+    dq = _masked_matmul(dscores, keys, visible) * scale
+    dkeys = _masked_matmul(np.swapaxes(dscores, -1, -2), q, visible.T) * scale
     group = nh // nkv
     dk = dkeys.reshape(b, nkv, group, -1, hs).sum(axis=2)
     dv = dvalues.reshape(b, nkv, group, -1, hs).sum(axis=2)
