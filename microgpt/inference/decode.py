@@ -19,13 +19,28 @@ shortcuts that only decoding allows:
 
 Scope: a model whose modules are exactly nn's GPT classes. Anything else — a LoRA-wrapped
 Linear, a subclass, a custom block — is reported by `Decoder.supports(model)` as False, and
-the Engine then decodes through GPT.forward, which is always correct.
+the Engine then decodes through GPT.forward, which is always correct. Every GPTConfig field
+is handled here (CONFIG_FIELDS lists them; a test fails when GPTConfig gains one that is not
+listed, so a new option cannot silently decode differently from GPT.forward):
+
+  - head_dim, n_kv_head: the shapes of the head views (the cache stores whatever k, v are);
+  - qkv_bias, attn_out_bias, bias: each Linear's bias, None where absent;
+  - qk_norm: the same rms_norm kernel on the (B, T, n, HS) view, before RoPE;
+  - rope_theta, rope_scaling: only the rotary tables, which are the model's own;
+  - sliding_window: GPTConfig accepts only windows that hold the whole context;
+  - dropout: off, since the model is in eval mode.
 """
 import numpy as np
 
 from .. import backends
 from ..nn import (GPT, MLP, Block, CausalSelfAttention, Embedding, KVCache, LayerNorm, Linear,
                   RMSNorm, SwiGLU)
+
+# The GPTConfig fields whose effect this file reproduces (see the docstring).
+CONFIG_FIELDS = frozenset({
+    "family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
+    "mlp_hidden", "dropout", "bias", "tie_embeddings", "norm_eps", "rope_theta", "head_dim",
+    "qkv_bias", "attn_out_bias", "qk_norm", "rope_scaling", "sliding_window"})
 
 
 def _plain(module, cls):
@@ -46,6 +61,8 @@ class Decoder:
             attn = block.attn if gpt2 else block.self_attn
             norms = (block.ln_1, block.ln_2) if gpt2 else (block.input_layernorm,
                                                            block.post_attention_layernorm)
+            if model.config.qk_norm:
+                norms += (attn.q_norm, attn.k_norm)
             if not (_plain(block, Block) and _plain(attn, CausalSelfAttention)
                     and _plain(block.mlp, mlp) and all(_plain(n, norm) for n in norms)
                     and all(_plain(getattr(attn, n), Linear) for n in linears)
@@ -77,10 +94,13 @@ class Decoder:
                     "qkv": _wb(a.c_attn), "out": _wb(a.c_proj),
                     "fc": _wb(m.c_fc), "proj": _wb(m.c_proj)}
         a, m = block.self_attn, block.mlp
+        qk_norm = self.config.qk_norm
         return {"ln_1": (block.input_layernorm.weight.data, block.input_layernorm.eps),
                 "ln_2": (block.post_attention_layernorm.weight.data,
                          block.post_attention_layernorm.eps),
                 "q": _wb(a.q_proj), "k": _wb(a.k_proj), "v": _wb(a.v_proj), "out": _wb(a.o_proj),
+                "q_norm": (a.q_norm.weight.data, a.q_norm.eps) if qk_norm else None,
+                "k_norm": (a.k_norm.weight.data, a.k_norm.eps) if qk_norm else None,
                 "gate": _wb(m.gate_proj), "up": _wb(m.up_proj), "down": _wb(m.down_proj)}
 
     @property
@@ -94,12 +114,15 @@ class Decoder:
             return self.be.layer_norm_forward(x, *params)[0]
         return self.be.rms_norm_forward(x, *params)[0]
 
-    def _heads(self, x, b, t, n):
-        """(B, T, n*HS) -> (B, n, T, HS); a reshape when T == 1."""
-        hs = self.config.head_size
+    def _heads(self, x, b, t, n, norm=None):
+        """(B, T, n*HS) -> (B, n, T, HS), each head RMS-normalized by `norm` (weight, eps) on
+        the way; a reshape when T == 1."""
+        be, hs = self.be, self.config.head_size
+        if norm is not None:
+            x = be.rms_norm_forward(be.reshape(x, (b, t, n, hs)), *norm)[0]   # over HS, per head
         if t == 1:
-            return self.be.reshape(x, (b, n, 1, hs))
-        return self.be.permute(self.be.reshape(x, (b, t, n, hs)), (0, 2, 1, 3))
+            return be.reshape(x, (b, n, 1, hs))
+        return be.permute(be.reshape(x, (b, t, n, hs)), (0, 2, 1, 3))
 
     def _attention(self, x, w, layer, b, t, rotary):
         be, nh, nkv = self.be, self.config.n_head, self.config.n_kv_head
@@ -110,8 +133,9 @@ class Decoder:
             k = be.getitem(heads, (every, slice(nh, nh + nkv)))
             v = be.getitem(heads, (every, slice(nh + nkv, nh + 2 * nkv)))
         else:
-            q = be.rope_forward(self._heads(be.linear_forward(x, *w["q"]), b, t, nh), *rotary)
-            k = be.rope_forward(self._heads(be.linear_forward(x, *w["k"]), b, t, nkv), *rotary)
+            q = self._heads(be.linear_forward(x, *w["q"]), b, t, nh, w["q_norm"])
+            k = self._heads(be.linear_forward(x, *w["k"]), b, t, nkv, w["k_norm"])
+            q, k = be.rope_forward(q, *rotary), be.rope_forward(k, *rotary)
             v = self._heads(be.linear_forward(x, *w["v"]), b, t, nkv)
         cache = self.cache
         if cache.keys[layer] is not None:

@@ -1,6 +1,7 @@
 """Causal self-attention: projections, heads, rotary positions, the KV cache.
 
     q, k, v = project(x)                  (B, T, C) -> (B, NH, T, HS), (B, NKV, T, HS) x 2
+    q, k    = q_norm(q), k_norm(k)        qk_norm only (Qwen3): RMSNorm over HS, per head
     q, k    = rope(q), rope(k)            Llama family only: rotate by position
     k, v    = cache ++ k, cache ++ v      when decoding with a KV cache
     y       = attention(q, k, v)          one fused op: causal softmax(q k^T / sqrt(HS)) v
@@ -9,24 +10,127 @@
 Grouped-query attention (NKV < NH key/value heads) is handled inside the fused op. The
 GPT-2 family projects q, k, v with one fused `c_attn` matrix; the Llama family uses
 q_proj, k_proj, v_proj and o_proj, so the parameter names match each family's checkpoints.
+The head size HS is n_embd / NH unless the config sets head_dim (Qwen3 runs 16 heads of 128
+on a width of 1024): q_proj is then (NH HS, C) and o_proj (C, NH HS), and nothing else
+cares. Biases: qkv_bias on q, k, v (Qwen2 has them there only), attn_out_bias on the output.
+
+qk-norm needs no kernel of its own: the projection viewed as (B, T, NH, HS) is a stack of
+B T NH rows of HS numbers, and the rms_norm op already normalizes the last axis of any
+array, so one call with a weight of shape (HS,) normalizes every head of every position
+(and its backward sums dweight over all of them). It comes before RoPE, as in Qwen3.
+
 There is no dropout on the attention probabilities (they are never materialized); the
 residual dropout after the output projection remains.
 """
 import numpy as np
 
+import math
+
 from .. import backends, ops, ops_fused
-from ..errors import ShapeError
-from .layers import Dropout, Linear
+from ..errors import ConfigError, ShapeError
+from .layers import Dropout, Linear, RMSNorm
 from .module import Module
 
+# --- rotary tables and their scalings ----------------------------------------------------------
+#
+# RoPE turns pair i of a head by the angle t * inv_freq_i at position t. A "rope scaling" is a
+# different set of inv_freq, chosen so that a model trained on contexts of L positions can
+# read longer ones; it changes the tables and nothing else (the rope kernel is untouched).
+# The dict is Hugging Face's `rope_scaling` (now `rope_parameters`) as written in config.json;
+# the formulas are those of transformers' modeling_rope_utils.py
+# (_compute_linear_scaling_rope_parameters and _compute_llama3_parameters), written out here.
 
-def rope_tables(length, head_size, theta, dtype):
+ROPE_SCALING_KEYS = {
+    "default": set(),
+    "linear": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+}
+# Keys a Hugging Face dict may carry besides these: the type under its old name, and (v5)
+# rope_theta, which must then agree with the config's own.
+_ROPE_SCALING_EXTRA = {"rope_type", "type", "rope_theta"}
+
+
+def rope_scaling_type(scaling, rope_theta=None):
+    """The scaling's type ("default", "linear" or "llama3") after checking the dict, or a
+    ConfigError saying which key is wrong. None means "default"."""
+    if scaling is None:
+        return "default"
+    if not isinstance(scaling, dict):
+        raise ConfigError(f"rope_scaling must be a dict such as {{'rope_type': 'linear', 'factor': 4.0}} "
+                          f"or None, got {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if "rope_type" in scaling and "type" in scaling and scaling["type"] != kind:
+        raise ConfigError(f"rope_scaling gives two types, rope_type={kind!r} and type={scaling['type']!r}")
+    if not isinstance(kind, str) or kind not in ROPE_SCALING_KEYS:
+        raise ConfigError(f"rope_scaling type {kind!r} is not supported; the supported types are "
+                          f"{', '.join(ROPE_SCALING_KEYS)}")
+    needed = ROPE_SCALING_KEYS[kind]
+    missing = sorted(needed - set(scaling))
+    if missing:
+        raise ConfigError(f"rope_scaling of type {kind!r} needs {', '.join(missing)}")
+    unknown = sorted(set(scaling) - needed - _ROPE_SCALING_EXTRA)
+    if unknown:
+        raise ConfigError(f"rope_scaling of type {kind!r} does not take {', '.join(unknown)} "
+                          f"(it takes {', '.join(sorted(needed)) or 'no parameters'})")
+    for key in needed:
+        value = scaling[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"rope_scaling {key} must be a number, got {value!r}")
+    if kind != "default" and scaling["factor"] <= 0:
+        raise ConfigError(f"rope_scaling factor must be > 0, got {scaling['factor']}")
+    if kind == "llama3":
+        if not 0 < scaling["low_freq_factor"] < scaling["high_freq_factor"]:
+            raise ConfigError(f"rope_scaling needs 0 < low_freq_factor < high_freq_factor, got "
+                              f"{scaling['low_freq_factor']} and {scaling['high_freq_factor']}")
+        if scaling["original_max_position_embeddings"] <= 0:
+            raise ConfigError("rope_scaling original_max_position_embeddings must be > 0, got "
+                              f"{scaling['original_max_position_embeddings']}")
+    if "rope_theta" in scaling and rope_theta is not None and scaling["rope_theta"] != rope_theta:
+        raise ConfigError(f"rope_scaling says rope_theta={scaling['rope_theta']} but the config says "
+                          f"rope_theta={rope_theta}; set the config's rope_theta to the model's")
+    return kind
+
+
+def rope_inv_freq(head_size, theta, scaling=None):
+    """The rotary frequencies of the HS/2 pairs, float64, after the scaling (see above).
+
+    default   inv_freq_i = theta^(-2i / HS)                   (RoFormer, 2021)
+    linear    inv_freq_i / factor                             positions squeezed by `factor`:
+              angle(t) = (t / factor) inv_freq, "position interpolation"
+    llama3    by wavelength w_i = 2 pi / inv_freq_i, against the training context L
+              (original_max_position_embeddings):
+                w_i < L / high_freq_factor     unchanged (turns many times within L: the
+                                               fine positions, which the model already knows)
+                w_i > L / low_freq_factor      inv_freq_i / factor (never completed a turn
+                                               within L: squeezed like linear)
+                otherwise                      (1 - s) inv_freq_i / factor + s inv_freq_i,
+                                               s = (L / w_i - low_freq_factor)
+                                                   / (high_freq_factor - low_freq_factor)
+              s is 1 at the first boundary and 0 at the second, so the three pieces join.
+    """
+    kind = rope_scaling_type(scaling)
+    inv_freq = 1.0 / theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size)
+    if kind == "linear":
+        return inv_freq / scaling["factor"]
+    if kind == "llama3":
+        factor, low, high = scaling["factor"], scaling["low_freq_factor"], scaling["high_freq_factor"]
+        context = scaling["original_max_position_embeddings"]
+        wavelength = 2 * math.pi / inv_freq
+        smooth = (context / wavelength - low) / (high - low)
+        medium = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        return np.where(wavelength < context / high, inv_freq,
+                        np.where(wavelength > context / low, inv_freq / factor, medium))
+    return inv_freq
+
+
+def rope_tables(length, head_size, theta, dtype, scaling=None):
     """cos and sin of the rotary angles, each (length, HS/2).
 
-    angle(t, i) = t / theta^(2i / HS): pair i turns by a frequency that falls geometrically
-    with i, so low pairs encode fine positions and high pairs coarse ones (RoFormer, 2021).
+    angle(t, i) = t inv_freq_i, inv_freq_i = theta^(-2i / HS) unscaled: pair i turns by a
+    frequency that falls geometrically with i, so low pairs encode fine positions and high
+    pairs coarse ones (RoFormer, 2021). `scaling` changes the frequencies (rope_inv_freq).
     """
-    inv_freq = 1.0 / theta ** (np.arange(0, head_size, 2, dtype=np.float64) / head_size)
+    inv_freq = rope_inv_freq(head_size, theta, scaling)
     angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
@@ -55,26 +159,35 @@ class CausalSelfAttention(Module):
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, hs
         self.family = config.family
         if config.family == "gpt2":
-            self.c_attn = Linear(c, (self.n_head + 2 * self.n_kv_head) * hs, config.bias, rng, dtype=dtype)
-            self.c_proj = Linear(self.n_head * hs, c, config.bias, rng, std=proj_std, dtype=dtype)
+            self.c_attn = Linear(c, (self.n_head + 2 * self.n_kv_head) * hs, config.qkv_bias, rng, dtype=dtype)
+            self.c_proj = Linear(self.n_head * hs, c, config.attn_out_bias, rng, std=proj_std, dtype=dtype)
         else:
-            self.q_proj = Linear(c, self.n_head * hs, config.bias, rng, dtype=dtype)
-            self.k_proj = Linear(c, self.n_kv_head * hs, config.bias, rng, dtype=dtype)
-            self.v_proj = Linear(c, self.n_kv_head * hs, config.bias, rng, dtype=dtype)
-            self.o_proj = Linear(self.n_head * hs, c, config.bias, rng, std=proj_std, dtype=dtype)
+            self.q_proj = Linear(c, self.n_head * hs, config.qkv_bias, rng, dtype=dtype)
+            self.k_proj = Linear(c, self.n_kv_head * hs, config.qkv_bias, rng, dtype=dtype)
+            self.v_proj = Linear(c, self.n_kv_head * hs, config.qkv_bias, rng, dtype=dtype)
+            self.o_proj = Linear(self.n_head * hs, c, config.attn_out_bias, rng, std=proj_std, dtype=dtype)
+            if config.qk_norm:                                       # Qwen3's names
+                self.q_norm = RMSNorm(hs, config.norm_eps, dtype)
+                self.k_norm = RMSNorm(hs, config.norm_eps, dtype)
+        self.qk_norm = config.qk_norm
         self.dropout = Dropout(config.dropout, rng)
 
-    def _heads(self, x, n):
-        """(B, T, n*HS) -> (B, n, T, HS)."""
+    def _heads(self, x, n, norm=None):
+        """(B, T, n*HS) -> (B, n, T, HS), normalizing each head by `norm` on the way."""
         b, t, _ = x.shape
-        return ops.permute(ops.reshape(x, (b, t, n, self.head_size)), (0, 2, 1, 3))
+        x = ops.reshape(x, (b, t, n, self.head_size))
+        if norm is not None:
+            x = norm(x)                                              # RMSNorm over HS, per head
+        return ops.permute(x, (0, 2, 1, 3))
 
     def _project(self, x):
         nh, nkv = self.n_head, self.n_kv_head
         if self.family == "gpt2":
             qkv = self._heads(self.c_attn(x), nh + 2 * nkv)          # (B, NH + 2 NKV, T, HS)
             return qkv[:, :nh], qkv[:, nh:nh + nkv], qkv[:, nh + nkv:]
-        return self._heads(self.q_proj(x), nh), self._heads(self.k_proj(x), nkv), self._heads(self.v_proj(x), nkv)
+        q_norm, k_norm = (self.q_norm, self.k_norm) if self.qk_norm else (None, None)
+        return (self._heads(self.q_proj(x), nh, q_norm), self._heads(self.k_proj(x), nkv, k_norm),
+                self._heads(self.v_proj(x), nkv))
 
     def forward(self, x, rotary=None, cache=None, layer=0):
         """x (B, T, C); rotary = (cos, sin) arrays for these T positions, or None."""
@@ -93,8 +206,8 @@ class CausalSelfAttention(Module):
 class RotaryTables:
     """cos/sin tables for positions 0..block_size-1, kept on the model's device."""
 
-    def __init__(self, block_size, head_size, theta):
-        self.block_size, self.head_size, self.theta = block_size, head_size, theta
+    def __init__(self, block_size, head_size, theta, scaling=None):
+        self.block_size, self.head_size, self.theta, self.scaling = block_size, head_size, theta, scaling
         self._tables = {}   # (device, dtype) -> (cos, sin) backend arrays
 
     def slice(self, start, length, device, dtype):
@@ -103,7 +216,7 @@ class RotaryTables:
         key = (device, np.dtype(dtype))
         if key not in self._tables:
             be = backends.get(device)
-            cos, sin = rope_tables(self.block_size, self.head_size, self.theta, dtype)
+            cos, sin = rope_tables(self.block_size, self.head_size, self.theta, dtype, self.scaling)
             self._tables[key] = (be.asarray(cos, dtype), be.asarray(sin, dtype))
         be = backends.get(device)
         rows = slice(start, start + length)

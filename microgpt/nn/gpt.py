@@ -14,6 +14,19 @@
     biases         yes                            no
     names          transformer.h.0.attn.c_attn    model.layers.0.self_attn.q_proj
 
+The Llama family's options cover the models built like it, each one field of GPTConfig
+(no model class of their own):
+
+    Llama 1/2      tie_embeddings=False (Llama 2 70B: n_kv_head < n_head)
+    Llama 3        rope_theta 500000, GQA, untied; from 3.1 also rope_scaling
+                   {"rope_type": "llama3", ...} (3.2 1B/3B: tied)
+    Qwen2/2.5      qkv_bias=True (bias on q, k, v only), GQA, rope_theta 1e6
+    Qwen3          qk_norm=True (RMSNorm of each head of q and k), head_dim set apart from
+                   n_embd / n_head
+    Mistral        sliding_window: accepted when the window holds the whole context
+                   (window >= block_size, where it changes nothing); a shorter window is a
+                   ConfigError until the attention kernels take one
+
 Parameter names follow each family's Hugging Face checkpoints, so real weights map by name
 (GPT-2's Conv1D weights are the transpose of our Linear's). Initialization is GPT-2's:
 N(0, 0.02), with the residual output projections scaled by 1/sqrt(2 L) so the residual
@@ -28,7 +41,7 @@ import numpy as np
 from .. import ops_fused
 from ..errors import ConfigError, ShapeError
 from ..tensor import Tensor
-from .attention import CausalSelfAttention, KVCache, RotaryTables
+from .attention import CausalSelfAttention, KVCache, RotaryTables, rope_scaling_type
 from .layers import INIT_STD, MLP, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
 from .module import Module, ModuleList
 
@@ -46,10 +59,18 @@ class GPTConfig:
     n_embd: int = 384
     mlp_hidden: Optional[int] = None   # None: 4C (gpt2), about 8C/3 rounded up to 64 (llama)
     dropout: float = 0.0
-    bias: Optional[bool] = None        # None: True for gpt2, False for llama
+    bias: Optional[bool] = None        # None: True for gpt2, False for llama. The MLP's biases,
+                                       # and the default of the two attention flags below
     tie_embeddings: bool = True
     norm_eps: Optional[float] = None   # None: 1e-5 (LayerNorm), 1e-6 (RMSNorm)
     rope_theta: float = 10000.0
+    # The Llama family's variants (see the module docstring); gpt2 refuses what it lacks.
+    head_dim: Optional[int] = None     # None: n_embd // n_head; else any even size (Qwen3)
+    qkv_bias: Optional[bool] = None    # None: as bias. Bias on q, k, v (Qwen2: True, bias False)
+    attn_out_bias: Optional[bool] = None   # None: as bias. Bias on the attention output
+    qk_norm: bool = False              # RMSNorm over head_dim on each head of q and k (Qwen3)
+    rope_scaling: Optional[dict] = None    # Hugging Face's dict; None: unscaled (attention.py)
+    sliding_window: Optional[int] = None   # Mistral's window; None: full causal attention
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -57,24 +78,75 @@ class GPTConfig:
         llama = self.family == "llama"
         self.n_kv_head = self.n_head if self.n_kv_head is None else self.n_kv_head
         self.bias = (not llama) if self.bias is None else self.bias
+        self.qkv_bias = self.bias if self.qkv_bias is None else self.qkv_bias
+        self.attn_out_bias = self.bias if self.attn_out_bias is None else self.attn_out_bias
         self.norm_eps = (1e-6 if llama else 1e-5) if self.norm_eps is None else self.norm_eps
         if self.mlp_hidden is None:
             self.mlp_hidden = 64 * math.ceil(8 * self.n_embd / 3 / 64) if llama else 4 * self.n_embd
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
-            raise ConfigError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head}")
+        if self.head_dim is None:
+            if self.n_embd % self.n_head:
+                raise ConfigError(f"n_embd={self.n_embd} must be a multiple of n_head={self.n_head} "
+                                  f"(or set head_dim)")
+            self.head_dim = self.n_embd // self.n_head
+        if isinstance(self.head_dim, bool) or not isinstance(self.head_dim, int) or self.head_dim < 1:
+            raise ConfigError(f"head_dim must be a positive integer or None, got {self.head_dim!r}")
+        for name in ("qkv_bias", "attn_out_bias", "qk_norm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.n_head % self.n_kv_head:
             raise ConfigError(f"n_head={self.n_head} must be a multiple of n_kv_head={self.n_kv_head}")
         if llama and self.head_size % 2:
             raise ConfigError(f"rotary positions need an even head size, got {self.head_size}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
+        if llama:
+            rope_scaling_type(self.rope_scaling, self.rope_theta)
+            if self.rope_scaling is not None:
+                self.rope_scaling = dict(self.rope_scaling)      # the config's own copy
+        else:
+            self._refuse_llama_options()
+        self._check_sliding_window()
+
+    def _refuse_llama_options(self):
+        """GPT-2's block has one fused c_attn, learned positions and heads of n_embd / n_head."""
+        wrong = []
+        if self.n_embd % self.n_head or self.head_dim != self.n_embd // self.n_head:
+            wrong.append(f"head_dim={self.head_dim} (gpt2's heads are n_embd / n_head)")
+        for name in ("qkv_bias", "attn_out_bias"):
+            if getattr(self, name) != self.bias:
+                wrong.append(f"{name}={getattr(self, name)} (gpt2 has one bias flag, bias={self.bias})")
+        if self.qk_norm:
+            wrong.append("qk_norm=True")
+        if self.rope_scaling is not None:
+            wrong.append(f"rope_scaling={self.rope_scaling!r} (gpt2 has no rotary positions)")
+        if self.sliding_window is not None:
+            wrong.append(f"sliding_window={self.sliding_window}")
+        if wrong:
+            raise ConfigError(f"family='gpt2' does not take {'; '.join(wrong)}: these are "
+                              f"Llama-family options, use family='llama'")
+
+    def _check_sliding_window(self):
+        """Accepted only where it changes nothing. Query i sees key j when 0 <= i - j < window
+        (Mistral, as Hugging Face masks it); positions are < block_size, so i - j <= block_size - 1
+        and a window >= block_size is plain causal attention. A shorter one needs a window in
+        the attention kernels, which they do not take yet."""
+        window = self.sliding_window
+        if window is None:
+            return
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"sliding_window must be a positive integer or None, got {window!r}")
+        if window < self.block_size:
+            raise ConfigError(f"sliding_window is not supported yet: a window of {window} positions "
+                              f"is shorter than block_size={self.block_size} and the attention kernels "
+                              f"take no window; set block_size <= {window} (the window then holds "
+                              f"the whole context) or sliding_window=None")
 
     @property
     def head_size(self):
-        return self.n_embd // self.n_head
+        return self.head_dim
 
     def to_dict(self):
         return asdict(self)
@@ -130,7 +202,8 @@ class GPT(Module):
             self.model = _Group(embed_tokens=Embedding(v, c, rng, dtype=dtype), layers=blocks,
                                 norm=RMSNorm(c, config.norm_eps, dtype))
             token_table = self.model.embed_tokens
-            self.rotary = RotaryTables(config.block_size, config.head_size, config.rope_theta)
+            self.rotary = RotaryTables(config.block_size, config.head_size, config.rope_theta,
+                                       config.rope_scaling)
         self.lm_head = Linear(c, v, bias=False, rng=rng, dtype=dtype)
         if config.tie_embeddings:
             self.lm_head.weight = token_table.weight      # one Parameter under two names
