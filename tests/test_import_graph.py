@@ -14,7 +14,8 @@ The layers, bottom up, as README.md's "The design in a page" draws them:
     tensor, ops, ops_fused ... autograd and the math of every op
     nn/                        layers and models
     data/, tokenizer/          text in, tokens out
-    train/, inference/         the loop, checkpoints, generation
+    train/, inference/,        the loop, checkpoints, generation, and Hugging Face models in
+    interop/                   and out (train/checkpoint.py writes through interop/)
     cli, __main__, microgpt    the command, and the package's front door (it serves names
                                of every layer)
 
@@ -36,7 +37,7 @@ LAYERS = [
                     "microgpt.gradcheck"]),
     ("nn", ["microgpt.nn"]),
     ("data/tokenizer", ["microgpt.data", "microgpt.tokenizer"]),
-    ("train/inference", ["microgpt.train", "microgpt.inference"]),
+    ("train/inference", ["microgpt.train", "microgpt.inference", "microgpt.interop"]),
     ("cli", ["microgpt.cli", "microgpt.__main__", "microgpt"]),
 ]
 

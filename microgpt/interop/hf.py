@@ -1,0 +1,308 @@
+"""A Hugging Face model directory in and out: load_pretrained and export_hf.
+
+    model = load_pretrained("path/to/Qwen3-0.6B")       # -> GPT, in eval mode
+    loaded = load_hf_directory(path)                    # -> Pretrained(model, tokenizer,
+                                                        #    generation, hf_config)
+    export_hf(model, tokenizer, "out/dir", generation={"temperature": 0.7, "top_k": 40})
+
+A directory, as transformers' save_pretrained writes it:
+
+    config.json                       the architecture, by model_type (hf_config.py)
+    model.safetensors                 the weights, or, sharded:
+    model.safetensors.index.json        {"weight_map": {tensor name: shard file}} and
+    model-00001-of-00003.safetensors    the shards it names
+    generation_config.json            sampling defaults (optional)
+    tokenizer.json, tokenizer_config.json   the tokenizer (optional; tokenizer/hf.py)
+
+Loading happens in two passes, so that a bad directory fails before anything is loaded:
+
+  1. check: config.json parsed and mapped to a GPTConfig; every safetensors header parsed
+     and checked against its file's size (hf_safetensors.py: a truncated file is caught
+     here); every tensor matched to a parameter of the model by name, shape and dtype; no
+     parameter left without a tensor, no tensor left without a parameter.
+  2. load: one tensor at a time, read through the file's memory map, widened to float32
+     when stored as float16 / bfloat16, copied into its parameter, its pages released.
+     Peak memory is the model plus one tensor: the model is never held twice.
+
+Any problem is a one-line MicrogptError naming the file (and the key or tensor) and what to
+do; the half-built model is dropped with the error, so nothing half-loaded is ever returned.
+
+Export writes every file into a temporary directory beside the target, fsyncs each file
+and the directory, then renames it into place: a reader sees the old directory or the
+complete new one. transformers' AutoModelForCausalLM loads the result with no missing or
+unexpected keys (tests/test_interop_hf.py checks it, and that the logits agree).
+"""
+import json
+import os
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import CheckpointError, ConfigError
+from ..fileio import fsync_dir, write_json
+from ..nn import GPT
+from . import hf_names
+from .hf_config import gpt_config_from_hf, generation_from_hf, generation_to_hf, hf_config_from_gpt
+from .hf_safetensors import SafetensorsReader, write_safetensors
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+GENERATION_FILE = "generation_config.json"
+EXPORT_DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
+
+
+@dataclass
+class Pretrained:
+    """What a Hugging Face directory holds, loaded."""
+    model: GPT
+    tokenizer: object          # our Tokenizer, or None when the directory has none we can read
+    generation: dict           # sampling defaults (hf_config.generation_from_hf)
+    hf_config: dict            # config.json as parsed
+
+
+def read_json_object(path, what):
+    """The JSON object in `path`; missing, not JSON or not an object is a CheckpointError."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; a Hugging Face model directory needs its {what}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc}); download or export the file again") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object; download or export the file again")
+    return value
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+def load_pretrained(path, dtype=np.float32, device="cpu"):
+    """The GPT of Hugging Face directory `path` (eval mode), its weights as `dtype`."""
+    return load_hf_directory(path, dtype, device, tokenizer=False).model
+
+
+def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True):
+    """Pretrained(model, tokenizer, generation, hf_config) of Hugging Face directory `path`."""
+    if not os.path.isdir(path):
+        raise CheckpointError(f"{path}: no such directory; give a Hugging Face model directory "
+                              f"(config.json and model.safetensors)")
+    config_path = os.path.join(path, CONFIG_FILE)
+    hf = read_json_object(config_path, "config.json")
+    config = gpt_config_from_hf(hf, config_path)
+    readers = open_weights(path)
+    try:
+        model = GPT(config, dtype=dtype)
+        plan = match_tensors(model, readers)
+        _load(model, plan)
+    finally:
+        for reader in readers:
+            reader.close()
+    model.eval()
+    if device != "cpu":
+        model.to(device)
+    generation = read_generation(path, hf)
+    return Pretrained(model, load_tokenizer(path) if tokenizer else None, generation, hf)
+
+
+def open_weights(path):
+    """[SafetensorsReader] of the directory's weights, one file or the shards of the index,
+    every header already parsed and checked."""
+    single = os.path.join(path, WEIGHTS_FILE)
+    if os.path.isfile(single):
+        return [SafetensorsReader(single)]
+    index_path = os.path.join(path, INDEX_FILE)
+    if not os.path.isfile(index_path):
+        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} and no {INDEX_FILE}; only safetensors "
+                              f"weights are read (convert .bin / .pth files with transformers' "
+                              f"save_pretrained)")
+    index = read_json_object(index_path, INDEX_FILE)
+    weight_map = index.get("weight_map")
+    if not (isinstance(weight_map, dict) and weight_map
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
+        raise CheckpointError(f"{index_path}: 'weight_map' must be an object of tensor name -> shard "
+                              f"file; download the index again")
+    readers = []
+    for shard in sorted(set(weight_map.values())):
+        shard_path = os.path.join(path, shard)
+        if os.path.basename(shard) != shard or shard in (".", ".."):
+            raise CheckpointError(f"{index_path}: shard {shard!r} is not a file name in the directory")
+        if not os.path.isfile(shard_path):
+            raise CheckpointError(f"{shard_path}: missing shard named by {index_path}; download it "
+                                  f"(every file the index names must be present)")
+        readers.append(SafetensorsReader(shard_path))
+    by_file = {os.path.basename(r.path): r for r in readers}
+    for name, shard in weight_map.items():
+        if name not in by_file[shard].tensors:
+            raise CheckpointError(f"{by_file[shard].path}: has no tensor {name!r}, which {index_path} "
+                                  f"places there; the shard and the index do not match")
+    return readers
+
+
+def match_tensors(model, readers):
+    """[(parameter name, reader, tensor name)] pairing every parameter with one tensor of the
+    files, checked by name and shape; any mismatch is a CheckpointError before any load."""
+    family = model.config.family
+    params = dict(model.named_parameters())
+    found, unexpected, lm_head = {}, [], None
+    for reader in readers:
+        for name, info in reader.tensors.items():
+            ours = hf_names.our_name(name, family, params)
+            if name == hf_names.LM_HEAD and model.config.tie_embeddings:
+                lm_head = (reader, name)              # a tied head saved anyway: checked below
+                continue
+            if ours is None:
+                if not hf_names.is_buffer(name):
+                    unexpected.append(f"{name} ({os.path.basename(reader.path)})")
+                continue
+            if ours in found:
+                raise CheckpointError(f"{reader.path}: tensor {name!r} also appears in "
+                                      f"{found[ours][0].path}; the files disagree")
+            expected = params[ours].shape
+            stored = tuple(reversed(expected)) if hf_names.is_transposed(ours, family) else expected
+            if info.shape != stored:
+                raise CheckpointError(f"{reader.path}: tensor {name!r} has shape {info.shape}, the "
+                                      f"config.json model needs {stored}; the weights and config.json "
+                                      f"do not belong together")
+            if info.dtype not in ("F32", "F16", "BF16", "F64"):
+                raise CheckpointError(f"{reader.path}: tensor {name!r} has dtype {info.dtype}; only "
+                                      f"floating-point weights (F32, F16, BF16, F64) can be loaded")
+            found[ours] = (reader, name)
+    missing = [name for name in params if name not in found]
+    if unexpected or missing:
+        where = ", ".join(sorted({os.path.dirname(r.path) or "." for r in readers}))
+        hint = ("; if the model ties its input and output embeddings, set tie_word_embeddings: true "
+                "in config.json") if missing == [hf_names.LM_HEAD] else ""
+        raise CheckpointError(f"{where}: the weights do not match config.json: missing "
+                              f"{_listed(missing)}, unexpected {_listed(unexpected)}{hint}")
+    if lm_head is not None:
+        _check_tied(lm_head, found[hf_names.EMBEDDING[family]])
+    return [(ours, reader, name) for ours, (reader, name) in found.items()]
+
+
+def _listed(names):
+    return "none" if not names else ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
+def _check_tied(lm_head, embedding):
+    (head_reader, head_name), (emb_reader, emb_name) = lm_head, embedding
+    head, emb = head_reader.tensors[head_name], emb_reader.tensors[emb_name]
+    same = head.shape == emb.shape and np.array_equal(head_reader.float32(head_name),
+                                                      emb_reader.float32(emb_name))
+    if not same:
+        raise CheckpointError(f"{head_reader.path}: tensor {head_name!r} differs from {emb_name!r}, but "
+                              f"config.json says tie_word_embeddings: true; set it to false for a model "
+                              f"with its own output matrix")
+
+
+def _load(model, plan):
+    """Copy each planned tensor into its parameter, one at a time (the second pass)."""
+    family = model.config.family
+    for ours, reader, name in plan:
+        array = hf_names.from_hf_layout(ours, reader.float32(name), family)
+        model.load_state_dict({ours: array}, strict=False)   # copies into the parameter
+        del array                                            # drop the view before close()
+        reader.release(name)
+
+
+def read_generation(path, hf):
+    """Sampling defaults from generation_config.json (transformers' defaults if absent), the
+    bos/eos ids falling back to config.json's."""
+    gen_path = os.path.join(path, GENERATION_FILE)
+    gen = read_json_object(gen_path, GENERATION_FILE) if os.path.exists(gen_path) else None
+    generation = generation_from_hf(gen, gen_path)
+    for key in ("bos_token_id", "eos_token_id"):
+        if key not in generation:
+            value = generation_from_hf({key: hf.get(key)}, os.path.join(path, CONFIG_FILE)).get(key)
+            if value is not None:
+                generation[key] = value
+    return generation
+
+
+def load_tokenizer(path):
+    """Our Tokenizer from the directory's tokenizer.json, or None when there is none (or the
+    HF tokenizer reader, tokenizer/hf.py, is not part of this version)."""
+    if not os.path.isfile(os.path.join(path, "tokenizer.json")):
+        return None
+    try:
+        from ..tokenizer.hf import load_hf_tokenizer
+    except ImportError:
+        return None
+    return load_hf_tokenizer(path)
+
+
+# --- export --------------------------------------------------------------------------------------
+
+class _Lazy:
+    """A parameter fetched to the host only when the writer reaches it (one tensor at a time,
+    also for a model on the GPU)."""
+
+    def __init__(self, name, param, family):
+        self.name, self.param, self.family = name, param, family
+        self.shape = tuple(reversed(param.shape)) if hf_names.is_transposed(name, family) else param.shape
+
+    def __array__(self, dtype=None, copy=None):
+        array = hf_names.to_hf_layout(self.name, self.param.numpy(), self.family)
+        return array if dtype is None else array.astype(dtype)
+
+
+def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overwrite=False):
+    """Write `model` (and `tokenizer`, if given) as a Hugging Face directory `out_dir`,
+    atomically; returns out_dir. dtype: "float32", "float16" or "bfloat16" weights.
+    An existing non-empty out_dir is replaced only with overwrite=True."""
+    if dtype not in EXPORT_DTYPES:
+        raise ConfigError(f"export dtype must be one of {', '.join(EXPORT_DTYPES)}, got {dtype!r}")
+    out_dir = os.path.abspath(out_dir)
+    if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)) and not overwrite:
+        raise CheckpointError(f"{out_dir}: already exists and is not empty; choose a new directory, or "
+                              f"pass overwrite=True to replace it")
+    eot = getattr(tokenizer, "eot_id", None)
+    generation = dict(generation or {})
+    bos, eos = generation.get("bos_token_id", eot), generation.get("eos_token_id", eot)
+    hf = hf_config_from_gpt(model.config, bos, eos, dtype)     # before any file: may refuse
+    family = model.config.family
+    tensors = {name: _Lazy(name, p, family) for name, p in model.named_parameters()}
+    parent = os.path.dirname(out_dir)
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        write_json(os.path.join(tmp, CONFIG_FILE), hf)
+        write_safetensors(os.path.join(tmp, WEIGHTS_FILE), tensors, EXPORT_DTYPES[dtype], {"format": "pt"})
+        write_json(os.path.join(tmp, GENERATION_FILE), generation_to_hf(generation, bos, eos))
+        if tokenizer is not None:
+            _save_tokenizer(tokenizer, tmp)
+        fsync_dir(tmp)
+        _swap_into_place(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def _save_tokenizer(tokenizer, out_dir):
+    try:
+        from ..tokenizer.hf import save_hf_tokenizer
+    except ImportError:
+        return                         # tokenizer/hf.py not in this version: the model part alone
+    save_hf_tokenizer(tokenizer, out_dir)
+    for name in os.listdir(out_dir):   # the tokenizer's files durable like ours
+        with open(os.path.join(out_dir, name), "rb") as f:
+            os.fsync(f.fileno())
+
+
+def _swap_into_place(tmp, out_dir):
+    """Rename the finished `tmp` to `out_dir` (an old one moved aside first, then removed)."""
+    parent = os.path.dirname(out_dir)
+    old = None
+    if os.path.exists(out_dir):
+        old = os.path.join(parent, f".{os.path.basename(out_dir)}.old-{os.getpid()}")
+        os.rename(out_dir, old)
+    os.rename(tmp, out_dir)
+    fsync_dir(parent)
+    if old is not None and os.path.isdir(old):
+        shutil.rmtree(old, ignore_errors=True)
+    elif old is not None:
+        os.remove(old)
