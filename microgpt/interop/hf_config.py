@@ -262,10 +262,17 @@ def _field(config, name, resolved_default):
     return resolved_default if value is None else value
 
 
-def choose_model_type(config):
-    """The HF model_type whose class has exactly this GPTConfig's features."""
+def choose_model_type(config, strict=True):
+    """The HF model_type whose class has exactly this GPTConfig's features. strict=False
+    gives the family's own type (gpt2, llama) where none has them: our run checkpoints keep
+    the HF key names for any model, transformers just cannot load those few."""
     if isinstance(config, dict):
         config = GPTConfig(**config)
+    if not strict:
+        try:
+            return choose_model_type(config)
+        except ConfigError:
+            return config.family
     if config.family == "gpt2":
         if not config.bias or config.n_kv_head != config.n_head:
             raise ConfigError("a GPT-2 model without biases or with grouped-query attention has no "
@@ -291,11 +298,12 @@ def choose_model_type(config):
                       f"(sliding window, no biases)")
 
 
-def hf_config_from_gpt(config, bos_token_id=None, eos_token_id=None, dtype="float32"):
-    """config.json (a dict) for a GPTConfig (or its to_dict()), in transformers' key names."""
+def hf_config_from_gpt(config, bos_token_id=None, eos_token_id=None, dtype="float32", strict=True):
+    """config.json (a dict) for a GPTConfig (or its to_dict()), in transformers' key names;
+    strict as for choose_model_type."""
     if isinstance(config, dict):
         config = GPTConfig(**config)
-    model_type = choose_model_type(config)
+    model_type = choose_model_type(config, strict)
     c = config
     if model_type == "gpt2":
         hf = {"vocab_size": c.vocab_size, "n_positions": c.block_size, "n_ctx": c.block_size,

@@ -26,12 +26,13 @@ The layout, as `microgpt train` leaves it:
         loss.png                 the loss curve (train/plot.py), drawn at the end of a run
         checkpoints/
             step_000250/         one every checkpoint_interval steps and one at the last step
-                config.json              Hugging Face key names (GPT2LMHeadModel or
-                                         LlamaForCausalLM) plus "microgpt": our GPTConfig,
-                                         for an exact round trip
+                config.json              Hugging Face key names (GPT2LMHeadModel,
+                                         LlamaForCausalLM, Qwen2/Qwen3/Mistral as the flags
+                                         say: interop/hf_config.py) plus "microgpt": our
+                                         GPTConfig, for an exact round trip
                 model.safetensors        GPT-2 / Llama tensor names; GPT-2's attn/mlp
                                          matrices in its Conv1D layout (in, out), so
-                                         transformers loads the file
+                                         transformers loads the file (interop/hf_names.py)
                 tokenizer.bpe            the tokenizer, in microgpt's text format
                 generation_config.json   bos/eos ids and default sampling settings
                 optimizer.safetensors    AdamW moments: exp_avg.NAME, exp_avg_sq.NAME
@@ -68,6 +69,8 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write, fsync_dir, write_json
+from ..interop.hf_config import hf_config_from_gpt
+from ..interop.hf_names import from_hf_tensors, to_hf_tensors
 
 FORMAT_VERSION = 1
 MARKER = "COMPLETE"
@@ -78,8 +81,6 @@ METRICS_FILE = "metrics.jsonl"
 SAMPLES_FILE = "samples.txt"
 TRAINER_STATE_FORMAT = "microgpt-trainer-state"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
-_CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight",
-                    "mlp.c_proj.weight")
 
 
 # --- small file helpers ------------------------------------------------------------------------
@@ -148,41 +149,13 @@ def load_tensors(path):
         raise CheckpointError(f"{path}: cannot read safetensors ({exc}); the file is corrupt") from exc
 
 
-# --- Hugging Face names and layouts ---------------------------------------------------------------
-
-def to_hf_tensors(state, family):
-    """Our state_dict -> the tensors of the family's HF checkpoint (GPT-2 Conv1D transposed)."""
-    if family != "gpt2":
-        return dict(state)                 # Llama names and (out, in) layouts are already HF's
-    return {k: (np.ascontiguousarray(v.T) if k.endswith(_CONV1D_SUFFIXES) else v)
-            for k, v in state.items()}
-
-
-def from_hf_tensors(tensors, family):
-    """Inverse of to_hf_tensors (the transpose is its own inverse)."""
-    return to_hf_tensors(tensors, family)
-
+# --- Hugging Face names and layouts: interop/ owns the mapping ---------------------------------
 
 def hf_config(gpt, eot_id):
-    """config.json for a GPTConfig `gpt` (a dict), in the family's Hugging Face key names."""
-    if gpt["family"] == "gpt2":
-        hf = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
-              "vocab_size": gpt["vocab_size"], "n_positions": gpt["block_size"],
-              "n_ctx": gpt["block_size"], "n_embd": gpt["n_embd"], "n_layer": gpt["n_layer"],
-              "n_head": gpt["n_head"], "n_inner": gpt["mlp_hidden"],
-              "activation_function": "gelu_new", "layer_norm_epsilon": gpt["norm_eps"],
-              "resid_pdrop": gpt["dropout"], "embd_pdrop": gpt["dropout"], "attn_pdrop": 0.0,
-              "initializer_range": 0.02}
-    else:
-        hf = {"architectures": ["LlamaForCausalLM"], "model_type": "llama",
-              "vocab_size": gpt["vocab_size"], "max_position_embeddings": gpt["block_size"],
-              "hidden_size": gpt["n_embd"], "intermediate_size": gpt["mlp_hidden"],
-              "num_hidden_layers": gpt["n_layer"], "num_attention_heads": gpt["n_head"],
-              "num_key_value_heads": gpt["n_kv_head"], "rms_norm_eps": gpt["norm_eps"],
-              "rope_theta": gpt["rope_theta"], "hidden_act": "silu",
-              "attention_bias": gpt["bias"], "mlp_bias": gpt["bias"]}
-    hf.update({"tie_word_embeddings": gpt["tie_embeddings"], "bos_token_id": eot_id,
-               "eos_token_id": eot_id, "torch_dtype": "float32", "microgpt": dict(gpt)})
+    """config.json for a GPTConfig `gpt` (a dict): the family's Hugging Face key names
+    (interop/hf_config.py), plus "microgpt": our GPTConfig, for an exact round trip."""
+    hf = hf_config_from_gpt(gpt, eot_id, eot_id, strict=False)
+    hf["microgpt"] = dict(gpt)
     return hf
 
 
