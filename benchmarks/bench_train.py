@@ -156,6 +156,19 @@ def _rss_kib(field):
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
+def library_digest():
+    """The first 12 hex digits of the sha256 of the C library this process loaded ("none" if
+    it has none): every process of a run must time the same kernels, and a rebuild mid-run
+    (the tree is shared) would otherwise go unnoticed."""
+    import hashlib
+    from microgpt.backends import cpu
+    if not cpu.AVAILABLE:
+        return "none"
+    import microgpt.backends._cpu as built
+    with open(built.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
 def probe(side, preset, weights, warmup, steps, threads):
     """In a fresh process: seconds per timed step, every step's loss, and the peak RSS growth
     (bytes) over loading the weights, building this side's model and optimizer and training."""
@@ -175,7 +188,7 @@ def probe(side, preset, weights, warmup, steps, threads):
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
     return {"seconds": seconds, "losses": losses, "peak_bytes": (_rss_kib("VmHWM") - base) * 1024,
-            "load": load}
+            "load": load, "library": library_digest()}
 
 
 def run_probe(side, preset, weights, warmup, steps, threads):
@@ -196,7 +209,7 @@ def preset_rows(preset, weights, threads, rounds, warmup, steps):
     per side; each process contributes one figure of each kind."""
     p = PRESETS[preset]
     tokens = p["batch"] * p["time"]
-    rate, peak, loads, dloss = {"ours": [], "peer": []}, {"ours": [], "peer": []}, [], 0.0
+    rate, peak, loads, dloss, libraries = {"ours": [], "peer": []}, {"ours": [], "peer": []}, [], 0.0, set()
     for r in range(rounds):
         out = {}
         for side in ("ours", "peer"):
@@ -204,6 +217,7 @@ def preset_rows(preset, weights, threads, rounds, warmup, steps):
             rate[side].append(tokens / statistics.median(out[side]["seconds"]))
             peak[side].append(out[side]["peak_bytes"] / 2**20)
             loads.append(out[side]["load"])
+            libraries.add(out[side]["library"])
         gap = max(abs(a - b) for a, b in zip(out["ours"]["losses"], out["peer"]["losses"]))
         if gap > 1e-3:
             raise RuntimeError(f"{preset}: ours and the peer disagree by {gap:.2e} in loss on the same "
@@ -211,8 +225,11 @@ def preset_rows(preset, weights, threads, rounds, warmup, steps):
         dloss = max(dloss, gap)
         print(f"  {preset} round {r + 1}/{rounds}: ours {rate['ours'][-1]:.1f} tokens/s {peak['ours'][-1]:.0f} MiB, "
               f"peer {rate['peer'][-1]:.1f} tokens/s {peak['peer'][-1]:.0f} MiB, load {loads[-1]:.2f}", flush=True)
+    if len(libraries) > 1:
+        print(f"  WARNING: the C library changed during the {preset} rounds ({sorted(libraries)}); "
+              "these figures mix two builds", flush=True)
     rounds_info = {"rounds": rounds, "warmup_steps": warmup, "timed_steps": steps,
-                   "load_min": min(loads), "load_max": max(loads)}
+                   "load_min": min(loads), "load_max": max(loads), "libraries": sorted(libraries)}
     rows = []
     for values, unit in ((rate, "tokens/s"), (peak, "MiB")):
         ours, ours_min, ours_max = spread(values["ours"])

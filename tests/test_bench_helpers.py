@@ -83,7 +83,8 @@ def fake_probes(bench, monkeypatch, per_round, loss_gap=0.0):
         calls.append(side)
         seconds, mib = per_round[r][side]
         losses = [2.0 + (loss_gap if side == "peer" else 0.0)] * (warmup + steps)
-        return {"seconds": [seconds] * steps, "losses": losses, "peak_bytes": mib * 2**20, "load": 1.0 + r}
+        return {"seconds": [seconds] * steps, "losses": losses, "peak_bytes": mib * 2**20, "load": 1.0 + r,
+                "library": "abc"}
     monkeypatch.setattr(bench, "run_probe", run_probe)
     return calls
 
@@ -107,6 +108,7 @@ def test_bench_train_rows_are_medians_over_alternating_processes(monkeypatch):
     assert speed["ratio"] == pytest.approx(0.16 / 0.12)
     assert (speed["ratio_min"], speed["ratio_max"]) == pytest.approx((0.5, 2.0))
     assert speed["rounds"] == 5 and (speed["load_min"], speed["load_max"]) == (1.0, 5.0)
+    assert speed["libraries"] == ["abc"]
     assert memory["ours"] == pytest.approx(62) and memory["peer"] == pytest.approx(135)
     assert memory["ratio"] == pytest.approx(135 / 62)
     assert (memory["ratio_min"], memory["ratio_max"]) == pytest.approx((120 / 64, 140 / 62))
