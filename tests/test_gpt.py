@@ -1,6 +1,9 @@
 """The whole model: float64 gradient check, PyTorch cross-check, KV cache, memorization.
 
-- gradcheck of a tiny GPT of each family in float64 (sampled parameter elements);
+- gradcheck of a tiny GPT of each family in float64 (sampled parameter elements), and of
+  the Llama family's Qwen-style variants: qk_norm, head_dim apart from n_embd / n_head,
+  bias on q, k, v only, rope_scaling llama3 and linear (tests/test_gpt_families.py checks
+  them against transformers);
 - the same weights and batch in PyTorch (tests/torch_gpt.py) give the same logits, loss and
   every parameter gradient: float64 rel. error < 1e-6, float32 < 1e-4;
 - cached decoding equals recomputing the whole sequence;
@@ -19,6 +22,14 @@ FAMILIES = {
     "llama": dict(family="llama", vocab_size=13, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16),
     "gpt2-untied-gqa": dict(family="gpt2", vocab_size=11, block_size=8, n_layer=1, n_head=4, n_kv_head=1,
                             n_embd=8, tie_embeddings=False),
+    # head_dim 8 on n_embd 16 / 4 heads; theta 100 and a context of 32 put the four rotary
+    # pairs in all three llama3 regimes (kept, interpolated, divided by factor).
+    "qwen3": dict(family="llama", vocab_size=13, block_size=8, n_layer=2, n_head=4, n_kv_head=2, n_embd=16,
+                  head_dim=8, qk_norm=True, qkv_bias=True, attn_out_bias=True, rope_theta=100.0,
+                  rope_scaling={"rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}),
+    "qwen2": dict(family="llama", vocab_size=13, block_size=8, n_layer=1, n_head=4, n_kv_head=1, n_embd=16,
+                  qkv_bias=True, tie_embeddings=False, rope_scaling={"type": "linear", "factor": 2.0}),
 }
 
 
@@ -54,6 +65,8 @@ def test_matches_pytorch_autograd(family, dtype, tolerance):
     torch = pytest.importorskip("torch")
     import torch_gpt
     config = GPTConfig(**FAMILIES[family])
+    if config.rope_scaling is not None:      # torch_gpt takes the scaled frequencies from there
+        pytest.importorskip("transformers")
     model = GPT(config, seed=5, dtype=dtype)
     idx, targets = batch(config)
     logits, loss = model(idx, targets)
@@ -69,7 +82,7 @@ def test_matches_pytorch_autograd(family, dtype, tolerance):
         assert err < tolerance, f"{name}: gradient relative error {err:.3g}"
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("family", ["gpt2", "llama", "qwen3"])
 def test_kv_cache_decoding_equals_full_recomputation(family):
     config = GPTConfig(**FAMILIES[family])
     model = GPT(config, seed=0)

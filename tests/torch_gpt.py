@@ -4,6 +4,10 @@ It takes a dict of torch tensors under *our* parameter names (so identical weigh
 `state_dict()` away) and computes logits and loss with PyTorch's own layer_norm, gelu,
 scaled_dot_product_attention and cross_entropy. Tests use it as the autograd oracle; the
 benchmarks import it as the peer to time. Never imported by the microgpt package.
+
+The Llama family's variants follow the config: head_dim, biases wherever the parameters have
+them, qk_norm, and rope_scaling, whose frequencies come from transformers' own
+ROPE_INIT_FUNCTIONS (imported only for a scaled config), not from our formula.
 """
 import torch
 import torch.nn.functional as F
@@ -24,9 +28,24 @@ def _rms_norm(x, weight, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * weight
 
 
-def _rope(x, theta):
+def _inv_freq(config):
+    hs, theta, scaling = config.head_size, config.rope_theta, config.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return 1.0 / theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+    rope = {**scaling, "rope_type": kind, "rope_theta": theta}
+    rope.pop("type", None)
+    longest = max(config.block_size, rope.get("original_max_position_embeddings", 0) + 1)
+    hf = LlamaConfig(hidden_size=config.n_embd, num_attention_heads=config.n_head, head_dim=hs,
+                     max_position_embeddings=longest, rope_parameters=rope)
+    return ROPE_INIT_FUNCTIONS[kind](hf, "cpu")[0].to(torch.float64)
+
+
+def _rope(x, config):
     t, hs = x.shape[-2], x.shape[-1]
-    inv_freq = 1.0 / theta ** (torch.arange(0, hs, 2, dtype=torch.float64) / hs)
+    inv_freq = _inv_freq(config)
     angles = torch.arange(t, dtype=torch.float64)[:, None] * inv_freq[None, :]
     cos = torch.cat([angles.cos(), angles.cos()], -1).to(x.dtype).to(x.device)
     sin = torch.cat([angles.sin(), angles.sin()], -1).to(x.dtype).to(x.device)
@@ -57,9 +76,13 @@ def block_forward(params, config, x, layer):
         return x + _linear(F.gelu(_linear(h, p, pre + "mlp.c_fc"), approximate="tanh"), p, pre + "mlp.c_proj")
     pre = f"model.layers.{layer}."
     h = _rms_norm(x, p[pre + "input_layernorm.weight"], config.norm_eps)
-    q, k, v = (_linear(h, p, pre + f"self_attn.{name}").view(b, t, n, hs).transpose(1, 2)
+    q, k, v = (_linear(h, p, pre + f"self_attn.{name}").view(b, t, n, hs)
                for name, n in (("q_proj", nh), ("k_proj", nkv), ("v_proj", nkv)))
-    q, k = _rope(q, config.rope_theta), _rope(k, config.rope_theta)
+    if config.qk_norm:                     # each head of each position, over its hs numbers
+        q = _rms_norm(q, p[pre + "self_attn.q_norm.weight"], config.norm_eps)
+        k = _rms_norm(k, p[pre + "self_attn.k_norm.weight"], config.norm_eps)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    q, k = _rope(q, config), _rope(k, config)
     y = _attention(q, k, v, nh).transpose(1, 2).reshape(b, t, nh * hs)
     x = x + _linear(y, p, pre + "self_attn.o_proj")
     h = _rms_norm(x, p[pre + "post_attention_layernorm.weight"], config.norm_eps)
