@@ -21,8 +21,7 @@ from microgpt.errors import ConfigError
 from microgpt.inference.decode import CONFIG_FIELDS, Decoder
 from microgpt.inference.engine import Engine
 from microgpt.inference.sampling import SamplingConfig
-from microgpt.nn import GPT, GPTConfig, rope_tables
-from microgpt.nn.attention import rope_inv_freq
+from microgpt.nn import GPT, GPTConfig, rope_inv_freq, rope_tables
 from microgpt.tensor import no_grad
 
 LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,

@@ -214,13 +214,18 @@ def test_norms(data, shape, seed, with_bias):
     gradcheck(lambda v, g: ops_fused.rms_norm(v, g, eps=1e-6), [x, w], name="rms_norm")
 
 
+ROPE_SCALINGS = [None, {"rope_type": "linear", "factor": 4.0},
+                 {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 16}]
+
+
 @checks("rope")
-@given(st.data(), seeds)
-def test_rope(data, seed):
+@given(st.data(), seeds, st.sampled_from(ROPE_SCALINGS))
+def test_rope(data, seed, scaling):
     rng = np.random.default_rng(seed)
     b, nh, t = (data.draw(st.integers(1, 3)) for _ in range(3))
     hs = 2 * data.draw(st.integers(1, 4))
-    cos, sin = rope_tables(t, hs, 10000.0, np.float64)
+    cos, sin = rope_tables(t, hs, 10000.0, np.float64, scaling)    # scaled tables: same rotation
     gradcheck(lambda v: ops_fused.rope(v, cos, sin), [t64(rng, (b, nh, t, hs))])
 
 
