@@ -86,8 +86,8 @@ def _add_train(sub):
     g.add_argument("--top-k", type=_int(0), default=None, help="0 = off (default: the run's)")
     g.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0,
                    help="nucleus mass in (0, 1]; 1 = off (default)")
-    g.add_argument("--repetition-penalty", type=_float(0.0, low_open=True), default=1.0,
-                   help="> 0; 1 = off (default)")
+    g.add_argument("--repetition-penalty", type=_float(0.0, low_open=True), default=None,
+                   help="> 0; 1 = off (default: the run's, else 1)")
     g.add_argument("--seed", type=_int(0), default=0)
     g.add_argument("--stop", action="append", default=[],
                    help="stop string, backslash escapes allowed: --stop '\\n\\n' (repeatable)")
@@ -150,12 +150,14 @@ def _sampling(args, checkpoint, gen):
                           f"{type(gen).__name__}; fix or delete the file")
     temperature = gen.get("temperature", 0.8) if args.temperature is None else args.temperature
     top_k = gen.get("top_k", 0) if args.top_k is None else args.top_k
+    penalty = (gen.get("repetition_penalty", 1.0) if args.repetition_penalty is None
+               else args.repetition_penalty)
     try:
         return SamplingConfig(temperature=temperature, top_k=top_k, top_p=args.top_p,
-                              repetition_penalty=args.repetition_penalty)
+                              repetition_penalty=penalty)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}; fix the file, or override it with --temperature / "
-                          f"--top-k") from None
+                          f"--top-k / --repetition-penalty") from None
 
 
 def _run_generate(args):

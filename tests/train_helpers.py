@@ -29,8 +29,9 @@ def byte_tokenizer(directory):
 
 
 def tiny_config(tmp_path, out="run", **overrides):
-    """A model of a few thousand parameters that trains a step in milliseconds."""
-    values = dict(data=tiny_corpus(tmp_path), tokenizer=byte_tokenizer(tmp_path),
+    """A GPT-2-family model of a few thousand parameters that trains a step in milliseconds
+    (the family is pinned: the tests of the run format do not follow the demo's)."""
+    values = dict(family="gpt2", bias=True, data=tiny_corpus(tmp_path), tokenizer=byte_tokenizer(tmp_path),
                   val_fraction=0.1, n_layer=1, n_head=2, n_embd=16, block_size=16, batch_size=4,
                   max_steps=8, warmup_steps=2, lr=1e-2, min_lr=1e-3, eval_interval=4,
                   eval_batches=2, checkpoint_interval=4, log_interval=1, num_samples=0,

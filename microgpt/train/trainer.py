@@ -262,7 +262,8 @@ class Trainer:
         prompts = [[self.tokenizer.eot_id]] * (c.num_samples if count is None else count)
         room = c.block_size - 1
         outs = engine.generate(prompts, min(max_new_tokens or c.sample_tokens, room),
-                               SamplingConfig(temperature=c.temperature, top_k=c.top_k),
+                               SamplingConfig(temperature=c.temperature, top_k=c.top_k,
+                                              repetition_penalty=c.repetition_penalty),
                                seed=c.seed + self.step if seed is None else seed)
         return [o.text for o in outs]
 
@@ -283,6 +284,7 @@ class Trainer:
                  "data_key": self.meta.get("data_key"), "metrics": self.last,
                  "log_window": self.window}
         generation = {"temperature": c.temperature, "top_k": c.top_k,
+                      "repetition_penalty": c.repetition_penalty,
                       "max_new_tokens": c.sample_tokens}
         checkpoint = ckpt.Checkpoint(self.step, self.gpt_config.to_dict(), self.model.state_dict(),
                                      self.tokenizer, generation, state,
