@@ -78,19 +78,20 @@ def read_json_object(path, what):
 
 # --- loading -------------------------------------------------------------------------------------
 
-def load_pretrained(path, dtype=np.float32, device="cpu"):
-    """The GPT of Hugging Face directory `path` (eval mode), its weights as `dtype`."""
-    return load_hf_directory(path, dtype, device, tokenizer=False).model
+def load_pretrained(path, dtype=np.float32, device="cpu", block_size=None):
+    """The GPT of Hugging Face directory `path` (eval mode), its weights as `dtype`;
+    block_size caps a Llama-family context (hf_config.gpt_config_from_hf)."""
+    return load_hf_directory(path, dtype, device, tokenizer=False, block_size=block_size).model
 
 
-def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True):
+def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, block_size=None):
     """Pretrained(model, tokenizer, generation, hf_config) of Hugging Face directory `path`."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such directory; give a Hugging Face model directory "
                               f"(config.json and model.safetensors)")
     config_path = os.path.join(path, CONFIG_FILE)
     hf = read_json_object(config_path, "config.json")
-    config = gpt_config_from_hf(hf, config_path)
+    config = gpt_config_from_hf(hf, config_path, block_size)
     readers = open_weights(path)
     try:
         model = GPT(config, dtype=dtype)

@@ -29,7 +29,9 @@ The key names of each model_type (transformers' own, as its save_pretrained writ
     qk_norm         -                       qwen3 only
     sliding_window  -                       mistral: sliding_window (absent: 4096);
                                             qwen2/3: only with use_sliding_window, and only
-                                            if every layer slides (layer_types)
+                                            if every layer slides (layer_types); GPTConfig
+                                            takes a window that holds the whole context
+                                            (block_size= caps the context to make it so)
 
 The architecture's sizes are required: a config.json without hidden_size is refused, not
 filled with transformers' default of 4096, which would only fail later on every tensor's
@@ -123,13 +125,25 @@ def model_type_of(hf, where):
     return model_type
 
 
-def gpt_config_from_hf(hf, where="config.json"):
-    """The GPTConfig of a parsed config.json `hf` (`where` names the file in errors)."""
+def gpt_config_from_hf(hf, where="config.json", block_size=None):
+    """The GPTConfig of a parsed config.json `hf` (`where` names the file in errors).
+
+    block_size caps a Llama-family model's context below max_position_embeddings (its rotary
+    tables are computed, not stored): a Mistral window then holds the whole context, which
+    is what this engine's attention runs. GPT-2's context is its stored position table."""
     if not isinstance(hf, dict):
         raise ConfigError(f"{where}: not a JSON object")
     model_type = model_type_of(hf, where)
     keys = _Keys(hf, where)
     kwargs = _gpt2(keys) if model_type == "gpt2" else _llama_family(keys, model_type)
+    if block_size is not None:
+        if not _KINDS["size"][0](block_size) or block_size > kwargs["block_size"]:
+            raise ConfigError(f"block_size must be a positive integer <= the model's context of "
+                              f"{kwargs['block_size']} positions, got {block_size!r}")
+        if model_type == "gpt2" and block_size != kwargs["block_size"]:
+            raise ConfigError(f"{where}: a GPT-2 model's context is its stored position table of "
+                              f"{kwargs['block_size']} rows; load it without block_size")
+        kwargs["block_size"] = block_size
     return _build(kwargs, model_type, where)
 
 
@@ -145,7 +159,11 @@ def _build(kwargs, model_type, where):
     try:
         return GPTConfig(**kwargs)
     except (ConfigError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        hint = ""
+        if kwargs.get("sliding_window") and "sliding_window" in str(exc):
+            hint = (f"; or load with block_size={kwargs['sliding_window']}, a context the window "
+                    f"holds whole")
+        raise ConfigError(f"{where}: {exc}{hint}") from None
 
 
 def _gpt2(keys):
@@ -199,9 +217,7 @@ def _llama_family(keys, model_type):
     kwargs.update(bias=mlp_bias, qkv_bias=None if qkv_bias == mlp_bias else qkv_bias,
                   attn_out_bias=None if attention_bias == mlp_bias else attention_bias,
                   qk_norm=model_type == "qwen3")
-    window = _sliding_window(keys, model_type, n_layer)
-    # A window at least as long as the context never hides a key: the same model as none.
-    kwargs["sliding_window"] = window if window is not None and window < block_size else None
+    kwargs["sliding_window"] = _sliding_window(keys, model_type, n_layer)
     return kwargs
 
 
