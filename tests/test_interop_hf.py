@@ -703,3 +703,20 @@ def test_a_bad_generation_config_names_the_file(damaged, content, words):
     with pytest.raises(MicrogptError) as excinfo:
         load_hf_directory(path)
     one_line(excinfo, file, words)
+
+
+def test_the_run_loader_reads_a_hugging_face_directory_too(saved, tmp_path):
+    """checkpoint.load_model (what `microgpt generate` calls) takes an HF directory, sharded
+    too; it needs the tokenizer a run directory always has."""
+    from microgpt.train import checkpoint as ckpt
+    path = saved("qwen2", "sharded")
+    assert ckpt.resolve(path) == path and ckpt.is_hf_directory(path)
+    if not os.path.exists(os.path.join(path, "tokenizer.json")):
+        with pytest.raises(CheckpointError) as excinfo:
+            ckpt.load_model(path)
+        one_line(excinfo, path, "tokenizer.json")
+    from microgpt.tokenizer import Tokenizer
+    model = GPT(GPTConfig(vocab_size=257, block_size=16, n_layer=1, n_head=2, n_embd=16))
+    run = ckpt.save(str(tmp_path), ckpt.Checkpoint(1, model.config.to_dict(), model.state_dict(),
+                                                   Tokenizer.bytes_level(special_tokens=("<|endoftext|>",))))
+    assert not ckpt.is_hf_directory(run)               # ours: COMPLETE and the "microgpt" key

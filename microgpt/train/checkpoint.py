@@ -192,10 +192,25 @@ def latest(run_dir):
     return done[-1][1] if done else None
 
 
+def is_hf_directory(path):
+    """Whether `path` is a Hugging Face model directory (interop/hf.py reads it), not one of
+    our checkpoints: a config.json without our "microgpt" key, weights, and no COMPLETE."""
+    from ..interop.hf import INDEX_FILE, WEIGHTS_FILE
+    config = os.path.join(path, "config.json")
+    if is_complete(path) or not os.path.isfile(config) or not (
+            os.path.isfile(os.path.join(path, WEIGHTS_FILE)) or os.path.isfile(os.path.join(path, INDEX_FILE))):
+        return False
+    try:
+        return "microgpt" not in read_json(config)
+    except CheckpointError:
+        return False                       # unreadable: the checkpoint path reports it
+
+
 def resolve(path):
-    """A checkpoint directory from either a checkpoint directory or a run directory."""
-    if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
-            os.path.join(path, "model.safetensors")):
+    """A checkpoint directory from a checkpoint directory, a run directory, or a Hugging Face
+    model directory (returned as it is)."""
+    if (os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(
+            os.path.join(path, "model.safetensors"))) or is_hf_directory(path):
         return path
     found = latest(path)
     if found is None:
@@ -380,9 +395,18 @@ def load(path, training_state=True):
 
 
 def load_model(path, device="cpu"):
-    """(GPT, Tokenizer, generation config dict) from a checkpoint or run directory."""
+    """(GPT, Tokenizer, generation config dict) from a checkpoint or run directory, or from
+    a Hugging Face model directory (interop/hf.py; its tokenizer.json is then required)."""
     from ..nn import GPT, GPTConfig
     path = resolve(path)
+    if is_hf_directory(path):
+        from ..interop.hf import load_hf_directory
+        loaded = load_hf_directory(path, device=device)
+        if loaded.tokenizer is None:
+            raise CheckpointError(f"{path}: a Hugging Face model directory without a tokenizer.json "
+                                  f"of the byte-level BPE kind this version reads; add the model's "
+                                  f"tokenizer.json")
+        return loaded.model, loaded.tokenizer, loaded.generation
     checkpoint = load(path, training_state=False)
     try:
         config = GPTConfig(**checkpoint.gpt)
