@@ -85,13 +85,20 @@ def load_pretrained(path, dtype=np.float32, device="cpu", block_size=None):
 
 
 def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, block_size=None):
-    """Pretrained(model, tokenizer, generation, hf_config) of Hugging Face directory `path`."""
+    """Pretrained(model, tokenizer, generation, hf_config) of Hugging Face directory `path`.
+    tokenizer: True reads tokenizer.json if there is one, "required" refuses a directory
+    without one (before the weights are read), False skips it."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such directory; give a Hugging Face model directory "
                               f"(config.json and model.safetensors)")
     config_path = os.path.join(path, CONFIG_FILE)
     hf = read_json_object(config_path, "config.json")
     config = gpt_config_from_hf(hf, config_path, block_size)
+    generation = read_generation(path, hf)
+    our_tokenizer = load_tokenizer(path) if tokenizer else None
+    if tokenizer == "required" and our_tokenizer is None:
+        raise CheckpointError(f"{path}: no tokenizer.json of the byte-level BPE kind this version "
+                              f"reads; add the model's tokenizer.json")
     readers = open_weights(path)
     try:
         model = GPT(config, dtype=dtype)
@@ -103,8 +110,7 @@ def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, bloc
     model.eval()
     if device != "cpu":
         model.to(device)
-    generation = read_generation(path, hf)
-    return Pretrained(model, load_tokenizer(path) if tokenizer else None, generation, hf)
+    return Pretrained(model, our_tokenizer, generation, hf)
 
 
 def open_weights(path):

@@ -69,6 +69,7 @@ import numpy as np
 
 from ..errors import CheckpointError
 from ..fileio import atomic_write, fsync_dir, write_json
+from ..interop.hf import INDEX_FILE, WEIGHTS_FILE, load_hf_directory
 from ..interop.hf_config import hf_config_from_gpt
 from ..interop.hf_names import from_hf_tensors, to_hf_tensors
 
@@ -195,7 +196,6 @@ def latest(run_dir):
 def is_hf_directory(path):
     """Whether `path` is a Hugging Face model directory (interop/hf.py reads it), not one of
     our checkpoints: a config.json without our "microgpt" key, weights, and no COMPLETE."""
-    from ..interop.hf import INDEX_FILE, WEIGHTS_FILE
     config = os.path.join(path, "config.json")
     if is_complete(path) or not os.path.isfile(config) or not (
             os.path.isfile(os.path.join(path, WEIGHTS_FILE)) or os.path.isfile(os.path.join(path, INDEX_FILE))):
@@ -400,12 +400,7 @@ def load_model(path, device="cpu"):
     from ..nn import GPT, GPTConfig
     path = resolve(path)
     if is_hf_directory(path):
-        from ..interop.hf import load_hf_directory
-        loaded = load_hf_directory(path, device=device)
-        if loaded.tokenizer is None:
-            raise CheckpointError(f"{path}: a Hugging Face model directory without a tokenizer.json "
-                                  f"of the byte-level BPE kind this version reads; add the model's "
-                                  f"tokenizer.json")
+        loaded = load_hf_directory(path, device=device, tokenizer="required")
         return loaded.model, loaded.tokenizer, loaded.generation
     checkpoint = load(path, training_state=False)
     try:
