@@ -199,3 +199,25 @@ def test_resume_refuses_a_corrupt_metrics_line_naming_the_file(tmp_path):
     open(path, "w").writelines(lines)
     with pytest.raises(CheckpointError, match=r"metrics\.jsonl:2: not valid JSON"):
         resume(config.out_dir, log=quiet)
+
+
+def test_resume_of_a_checkpoint_written_before_newer_config_fields(tmp_path):
+    """A checkpoint saved before GPTConfig gained fields (head_dim, qk_norm, ...) lacks those
+    keys; they take their defaults and the run resumes, as the same model."""
+    import hashlib
+    import json
+    config = tiny_config(tmp_path)
+    train(config, log=quiet, stop_at_step=4)
+    step_dir = os.path.join(config.out_dir, "checkpoints", "step_000004")
+    config_path = os.path.join(step_dir, "config.json")
+    saved = json.load(open(config_path))
+    for key in ("head_dim", "qkv_bias", "attn_out_bias", "qk_norm", "rope_scaling", "sliding_window"):
+        saved["microgpt"].pop(key, None)
+    data = json.dumps(saved).encode()
+    open(config_path, "wb").write(data)
+    marker_path = os.path.join(step_dir, "COMPLETE")
+    marker = json.load(open(marker_path))
+    marker["files"]["config.json"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    open(marker_path, "w").write(json.dumps(marker))
+    summary = resume(config.out_dir, log=quiet)
+    assert summary["steps"] == 8 and summary["finished"]

@@ -304,7 +304,14 @@ class Trainer:
         if state.get("data_key") != self.meta.get("data_key"):
             raise CheckpointError(f"{path}: the checkpoint was trained on other data (data key "
                                   f"{state.get('data_key')} vs {self.meta.get('data_key')})")
-        if checkpoint.gpt != self.gpt_config.to_dict():
+        # Compare resolved configs: a checkpoint written before GPTConfig gained a field lacks
+        # its key, which means the field's default (the model it describes is the same).
+        from ..nn import GPTConfig
+        try:
+            saved_gpt = GPTConfig(**checkpoint.gpt).to_dict()
+        except (TypeError, ConfigError) as exc:
+            raise CheckpointError(f"{path}/config.json: the model config cannot be read ({exc})") from exc
+        if saved_gpt != self.gpt_config.to_dict():
             raise CheckpointError(f"{path}: model config {checkpoint.gpt} does not match this "
                                   f"run's {self.gpt_config.to_dict()}")
         self.model.load_state_dict(checkpoint.weights)
