@@ -720,3 +720,30 @@ def test_the_run_loader_reads_a_hugging_face_directory_too(saved, tmp_path):
     run = ckpt.save(str(tmp_path), ckpt.Checkpoint(1, model.config.to_dict(), model.state_dict(),
                                                    Tokenizer.bytes_level(special_tokens=("<|endoftext|>",))))
     assert not ckpt.is_hf_directory(run)               # ours: COMPLETE and the "microgpt" key
+
+
+# --- with the tokenizer (microgpt/tokenizer/hf.py) -----------------------------------------------------
+
+def test_an_export_with_its_tokenizer_is_a_whole_model_directory(tmp_path, capsys):
+    """Model, tokenizer and sampling defaults: AutoTokenizer encodes as ours does, and
+    `microgpt generate` runs the directory as it runs a run directory."""
+    pytest.importorskip("microgpt.tokenizer.hf")
+    from microgpt.cli import main
+    from microgpt.tokenizer import Tokenizer
+    from microgpt.train import checkpoint as ckpt
+    tok = Tokenizer.bytes_level(special_tokens=("<|endoftext|>",))
+    model = GPT(GPTConfig(family="llama", vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2,
+                          n_embd=16, qkv_bias=True), seed=1)
+    out = export_hf(model, tok, str(tmp_path / "out"), generation={"temperature": 0.5, "top_k": 7})
+    assert {"tokenizer.json", "tokenizer_config.json"} <= set(os.listdir(out))
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "héllo  wörld\n<|endoftext|> 1234"
+    assert hf_tok.encode(text, add_special_tokens=False) == tok.encode(text, allowed_special="all")
+    loaded = load_hf_directory(out)
+    assert loaded.tokenizer.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+    assert loaded.generation["temperature"] == 0.5 and loaded.generation["top_k"] == 7
+    assert loaded.generation["eos_token_id"] == tok.eot_id
+    ours, ours_tok, generation = ckpt.load_model(out)
+    assert generation == loaded.generation and ours_tok.vocab_size == tok.vocab_size
+    assert main(["generate", out, "--prompt", "ab", "--max-new-tokens", "4", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("ab")

@@ -264,9 +264,9 @@ def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overw
     if os.path.exists(out_dir) and not (os.path.isdir(out_dir) and not os.listdir(out_dir)) and not overwrite:
         raise CheckpointError(f"{out_dir}: already exists and is not empty; choose a new directory, or "
                               f"pass overwrite=True to replace it")
-    eot = getattr(tokenizer, "eot_id", None)
     generation = dict(generation or {})
-    bos, eos = generation.get("bos_token_id", eot), generation.get("eos_token_id", eot)
+    bos, eos = _special_ids(tokenizer)
+    bos, eos = generation.get("bos_token_id", bos), generation.get("eos_token_id", eos)
     hf = hf_config_from_gpt(model.config, bos, eos, dtype)     # before any file: may refuse
     family = model.config.family
     tensors = {name: _Lazy(name, p, family) for name, p in model.named_parameters()}
@@ -289,15 +289,24 @@ def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overw
     return out_dir
 
 
+def _special_ids(tokenizer):
+    """(bos id, eos id) of our tokenizer: its bos_token / eos_token where it names them
+    (a tokenizer read from HF does), else the end-of-text id for both, as GPT-2 has it."""
+    if tokenizer is None:
+        return None, None
+    specials = getattr(tokenizer, "special_tokens", {})
+    eot = getattr(tokenizer, "eot_id", None)
+    bos = specials.get(getattr(tokenizer, "bos_token", None), eot)
+    return bos, eot
+
+
 def _save_tokenizer(tokenizer, out_dir):
+    """tokenizer.json + tokenizer_config.json (tokenizer/hf.py, through fileio's atomic_write)."""
     try:
         from ..tokenizer.hf import save_hf_tokenizer
     except ImportError:
         return                         # tokenizer/hf.py not in this version: the model part alone
     save_hf_tokenizer(tokenizer, out_dir)
-    for name in os.listdir(out_dir):   # the tokenizer's files durable like ours
-        with open(os.path.join(out_dir, name), "rb") as f:
-            os.fsync(f.fileno())
 
 
 def _swap_into_place(tmp, out_dir):
