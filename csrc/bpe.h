@@ -2,11 +2,16 @@
  * their shared internals in bpe_internal.h).
  *
  * Three objects, all opaque to Python:
- *   bpe_encoder  a vocabulary (token byte strings in rank order, id == rank) turned into two
- *                hash tables: bytes -> id and (left id, right id) -> id of their concatenation.
- *                Encoding is tiktoken's algorithm: split into pre-tokens, then within each
- *                pre-token repeatedly merge the adjacent pair whose concatenation has the
- *                lowest rank (leftmost on ties).
+ *   bpe_encoder  a vocabulary (token byte strings, id i = the i-th string) turned into two
+ *                hash tables: bytes -> id and (left id, right id) -> rank of that merge.
+ *                Encoding: split into pre-tokens, then within each pre-token repeatedly
+ *                merge the adjacent pair of lowest rank (leftmost on ties). Two rules say
+ *                which pairs merge, at what rank:
+ *                tiktoken's (bpe_encoder_new): any two tokens whose concatenation is a
+ *                  token, ranked by the id of that token (ids are ranks); a pre-token that
+ *                  is itself a token is that token.
+ *                Hugging Face's (bpe_encoder_new_merges): exactly the listed merges, rank
+ *                  k for the k-th; optionally (HF's ignore_merges) the whole-token rule.
  *   bpe_counter  counts of unique pre-tokens (byte strings), fed text block by block.
  *   bpe_trainer  the merge loop over a counter's pre-tokens, with incremental pair counts.
  *
@@ -42,6 +47,11 @@ int64_t bpe_split(const uint8_t *classes, int pattern, const char *text, size_t 
 bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int32_t n_tokens,
                              const uint8_t *classes, int pattern);
 void bpe_encoder_free(bpe_encoder *enc);
+/* merges: n_merges triples (left id, right id, id of left+right), in rank order; no pair
+   twice. whole_chunks: 1 = a pre-token that is a token encodes as that token unmerged. */
+bpe_encoder *bpe_encoder_new_merges(const uint8_t *tokens, const int64_t *offsets,
+                                    int32_t n_tokens, const int32_t *merges, int32_t n_merges,
+                                    int whole_chunks, const uint8_t *classes, int pattern);
 /* Encode text (pre-tokenized natively); out needs room for n ids. Returns the count. */
 int64_t bpe_encode(const bpe_encoder *enc, const char *text, size_t n, int32_t *out);
 /* Encode text already split by the caller: chunk k is text[ends[k-1]:ends[k]]. */

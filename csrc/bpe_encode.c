@@ -1,6 +1,7 @@
 /* bpe_encode.c -- chapter 3, the encoder: per-chunk merging by rank (an array scan for short
  * chunks, a heap for long ones so that a 1 MB chunk stays O(n log n)), with a per-call
- * chunk -> ids cache; an encoder is read-only after construction.
+ * chunk -> ids cache; an encoder is read-only after construction. One loop serves both
+ * merge rules of bpe.h: it only ever asks "rank of this pair?" and "id that merge makes?".
  *
  * Part of the byte-level BPE core (overview: bpe.h; the algorithm in words:
  * microgpt/tokenizer/train.py and bpe.py). No function keeps global state, so calls on
@@ -19,7 +20,19 @@ struct bpe_encoder {
     int32_t byte_id[256];
     const uint8_t *classes;    /* borrowed; the Python owner keeps it alive */
     int pattern;
+    /* The two merge rules (bpe.h). tiktoken's: the pair table holds every split of every
+       token, its value is the rank of the concatenation, which is also its id, so merge_to
+       is NULL and whole_chunks 1. Hugging Face's: the pair table holds exactly the listed
+       merges, its value is the merge's rank k, merge_to[k] the id it makes. */
+    int32_t *merge_to;
+    int whole_chunks;          /* a chunk that is itself a token encodes as that token */
 };
+
+/* The id that merging a pair of rank r makes. */
+static inline int32_t merged_id(const bpe_encoder *e, int32_t r)
+{
+    return e->merge_to ? e->merge_to[r] : r;
+}
 
 void bpe_encoder_free(bpe_encoder *e)
 {
@@ -28,13 +41,15 @@ void bpe_encoder_free(bpe_encoder *e)
     free(e->offsets);
     free(e->vocab.slots);
     pmap_free(&e->pairs);
+    free(e->merge_to);
     free(e);
 }
 
-/* Build the tables. The pair table holds every split of every token into two tokens:
-   exactly the pairs tiktoken's rank lookup `ranks[piece[a_start:b_end]]` can find. */
-bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int32_t n_tokens,
-                             const uint8_t *classes, int pattern)
+/* The tables both merge rules share: the token strings, bytes -> id, and the 256 byte ids;
+   the pair table empty (sized for n_pairs). NULL if out of memory or the vocabulary is
+   invalid (an empty or repeated string, a missing byte). */
+static bpe_encoder *encoder_start(const uint8_t *tokens, const int64_t *offsets, int32_t n_tokens,
+                                  size_t n_pairs, const uint8_t *classes, int pattern)
 {
     if (n_tokens < 256 || offsets[0] != 0) return NULL;
     bpe_encoder *e = calloc(1, sizeof(bpe_encoder));
@@ -45,8 +60,9 @@ bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int3
     e->offsets = malloc((size_t)(n_tokens + 1) * sizeof(int64_t));
     e->classes = classes;
     e->pattern = pattern;
+    e->whole_chunks = 1;
     if (!e->bytes || !e->offsets || bmap_init(&e->vocab, (size_t)n_tokens) < 0
-        || pmap_init(&e->pairs, (size_t)n_tokens * 2) < 0) goto fail;
+        || pmap_init(&e->pairs, n_pairs) < 0) goto fail;
     memcpy(e->bytes, tokens, total);
     memcpy(e->offsets, offsets, (size_t)(n_tokens + 1) * sizeof(int64_t));
     for (int i = 0; i < 256; i++) e->byte_id[i] = -1;
@@ -59,6 +75,20 @@ bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int3
         if (len == 1) e->byte_id[tokens[off]] = t;
     }
     for (int i = 0; i < 256; i++) if (e->byte_id[i] < 0) goto fail;
+    return e;
+fail:
+    bpe_encoder_free(e);
+    return NULL;
+}
+
+/* tiktoken's rule. The pair table holds every split of every token into two tokens:
+   exactly the pairs tiktoken's rank lookup `ranks[piece[a_start:b_end]]` can find. */
+bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int32_t n_tokens,
+                             const uint8_t *classes, int pattern)
+{
+    bpe_encoder *e = encoder_start(tokens, offsets, n_tokens, (size_t)n_tokens * 2, classes,
+                                   pattern);
+    if (!e) return NULL;
     for (int32_t t = 0; t < n_tokens; t++) {       /* prefix hashes in one pass: O(len) */
         const uint8_t *p = e->bytes + offsets[t];  /* plus O(len) per prefix that is a token */
         uint32_t len = (uint32_t)(offsets[t + 1] - offsets[t]);
@@ -70,6 +100,35 @@ bpe_encoder *bpe_encoder_new(const uint8_t *tokens, const int64_t *offsets, int3
                                               hash_bytes(p + k, len - k));
             if (b >= 0 && pmap_put(&e->pairs, PAIR(a, b), t) < 0) goto fail;
         }
+    }
+    return e;
+fail:
+    bpe_encoder_free(e);
+    return NULL;
+}
+
+/* Hugging Face's rule: merge k joins (merges[3k], merges[3k+1]) into merges[3k+2], whose
+   string must be the two strings concatenated; a pair may be listed once. */
+bpe_encoder *bpe_encoder_new_merges(const uint8_t *tokens, const int64_t *offsets,
+                                    int32_t n_tokens, const int32_t *merges, int32_t n_merges,
+                                    int whole_chunks, const uint8_t *classes, int pattern)
+{
+    if (n_merges < 0) return NULL;
+    bpe_encoder *e = encoder_start(tokens, offsets, n_tokens, (size_t)n_merges, classes, pattern);
+    if (!e) return NULL;
+    e->whole_chunks = whole_chunks != 0;
+    e->merge_to = malloc((size_t)(n_merges ? n_merges : 1) * sizeof(int32_t));
+    if (!e->merge_to) goto fail;
+    for (int32_t k = 0; k < n_merges; k++) {
+        int32_t a = merges[3 * k], b = merges[3 * k + 1], z = merges[3 * k + 2];
+        if (a < 0 || b < 0 || z < 0 || a >= n_tokens || b >= n_tokens || z >= n_tokens) goto fail;
+        int64_t la = offsets[a + 1] - offsets[a], lb = offsets[b + 1] - offsets[b];
+        if (offsets[z + 1] - offsets[z] != la + lb
+            || memcmp(e->bytes + offsets[z], e->bytes + offsets[a], (size_t)la) != 0
+            || memcmp(e->bytes + offsets[z] + la, e->bytes + offsets[b], (size_t)lb) != 0
+            || pmap_get(&e->pairs, PAIR(a, b)) >= 0
+            || pmap_put(&e->pairs, PAIR(a, b), k) < 0) goto fail;
+        e->merge_to[k] = z;
     }
     return e;
 fail:
@@ -134,7 +193,7 @@ static size_t merge_short(const bpe_encoder *e, work *w, const uint8_t *s, size_
         size_t best = 0;
         for (size_t k = 1; k + 1 < m; k++) if (rank[k] < rank[best]) best = k;
         if (rank[best] == NO_RANK) break;
-        ids[best] = rank[best];
+        ids[best] = merged_id(e, rank[best]);
         memmove(ids + best + 1, ids + best + 2, (m - best - 2) * sizeof(int32_t));
         if (best + 2 < m)
             memmove(rank + best + 1, rank + best + 2, (m - best - 3) * sizeof(int32_t));
@@ -193,16 +252,16 @@ static size_t merge_long(const bpe_encoder *e, work *w, const uint8_t *s, size_t
         uint64_t top = heap_pop(heap, &hn);
         int32_t r = (int32_t)(top >> 32), p = (int32_t)(top & 0xffffffffu);
         if (ids[p] < 0 || rank[p] != r) continue;
-        int32_t q = next[p];                      /* merge parts p and q into token r */
-        ids[p] = r;
+        int32_t q = next[p], z = merged_id(e, r);  /* merge parts p and q into token z */
+        ids[p] = z;
         ids[q] = -1;
         next[p] = next[q];
         if (next[q] >= 0) prev[next[q]] = p;
-        rank[p] = next[p] >= 0 ? pair_rank(e, r, ids[next[p]]) : NO_RANK;
+        rank[p] = next[p] >= 0 ? pair_rank(e, z, ids[next[p]]) : NO_RANK;
         if (rank[p] != NO_RANK) heap_push(heap, &hn, ((uint64_t)rank[p] << 32) | (uint32_t)p);
         int32_t o = prev[p];
         if (o >= 0) {
-            rank[o] = pair_rank(e, ids[o], r);
+            rank[o] = pair_rank(e, ids[o], z);
             if (rank[o] != NO_RANK) heap_push(heap, &hn, ((uint64_t)rank[o] << 32) | (uint32_t)o);
         }
     }
@@ -242,7 +301,8 @@ static int64_t encode_chunk(const bpe_encoder *e, work *w, const uint8_t *text,
 {
     if (n == 1) { out[0] = e->byte_id[s[0]]; return 1; }
     uint64_t h = hash_bytes(s, n);
-    int32_t v = n <= 0xffffffffu ? bmap_get(&e->vocab, e->bytes, s, (uint32_t)n, h) : -1;
+    int32_t v = e->whole_chunks && n <= 0xffffffffu
+                ? bmap_get(&e->vocab, e->bytes, s, (uint32_t)n, h) : -1;
     if (v >= 0) { out[0] = v; return 1; }
     if (n <= CACHE_MAX) {
         v = bmap_get(&w->cache, text, s, (uint32_t)n, h);

@@ -35,6 +35,7 @@ as tiktoken does.
 """
 import concurrent.futures
 import os
+import unicodedata
 
 import numpy as np
 
@@ -49,19 +50,40 @@ DEFAULT_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 class Tokenizer:
     """A byte-level BPE vocabulary with a split pattern and special tokens.
 
-    Build one with Tokenizer.train, Tokenizer.load, Tokenizer.from_tiktoken_ranks or
-    Tokenizer.bytes_level; the constructor takes the vocabulary directly:
-    tokens[i] = bytes of ordinary token i; special_tokens = {text: id}.
+    Build one with Tokenizer.train, Tokenizer.load, Tokenizer.from_tiktoken_ranks,
+    Tokenizer.from_merges or Tokenizer.bytes_level; the constructor takes the vocabulary
+    directly: tokens[i] = bytes of ordinary token i; special_tokens = {text: id}.
 
-    Attributes: vocab_size (max id + 1), n_ordinary (ids 0..n_ordinary-1 are BPE tokens),
-    special_tokens ({text: id}), eot_id, pattern (the regex string), pattern_name ('gpt2',
-    'gpt4' or None for a custom regex). A Tokenizer never changes after construction, so
-    one instance may encode on many threads at once.
+    Two merge rules (csrc/bpe.h). The constructor's is tiktoken's: ids are ranks, and any
+    two tokens whose concatenation is a token merge, at the rank of that token; what we
+    train is of this kind. from_merges takes Hugging Face's: an explicit list of merges,
+    ranked by position, over ordinary ids that may be anywhere (tokenizer/hf.py reads
+    tokenizer.json files into it).
+
+    Attributes: vocab_size (max id + 1), n_ordinary (the number of BPE tokens; with the
+    constructor they are ids 0..n_ordinary-1, see ordinary_ids), special_tokens
+    ({text: id}), eot_id, pattern (the regex string), pattern_name ('gpt2', 'gpt4' or None
+    for a custom regex), normalizer (None, or 'nfc': text is NFC-normalized before it is
+    split, as Hugging Face's NFC normalizer does), merges (None for tiktoken's rule, else
+    the (left id, right id) pairs in rank order), ignore_merges. Encoding never changes
+    after construction, so one instance may encode on many threads at once.
+
+    Metadata, kept for Hugging Face interop and saved with the tokenizer, never used by
+    encode/decode, free to set: chat_template (a Jinja string), bos_token, eos_token,
+    pad_token (special-token texts), add_bos_token (the model expects bos_token first).
     """
 
-    def __init__(self, tokens, pattern="gpt4", special_tokens=None):
+    METADATA = ("chat_template", "bos_token", "eos_token", "pad_token", "add_bos_token")
+
+    def __init__(self, tokens, pattern="gpt4", special_tokens=None, normalizer=None):
         tokens = list(tokens)
-        for i, tok in enumerate(tokens):
+        self._setup(list(range(len(tokens))), tokens, pattern, special_tokens, None, True,
+                    normalizer)
+
+    def _setup(self, ids, tokens, pattern, special_tokens, merges, ignore_merges, normalizer):
+        """ids[k] is the id of ordinary token tokens[k], ids ascending; merges None or an
+        int array (m, 3) of (left, right, result) as positions k in tokens."""
+        for i, tok in zip(ids, tokens):
             if not isinstance(tok, bytes) or not tok:
                 raise TokenizerError(f"token {i} must be non-empty bytes, got {tok!r}")
         if len(set(tokens)) != len(tokens):
@@ -70,25 +92,50 @@ class Tokenizer:
         if missing:
             raise TokenizerError(f"byte-level BPE needs all 256 single bytes as tokens; "
                                  f"missing {len(missing)}, e.g. {bytes([min(missing)])!r}")
+        if normalizer not in (None, "nfc"):
+            raise TokenizerError(f"normalizer must be None or 'nfc', got {normalizer!r}")
         self.pattern_name, self.pattern, self._native = patterns.resolve(pattern)
-        self._specials = self._check_specials(special_tokens or {}, len(tokens))
-        size = max([len(tokens)] + [i + 1 for i in self._specials.values()])
-        self._id_bytes = tokens + [None] * (size - len(tokens))     # id -> bytes (None: gap)
+        self.normalizer = normalizer
+        dense = not ids or ids[-1] == len(ids) - 1
+        ordinary = dict(zip(ids, tokens))
+        self._specials = self._check_specials(special_tokens or {}, ordinary, dense,
+                                              shared=merges is not None)
+        size = max([ids[-1] + 1 if ids else 0] + [i + 1 for i in self._specials.values()])
+        self._id_bytes = [None] * size                              # id -> bytes (None: gap)
+        for i, tok in ordinary.items():
+            self._id_bytes[i] = tok
         for text, i in self._specials.items():
             self._id_bytes[i] = text.encode("utf-8")
         self.n_ordinary = len(tokens)
-        self._encoder = Encoder(tokens, self._native)
+        # The C encoder numbers the ordinary tokens 0..n-1 by position; when they are not
+        # ids 0..n-1 (specials among them), one NumPy gather maps its output to ids.
+        self._to_id = None if dense else np.asarray(ids, np.uint32)
+        self._ordinary_ids = ids
+        if merges is not None:
+            merges = np.asarray(merges, np.int32).reshape(-1, 3)
+            self._merges = [(ids[a], ids[b]) for a, b in merges[:, :2].tolist()]
+        else:
+            self._merges = None
+        self.ignore_merges = True if merges is None else bool(ignore_merges)
+        self._encoder = Encoder(tokens, self._native, merges, self.ignore_merges)
         self._special_splitters = {}
+        for name in self.METADATA:
+            setattr(self, name, None)
 
     @staticmethod
-    def _check_specials(specials, n):
+    def _check_specials(specials, ordinary, dense, shared):
+        """shared: a special may also be the ordinary token of its id when their bytes are
+        equal (Hugging Face's added tokens that are in the model's vocabulary, as GPT-2's
+        <|endoftext|> is)."""
         specials = dict(specials)
         for text, i in specials.items():
             if not isinstance(text, str) or not text:
                 raise TokenizerError(f"special token must be a non-empty str, got {text!r}")
-            if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or i < n:
+            if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or i < 0 or (
+                    i in ordinary and not (shared and ordinary[i] == text.encode("utf-8"))):
+                where = f" (>= {len(ordinary)}, past the ordinary tokens)" if dense else ""
                 raise TokenizerError(f"special token {text!r} has id {i!r}; special ids must "
-                                     f"be ints >= {n}, past the ordinary tokens")
+                                     f"be ints that no ordinary token has{where}")
         if len(set(specials.values())) != len(specials):
             raise TokenizerError(f"two special tokens share an id: {specials}")
         return {text: int(i) for text, i in specials.items()}
@@ -119,8 +166,44 @@ class Tokenizer:
                                      f"{expected} is missing (next is {rank} for {tok!r})")
         return cls([tok for tok, _ in ranks], pattern, special_tokens)
 
+    @classmethod
+    def from_merges(cls, vocab, merges, pattern, special_tokens=None, ignore_merges=False,
+                    normalizer=None):
+        """Hugging Face's BPE rule. vocab: {id: bytes} of the ordinary tokens (any distinct
+        non-negative ids); merges: (left bytes, right bytes) pairs in rank order, the parts
+        and their concatenation all in vocab (a pair listed twice keeps its last rank, as
+        HF's merge table does); ignore_merges: a chunk that is itself a token encodes as
+        that token (HF's flag of that name; tiktoken always does this)."""
+        ids = sorted(vocab)
+        for i in ids:
+            if not isinstance(i, (int, np.integer)) or isinstance(i, bool) or i < 0:
+                raise TokenizerError(f"token ids must be non-negative ints, got {i!r}")
+        tokens = [vocab[i] for i in ids]
+        position = {tok: k for k, tok in enumerate(tokens)}
+        last = {}
+        for rank, pair in enumerate(merges):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise TokenizerError(f"merge {rank} must be a pair of bytes, got {pair!r}")
+            left, right = pair
+            for part in (left, right, left + right):
+                if part not in position:
+                    raise TokenizerError(f"merge {rank} ({left!r}, {right!r}): {part!r} is "
+                                         f"not an ordinary token of the vocabulary")
+            last[(position[left], position[right])] = rank
+        table = np.array([(a, b, position[tokens[a] + tokens[b]])
+                          for (a, b), _ in sorted(last.items(), key=lambda item: item[1])],
+                         np.int32).reshape(-1, 3)
+        tok = cls.__new__(cls)
+        tok._setup([int(i) for i in ids], tokens, pattern, special_tokens, table,
+                   ignore_merges, normalizer)
+        return tok
+
     def to_tiktoken_ranks(self):
         """{bytes: rank} for the ordinary tokens: tiktoken.Encoding(mergeable_ranks=...)."""
+        if self._merges is not None:
+            raise TokenizerError("this tokenizer follows Hugging Face's merge list (from_merges"
+                                 "): its ranks belong to merges, not tokens, so tiktoken's "
+                                 "{bytes: rank} cannot express it")
         return {tok: i for i, tok in enumerate(self._id_bytes[:self.n_ordinary])}
 
     def save(self, path):
@@ -144,8 +227,21 @@ class Tokenizer:
 
     @property
     def eot_id(self):
-        """The id of <|endoftext|>, or None when this tokenizer has no such token."""
+        """The id of the end-of-text token: eos_token when that names a special token,
+        else <|endoftext|>; None when this tokenizer has neither."""
+        if self.eos_token in self._specials:
+            return self._specials[self.eos_token]
         return self._specials.get("<|endoftext|>")
+
+    @property
+    def ordinary_ids(self):
+        """The ids of the BPE tokens, ascending (0..n_ordinary-1 unless from_merges)."""
+        return list(self._ordinary_ids)
+
+    @property
+    def merges(self):
+        """None (tiktoken's rule), or the (left id, right id) merges in rank order."""
+        return None if self._merges is None else list(self._merges)
 
     def token_bytes(self, i):
         return self.decode_bytes([i])
@@ -160,16 +256,24 @@ class Tokenizer:
         return self._ordinary(text, False)
 
     def _ordinary(self, text, as_array):
-        data = utf8_bytes(text)
+        if self.normalizer == "nfc" and not isinstance(text, str):
+            raise TypeError(f"expected str, got {type(text).__name__}")
+        data = utf8_bytes(unicodedata.normalize("NFC", text) if self.normalizer else text)
         if len(data) > MAX_CALL_BYTES:
             raise TokenizerError(f"one call encodes at most {MAX_CALL_BYTES} bytes of UTF-8, "
                                  f"got {len(data)}: encode the text in pieces")
+        mapped = self._to_id is not None
         if self._native != patterns.NATIVE_NONE:
-            return self._encoder.encode(data, as_array)
-        text = data.decode("utf-8")                     # with any lone surrogate replaced
-        chunks = [c.encode("utf-8") for c in patterns.compiled(self.pattern).findall(text)]
-        ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
-        return self._encoder.encode_chunks(b"".join(chunks), ends, as_array)
+            ids = self._encoder.encode(data, as_array or mapped)
+        else:
+            text = data.decode("utf-8")                 # with any lone surrogate replaced
+            chunks = [c.encode("utf-8") for c in patterns.compiled(self.pattern).findall(text)]
+            ends = np.cumsum([len(c) for c in chunks], dtype=np.int64)
+            ids = self._encoder.encode_chunks(b"".join(chunks), ends, as_array or mapped)
+        if not mapped:
+            return ids
+        ids = self._to_id[ids]
+        return ids if as_array else ids.tolist()
 
     def encode(self, text, allowed_special=frozenset(), disallowed_special="all"):
         """Text -> list of ids with tiktoken's special-token rules (module docstring)."""

@@ -47,16 +47,27 @@ MAX_CALL_BYTES = 2**31 - 1       # C indexes a chunk's bytes with int32: bpe.py 
 
 
 class Encoder:
-    """tokens[i] is the byte string of id i (dense, all 256 single bytes present, unique)."""
+    """tokens[i] is the byte string of id i (dense, all 256 single bytes present, unique).
 
-    def __init__(self, tokens, native):
+    merges None: tiktoken's rule (ids are ranks). Otherwise Hugging Face's: an int32 array
+    of shape (m, 3), row k = (left id, right id, id of their concatenation) of the merge of
+    rank k, each pair once; whole_chunks: a chunk that is itself a token is that token."""
+
+    def __init__(self, tokens, native, merges=None, whole_chunks=True):
         blob = b"".join(tokens)
         offsets = np.zeros(len(tokens) + 1, np.int64)
         np.cumsum([len(t) for t in tokens], out=offsets[1:])
         self._cls = _classes()                     # C keeps a pointer into this table
         self.native = native
-        ptr = lib.bpe_encoder_new(blob, ffi.from_buffer("int64_t[]", offsets), len(tokens),
-                                  self._cls, native)
+        if merges is None:
+            ptr = lib.bpe_encoder_new(blob, ffi.from_buffer("int64_t[]", offsets), len(tokens),
+                                      self._cls, native)
+        else:
+            merges = np.ascontiguousarray(merges, np.int32).reshape(-1, 3)
+            ptr = lib.bpe_encoder_new_merges(
+                blob, ffi.from_buffer("int64_t[]", offsets), len(tokens),
+                ffi.from_buffer("int32_t[]", merges), len(merges), int(whole_chunks),
+                self._cls, native)
         if ptr == ffi.NULL:
             raise MemoryError("bpe_encoder_new failed: out of memory or an invalid vocabulary")
         self._ptr = ffi.gc(ptr, lib.bpe_encoder_free)
