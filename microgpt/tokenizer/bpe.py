@@ -4,6 +4,8 @@ Vocabulary. Token id i is a byte string; ids 0..n-1 are the "ordinary" tokens, r
 id (a lower id was merged earlier in training), and they include all 256 single bytes, so
 any text encodes. Special tokens (<|endoftext|> ...) take ids of their own, by default
 n, n+1, ...; they are produced only when the caller allows them (see encode).
+(A tokenizer read from Hugging Face, Tokenizer.from_merges, ranks merges instead of
+tokens, and its ordinary ids may have specials among them: hf.py's header says why.)
 
 Encoding a text (tiktoken's algorithm, which we match id for id):
   1. split the text into chunks with the pattern (patterns.py); merges never cross chunks;
