@@ -117,6 +117,8 @@ HF_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\
 ONIG_GPT4_REGEX = patterns.GPT4_PATTERN.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
 KNOWN_REGEXES = {HF_GPT2_REGEX: "gpt2", ONIG_GPT4_REGEX: "gpt4"}
 _GAP = r"|(?:(?!(?:{0}))[\s\S])+"
+MALFORMED_FIX = ("the file is damaged or hand-edited: download it again (or write it with the "
+                 "`tokenizers` library)")
 
 
 # ------------------------------------------------------------------ ByteLevel alphabet
@@ -195,13 +197,15 @@ def _read_json(file, kind="tokenizer"):
         with open(file, encoding="utf-8") as f:
             value = json.load(f)
     except UnicodeDecodeError:
-        raise TokenizerError(f"{file}: not UTF-8 text; expected a {kind} JSON file") from None
+        raise TokenizerError(f"{file}: not UTF-8 text; expected a {kind} JSON file; "
+                             f"{MALFORMED_FIX}") from None
     except json.JSONDecodeError as exc:
         raise TokenizerError(f"{file}: not valid JSON ({exc.msg} at line {exc.lineno}, "
                              f"column {exc.colno}): truncated or edited? Download it "
                              f"again") from None
     if not isinstance(value, dict):
-        raise TokenizerError(f"{file}: expected a JSON object, got {type(value).__name__}")
+        raise TokenizerError(f"{file}: expected a JSON object, got {type(value).__name__}; "
+                             f"{MALFORMED_FIX}")
     return value
 
 
@@ -212,7 +216,8 @@ class _Spec:
         self.file, self.where, self.value = file, where, value
 
     def fail(self, message):
-        raise TokenizerError(f"{self.file}: {self.where}: {message}")
+        """A malformed file: say where, what, and the one fix there is."""
+        raise TokenizerError(f"{self.file}: {self.where}: {message}; {MALFORMED_FIX}")
 
     def unsupported(self, what):
         raise TokenizerError(f"{self.file}: {self.where}: {what}: not supported yet (microgpt "
@@ -507,7 +512,7 @@ def _read_config(tok, folder, spec, file):
             value = value.get("content")
         if value is not None and not isinstance(value, str):
             raise TokenizerError(f"{source}: {name} must be a string or an AddedToken object, "
-                                 f"got {value!r:.60}")
+                                 f"got {value!r:.60}; {MALFORMED_FIX}")
         setattr(tok, name, value)
     tok.chat_template = _chat_template(config, config_file, folder)
     bos = _template_bos(spec, file)
@@ -525,14 +530,14 @@ def _chat_template(config, config_file, folder):
         template = named.get("default", next(iter(named.values()), None))
     if template is not None and not isinstance(template, str):
         raise TokenizerError(f"{config_file}: chat_template must be a string or a list of "
-                             f"{{name, template}}, got {template!r:.60}")
+                             f"{{name, template}}, got {template!r:.60}; {MALFORMED_FIX}")
     jinja = os.path.join(folder, CHAT_TEMPLATE_FILE)
     if template is None and os.path.isfile(jinja):
         try:
             with open(jinja, encoding="utf-8") as f:
                 template = f.read()
         except UnicodeDecodeError:
-            raise TokenizerError(f"{jinja}: not UTF-8 text") from None
+            raise TokenizerError(f"{jinja}: not UTF-8 text; {MALFORMED_FIX}") from None
     return template
 
 
