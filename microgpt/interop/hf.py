@@ -113,94 +113,187 @@ def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, bloc
     return Pretrained(model, our_tokenizer, generation, hf)
 
 
-def open_weights(path):
+def open_weights(path, problems=None):
     """[SafetensorsReader] of the directory's weights, one file or the shards of the index,
-    every header already parsed and checked."""
+    every header already parsed and checked.
+
+    problems: None raises the first problem (the loader); a list collects each one as a
+    CheckpointError and goes on with every file that can be read (interop/inspect.py)."""
+    def fail(error):
+        if problems is None:
+            raise error
+        problems.append(error)
+
     single = os.path.join(path, WEIGHTS_FILE)
     if os.path.isfile(single):
-        return [SafetensorsReader(single)]
+        try:
+            return [SafetensorsReader(single)]
+        except CheckpointError as exc:
+            fail(exc)
+            return []
     index_path = os.path.join(path, INDEX_FILE)
     if not os.path.isfile(index_path):
-        raise CheckpointError(f"{path}: no {WEIGHTS_FILE} and no {INDEX_FILE}; only safetensors "
-                              f"weights are read (convert .bin / .pth files with transformers' "
-                              f"save_pretrained)")
-    index = read_json_object(index_path, INDEX_FILE)
+        fail(CheckpointError(f"{path}: no {WEIGHTS_FILE} and no {INDEX_FILE}; only safetensors "
+                             f"weights are read (convert .bin / .pth files with transformers' "
+                             f"save_pretrained)"))
+        return []
+    try:
+        index = read_json_object(index_path, INDEX_FILE)
+    except CheckpointError as exc:
+        fail(exc)
+        return []
     weight_map = index.get("weight_map")
     if not (isinstance(weight_map, dict) and weight_map
             and all(isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items())):
-        raise CheckpointError(f"{index_path}: 'weight_map' must be an object of tensor name -> shard "
-                              f"file; download the index again")
+        fail(CheckpointError(f"{index_path}: 'weight_map' must be an object of tensor name -> shard "
+                             f"file; download the index again"))
+        return []
     readers = []
     for shard in sorted(set(weight_map.values())):
         shard_path = os.path.join(path, shard)
         if os.path.basename(shard) != shard or shard in (".", ".."):
-            raise CheckpointError(f"{index_path}: shard {shard!r} is not a file name in the directory")
-        if not os.path.isfile(shard_path):
-            raise CheckpointError(f"{shard_path}: missing shard named by {index_path}; download it "
-                                  f"(every file the index names must be present)")
-        readers.append(SafetensorsReader(shard_path))
+            fail(CheckpointError(f"{index_path}: shard {shard!r} is not a file name in the directory"))
+        elif not os.path.isfile(shard_path):
+            fail(CheckpointError(f"{shard_path}: missing shard named by {index_path}; download it "
+                                 f"(every file the index names must be present)"))
+        else:
+            try:
+                readers.append(SafetensorsReader(shard_path))
+            except CheckpointError as exc:
+                fail(exc)
     by_file = {os.path.basename(r.path): r for r in readers}
     for name, shard in weight_map.items():
-        if name not in by_file[shard].tensors:
-            raise CheckpointError(f"{by_file[shard].path}: has no tensor {name!r}, which {index_path} "
-                                  f"places there; the shard and the index do not match")
+        if shard in by_file and name not in by_file[shard].tensors:
+            fail(CheckpointError(f"{by_file[shard].path}: has no tensor {name!r}, which {index_path} "
+                                 f"places there; the shard and the index do not match"))
     return readers
+
+
+FLOAT_CODES = ("F32", "F16", "BF16", "F64")
+
+
+@dataclass
+class TensorMatch:
+    """How the tensors of a directory's files pair with a model's parameters, every finding
+    kept: the loader raises the first (error()), interop/inspect.py reports them all.
+
+    rows        (reader, tensor name, our name or None, status) for every tensor of the
+                files, in file order; status is one of
+                  ok          a parameter, of the right shape and a floating-point dtype
+                  shape       a parameter's name, the wrong shape
+                  dtype       a parameter's name, a dtype that is no float
+                  duplicate   a parameter another file holds already
+                  tied        lm_head.weight of a tied model (must equal the embedding)
+                  buffer      a saved buffer, recomputed here (GPT-2's attn.bias ...)
+                  unexpected  no parameter of this model
+    found       our name -> (reader, tensor name), the first tensor for each parameter
+    conflicts   a CheckpointError for each shape / dtype / duplicate row, in file order
+    missing     our names that no tensor holds
+    tied_error  the CheckpointError of a tied head that differs from the embedding, or None
+    """
+    rows: list
+    found: dict
+    conflicts: list
+    missing: list
+    tied_error: object
+    where: str
+
+    @property
+    def unexpected(self):
+        return [f"{name} ({os.path.basename(reader.path)})"
+                for reader, name, _, status in self.rows if status == "unexpected"]
+
+    def error(self):
+        """The loader's error for these files (the first problem, as it has always worded
+        it), or None when every parameter has its tensor."""
+        if self.conflicts:
+            return self.conflicts[0]
+        missing, unexpected = self.missing, self.unexpected
+        if missing or unexpected:
+            hint = ("; if the model ties its input and output embeddings, set tie_word_embeddings: "
+                    "true in config.json") if missing == [hf_names.LM_HEAD] else ""
+            return CheckpointError(f"{self.where}: the weights do not match config.json: missing "
+                                   f"{_listed(missing)}, unexpected {_listed(unexpected)}{hint}")
+        return self.tied_error
+
+    def plan(self):
+        """[(parameter name, reader, tensor name)], one per parameter: what _load copies."""
+        return [(ours, reader, name) for ours, (reader, name) in self.found.items()]
+
+
+def pair_tensors(shapes, config, readers):
+    """TensorMatch of the files' tensors against parameters {our name: shape} of a model of
+    GPTConfig `config`: by name (hf_names.our_name), then shape in the file's layout (GPT-2's
+    Conv1D matrices transposed), then dtype. Reads no tensor data except, for a tied model
+    whose file has an lm_head.weight anyway, that tensor and the embedding (compared)."""
+    family = config.family
+    rows, found, conflicts, lm_head = [], {}, [], None
+    for reader in readers:
+        for name, info in reader.tensors.items():
+            if name == hf_names.LM_HEAD and config.tie_embeddings:
+                lm_head = (reader, name)              # a tied head saved anyway: checked below
+                rows.append((reader, name, hf_names.EMBEDDING[family], "tied"))
+                continue
+            ours = hf_names.our_name(name, family, shapes)
+            if ours is None:
+                rows.append((reader, name, None, "buffer" if hf_names.is_buffer(name) else "unexpected"))
+                continue
+            if ours in found:
+                conflicts.append(CheckpointError(f"{reader.path}: tensor {name!r} also appears in "
+                                                 f"{found[ours][0].path}; the files disagree"))
+                rows.append((reader, name, ours, "duplicate"))
+                continue
+            expected = tuple(shapes[ours])
+            stored = tuple(reversed(expected)) if hf_names.is_transposed(ours, family) else expected
+            status = "ok"
+            if info.shape != stored:
+                status = "shape"
+                conflicts.append(CheckpointError(
+                    f"{reader.path}: tensor {name!r} has shape {info.shape}, the config.json model "
+                    f"needs {stored}; the weights and config.json do not belong together"))
+            elif info.dtype not in FLOAT_CODES:
+                status = "dtype"
+                conflicts.append(CheckpointError(
+                    f"{reader.path}: tensor {name!r} has dtype {info.dtype}; only floating-point "
+                    f"weights (F32, F16, BF16, F64) can be loaded"))
+            found[ours] = (reader, name)      # a wrong one too: it is not also "missing"
+            rows.append((reader, name, ours, status))
+    missing = [name for name in shapes if name not in found]
+    statuses = {ours: status for _, _, ours, status in rows if status != "tied"}
+    embedding = hf_names.EMBEDDING[family]
+    tied_error = None
+    if lm_head is not None and statuses.get(embedding) == "ok":
+        tied_error = _tied_error(lm_head, found[embedding])
+    where = ", ".join(sorted({os.path.dirname(r.path) or "." for r in readers}))
+    return TensorMatch(rows, found, conflicts, missing, tied_error, where)
 
 
 def match_tensors(model, readers):
     """[(parameter name, reader, tensor name)] pairing every parameter with one tensor of the
     files, checked by name and shape; any mismatch is a CheckpointError before any load."""
-    family = model.config.family
-    params = dict(model.named_parameters())
-    found, unexpected, lm_head = {}, [], None
-    for reader in readers:
-        for name, info in reader.tensors.items():
-            ours = hf_names.our_name(name, family, params)
-            if name == hf_names.LM_HEAD and model.config.tie_embeddings:
-                lm_head = (reader, name)              # a tied head saved anyway: checked below
-                continue
-            if ours is None:
-                if not hf_names.is_buffer(name):
-                    unexpected.append(f"{name} ({os.path.basename(reader.path)})")
-                continue
-            if ours in found:
-                raise CheckpointError(f"{reader.path}: tensor {name!r} also appears in "
-                                      f"{found[ours][0].path}; the files disagree")
-            expected = params[ours].shape
-            stored = tuple(reversed(expected)) if hf_names.is_transposed(ours, family) else expected
-            if info.shape != stored:
-                raise CheckpointError(f"{reader.path}: tensor {name!r} has shape {info.shape}, the "
-                                      f"config.json model needs {stored}; the weights and config.json "
-                                      f"do not belong together")
-            if info.dtype not in ("F32", "F16", "BF16", "F64"):
-                raise CheckpointError(f"{reader.path}: tensor {name!r} has dtype {info.dtype}; only "
-                                      f"floating-point weights (F32, F16, BF16, F64) can be loaded")
-            found[ours] = (reader, name)
-    missing = [name for name in params if name not in found]
-    if unexpected or missing:
-        where = ", ".join(sorted({os.path.dirname(r.path) or "." for r in readers}))
-        hint = ("; if the model ties its input and output embeddings, set tie_word_embeddings: true "
-                "in config.json") if missing == [hf_names.LM_HEAD] else ""
-        raise CheckpointError(f"{where}: the weights do not match config.json: missing "
-                              f"{_listed(missing)}, unexpected {_listed(unexpected)}{hint}")
-    if lm_head is not None:
-        _check_tied(lm_head, found[hf_names.EMBEDDING[family]])
-    return [(ours, reader, name) for ours, (reader, name) in found.items()]
+    shapes = {name: p.shape for name, p in model.named_parameters()}
+    match = pair_tensors(shapes, model.config, readers)
+    error = match.error()
+    if error is not None:
+        raise error
+    return match.plan()
 
 
 def _listed(names):
     return "none" if not names else ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
 
 
-def _check_tied(lm_head, embedding):
+def _tied_error(lm_head, embedding):
+    """The CheckpointError of a saved tied head that is not the embedding, else None."""
     (head_reader, head_name), (emb_reader, emb_name) = lm_head, embedding
     head, emb = head_reader.tensors[head_name], emb_reader.tensors[emb_name]
-    same = head.shape == emb.shape and np.array_equal(head_reader.float32(head_name),
-                                                      emb_reader.float32(emb_name))
-    if not same:
-        raise CheckpointError(f"{head_reader.path}: tensor {head_name!r} differs from {emb_name!r}, but "
-                              f"config.json says tie_word_embeddings: true; set it to false for a model "
-                              f"with its own output matrix")
+    same = (head.shape == emb.shape and head.dtype in FLOAT_CODES
+            and np.array_equal(head_reader.float32(head_name), emb_reader.float32(emb_name)))
+    if same:
+        return None
+    return CheckpointError(f"{head_reader.path}: tensor {head_name!r} differs from {emb_name!r}, but "
+                           f"config.json says tie_word_embeddings: true; set it to false for a model "
+                           f"with its own output matrix")
 
 
 def _load(model, plan):
