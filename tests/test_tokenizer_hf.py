@@ -13,6 +13,7 @@ Oniguruma's older tables (hf.py's header); lone surrogates cannot reach `tokeniz
 """
 import json
 import os
+import re
 import unicodedata
 
 import numpy as np
@@ -617,3 +618,21 @@ def test_from_merges_checks_its_arguments():
         Tokenizer.from_merges(vocab, [], "gpt2", {"<s>": 256})
     with pytest.raises(TokenizerError, match="from_merges"):
         Tokenizer.from_merges(vocab, [], "gpt2").to_tiktoken_ranks()
+
+
+@pytest.mark.parametrize("pattern, words", [(r"\s+$|\S+|\s+", "anchor '$'"),
+                                            (r"\p{N}{1,3}+|\D+", "possessive interval")])
+def test_export_refuses_a_regex_oniguruma_reads_otherwise(tmp_path, pattern, words):
+    tok = Tokenizer.bytes_level(pattern=pattern)
+    with pytest.raises(TokenizerError, match=re.escape(words)):
+        hf.save_hf_tokenizer(tok, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_custom_pattern_exports(tmp_path, training):
+    tok = Tokenizer.train(training[1:4], 500, pattern=r"\p{L}+|\p{N}|[^\p{L}\p{N}]", progress=False)
+    hf.save_hf_tokenizer(tok, tmp_path)
+    text = generated_text(30, 9)
+    assert hf_ids(tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")),
+                  text) == ours(tok, text)
+    assert hf.load_hf_tokenizer(tmp_path).encode(text) == tok.encode(text)

@@ -389,6 +389,16 @@ def export_regex(tok):
             inner = text[3:k]
             if text[k:] == ")" + _GAP.format(inner):
                 return inner, False
+    anchor = _anchor(text)
+    if anchor:
+        raise TokenizerError(f"the pattern {text!r:.80} has the anchor {anchor!r}, which "
+                             f"Oniguruma (Hugging Face's regex engine) reads per line: write "
+                             f"the pattern without it to export it")
+    interval = regex.search(r"(?<!\\)\{[0-9]*,?[0-9]*\}\+", text)
+    if interval:
+        raise TokenizerError(f"the pattern {text!r:.80} has the possessive interval "
+                             f"{interval.group()!r}, which Oniguruma reads as a repeat of a "
+                             f"repeat: drop the + (or wrap the group in (?>...)) to export it")
     return text, False
 
 
