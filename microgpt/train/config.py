@@ -22,9 +22,10 @@ preset's value is capped at max_steps // 10, so `microgpt train --max-steps 6` j
 
 Presets (vocab sizes are those of the tokenizer the run trains or loads; `presets_help()`
 lists every value each one sets, for `microgpt train --help`):
-    demo   4 layers x 128 channels, context 256, BPE vocab 2048 (1.1M parameters): 4.9M
-           tokens, 1.3 passes over the whole built-in corpus; its wall time on 2 CPU cores
-           is DEMO_MINUTES, the one figure help text and docs quote
+    demo   Llama family, 4 layers x 96 channels, context 256, BPE vocab 2048 trained on the
+           whole built-in corpus (0.64M parameters): 7.4M tokens, 2 passes over it; samples
+           with repetition penalty 1.1 (benchmarks/results/demo.md says how it was tuned);
+           its wall time on 2 CPU cores is DEMO_MINUTES, the one figure help text and docs quote
     baby   4 layers x 128 channels, a sanity-check size for benchmarks and tests
     small  6 layers x 384 channels (the "small" GPT of benchmarks, ~10M parameters)
     gpt2   the GPT-2 124M shape: 12 layers x 768 channels, 12 heads, context 1024, V 50257
@@ -224,7 +225,9 @@ def config_hash(config):
 
 # Wall time of the demo (`microgpt train`, no arguments) on 2 CPU cores, in minutes: the one
 # figure `microgpt --help`, `microgpt train --help` and the docs quote. Re-measure it when
-# the demo preset changes.
+# the demo preset changes. 6 is the estimate for a quiet machine from the measured work of
+# the tuned preset (benchmarks/results/demo.md: 3% less than the ~5-minute preset before it;
+# its one run, on a machine shared at load ~5, took 14 minutes).
 DEMO_MINUTES = 6
 
 PRESETS = {
