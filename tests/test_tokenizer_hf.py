@@ -208,6 +208,19 @@ def test_what_was_read(loaded):
     assert qwen.normalizer == "nfc" and qwen.chat_template is None
 
 
+def test_added_tokens_that_are_vocabulary_tokens(tmp_path, built):
+    """An added token whose text is a vocabulary token keeps that id and is cut out of the
+    text wherever it occurs (inside words too), as HF does."""
+    hf_tok = tokenizers.Tokenizer.from_str(built["gpt2"][0].to_str())
+    assert hf_tok.token_to_id("the") is not None
+    hf_tok.add_tokens(["the", " the", "ing"])
+    hf_tok.save(str(tmp_path / "tokenizer.json"))
+    tok = hf.load_hf_tokenizer(tmp_path)
+    assert tok.special_tokens["the"] == hf_tok.token_to_id("the") in tok.ordinary_ids
+    for text in ("bathe the other theme sing", " the the", generated_text(20, 4)):
+        assert ours(tok, text) == hf_ids(hf_tok, text)
+
+
 # ------------------------------------------------------------------ HF's merge rule
 
 def hand_made(tmp_path, merges, ignore_merges=False, extra=("ab", "bc", "abc")):

@@ -497,8 +497,8 @@ def _build(model, vocab, merges, added, pattern, ignore_merges, normalizer):
                 where.fail(f"merges[{k}] ({left!r}, {right!r}): {part!r} is not in model.vocab "
                            f"(a merge of another vocabulary?)")
             if vocab[part] not in ordinary:
-                where.unsupported(f"merges[{k}] ({left!r}, {right!r}) uses the added token "
-                                  f"{part!r}")
+                where.unsupported(f"merges[{k}] ({left!r}, {right!r}) uses {part!r}, also an "
+                                  f"added token whose text is not those bytes")
         pairs.append((ordinary[vocab[left]], ordinary[vocab[right]]))
     specials = {content: token_id for content, token_id in added_ids.items()}
     try:
