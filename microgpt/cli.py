@@ -1,7 +1,9 @@
 """The `microgpt` command: parse flags, build a config, call one library function.
 
     microgpt train [--preset demo] [--config FILE.toml] [--resume RUN_DIR] [flags]
-    microgpt generate RUN_DIR --prompt TEXT
+    microgpt generate RUN_DIR --prompt TEXT      (RUN_DIR: ours, or a Hugging Face directory)
+    microgpt inspect PATH [--json]               architecture, tensors, every problem
+    microgpt convert SRC DST [--dtype bfloat16]  our checkpoint <-> a Hugging Face directory
     microgpt plot RUN_DIR
     microgpt data prepare|clean ...
     microgpt tokenizer train|encode|decode|info ...
@@ -77,7 +79,9 @@ def _add_train(sub):
 
     g = _leaf(sub, "generate", _run_generate,
               help="sample text from a trained model (KV-cache decoding)")
-    g.add_argument("run_dir", metavar="RUN_DIR", help="a run directory or a checkpoint directory")
+    g.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, a checkpoint directory, or a "
+                                                     "Hugging Face model directory with its "
+                                                     "tokenizer.json")
     g.add_argument("--prompt", action="append", default=None,
                    help="prompt text (repeat for a batch; default: start a new document)")
     g.add_argument("--max-new-tokens", type=_int(0), default=200, help="default 200, >= 0")
@@ -188,6 +192,58 @@ def _run_plot(args):
     from .train.plot import plot_run
     _output_file("--out", args.out)
     print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def _add_models(sub):
+    """`microgpt inspect` and `convert` (microgpt/interop/)."""
+    p = _leaf(sub, "inspect", _run_inspect,
+              help="show a checkpoint's architecture and tensors, and every problem with it",
+              description="Print a checkpoint's architecture, its tensors (file name -> our name, "
+                          "shape, dtype, MiB), the totals, and every problem found: missing or "
+                          "unexpected tensors, shapes that contradict config.json, NaN/inf values, "
+                          "dtype surprises, a tokenizer or special-token ids that do not fit the "
+                          "embedding. Exit status 0 when there is none, 2 when there is one.")
+    p.add_argument("path", metavar="PATH", help="a run directory, a checkpoint directory, or a "
+                                                "Hugging Face model directory (single or sharded)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (for scripts)")
+    p.add_argument("--no-scan", action="store_true",
+                   help="skip reading the values (the NaN/inf scan): headers only, instant")
+
+    c = _leaf(sub, "convert", _run_convert,
+              help="convert between our checkpoints and Hugging Face model directories",
+              description="Our run or checkpoint directory -> a Hugging Face directory that "
+                          "transformers loads; a Hugging Face directory -> a run directory "
+                          "holding one model-only checkpoint, which `microgpt generate` and "
+                          "`microgpt train --init-from` read. The direction is SRC's kind.")
+    c.add_argument("src", metavar="SRC", help="a run, checkpoint or Hugging Face directory")
+    c.add_argument("dst", metavar="DST", help=f"the directory to write (must not exist or be "
+                                              f"empty; {_CREATED})")
+    c.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), default=None,
+                   help="dtype of the Hugging Face weights written (default float32; only for "
+                        "our checkpoint -> Hugging Face)")
+
+
+def _run_inspect(args):
+    import json
+    from .interop.inspector import inspect_checkpoint
+    report = inspect_checkpoint(args.path, scan_values=not args.no_scan)
+    print(json.dumps(report.to_dict(), indent=1) if args.json else report.format())
+    return 0 if report.ok else 2
+
+
+def _run_convert(args):
+    from .interop.convert import HUGGINGFACE, convert
+    _output_dir("DST", args.dst)
+    done = convert(args.src, args.dst, dtype=args.dtype)
+    if done["kind"] == HUGGINGFACE:
+        print(f"wrote {done['path']}: a Hugging Face {done['model_type']} directory "
+              f"({done['dtype']}); transformers: AutoModelForCausalLM.from_pretrained(...)")
+    else:
+        print(f"wrote {done['path']}: a microgpt run directory with one model-only checkpoint "
+              f"(from {done['model_type']}, float32)")
+        print(f"next: microgpt generate {done['path']} --prompt 'Hello'   or   "
+              f"microgpt train --init-from {done['path']} --data ...")
     return 0
 
 
@@ -396,6 +452,7 @@ def build_parser():
     parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
+    _add_models(sub)
     _add_data(sub)
     _add_tokenizer(sub)
     _name_the_choices(sub)

@@ -150,7 +150,7 @@ def test_help_says_missing_output_directories_are_created(capsys):
 
 
 def test_a_missing_subcommand_is_named_by_its_choices(capsys):
-    for argv, choices in (([], "{train,generate,plot,data,tokenizer}"),
+    for argv, choices in (([], "{train,generate,plot,inspect,convert,data,tokenizer}"),
                           (["data"], "{prepare,clean}"),
                           (["tokenizer"], "{train,encode,decode,info}")):
         err = parse_fails(argv, capsys)
