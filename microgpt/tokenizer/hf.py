@@ -29,10 +29,9 @@ order, so the space is "Ġ", U+0120). A vocabulary string is thus a byte string 
 disguise: mapping its characters back gives our token bytes. This is a bijection on the
 256 characters, so two vocabulary strings never give the same bytes.
 
-Merges onto our encoder. HF's BPE (models/bpe/word.rs, merge_all, in the `tokenizers`
-sources) keeps a heap of adjacent symbol pairs that are in the merge table, pops the
-lowest rank -- its position in `merges` -- leftmost on ties, and replaces the pair with
-the vocabulary id of its concatenation. Our C encoder runs the same loop; only the
+Merges onto our encoder. HF's BPE keeps a heap of the adjacent symbol pairs that are in
+its merge table, pops the lowest rank -- the pair's position in `merges` -- leftmost on
+ties, and replaces the pair with the vocabulary id of its concatenation. Our C encoder runs the same loop; only the
 tables differ from tiktoken's (csrc/bpe.h): there every split of a token into two
 tokens merges, at the rank of the token (ids are ranks); here exactly the listed pairs
 merge, at their own rank. The two rules differ on real vocabularies -- a pair whose
@@ -58,7 +57,7 @@ single_word set, and "normalized" added tokens under a normalizer, match differe
 and are refused. HF's post_processor may add a BOS token (Llama 3 does); our encode
 never adds anything, so compare with HF's add_special_tokens=False, or prepend the
 bos_token id when add_bos_token is true. Decoding: HF's ByteLevel decoder reads a special
-token's characters as byte symbols too, so it turns "<|\u00e9t\u00e9|>" into "<|\ufffdt\ufffd|>";
+token's characters as byte symbols too, so it turns "<|été|>" into "<|�t�|>";
 ours decodes a special to its text (ASCII specials, the usual ones, decode alike).
 
 The split regex. HF runs it with Oniguruma, we with the `regex` module (or our C
@@ -111,7 +110,7 @@ TOKENIZER_CONFIG = "tokenizer_config.json"
 SPECIAL_TOKENS_MAP = "special_tokens_map.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"      # where transformers v5 saves the template
 
-# GPT-2's ByteLevel regex, as tokenizers' pre_tokenizers/byte_level.rs writes it.
+# GPT-2's ByteLevel regex, as the `tokenizers` library spells it.
 HF_GPT2_REGEX = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 # Our 'gpt4' pattern in a form Oniguruma reads as `regex` does (see the header).
 ONIG_GPT4_REGEX = patterns.GPT4_PATTERN.replace(r"\p{N}{1,3}+", r"\p{N}{1,3}")
@@ -125,7 +124,7 @@ MALFORMED_FIX = ("the file is damaged or hand-edited: download it again (or writ
 
 def bytes_to_unicode():
     """[char of byte 0, ..., char of byte 255]: GPT-2's printable stand-ins for bytes."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)]
+    printable = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 0xFF + 1)}
     chars, extra = {}, 0
     for b in range(256):
         if b in printable:
@@ -138,7 +137,6 @@ def bytes_to_unicode():
 
 BYTE_CHARS = bytes_to_unicode()
 _BYTE_OF = {c: b for b, c in enumerate(BYTE_CHARS)}
-_TO_CHARS = {b: c for b, c in enumerate(BYTE_CHARS)}
 
 
 def byte_level_string(data):
