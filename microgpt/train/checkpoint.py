@@ -380,9 +380,10 @@ def load(path, training_state=True):
     weights = from_hf_tensors(load_tensors(os.path.join(path, "model.safetensors")),
                               gpt["family"])
     tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
-    if tokenizer.vocab_size != gpt.get("vocab_size"):
+    rows = gpt.get("vocab_size")
+    if not isinstance(rows, int) or tokenizer.vocab_size > rows:    # fewer: padded rows (Qwen)
         raise CheckpointError(f"{path}: tokenizer has {tokenizer.vocab_size} ids but the model "
-                              f"{gpt.get('vocab_size')}")
+                              f"{rows}")
     generation = read_json(os.path.join(path, "generation_config.json"))
     checkpoint = Checkpoint(marker["step"], gpt, weights, tokenizer, generation)
     if training_state:
