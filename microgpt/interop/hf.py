@@ -20,9 +20,19 @@ Loading happens in two passes, so that a bad directory fails before anything is 
      and checked against its file's size (hf_safetensors.py: a truncated file is caught
      here); every tensor matched to a parameter of the model by name, shape and dtype; no
      parameter left without a tensor, no tensor left without a parameter.
-  2. load: one tensor at a time, read through the file's memory map, widened to float32
-     when stored as float16 / bfloat16, copied into its parameter, its pages released.
-     Peak memory is the model plus one tensor: the model is never held twice.
+  2. load: into a model built without init (GPT(config, init=False): nothing drawn, the
+     matrices np.empty, pages the OS has not handed over yet), one tensor at a time:
+       - a float32 tensor stored in our layout becomes its parameter's array as it is: a
+         view of a private copy-on-write mapping of the file (hf_safetensors.mapped), as
+         transformers loads. Nothing is copied; its pages come from the page cache when
+         first used, and a write (training) copies only the page it touches;
+       - any other (float16 / bfloat16, GPT-2's transposed Conv1D, a float64 model) is
+         read (not mapped) a strip of rows at a time into one small buffer and written from
+         there into its parameter's array, widened and transposed on the way (read_into).
+     No tensor is ever copied twice or held in a temporary, so a load's peak is the model's
+     float32 size once, plus a strip: the model is never held twice. Every parameter must
+     have been written; the model says which was not. A mapped file must not be rewritten
+     in place while the model lives (replacing it by a rename, as export does, is safe).
 
 Any problem is a one-line MicrogptError naming the file (and the key or tensor) and what to
 do; the half-built model is dropped with the error, so nothing half-loaded is ever returned.
@@ -101,7 +111,7 @@ def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, bloc
                               f"reads; add the model's tokenizer.json")
     readers = open_weights(path)
     try:
-        model = GPT(config, dtype=dtype)
+        model = GPT(config, dtype=dtype, init=False)      # every weight about to be overwritten
         plan = match_tensors(model, readers)
         _load(model, plan)
     finally:
@@ -297,13 +307,23 @@ def _tied_error(lm_head, embedding):
 
 
 def _load(model, plan):
-    """Copy each planned tensor into its parameter, one at a time (the second pass)."""
+    """Give each planned tensor to its parameter, one at a time (the second pass): the file's
+    own bytes where they are already what the parameter holds, else written into its array.
+    Then check that none was left uninitialized."""
     family = model.config.family
+    params = dict(model.named_parameters())
     for ours, reader, name in plan:
-        array = hf_names.from_hf_layout(ours, reader.float32(name), family)
-        model.load_state_dict({ours: array}, strict=False)   # copies into the parameter
-        del array                                            # drop the view before close()
-        reader.release(name)
+        param = params[ours]
+        transposed = hf_names.is_transposed(ours, family)
+        mapped = None if transposed or param.dtype != np.float32 else reader.mapped(name)
+        if mapped is not None:
+            param.data = mapped                              # the file's bytes: nothing copied
+        else:
+            target = hf_names.to_hf_layout(ours, param.data, family)   # a view, in the file's layout
+            reader.read_into(name, target)
+        param.zero_grad()
+        model.mark_initialized([ours])
+    model.check_initialized(f"loading {os.path.dirname(plan[0][1].path) if plan else 'a model'}")
 
 
 def read_generation(path, hf):
@@ -360,6 +380,7 @@ def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overw
     generation = dict(generation or {})
     bos, eos = _special_ids(tokenizer)
     bos, eos = generation.get("bos_token_id", bos), generation.get("eos_token_id", eos)
+    model.check_initialized("export_hf")
     hf = hf_config_from_gpt(model.config, bos, eos, dtype)     # before any file: may refuse
     family = model.config.family
     tensors = {name: _Lazy(name, p, family) for name, p in model.named_parameters()}

@@ -145,6 +145,22 @@ def _is_count(value):
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+CHUNK_BYTES = 4 << 20       # read_into's strips (its one buffer) ...
+TRANSPOSED_ROWS = 16        # ... and its strips when writing into a transposed view
+
+
+def _convert(code, stored, out):
+    """Write stored values (of dtype `code`, BF16 as uint16 bits) into the float array `out`."""
+    if code == "BF16" and out.dtype == np.float32:
+        bits = out.view(np.uint32)
+        bits[...] = stored               # zero-extended to 32 bits ...
+        bits <<= 16                      # ... and shifted into the high half: exact
+    elif code == "BF16":
+        out[...] = bf16_bits_to_float32(stored)
+    else:
+        out[...] = stored                # F32 copied, F16 / F64 converted, element by element
+
+
 class SafetensorsReader:
     """One safetensors file, its header parsed and checked, its data memory-mapped on demand.
 
@@ -153,12 +169,16 @@ class SafetensorsReader:
             w = f.float32("lm_head.weight")          # float32, a read-only view for F32 data,
                                                      # a new array for F16/BF16/F64
             model_param[...] = w; del w              # copy it out before close()
+            f.read_into("lm_head.weight", out)       # or straight into an array (no temporary)
+            w = f.mapped("lm_head.weight")           # or, F32: the file's own bytes, writable
+                                                     # copy-on-write (outlives close())
     """
 
     def __init__(self, path):
         self.path = path
         self.tensors, self.metadata, self._data_start = read_header(path)
-        self._file = self._map = None
+        self._file = self._map = None          # the read-only mapping (raw, float32)
+        self._private = None                   # the copy-on-write one (mapped)
 
     def __enter__(self):
         return self
@@ -195,6 +215,65 @@ class SafetensorsReader:
             return raw
         return raw.astype(np.float32)
 
+    def mapped(self, name):
+        """Tensor `name` as a writable float32 array that *is* the file's bytes, or None when it
+        cannot be one (stored as another dtype, or at an offset float32 cannot be aligned to).
+
+        It is a view of a private, copy-on-write mapping of the file (one per reader, kept
+        alive by its views, not by the reader: close() leaves it to them). Nothing is read or
+        copied now: a page comes from the page cache when first read, and a write (training)
+        copies just that page into this process, never into the file. transformers loads the
+        same way. The file must then stay as it is while the array lives: replacing it (a
+        rename, as fileio.atomic_write and export do) is safe, rewriting it in place is not."""
+        info = self.tensors[name]
+        if info.dtype != "F32" or info.begin == info.end or (self._data_start + info.begin) % 4:
+            return None
+        if self._private is None:
+            with open(self.path, "rb") as f:
+                self._private = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        flat = np.frombuffer(self._private, dtype=np.float32, count=(info.end - info.begin) // 4,
+                             offset=self._data_start + info.begin)
+        return flat.reshape(info.shape)
+
+    def read_into(self, name, out):
+        """Write tensor `name` into `out`, a float array of its shape and any strides (hf.py
+        passes a parameter's own array, seen transposed for GPT-2's Conv1D), widened on the
+        way: BF16 into float32 in place, out's bits = stored << 16.
+
+        The bytes are read (not mapped), a strip of rows at a time, into one small buffer that
+        each strip reuses, and go from there into `out`: no temporary of the tensor's size,
+        and no file pages mapped into this process (a memory-mapped copy maps whole folios
+        of the page cache around every page it touches, neighbours' pages included). A
+        strip is about CHUNK_BYTES, or TRANSPOSED_ROWS rows where `out` is a transposed view
+        (a strip that narrow keeps the strided writes in cache: about twice the speed)."""
+        info = self.tensors[name]
+        if info.dtype not in DTYPES:
+            raise _bad(self.path, f"tensor {name!r} has dtype {info.dtype}; only floating-point weights "
+                                  f"(F32, F16, BF16, F64) can be loaded")
+        if out.shape != info.shape:
+            raise _bad(self.path, f"tensor {name!r} has shape {info.shape}, not the {out.shape} it is "
+                                  f"read into")
+        stored = DTYPES[info.dtype][0]
+        if info.end == info.begin:
+            return
+        if not info.shape:                                     # a scalar: one row of one value
+            out, shape = out.reshape(1), (1,)
+        else:
+            shape = info.shape
+        row_bytes = (info.end - info.begin) // shape[0]
+        rows = max(1, CHUNK_BYTES // row_bytes) if out.flags.c_contiguous else TRANSPOSED_ROWS
+        buffer = np.empty(min(rows, shape[0]) * row_bytes, dtype=np.uint8)
+        with open(self.path, "rb", buffering=0) as f:          # unbuffered: each read one system call
+            f.seek(self._data_start + info.begin)
+            for first in range(0, shape[0], rows):
+                last = min(first + rows, shape[0])
+                strip = memoryview(buffer)[:(last - first) * row_bytes]
+                if f.readinto(strip) != len(strip):
+                    raise _bad(self.path, f"tensor {name!r}: the file ended before its data did (it changed "
+                                          f"since its header was read); download or export it again")
+                values = np.frombuffer(strip, dtype=stored).reshape((last - first,) + shape[1:])
+                _convert(info.dtype, values, out[first:last])
+
     def release(self, name):
         """Tell the kernel the pages of tensor `name` may leave this process's memory (after
         it was copied out), so a model loads without also keeping its file's pages resident."""
@@ -215,6 +294,7 @@ class SafetensorsReader:
             self._map.close()
             self._file.close()
             self._map = self._file = None
+        self._private = None                 # unmapped when the last array viewing it is gone
 
 
 # --- writing -------------------------------------------------------------------------------------

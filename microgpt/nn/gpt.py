@@ -31,6 +31,11 @@ Parameter names follow each family's Hugging Face checkpoints, so real weights m
 (GPT-2's Conv1D weights are the transpose of our Linear's). Initialization is GPT-2's:
 N(0, 0.02), with the residual output projections scaled by 1/sqrt(2 L) so the residual
 stream's variance does not grow with depth.
+
+GPT(config, init=False) is the model a loader fills: the same parameters, nothing drawn
+(layers.py), every one marked uninitialized (module.py). forward, decoding, state_dict and
+export refuse it with a CheckpointError until every parameter has been written, so its
+uninitialized memory can never pass for weights.
 """
 import math
 from dataclasses import asdict, dataclass
@@ -155,19 +160,21 @@ class GPTConfig:
 class Block(Module):
     """One pre-norm Transformer block; attribute names follow the family's checkpoints."""
 
-    def __init__(self, config, rng, proj_std, dtype):
+    def __init__(self, config, rng, proj_std, dtype, init=True):
         self.family = config.family
-        attn = CausalSelfAttention(config, rng, proj_std, dtype)
+        attn = CausalSelfAttention(config, rng, proj_std, dtype, init)
         if config.family == "gpt2":
             self.ln_1 = LayerNorm(config.n_embd, config.bias, config.norm_eps, dtype)
             self.attn = attn
             self.ln_2 = LayerNorm(config.n_embd, config.bias, config.norm_eps, dtype)
-            self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std, dtype)
+            self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std, dtype,
+                           init)
         else:
             self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
             self.self_attn = attn
             self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
-            self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std, dtype)
+            self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std,
+                              dtype, init)
 
     def forward(self, x, rotary=None, cache=None, layer=0):
         if self.family == "gpt2":
@@ -186,30 +193,36 @@ class _Group(Module):
 
 
 class GPT(Module):
-    def __init__(self, config, seed=0, dtype=np.float32):
+    def __init__(self, config, seed=0, dtype=np.float32, init=True):
+        """init=False: draw nothing, mark every parameter uninitialized (for a loader to fill)."""
         self.config = config
         rng = np.random.default_rng(seed)
         proj_std = INIT_STD / math.sqrt(2 * config.n_layer)
         c, v = config.n_embd, config.vocab_size
-        blocks = ModuleList([Block(config, rng, proj_std, dtype) for _ in range(config.n_layer)])
+        blocks = ModuleList([Block(config, rng, proj_std, dtype, init) for _ in range(config.n_layer)])
         if config.family == "gpt2":
-            self.transformer = _Group(wte=Embedding(v, c, rng, dtype=dtype),
-                                      wpe=Embedding(config.block_size, c, rng, dtype=dtype),
+            self.transformer = _Group(wte=Embedding(v, c, rng, dtype=dtype, init=init),
+                                      wpe=Embedding(config.block_size, c, rng, dtype=dtype, init=init),
                                       drop=Dropout(config.dropout, rng), h=blocks,
                                       ln_f=LayerNorm(c, config.bias, config.norm_eps, dtype))
             token_table, self.rotary = self.transformer.wte, None
         else:
-            self.model = _Group(embed_tokens=Embedding(v, c, rng, dtype=dtype), layers=blocks,
+            self.model = _Group(embed_tokens=Embedding(v, c, rng, dtype=dtype, init=init), layers=blocks,
                                 norm=RMSNorm(c, config.norm_eps, dtype))
             token_table = self.model.embed_tokens
             self.rotary = RotaryTables(config.block_size, config.head_size, config.rope_theta,
                                        config.rope_scaling)
-        self.lm_head = Linear(c, v, bias=False, rng=rng, dtype=dtype)
+        self.lm_head = Linear(c, v, bias=False, rng=rng, dtype=dtype, init=init)
         if config.tie_embeddings:
             self.lm_head.weight = token_table.weight      # one Parameter under two names
+        if not init:
+            self.mark_uninitialized()
 
     @property
     def blocks(self):
+        """The Transformer blocks. Whatever runs the model reaches its weights through here
+        (forward, inference/decode.py), so a model still uninitialized is refused here."""
+        self.check_initialized("GPT")
         return self.transformer.h if self.config.family == "gpt2" else self.model.layers
 
     def new_kv_cache(self, batch_size=1):
@@ -223,6 +236,7 @@ class GPT(Module):
         last_only=True computes the logits of the last position only, (B, 1, V): all that
         sampling the next token needs, and the LM head is the largest matrix of a small model.
         """
+        self.check_initialized("GPT.forward")
         ids = idx.numpy() if isinstance(idx, Tensor) else np.asarray(idx)
         if ids.ndim != 2:
             raise ShapeError(f"GPT.forward: idx must be (B, T), got shape {ids.shape}")

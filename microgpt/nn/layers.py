@@ -3,6 +3,13 @@
 Initialization follows GPT-2: weights ~ N(0, 0.02), biases 0, norm gains 1. The residual
 output projections (c_proj, o_proj, down_proj) are scaled further by the GPT model, which
 knows the depth. Every layer draws from a numpy Generator passed in, so a seed fixes a model.
+
+init=False skips the draws: the weight matrices are np.empty, whatever the memory held. That
+is for a model about to be loaded (GPT(config, init=False), which marks every parameter
+uninitialized until something writes it): drawing 124M normals only to overwrite them costs
+seconds, and for a large matrix the OS hands np.empty's pages over on their first write, so a
+loader writing into them allocates the model once. Biases and norm gains stay 0 and 1 (a few
+vectors: nothing to save).
 """
 import numpy as np
 
@@ -12,16 +19,21 @@ from .module import Module, Parameter
 INIT_STD = 0.02
 
 
-def normal(rng, shape, std, dtype):
-    return rng.normal(0.0, std, size=shape).astype(dtype)
+def normal_parameter(rng, shape, std, dtype, init=True):
+    """A Parameter of N(0, std^2) draws, or (init=False) of uninitialized memory to be overwritten.
+    The array is new, so the Parameter takes it as it is (Parameter(array) would copy it, and
+    copying an np.empty array writes every page it was meant to leave untouched)."""
+    array = rng.normal(0.0, std, size=shape).astype(dtype) if init else np.empty(shape, dtype)
+    return Parameter.wrap(array, requires_grad=True)
 
 
 class Linear(Module):
     """y = x W^T + b with W of shape (out_features, in_features)."""
 
-    def __init__(self, in_features, out_features, bias=True, rng=None, std=INIT_STD, dtype=np.float32):
+    def __init__(self, in_features, out_features, bias=True, rng=None, std=INIT_STD, dtype=np.float32,
+                 init=True):
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.weight = Parameter(normal(rng, (out_features, in_features), std, dtype))
+        self.weight = normal_parameter(rng, (out_features, in_features), std, dtype, init)
         self.bias = Parameter(np.zeros(out_features, dtype=dtype)) if bias else None
 
     def forward(self, x):
@@ -31,9 +43,9 @@ class Linear(Module):
 class Embedding(Module):
     """A table of num_embeddings vectors; forward(ids) looks rows up."""
 
-    def __init__(self, num_embeddings, dim, rng=None, std=INIT_STD, dtype=np.float32):
+    def __init__(self, num_embeddings, dim, rng=None, std=INIT_STD, dtype=np.float32, init=True):
         rng = rng if rng is not None else np.random.default_rng(0)
-        self.weight = Parameter(normal(rng, (num_embeddings, dim), std, dtype))
+        self.weight = normal_parameter(rng, (num_embeddings, dim), std, dtype, init)
 
     def forward(self, ids):
         return ops_fused.embedding(ids, self.weight)
@@ -71,9 +83,9 @@ class Dropout(Module):
 class MLP(Module):
     """GPT-2's feed-forward block: c_proj(gelu(c_fc(x))), hidden size 4C."""
 
-    def __init__(self, dim, hidden, bias, dropout, rng, proj_std, dtype=np.float32):
-        self.c_fc = Linear(dim, hidden, bias, rng, dtype=dtype)
-        self.c_proj = Linear(hidden, dim, bias, rng, std=proj_std, dtype=dtype)
+    def __init__(self, dim, hidden, bias, dropout, rng, proj_std, dtype=np.float32, init=True):
+        self.c_fc = Linear(dim, hidden, bias, rng, dtype=dtype, init=init)
+        self.c_proj = Linear(hidden, dim, bias, rng, std=proj_std, dtype=dtype, init=init)
         self.dropout = Dropout(dropout, rng)
 
     def forward(self, x):
@@ -83,10 +95,10 @@ class MLP(Module):
 class SwiGLU(Module):
     """Llama's feed-forward block: down_proj(silu(gate_proj(x)) * up_proj(x))."""
 
-    def __init__(self, dim, hidden, bias, dropout, rng, proj_std, dtype=np.float32):
-        self.gate_proj = Linear(dim, hidden, bias, rng, dtype=dtype)
-        self.up_proj = Linear(dim, hidden, bias, rng, dtype=dtype)
-        self.down_proj = Linear(hidden, dim, bias, rng, std=proj_std, dtype=dtype)
+    def __init__(self, dim, hidden, bias, dropout, rng, proj_std, dtype=np.float32, init=True):
+        self.gate_proj = Linear(dim, hidden, bias, rng, dtype=dtype, init=init)
+        self.up_proj = Linear(dim, hidden, bias, rng, dtype=dtype, init=init)
+        self.down_proj = Linear(hidden, dim, bias, rng, std=proj_std, dtype=dtype, init=init)
         self.dropout = Dropout(dropout, rng)
 
     def forward(self, x):

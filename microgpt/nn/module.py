@@ -5,6 +5,14 @@ a Parameter is a leaf, a Module (or a ModuleList of them) is a subtree whose nam
 dotted prefix. That gives checkpoint names such as `transformer.h.0.attn.c_attn.weight`
 with no registration calls. A Parameter reachable under two names (tied embeddings) is
 reported once, under the first name.
+
+A model built to be loaded (GPT(config, init=False)) holds uninitialized memory until its
+weights are written. It keeps the names of those parameters in `uninitialized`;
+load_state_dict, or a loader writing into the arrays itself (interop/hf.py) and then calling
+mark_initialized, takes them off, and check_initialized is a CheckpointError while any is
+left: what runs a model, saves it or exports it calls it, so such memory is never used as
+weights. (The set lives on the module that was built without init, the whole model; a
+submodule knows nothing of it.)
 """
 import numpy as np
 
@@ -29,6 +37,7 @@ class Module:
     """Base class of layers and models: parameters, train/eval, state_dict, device moves."""
 
     training = True
+    uninitialized = frozenset()     # names of parameters holding no values yet (see the docstring)
 
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
@@ -75,8 +84,29 @@ class Module:
     def eval(self):
         return self.train(False)
 
+    def mark_uninitialized(self):
+        """Declare every parameter's values uninitialized memory (GPT(config, init=False))."""
+        self.uninitialized = {name for name, _ in self.named_parameters()}
+
+    def mark_initialized(self, names):
+        """Take parameters off `uninitialized` once their values have been written."""
+        if self.uninitialized:
+            self.uninitialized = self.uninitialized - set(names)
+
+    def check_initialized(self, what):
+        """A CheckpointError (for `what`, e.g. "GPT.forward") while any parameter holds no values."""
+        if not self.uninitialized:
+            return
+        unset = [name for name, _ in self.named_parameters() if name in self.uninitialized]
+        listed = ", ".join(unset[:3]) + (f" and {len(unset) - 3} more" if len(unset) > 3 else "")
+        raise CheckpointError(f"{what}: {len(unset)} of {len(self.parameters())} parameters hold "
+                              f"uninitialized memory ({listed}): the model was built with init=False "
+                              f"and not loaded; load weights into it (load_state_dict, "
+                              f"interop.load_pretrained) or build it with init=True")
+
     def state_dict(self):
         """{name: host NumPy array} — a copy, safe to save or modify."""
+        self.check_initialized("state_dict")
         return {name: np.array(p.numpy(), copy=True) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state, strict=True):
@@ -96,6 +126,7 @@ class Module:
             if name in state:
                 p.data = p.backend.asarray(np.asarray(state[name]), p.dtype)
                 p.zero_grad()
+        self.mark_initialized(name for name in params if name in state)
         return self
 
     def to(self, device=None, dtype=None):
