@@ -32,6 +32,17 @@ lists every value each one sets, for `microgpt train --help`):
 
 `config_hash` fingerprints the fields that change what training computes; a resumed run
 must have the same hash, so a checkpoint is never continued under different math.
+
+Continuing from a model (`init_from`: a run, a checkpoint or a Hugging Face directory). The
+model is the checkpoint's: its architecture fields (ARCHITECTURE_FIELDS) are read from its
+config.json (no weight is read here) and replace the preset's, and its tokenizer tokenizes
+the data, so `tokenizer` and `vocab_size` do not apply. A value of those fields that the
+TOML file or a flag sets is an error naming it, unless it equals the checkpoint's, since
+silently training another model than the one asked for is worse than stopping.
+`block_size` stays a setting: the training window, at most the model's context (unset, the
+preset's, capped at that context); the model keeps its own context. Everything else (the
+data, lr, steps, dropout ...) is this run's, and training starts at step 0 with a fresh
+optimizer (train/trainer.py).
 """
 import argparse
 import dataclasses
@@ -117,6 +128,7 @@ class TrainConfig:
     tokenizer_bytes: int = 2_000_000  # bytes of text the BPE is trained on
     val_fraction: float = 0.02       # share of documents held out for validation
     # --- model (GPTConfig fields) ---------------------------------------------------------
+    init_from: str = ""              # "" = a fresh model; else a run, checkpoint or HF directory
     family: str = "gpt2"             # "gpt2" or "llama"
     n_layer: int = 4
     n_head: int = 4
@@ -167,7 +179,7 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ConfigError(f"{name} must be {' or '.join(map(repr, choices))}, "
                                   f"got {getattr(self, name)!r}")
-        if self.n_embd % self.n_head:
+        if self.n_embd % self.n_head and not self.init_from:     # a loaded model may set head_dim
             raise ConfigError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_kv_head and self.n_head % self.n_kv_head:
             raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head "
@@ -207,6 +219,64 @@ FIELD_BOUNDS = {
     "temperature": Bounds(0.0), "repetition_penalty": Bounds(0.0, low_open=True),
 }
 FIELD_CHOICES = {"family": ("gpt2", "llama"), "device": ("cpu", "cuda")}
+
+
+# The fields a model given by init_from fixes: its architecture, as TrainConfig spells it.
+ARCHITECTURE_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "tie_embeddings")
+# The fields that choose a tokenizer, which init_from replaces by the model's own.
+TOKENIZER_FIELDS = ("tokenizer", "vocab_size")
+
+
+def architecture_of(gpt):
+    """The ARCHITECTURE_FIELDS values of a GPTConfig (n_kv_head 0 when it equals n_head)."""
+    return {"family": gpt.family, "n_layer": gpt.n_layer, "n_head": gpt.n_head,
+            "n_kv_head": 0 if gpt.n_kv_head == gpt.n_head else gpt.n_kv_head,
+            "n_embd": gpt.n_embd, "bias": gpt.bias, "tie_embeddings": gpt.tie_embeddings}
+
+
+def architecture_clashes(values, gpt, keys=ARCHITECTURE_FIELDS):
+    """['n_layer=8 (the model has 4)', ...]: the fields among `keys` whose value in
+    `values` contradicts GPTConfig `gpt` (n_kv_head 0 means n_head)."""
+    fixed = architecture_of(gpt)
+    same_heads = lambda v: v or fixed["n_head"]          # noqa: E731
+    return [f"{k}={values[k]!r} (the model has {fixed[k]!r})" for k in keys if k in values
+            and (same_heads(values[k]) != same_heads(fixed[k]) if k == "n_kv_head" else values[k] != fixed[k])]
+
+
+def check_init_model(config, gpt):
+    """Raise ConfigError unless `config` (a TrainConfig with init_from) trains model `gpt`:
+    the same architecture, a window within its context."""
+    clashes = architecture_clashes(config.to_dict(), gpt)
+    if clashes:
+        raise ConfigError(f"init_from {config.init_from}: the config describes another model: "
+                          f"{', '.join(clashes)}; build it with make_config, which takes them from "
+                          f"the checkpoint")
+    if config.block_size > gpt.block_size:
+        raise ConfigError(f"block_size {config.block_size} is longer than the context of the "
+                          f"--init-from model ({gpt.block_size} positions); give at most "
+                          f"{gpt.block_size}")
+
+
+def _adopt_init_model(values, user_set):
+    """values (a dict of fields) with the architecture of the model values["init_from"]
+    names; user_set: the fields the TOML file or flags set (the preset's give way)."""
+    from ..interop.convert import model_config
+    path = values["init_from"]
+    gpt, _ = model_config(path)
+    clashes = architecture_clashes({k: values[k] for k in user_set if k in values}, gpt)
+    clashes += [f"{k}={values[k]!r} (the model's own tokenizer is used)" for k in TOKENIZER_FIELDS
+                if k in user_set]
+    if clashes:
+        raise ConfigError(f"--init-from {path} fixes the model and its tokenizer, and these settings "
+                          f"contradict it: {', '.join(clashes)}; drop them (or train a fresh model "
+                          f"without --init-from)")
+    values.update(architecture_of(gpt))
+    if "block_size" not in user_set:
+        values["block_size"] = min(values.get("block_size", _FIELDS["block_size"].default), gpt.block_size)
+    elif isinstance(values["block_size"], int) and values["block_size"] > gpt.block_size:
+        raise ConfigError(f"block_size {values['block_size']} is longer than the context of the "
+                          f"--init-from model ({gpt.block_size} positions); give at most {gpt.block_size}")
+    return values
 
 
 # Fields that do not change what training computes: they may differ on resume.
@@ -301,7 +371,8 @@ def load_toml(path):
 def make_config(preset="demo", toml_path=None, overrides=None):
     """preset < TOML file < overrides (a dict of field values, e.g. from CLI flags).
 
-    A warmup_steps set by neither the file nor the overrides is capped at max_steps // 10."""
+    A warmup_steps set by neither the file nor the overrides is capped at max_steps // 10.
+    With init_from, the architecture is the checkpoint's (see the header)."""
     values = {}
     file_values = load_toml(toml_path) if toml_path else {}
     file_preset = file_values.pop("preset", "demo")
@@ -315,6 +386,8 @@ def make_config(preset="demo", toml_path=None, overrides=None):
         if key not in _FIELDS:
             raise ConfigError(f"unknown config key {key!r}")
         values[key] = _coerce(key, value)
+    if values.get("init_from"):
+        _adopt_init_model(values, set(file_values) | set(overrides or {}))
     if "warmup_steps" not in file_values and "warmup_steps" not in (overrides or {}):
         warmup = values.get("warmup_steps", _FIELDS["warmup_steps"].default)
         max_steps = values.get("max_steps", _FIELDS["max_steps"].default)
@@ -370,6 +443,8 @@ _HELP_NOTES = {
     "grad_clip": "0 = no clipping",
     "sample_interval": "0 = only at the end",
     "corpus_bytes": "0 = all of the built-in corpus",
+    "init_from": "'' = a fresh model; a run, checkpoint or Hugging Face directory to continue "
+                 "pre-training: its architecture and tokenizer, step 0, a fresh optimizer",
 }
 
 

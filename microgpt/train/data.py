@@ -1,13 +1,15 @@
 """A run's data: corpus -> tokenizer -> token shards, prepared once and reused.
 
     tokenizer, tokenizer_path, meta = prepare_run_data(config, data_dir)
+    ... = prepare_run_data(config, data_dir, tokenizer=model_tokenizer)   # train --init-from
 
 The corpus is the built-in one (`data = "builtin"`: pydoc topics + the stdlib sources, see
 data/corpus.py) or any comma-separated paths that data/sources.py reads (text files,
 directories, .jsonl with `text_field`, .gz). The tokenizer is the file named by
 `config.tokenizer`, or a byte-level BPE of `vocab_size` trained here on the first
 `tokenizer_bytes` of the corpus (GPT-4 split pattern, <|endoftext|> as the one special
-token). The shards go to `data_dir` with the tokenizer beside them.
+token), or the tokenizer passed in: the one of the model `--init-from` starts from. The
+shards go to `data_dir` with the tokenizer beside them.
 
 Caching: meta.json records a *data key*, the sha256 of every config field that shapes the
 data (plus the Python version for the built-in corpus, whose text changes with it). When
@@ -37,12 +39,14 @@ DATA_FIELDS = ("data", "text_field", "corpus_bytes", "tokenizer", "vocab_size",
                "tokenizer_bytes", "val_fraction")
 
 
-def data_key(config):
+def data_key(config, tokenizer=None):
     fields = {name: getattr(config, name) for name in DATA_FIELDS}
     if config.data == "builtin":
         fields["python"] = sys.version.split()[0]
     if config.tokenizer:
         fields["tokenizer_sha256"] = _file_sha256(config.tokenizer)
+    if tokenizer is not None:                  # given by the caller: its saved form identifies it
+        fields["given_tokenizer_sha256"] = _tokenizer_sha256(tokenizer)
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -52,6 +56,11 @@ def _file_sha256(path):
             return hashlib.sha256(f.read()).hexdigest()
     except FileNotFoundError:
         raise ConfigError(f"tokenizer file not found: {path}") from None
+
+
+def _tokenizer_sha256(tokenizer):
+    from ..tokenizer.fileformat import dumps
+    return hashlib.sha256(dumps(tokenizer).encode("utf-8")).hexdigest()
 
 
 def input_paths(data):
@@ -132,14 +141,21 @@ def read_meta(meta_path):
     return meta
 
 
-def prepare_run_data(config, data_dir, log=print):
-    """(tokenizer, tokenizer path, meta) for the run, building the shards if needed."""
-    key = data_key(config)
+def prepare_run_data(config, data_dir, log=print, tokenizer=None):
+    """(tokenizer, tokenizer path, meta) for the run, building the shards if needed.
+    tokenizer: the one to use instead of config.tokenizer or training one (a prepared
+    directory must then have been tokenized by this very tokenizer)."""
+    key = data_key(config, tokenizer)
     meta_path = os.path.join(data_dir, "meta.json")
     if os.path.isfile(meta_path):
         meta = read_meta(meta_path)
         tok_path = os.path.join(data_dir, meta.get("tokenizer", TOKENIZER_FILE))
         if "data_key" not in meta:                 # made by `microgpt data prepare`: use it
+            if tokenizer is not None and _tokenizer_sha256(load_tokenizer(tok_path)) != _tokenizer_sha256(tokenizer):
+                raise ConfigError(f"{data_dir} was prepared with another tokenizer ({tok_path}) than "
+                                  f"the model's; prepare it with the model's tokenizer.bpe "
+                                  f"(`microgpt data prepare ... --tokenizer CHECKPOINT/tokenizer.bpe`), "
+                                  f"or leave --data-dir unset")
             log(f"data: using the prepared {data_dir} ({meta['tokens']['train']:,} train / "
                 f"{meta['tokens']['val']:,} val tokens, its own tokenizer); data and tokenizer "
                 f"settings do not apply")
@@ -152,7 +168,9 @@ def prepare_run_data(config, data_dir, log=print):
         check_paths(input_paths(config.data))      # before any tokenizer training
     tok_path = os.path.join(data_dir, TOKENIZER_FILE)
     log(describe(config))
-    if config.tokenizer:
+    if tokenizer is not None:
+        log(f"tokenizer: the model's own, {tokenizer.vocab_size} ids")
+    elif config.tokenizer:
         tokenizer = load_tokenizer(config.tokenizer)
     else:
         tokenizer = train_tokenizer(documents(config), config.vocab_size,

@@ -32,6 +32,16 @@ stores all three states (plus AdamW's moments and step count), so `resume` conti
 for bit: the losses and weights after N + N resumed steps equal those of 2N straight ones.
 Evaluation and sampling never touch those states (eval mode, their own Generators).
 
+Continuing from a model (`init_from`, `microgpt train --init-from PATH`: a run, a
+checkpoint or a Hugging Face directory). The model is loaded as it is (train/checkpoint.py's
+load_model: its architecture, weights and tokenizer), its tokenizer tokenizes the data,
+and the run is otherwise fresh: step 0, AdamW's moments zero, the learning-rate schedule
+from its start, dropout at this run's `dropout` with masks drawn from `seed`. So the first
+logged loss is the loaded model's own loss on the first batch. Checkpoints of the run hold
+the model's full GPTConfig (Qwen3's qk_norm and head_dim too), so `--resume` rebuilds it
+from the checkpoint alone, never reading init_from again, and `microgpt convert` writes it
+back to the model's Hugging Face type.
+
 Stopping. Ctrl-C (SIGINT), and SIGTERM inside `stop_on_sigterm()` (the CLI's train command
 runs in one), raise Interrupted, whose message names the step reached and the newest
 complete checkpoint. A kill of any kind, even SIGKILL halfway through a save, leaves that
@@ -50,7 +60,7 @@ import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MicrogptError
 from . import checkpoint as ckpt
-from .config import RUN_CONTROL_FIELDS, config_hash, from_dict
+from .config import RUN_CONTROL_FIELDS, check_init_model, config_hash, from_dict
 from .data import prepare_run_data
 from .optim import AdamW, grad_norm
 from .schedule import lr_at
@@ -137,21 +147,29 @@ class Trainer:
 
     # --- setup -------------------------------------------------------------------------------
 
-    def setup(self):
+    def setup(self, resumed=None):
+        """Data, tokenizer, model and optimizer. resumed: the Checkpoint `resume` continues;
+        for an init_from run its model config and tokenizer are the run's (the weights come
+        in `restore`), so the model it started from is not read again."""
         from .. import backends
         from ..data.loader import DataLoader
         from ..nn import GPT
         c = self.config
         backends.get(c.device)                     # fail early if the device has no backend
+        init_model, init_tokenizer = self._init_model(resumed) if c.init_from else (None, None)
         os.makedirs(self.run_dir, exist_ok=True)
         data_dir = c.data_dir or os.path.join(self.run_dir, "data")
         # redrawn bars only on a terminal: in a log file each redraw would be another line
         self.live_progress = c.progress and _is_terminal(sys.stderr)
         self.tokenizer, self.tokenizer_path, self.meta = prepare_run_data(
-            dataclasses.replace(c, progress=self.live_progress), data_dir, self.log)
-        V = self.tokenizer.vocab_size
-        self.gpt_config = gpt_config(c, V)
-        self.model = GPT(self.gpt_config, seed=c.seed)
+            dataclasses.replace(c, progress=self.live_progress), data_dir, self.log,
+            tokenizer=init_tokenizer)
+        V = self.tokenizer.vocab_size              # the data's ids; the model may have more rows
+        if init_model is not None:
+            self.model, self.gpt_config = init_model, init_model.config
+        else:
+            self.gpt_config = gpt_config(c, V) if not c.init_from else self._resumed_gpt
+            self.model = GPT(self.gpt_config, seed=c.seed)
         if c.device != "cpu":
             self.model.to(c.device)
         self.optimizer = AdamW(self.model.named_parameters(), c.weight_decay, (c.beta1, c.beta2),
@@ -164,9 +182,35 @@ class Trainer:
         self.metrics_path = ckpt.metrics_path(self.run_dir)
         n = self.model.num_parameters()
         self.log(f"model: {c.family} {c.n_layer} layers x {c.n_embd} channels, {c.n_head} heads, "
-                 f"context {c.block_size}, vocab {V}: {n / 1e6:.2f}M parameters; "
-                 f"{c.tokens_per_step:,} tokens per step, {c.max_steps} steps")
+                 f"context {c.block_size}, vocab {self.gpt_config.vocab_size}: {n / 1e6:.2f}M "
+                 f"parameters; {c.tokens_per_step:,} tokens per step, {c.max_steps} steps"
+                 + (f"; initialized from {c.init_from}" if c.init_from else ""))
         return self
+
+    def _init_model(self, resumed):
+        """(GPT or None, tokenizer) of an init_from run: the loaded model, ready to train
+        (dropout and its masks this run's), or, resuming, None and the checkpoint's
+        tokenizer, its GPTConfig kept for setup."""
+        from ..nn import GPTConfig
+        from ..nn.layers import Dropout
+        c = self.config
+        if resumed is not None:
+            self._resumed_gpt = GPTConfig(**resumed.gpt)
+            check_init_model(c, self._resumed_gpt)
+            return None, resumed.tokenizer
+        model, tokenizer, _ = ckpt.load_model(c.init_from)
+        check_init_model(c, model.config)
+        if tokenizer.eot_id is None:
+            raise ConfigError(f"init_from {c.init_from}: its tokenizer has no end-of-text token "
+                              f"(an eos_token or <|endoftext|>), which separates the documents of "
+                              f"the training data")
+        model.config.dropout = c.dropout
+        for _, module in model.named_modules():
+            if isinstance(module, Dropout):
+                module.p = float(c.dropout)
+        for generator in model_generators(model):     # masks from this run's seed
+            generator.bit_generator.state = np.random.default_rng(c.seed).bit_generator.state
+        return model.train(), tokenizer
 
     # --- one optimizer step --------------------------------------------------------------------
 
@@ -498,7 +542,7 @@ def resume(run_dir, overrides=None, log=print, stop_at_step=None):
     if changed:
         raise ConfigError(f"cannot resume with changed {', '.join(changed)}: these fields change "
                           f"what training computes; start a new run instead")
-    trainer = Trainer(config, log).setup()
+    trainer = Trainer(config, log).setup(resumed=checkpoint)
     trainer.restore(checkpoint, path)
     log(f"resumed from {path} at step {trainer.step}")
     return trainer.run(stop_at_step=stop_at_step)
