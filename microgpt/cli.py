@@ -88,8 +88,8 @@ def _add_train(sub):
     g.add_argument("--temperature", type=_float(0.0), default=None,
                    help="0 = greedy, >= 0 (default: the run's, else 0.8)")
     g.add_argument("--top-k", type=_int(0), default=None, help="0 = off (default: the run's)")
-    g.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=1.0,
-                   help="nucleus mass in (0, 1]; 1 = off (default)")
+    g.add_argument("--top-p", type=_float(0.0, 1.0, low_open=True), default=None,
+                   help="nucleus mass in (0, 1]; 1 = off (default: the model's, else 1)")
     g.add_argument("--repetition-penalty", type=_float(0.0, low_open=True), default=None,
                    help="> 0; 1 = off (default: the run's, else 1)")
     g.add_argument("--seed", type=_int(0), default=0)
@@ -156,12 +156,13 @@ def _sampling(args, checkpoint, gen):
     top_k = gen.get("top_k", 0) if args.top_k is None else args.top_k
     penalty = (gen.get("repetition_penalty", 1.0) if args.repetition_penalty is None
                else args.repetition_penalty)
+    top_p = gen.get("top_p", 1.0) if args.top_p is None else args.top_p
     try:
-        return SamplingConfig(temperature=temperature, top_k=top_k, top_p=args.top_p,
+        return SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p,
                               repetition_penalty=penalty)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}; fix the file, or override it with --temperature / "
-                          f"--top-k / --repetition-penalty") from None
+                          f"--top-k / --top-p / --repetition-penalty") from None
 
 
 def _run_generate(args):

@@ -9,6 +9,7 @@ bad input is a one-line error before anything is written.
 """
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -244,3 +245,23 @@ def test_a_conversion_that_fails_midway_leaves_nothing(good, tmp_path, capsys, m
     monkeypatch.setattr(ckpt, "save_tensors", broken)
     assert "disk full" in fails(capsys, good("qwen3"), tmp_path / "dst")
     assert os.listdir(tmp_path) == []
+
+
+def test_generate_takes_every_sampling_default_from_generation_config(good, tmp_path, capsys):
+    """An HF directory's sampling defaults reach `microgpt generate`, top_p included, and
+    survive a conversion to our checkpoint; a flag still wins."""
+    from microgpt.cli import _sampling, build_parser
+    source = tmp_path / "hf"
+    shutil.copytree(good("qwen3"), source)
+    with open(source / "generation_config.json", "w") as f:
+        json.dump({"do_sample": True, "temperature": 0.6, "top_k": 20, "top_p": 0.95,
+                   "repetition_penalty": 1.1, "bos_token_id": 0, "eos_token_id": 0}, f)
+    ours = tmp_path / "ours"
+    assert convert(source, ours, capsys=capsys) == 0
+    for path in (str(source), ckpt.latest(str(ours))):
+        args = build_parser().parse_args(["generate", path])
+        sampling = _sampling(args, path, ckpt.load_model(path)[2])
+        assert (sampling.temperature, sampling.top_k, sampling.top_p, sampling.repetition_penalty) == \
+            (0.6, 20, 0.95, 1.1), path
+        args = build_parser().parse_args(["generate", path, "--top-p", "0.5"])
+        assert _sampling(args, path, ckpt.load_model(path)[2]).top_p == 0.5
