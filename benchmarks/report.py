@@ -85,8 +85,9 @@ def rows_where(data, test):
     return found
 
 
-def machine_label(data):
-    """"AMD EPYC, 2 cores, 2026-11-27" / "NVIDIA H100 80GB HBM3, 2026-11-27" (+ a transcription mark)."""
+def machine_label(data, load=None):
+    """"AMD EPYC, 2 cores, 2026-11-27" / "NVIDIA H100 80GB HBM3, 2026-11-27" (+ the load average
+    during the run when the figure's rows record it, + a transcription mark)."""
     m = data["machine"]
     if m.get("gpu"):
         what = m["gpu"]
@@ -95,6 +96,8 @@ def machine_label(data):
         used, cores = m.get("cores_used"), m.get("cores")
         what = f"{cpu}, {used} of {cores} cores" if used else f"{cpu}, {cores} cores"
     label = f"{what}, {str(m.get('date', '?'))[:10]}"
+    if load:
+        label += f", load {load}"
     if data.get("transcribed_from"):
         label += f" (copied from {data['transcribed_from']})"
     return label
@@ -111,9 +114,9 @@ def span(values, digits=2, unit="x"):
     return f"{low:.{digits}f}–{high:.{digits}f}{unit}"
 
 
-def sci(v):
+def sci(v, digits=1):
     """7.2e-7, not 7.2e-07."""
-    mantissa, exponent = f"{v:.1e}".split("e")
+    mantissa, exponent = f"{v:.{digits}e}".split("e")
     return f"{mantissa}e{int(exponent)}"
 
 
@@ -141,6 +144,11 @@ TRAIN_SHAPES = {"baby": '"baby" (4 layers, 128 channels, B 12, T 64)',
                 "gpt2-124M": "GPT-2-124M shape (12 layers, 768 channels, B 4, T 64)"}
 
 
+def _load(*rows):
+    """"2.3–4.9": the 1-minute load averages the rows' processes started under."""
+    return span([min(r["load_min"] for r in rows), max(r["load_max"] for r in rows)], 1, "")
+
+
 def _threads(name):
     return name.rsplit(" ", 1)[-1].rstrip("t")
 
@@ -152,15 +160,18 @@ def training_steps(results):
     for preset, shape in TRAIN_SHAPES.items():
         r = _train_row(data, preset, "tokens/s")
         out.append((f"training step (fwd, bwd, AdamW), C backend, {shape}, {_threads(r['name'])} threads",
-                    f"**{x(r['ratio'])}** tokens/s ({kilo(r['ours'])} vs {kilo(r['peer'])}; "
-                    f"{r['rounds']} rounds, each {span([r['ratio_min'], r['ratio_max']])})",
-                    "PyTorch CPU eager", machine_label(data), link("train.md")))
+                    f"**{x(r['ratio'])}** tokens/s ({kilo(r['ours'])} vs {kilo(r['peer'])}, medians of "
+                    f"{r['rounds']} rounds; the ratio within a round {span([r['ratio_min'], r['ratio_max']])})",
+                    "PyTorch CPU eager", machine_label(data, _load(r)), link("train.md")))
     return out
 
 
 def _train_row(data, preset, unit):
     prefix = ("train step " if unit == "tokens/s" else "peak memory ") + preset + " "
     [r] = rows_where(data, lambda r: r["name"].startswith(prefix) and r["unit"] == unit)
+    if len(r.get("libraries", [])) > 1:
+        raise ReportError(f"train.json: the C library changed during the {preset} rounds ({r['libraries']}); "
+                          "rerun bench_train.py on one build")
     return r
 
 
@@ -173,7 +184,7 @@ def training_memory(results):
     ratios = " / ".join(x(r["ours"] / r["peer"]) for r in rs)
     return [("peak memory of those steps, baby / small / GPT-2 (each side in its own process)",
              f"{ratios} of PyTorch's ({ours} vs {peer} MiB, medians of {rs[0]['rounds']} rounds)",
-             "PyTorch CPU eager", machine_label(data), link("train.md"))]
+             "PyTorch CPU eager", machine_label(data, _load(*rs)), link("train.md"))]
 
 
 @entry
@@ -182,7 +193,7 @@ def loss_parity(results):
     [r] = rows_where(data, lambda r: r["unit"] == "|dloss|")
     steps = r["name"].split()[-2]
     return [(f"loss over {steps} identical float32 training steps", f"max abs. difference {sci(r['ours'])} "
-             f"(target < {r['peer']:g})", "PyTorch", machine_label(data), link("train.md"))]
+             f"(target < {sci(r['peer'], 0)})", "PyTorch", machine_label(data), link("train.md"))]
 
 
 @entry
@@ -260,9 +271,10 @@ def dedup(results):
 def generation(results):
     data = load("generate.json", results)
     r = row(data, "generate 256 tokens, batch 1, cpu")
-    return [("generation, batch 1, 6L×384C GPT-2, KV cache, 256 tokens (at this size mostly a measure of "
-             "HF's per-token Python overhead)", f"**{x(r['ratio'])}** tokens/s ({r['ours']:.0f} vs {r['peer']:.0f})",
-             "HF transformers", machine_label(data), link("generate.md"))]
+    return [("generation, batch 1, 6L×384C GPT-2, KV cache, 256 tokens (at this size it mostly measures HF's "
+             "per-token overhead: one-token attention and KV-cache calls, Python)",
+             f"**{x(r['ratio'])}** tokens/s ({r['ours']:.0f} vs {r['peer']:.0f})", "HF transformers",
+             machine_label(data), link("generate.md"))]
 
 
 def _gpu(results, section, test):
@@ -337,9 +349,9 @@ def readme_table(text):
 
 
 def replace_table(text, new_table):
+    readme_table(text)                                      # the markers, once each, in order
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    readme_table(text)
-    return text[:start] + "\n" + new_table + "\n" + text[end:]
+    return text[:start] + "\n\n" + new_table + "\n\n" + text[end:]      # blank lines: the table is its own block
 
 
 def main(argv=None):
