@@ -33,6 +33,9 @@ B 16, V 8192), gpt2-124M (12, 12, 768, V 50257, block 1024) at B 4, T 64.
                                      [--rounds N]
 --quick (baby and small, 2 rounds of a few steps, about a minute on 2 idle cores) is a smoke
 test of the script; its figures are not recorded (benchmarks/report.py refuses them).
+Each process records the digest of the C library it loaded (the rows' `libraries`); on a
+working tree that others rebuild, run from a clean export instead (git archive, then
+`setup.py build_ext --inplace` there and PYTHONPATH pointing at it), as results/train.md says.
 """
 import gc
 import json
