@@ -419,3 +419,38 @@ def test_our_tokenizer_with_more_ids_than_the_model(good, tmp_path, capsys):
     status, report = inspect(step, capsys=capsys)
     assert status == 2 and "259 ids but the embedding has 257 rows" in messages(report, "vocab")
     assert "'<|b|>' has id 258" in messages(report, "special")
+
+
+# --- memory: the scan reads one tensor at a time -----------------------------------------------------
+
+PROBE = """
+import json, sys
+from microgpt.interop.inspector import inspect_checkpoint
+
+def kib(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+inspect_checkpoint(sys.argv[1], scan_values=False)          # imports and first-use costs
+with open("/proc/self/clear_refs", "w") as f:               # VmHWM := VmRSS from here
+    f.write("5")
+base = kib("VmRSS")
+report = inspect_checkpoint(sys.argv[1])
+print(json.dumps({"growth": (kib("VmHWM") - base) * 1024, "bytes": report.stored_bytes, "ok": report.ok}))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's /proc peak reset")
+def test_the_value_scan_never_holds_the_model(tmp_path):
+    """Peak resident memory of a full inspection (every value scanned), measured in a fresh
+    process: well under the model's size, where reading it whole (or keeping each scanned
+    tensor's pages, as a scan without release() does: 1.0x) would hold all of it."""
+    import subprocess
+    import sys
+    path = hf_directory(tmp_path / "big", "llama", hidden_size=256, intermediate_size=768,
+                        num_hidden_layers=8, num_attention_heads=4, num_key_value_heads=2)
+    done = subprocess.run([sys.executable, "-c", PROBE, path], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    measured = json.loads(done.stdout)
+    assert measured["ok"] and measured["bytes"] > 20 * 2**20
+    assert measured["growth"] < 0.5 * measured["bytes"], measured

@@ -222,10 +222,7 @@ def _numel(shape):
 def _parameter_shapes(config):
     """{our name: shape} of the model config.json describes, built without drawing weights."""
     from ..nn import GPT
-    try:
-        model = GPT(config, init=False)     # np.empty parameters: no page is touched
-    except TypeError:                        # a GPT that cannot skip its initialization yet
-        model = GPT(config)
+    model = GPT(config, init=False)          # np.empty parameters: no page is touched
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
 
 
