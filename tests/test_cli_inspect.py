@@ -242,6 +242,22 @@ def test_an_unknown_model_type_still_lists_and_scans_the_tensors(damaged, capsys
     assert "'model.norm.weight' holds 1 NaN" in messages(report, "values")
 
 
+@pytest.mark.parametrize("file, content, check, words", [
+    ("config.json", "{not json", "config", "not valid JSON"),
+    ("config.json", "[1, 2]", "config", "not a JSON object"),
+    ("generation_config.json", '{"do_sample": true, "temperature": "hot"}', "generation",
+     "'temperature' must be a number"),
+    ("model.safetensors.index.json", '{"weight_map": ["a"]}', "files", "'weight_map' must be an object"),
+])
+def test_a_damaged_json_file_is_named(damaged, file, content, check, words, capsys):
+    path = damaged("gpt2-sharded" if file.startswith("model.") else "qwen3")
+    with open(os.path.join(path, file), "w") as f:
+        f.write(content)
+    status, report = inspect(path, capsys=capsys)
+    assert status == 2 and words in messages(report, check) and file in messages(report, check)
+    assert report["kind"] == "huggingface"
+
+
 def test_a_path_that_is_no_checkpoint_is_a_one_line_error(tmp_path, capsys):
     assert main(["inspect", str(tmp_path / "nowhere")]) == 2
     err = capsys.readouterr().err

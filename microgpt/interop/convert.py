@@ -54,10 +54,12 @@ def source_kind(path):
     config = os.path.join(path, CONFIG_FILE)
     if os.path.isfile(config) and not ckpt.is_complete(path):
         try:
-            if "microgpt" not in read_json_object(config, CONFIG_FILE):
-                return HUGGINGFACE, path
-        except CheckpointError:
-            pass                         # unreadable: the loader of either kind names it
+            ours = "microgpt" in read_json_object(config, CONFIG_FILE)
+        except CheckpointError:          # unreadable (the loader names it): our files tell
+            ours = any(os.path.isfile(os.path.join(path, name))
+                       for name in (ckpt.TOKENIZER_FILE,) + ckpt.TRAINING_FILES)
+        if not ours:
+            return HUGGINGFACE, path
     return MICROGPT, ckpt.resolve(path)
 
 
