@@ -277,6 +277,23 @@ def generation(results):
              machine_label(data), link("generate.md"))]
 
 
+LOAD_SHAPES = {"gpt2-124M": "GPT-2-124M shape", "qwen3": "Qwen3 shape (125M; head_dim 128, qk-norm, tied)"}
+
+
+@entry
+def loading(results):
+    data = load("load.json", results)
+    out = []
+    for shape, label in LOAD_SHAPES.items():
+        t, m = row(data, f"load {shape}"), row(data, f"load rss {shape}")
+        speed = f"**{x(t['ratio'])}** the speed" if t["passed"] else f"{x(t['ratio'])} the speed, **misses** 1.0x"
+        out.append((f"loading a Hugging Face checkpoint (float32 safetensors), {label}, 1 thread",
+                    f"{speed} ({t['ours']:.1f} vs {t['peer']:.1f} ms, warm load); "
+                    f"peak RSS {x(m['ours_over_model'])} the float32 model ({m['ours']:.0f} vs {m['peer']:.0f} MiB)",
+                    "transformers from_pretrained", machine_label(data, _load(t, m)), link("load.md")))
+    return out
+
+
 def _gpu(results, section, test):
     data = load("gpu.json", results)
     return data, [r for r in data["rows"] if r["section"] == section and test(r)]
