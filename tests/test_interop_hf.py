@@ -747,3 +747,11 @@ def test_an_export_with_its_tokenizer_is_a_whole_model_directory(tmp_path, capsy
     assert generation == loaded.generation and ours_tok.vocab_size == tok.vocab_size
     assert main(["generate", out, "--prompt", "ab", "--max-new-tokens", "4", "--temperature", "0"]) == 0
     assert capsys.readouterr().out.startswith("ab")
+
+
+def test_the_front_door_loads_a_hugging_face_directory(saved):
+    """microgpt.from_pretrained is the documented entry point and gives the loader's model."""
+    import microgpt
+    ours, direct = microgpt.from_pretrained(saved("qwen3")), load_pretrained(saved("qwen3"))
+    ids = np.arange(8)[None] % ours.config.vocab_size
+    assert np.array_equal(ours(ids)[0].numpy(), direct(ids)[0].numpy())

@@ -408,7 +408,7 @@ def load_model(path, device="cpu"):
         config = GPTConfig(**checkpoint.gpt)
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}/config.json: invalid model config ({exc})") from exc
-    model = GPT(config)
+    model = GPT(config, init=False)        # no random draws: every weight comes from the file
     model.load_state_dict(checkpoint.weights)
     if device != "cpu":
         model.to(device)
