@@ -58,3 +58,28 @@ def write_json(path, obj):
     """Atomically write obj as indented JSON."""
     with atomic_write(path, "w", encoding="utf-8") as f:
         json.dump(obj, f, indent=1)
+
+
+def json_kind(value):
+    """How an error message names a JSON value that is not the object it should be."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = {list: "an array", str: "a string", int: "a number", float: "a number", dict: "an object"}
+    return kinds.get(type(value), type(value).__name__)
+
+
+def read_json_object(path, error, if_missing, if_damaged):
+    """The JSON object in `path`. Every JSON file microgpt reads holds one object, so anything
+    else -- missing, not UTF-8, not JSON, an array or a number -- raises `error` (a
+    MicrogptError class) naming the file and saying what to do (`if_missing`, `if_damaged`),
+    never a dict method failing later in a caller."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: missing{'; ' + if_missing if if_missing else ''}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path}: not valid JSON ({exc}); {if_damaged}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: not a JSON object (it holds {json_kind(value)}); {if_damaged}")
+    return value

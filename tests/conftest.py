@@ -21,6 +21,18 @@ def reference_backend():
         yield module
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module of tests on tiny models: torch's thread pool only fights the
+    other processes of a shared machine for its cores (a 32-token greedy loop took seconds
+    instead of 0.1 s). Used as `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def assert_close(actual, expected, atol, rtol, what=""):
     """|actual - expected| <= atol + rtol*|expected| elementwise; report the worst elements."""
     actual, expected = np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64)

@@ -22,13 +22,8 @@ from microgpt.cli import main  # noqa: E402
 from microgpt.train import checkpoint as ckpt  # noqa: E402
 from model_dirs import SENTENCES, hf_directory, our_run  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

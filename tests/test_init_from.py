@@ -28,17 +28,12 @@ from microgpt.train.trainer import resume, train  # noqa: E402
 from model_dirs import SENTENCES, hf_directory, our_run  # noqa: E402
 from train_helpers import losses, quiet, tiny_corpus  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RUN = dict(batch_size=4, block_size=16, max_steps=3, lr=1e-3, min_lr=1e-4, warmup_steps=0,
            log_interval=1, eval_interval=3, eval_batches=1, checkpoint_interval=3, num_samples=0,
            progress=False, val_fraction=0.1)
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

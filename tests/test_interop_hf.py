@@ -38,6 +38,8 @@ from microgpt.interop.hf_safetensors import (  # noqa: E402
 )
 from microgpt.nn import GPT, GPTConfig  # noqa: E402
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 VOCAB = 97
 LLAMA_SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
@@ -132,15 +134,6 @@ def one_line(excinfo, *words):
         assert word in message, (word, message)
     return message
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """These models are tiny: torch's thread pool only fights the other processes of a shared
-    machine for its cores (a 32-token greedy loop took seconds instead of 0.1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

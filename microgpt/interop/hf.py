@@ -42,7 +42,6 @@ and the directory, then renames it into place: a reader sees the old directory o
 complete new one. transformers' AutoModelForCausalLM loads the result with no missing or
 unexpected keys (tests/test_interop_hf.py checks it, and that the logits agree).
 """
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError
+from .. import fileio
 from ..fileio import fsync_dir, write_json
 from ..nn import GPT
 from . import hf_names
@@ -74,16 +74,8 @@ class Pretrained:
 
 def read_json_object(path, what):
     """The JSON object in `path`; missing, not JSON or not an object is a CheckpointError."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; a Hugging Face model directory needs its {what}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); download or export the file again") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: not a JSON object; download or export the file again")
-    return value
+    return fileio.read_json_object(path, CheckpointError, f"a Hugging Face model directory needs its {what}",
+                                   "download or export the file again")
 
 
 # --- loading -------------------------------------------------------------------------------------

@@ -68,7 +68,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import CheckpointError
-from ..fileio import atomic_write, fsync_dir, write_json
+from ..fileio import atomic_write, fsync_dir, json_kind, read_json_object, write_json
 from ..interop.hf import INDEX_FILE, WEIGHTS_FILE, load_hf_directory
 from ..interop.hf_config import hf_config_from_gpt
 from ..interop.hf_names import from_hf_tensors, to_hf_tensors
@@ -87,32 +87,15 @@ _STEP_DIR = re.compile(r"^step_(\d+)$")
 # --- small file helpers ------------------------------------------------------------------------
 
 def read_json(path):
-    """The JSON object in checkpoint file `path`: every JSON file of a checkpoint holds one
-    object, so anything else (missing, not JSON, not UTF-8, an array or a number) is a
-    CheckpointError naming the file, never a dict method failing later in a caller."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc}); {_damaged(path)}") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: not a JSON object (it holds {_json_kind(value)}); {_damaged(path)}")
-    return value
+    """The JSON object in checkpoint file `path` (fileio.read_json_object: anything else is a
+    CheckpointError naming the file)."""
+    return read_json_object(path, CheckpointError, "", _damaged(path))
 
 
 def _damaged(path):
     """What to do about a damaged file of a checkpoint directory."""
     return (f"the file is damaged: delete {os.path.dirname(path)} to fall back to the previous "
             f"checkpoint")
-
-
-def _json_kind(value):
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    kinds = {list: "an array", str: "a string", int: "a number", float: "a number", dict: "an object"}
-    return kinds.get(type(value), type(value).__name__)
 
 
 def _is_count(value):
@@ -346,7 +329,7 @@ def _manifest(marker, marker_path):
         raise damaged(f'"step" is {json.dumps(marker.get("step"))}, not an integer >= 0')
     files = marker.get("files")
     if not isinstance(files, dict):
-        raise damaged(f'"files" is {_json_kind(files)}, not an object of file names')
+        raise damaged(f'"files" is {json_kind(files)}, not an object of file names')
     for name, info in files.items():
         if not name or os.path.basename(name) != name or name in (".", ".."):
             raise damaged(f"{name!r} is not a file name inside the checkpoint")
@@ -451,7 +434,7 @@ def cut_metrics(run_dir, step):
                 break                                  # torn by the kill
             raise CheckpointError(f"{path}:{number}: not valid JSON ({exc.msg}); {fix}") from None
         if not isinstance(record, dict):
-            raise CheckpointError(f"{path}:{number}: not a JSON object (it holds {_json_kind(record)}); {fix}")
+            raise CheckpointError(f"{path}:{number}: not a JSON object (it holds {json_kind(record)}); {fix}")
         line_step = record.get("step", 0)            # a line without a step is kept
         if not _is_count(line_step):
             raise CheckpointError(f'{path}:{number}: "step" is {json.dumps(line_step)}, not an integer >= 0; {fix}')
