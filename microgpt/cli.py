@@ -371,20 +371,34 @@ def _add_tokenizer(sub):
                         "<|im_end|>)")
     p.add_argument("--no-progress", action="store_true")
     p = tok_sub.add_parser("encode", help="text -> ids, printed space-separated")
-    p.add_argument("tokenizer", help="tokenizer file")
+    p.add_argument("tokenizer", help=_TOKENIZER_HELP)
     p.add_argument("--text", help="text to encode (default: --file, else stdin)")
     p.add_argument("--file", help="file to encode")
     p.add_argument("--allow-special", action="store_true",
                    help="encode special-token text as special ids (default: it is an error)")
     p = tok_sub.add_parser("decode", help="ids -> text")
-    p.add_argument("tokenizer", help="tokenizer file")
+    p.add_argument("tokenizer", help=_TOKENIZER_HELP)
     p.add_argument("ids", nargs="*", help="ids (default: read from stdin)")
     p = tok_sub.add_parser("info", help="vocabulary size, pattern, specials, longest tokens")
-    p.add_argument("tokenizer", help="tokenizer file")
+    p.add_argument("tokenizer", help=_TOKENIZER_HELP)
     p.add_argument("--text", help="also show how this text splits into tokens")
     for parser in tok_sub.choices.values():
         parser.set_defaults(handler=_run_tokenizer, leaf_parser=parser)
     _name_the_choices(tok_sub)
+
+
+_TOKENIZER_HELP = ("a tokenizer: our .bpe file, a Hugging Face tokenizer.json, or a model directory "
+                   "holding one")
+
+
+def _load_any_tokenizer(path):
+    """Our own tokenizer file, or a Hugging Face tokenizer.json (a file, or a directory that
+    holds one: tokenizer/hf.py reads it, with its tokenizer_config.json)."""
+    from .tokenizer import Tokenizer
+    if os.path.isdir(path) or path.endswith(".json"):
+        from .tokenizer.hf import load_hf_tokenizer
+        return load_hf_tokenizer(path)
+    return Tokenizer.load(path)
 
 
 def _run_tokenizer(args):
@@ -406,7 +420,7 @@ def _run_tokenizer(args):
         tok.save(args.output)
         print(f"wrote {args.output}: {tok}")
         return 0
-    tok = Tokenizer.load(args.tokenizer)
+    tok = _load_any_tokenizer(args.tokenizer)
     if command == "encode":
         text = args.text if args.text is not None else _read_text(args.file)
         ids = tok.encode(text, allowed_special="all" if args.allow_special else frozenset())

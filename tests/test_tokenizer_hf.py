@@ -649,3 +649,26 @@ def test_custom_pattern_exports(tmp_path, training):
     assert hf_ids(tokenizers.Tokenizer.from_file(str(tmp_path / "tokenizer.json")),
                   text) == ours(tok, text)
     assert hf.load_hf_tokenizer(tmp_path).encode(text) == tok.encode(text)
+
+
+@pytest.mark.parametrize("as_file", [False, True])
+def test_the_tokenizer_commands_read_a_hugging_face_tokenizer(built, capsys, as_file):
+    """`microgpt tokenizer encode|decode|info` take a tokenizer.json (or its directory) as they
+    take our own file, and encode as `tokenizers` does."""
+    from microgpt.cli import main
+    hf_tok, folder = built["llama3"]
+    path = str(folder / "tokenizer.json") if as_file else str(folder)
+    text = "def f(x):\n    return x  # 12345 é"
+    assert main(["tokenizer", "encode", path, "--text", text]) == 0
+    ids = [int(word) for word in capsys.readouterr().out.split()]
+    assert ids == hf_ids(hf_tok, text)
+    assert main(["tokenizer", "decode", path, *map(str, ids)]) == 0
+    assert capsys.readouterr().out == text
+    assert main(["tokenizer", "info", path]) == 0
+    assert "<|begin_of_text|>" in capsys.readouterr().out
+
+
+def test_the_tokenizer_commands_name_a_directory_without_tokenizer_json(tmp_path, capsys):
+    from microgpt.cli import main
+    assert main(["tokenizer", "info", str(tmp_path)]) == 2
+    assert "tokenizer.json" in capsys.readouterr().err
