@@ -28,26 +28,36 @@ def _classes(kind):
 
 def hf_model(kind, seed=0, dtype=torch.float32, **overrides):
     """A transformers model of `kind` (llama, qwen2, qwen3) on SMALL + overrides, in eval mode,
-    every parameter drawn from a seeded generator: projection matrices N(0, 0.3), embeddings,
-    lm_head and biases N(0, 0.1), norm gains 1 + N(0, 0.2). Projections this large let the
-    layers, not the residual copy of the last token's embedding, pick the next token, so
-    greedy decoding (tied embeddings above all) does not just repeat one token."""
+    every parameter redrawn (redraw_parameters)."""
     config_class, model_class = _classes(kind)
     config = config_class(**{**SMALL, **overrides})
     config._attn_implementation = "sdpa"       # eager's softmax runs in float32 even in float64
     torch.manual_seed(seed)
     model = model_class(config).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
+    redraw_parameters(model, seed + 1)
+    return model.to(dtype)
+
+
+EMBEDDINGS = ("wte", "wpe", "embed_tokens", "lm_head")
+
+
+def redraw_parameters(model, seed):
+    """Redraw every parameter of a transformers model from a seeded generator, in place:
+    matrices N(0, 0.3), embeddings, lm_head and biases N(0, 0.1), norm gains 1 + N(0, 0.2).
+    Projections this large let the layers, not the residual copy of the last token's
+    embedding, pick the next token; gains and biases away from 1 and 0 make a copy to the
+    wrong place visible. The one redraw of every test that builds a transformers model."""
+    gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("norm.weight"):
+            if p.ndim == 1 and name.endswith("weight"):                 # a norm's gain
                 p.copy_(1.0 + 0.2 * noise)
-            elif p.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name:
+            elif p.ndim == 2 and not any(k in name for k in EMBEDDINGS):
                 p.copy_(0.3 * noise)
             else:
                 p.copy_(0.1 * noise)
-    return model.to(dtype)
+    return model
 
 
 def gpt_config_from_hf(config, block_size):

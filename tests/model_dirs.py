@@ -50,19 +50,9 @@ def hf_model(model_type, vocab_size, seed=0, **overrides):
     config = transformers.AutoConfig.for_model(model_type, **{**sizes, "vocab_size": vocab_size,
                                                               "bos_token_id": 0, "eos_token_id": 0,
                                                               **overrides})
+    from hf_helpers import redraw_parameters
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1 and name.endswith("weight"):
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.ndim == 2 and not any(k in name for k in ("wte", "wpe", "embed_tokens", "lm_head")):
-                p.copy_(0.3 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    return model
+    return redraw_parameters(transformers.AutoModelForCausalLM.from_config(config).eval(), seed + 1)
 
 
 def hf_directory(path, model_type="qwen3", how="float32", pad_rows=0, seed=0, **overrides):

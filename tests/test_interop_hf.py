@@ -37,6 +37,7 @@ from microgpt.interop.hf_safetensors import (  # noqa: E402
     write_safetensors,
 )
 from microgpt.nn import GPT, GPTConfig  # noqa: E402
+from hf_helpers import redraw_parameters  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -76,18 +77,7 @@ def hf_model(model_type, seed=0, **overrides):
     sizes = GPT2_SIZES if model_type == "gpt2" else LLAMA_SIZES
     config = transformers.AutoConfig.for_model(model_type, **{**sizes, **overrides})
     torch.manual_seed(seed)
-    model = transformers.AutoModelForCausalLM.from_config(config).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            noise = torch.randn(p.shape, generator=gen)
-            if p.ndim == 1 and name.endswith("weight"):                 # a norm's gain
-                p.copy_(1.0 + 0.2 * noise)
-            elif p.ndim == 2 and not any(k in name for k in ("wte", "wpe", "embed_tokens", "lm_head")):
-                p.copy_(0.3 * noise)
-            else:
-                p.copy_(0.1 * noise)
-    return model
+    return redraw_parameters(transformers.AutoModelForCausalLM.from_config(config).eval(), seed + 1)
 
 
 def save(model, path, how):
