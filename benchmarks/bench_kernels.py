@@ -12,7 +12,9 @@ Rows:
   kernels  layer_norm, softmax, cross_entropy (forward + backward), gelu and the AdamW update,
            in ms, beside backends/reference.py (NumPy) on the same arrays, at 1 and 2 threads
            of ours (NumPy's elementwise code has one thread either way).
-  attention  rows vs torch SDPA (fused causal attention forward+backward, and decoding).
+  attention  rows vs torch SDPA (fused causal attention forward+backward, and decoding), and
+           each rung of the C attention ladder (v1 naive, v2 flash) called straight through
+           cffi on one thread, beside SDPA on one thread.
 
     python benchmarks/bench_kernels.py [--quick] [--json FILE]
 """
@@ -262,6 +264,51 @@ def attention_decode_case(Tk, threads, B=1, NH=6, HS=64, repeats=50):
                         peer_name="torch sdpa", unit="ms", check=check, repeats=repeats, warmup=5)
 
 
+ATTENTION_RUNGS = ["v1_naive", "v2_flash"]
+
+
+def attention_rung_case(rung, T, B=4, NH=6, HS=64, repeats=5):
+    """One rung of csrc/attention*.c, forward + backward through cffi, on one thread (v1 is a
+    single-threaded plain loop), beside torch SDPA on one thread."""
+    import torch
+    import torch.nn.functional as F
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((B, NH, T, HS)).astype(np.float32) for _ in range(4))
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    sizes = (B, NH, NH, T, T, HS)
+    fp = cpu._fp
+    out, lse = np.empty_like(q), np.empty((B, NH, T), np.float32)
+    dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+    work_f = np.empty(cpu.lib.attention_forward_workspace(B, NH, T, T, HS), np.float32)
+    work_b = np.empty(cpu.lib.attention_backward_workspace(B, NH, NH, T, T, HS), np.float32)
+    forward = getattr(cpu.lib, f"attention_forward_{rung}")
+    backward = getattr(cpu.lib, f"attention_backward_{rung}")
+
+    def ours():
+        assert forward(fp(out), fp(lse), fp(work_f), work_f.size, fp(q), fp(k), fp(v), *sizes) == 0
+        assert backward(fp(dq), fp(dk), fp(dv), fp(work_b), work_b.size, fp(dout), fp(q), fp(k), fp(v),
+                        fp(out), fp(lse), *sizes) == 0
+        return out, dq, dk, dv
+
+    def peer():
+        torch.set_num_threads(1)
+        for t in (tq, tk, tv):
+            t.grad = None
+        o = F.scaled_dot_product_attention(tq, tk, tv, is_causal=True)
+        o.backward(torch.from_numpy(dout))
+        return o.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()
+
+    def check():
+        set_threads(1)
+        for got, want, name in zip(ours(), peer(), ("out", "dq", "dk", "dv")):
+            err = np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30)
+            assert err < 1e-4, f"attention {rung} T={T} {name}: relative error {err} vs torch"
+
+    return harness.Case(name=f"attention rung {rung} fwd+bwd B{B} NH{NH} T{T} HS{HS} 1t",
+                        ours=threaded(1, ours), peer=peer, peer_name="torch sdpa", unit="ms",
+                        check=check, repeats=repeats)
+
+
 def attention_cases(quick):
     try:
         import torch  # noqa: F401 - the peer
@@ -273,6 +320,7 @@ def attention_cases(quick):
              for T in ((256,) if quick else (256, 512, 1024, 2048))]
     if not quick and threads > 1:    # one core each: the per-core comparison, steadier under load
         cases += [attention_case(T, 1) for T in (256, 1024)]
+    cases += [attention_rung_case(rung, 128 if quick else 256) for rung in ATTENTION_RUNGS]
     return cases + [attention_decode_case(Tk, threads) for Tk in ((256,) if quick else (256, 1024))]
 # === end attention rows =============================================================================
 
