@@ -64,7 +64,23 @@ setup(
             "tokenizers>=0.15",
             "datasketch>=1.6",
             "transformers>=4.40",      # HF loads our checkpoints; the generation peer
+            "lm-eval>=0.4",            # the evaluation peer: per-example log-likelihoods
+            "sacrebleu>=2.3",          # BLEU / chrF oracle
+            "rouge-score>=0.1",        # ROUGE oracle
+            "peft>=0.10",              # LoRA adapters: PEFT loads ours, we load its
+            "trl>=0.9",                # DPO loss oracle
+            "openai>=1.0",             # the client our server must satisfy
+            "fastapi>=0.100",          # the serve extra, so its tests run
+            "uvicorn>=0.23",
+            "httpx>=0.24",
+            "playwright>=1.40",        # drives Debian's chromium in the web-page test
+            "mpi4py>=3.1",             # distributed tests under mpirun
+            "gguf>=0.10",              # GGUF writer/reader for llama.cpp export
         ],
+        # Serving: an OpenAI-compatible HTTP server (`microgpt serve`).
+        "serve": ["fastapi>=0.100", "uvicorn>=0.23"],
+        # Distributed training over MPI (`mpirun -n N microgpt train ...`).
+        "mpi": ["mpi4py>=3.1"],
         "plot": ["matplotlib>=3.5"],   # a run-time dependency now; kept for old install lines
     },
     cffi_modules=CFFI_MODULES,
