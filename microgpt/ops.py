@@ -388,6 +388,10 @@ def linear(x, weight, bias=None):
     parents = (x, weight) if bias is None else (x, weight, bias)
 
     def backward(dout):
+        if not weight.requires_grad and (bias is None or not bias.requires_grad):
+            # a frozen layer (LoRA's base): dx = dout @ W only, not the dW matmul nobody reads
+            _send(x, be.matmul_forward(dout, weight.data))
+            return
         dx, dw, db = be.linear_backward(dout, x.data, weight.data, bias is not None)
         _send(x, dx)
         _send(weight, dw)

@@ -1,0 +1,1 @@
+"""Fine-tuning: chat data, supervised fine-tuning, LoRA / QLoRA adapters, synthetic tasks."""
