@@ -47,16 +47,25 @@ def adapter_config(model, base_model_name_or_path=None):
             "base_model_name_or_path": base_model_name_or_path}
 
 
+def write_adapter_weights(model, path):
+    """adapter_model.safetensors at `path`, atomically: PEFT's key for every adapter matrix."""
+    from safetensors.numpy import save
+    tensors = {PREFIX + name: np.ascontiguousarray(array) for name, array in adapter_state(model).items()}
+    with atomic_write(path, "wb") as f:
+        f.write(save(tensors, metadata={"format": "pt"}))
+
+
+def write_adapter_config(model, path, base_model_name_or_path=None):
+    write_json(path, adapter_config(model, base_model_name_or_path))
+
+
 def save_adapter(model, out_dir, base_model_name_or_path=None):
     """Write adapter_config.json and adapter_model.safetensors into out_dir (each atomically).
     Returns the two paths."""
-    from safetensors.numpy import save
-    config = adapter_config(model, base_model_name_or_path)
-    tensors = {PREFIX + name: np.ascontiguousarray(array) for name, array in adapter_state(model).items()}
+    config = adapter_config(model, base_model_name_or_path)       # refuses a model without LoRA
     os.makedirs(out_dir, exist_ok=True)
     weights = os.path.join(out_dir, WEIGHTS_FILE)
-    with atomic_write(weights, "wb") as f:
-        f.write(save(tensors, metadata={"format": "pt"}))
+    write_adapter_weights(model, weights)
     config_path = os.path.join(out_dir, CONFIG_FILE)
     write_json(config_path, config)
     return config_path, weights

@@ -217,6 +217,8 @@ class Checkpoint:
                    adds the bos/eos ids, `load` returns the file as it is
     trainer_state  the dict `resume` needs (JSON-able), or None for a model-only load
     optimizer      AdamW's {"exp_avg.NAME": array, "exp_avg_sq.NAME": array}, or None
+    extra_files    {file name: writer(path)}: more files for the directory (a fine-tuning
+                   run's LoRA adapter), checksummed in COMPLETE like the others
     """
     step: int
     gpt: dict
@@ -225,6 +227,7 @@ class Checkpoint:
     generation: dict = field(default_factory=dict)
     trainer_state: dict | None = None
     optimizer: dict | None = None
+    extra_files: dict = field(default_factory=dict)
 
 
 # --- saving --------------------------------------------------------------------------------------
@@ -245,6 +248,10 @@ def save(run_dir, checkpoint, keep=3):
     }
     if c.optimizer is not None:
         writers["optimizer.safetensors"] = lambda p: save_tensors(p, c.optimizer)
+    for name, writer in c.extra_files.items():
+        if name in writers:
+            raise CheckpointError(f"checkpoint file {name} is written by the checkpoint itself")
+        writers[name] = writer
     if c.trainer_state is not None:
         state = {"format": TRAINER_STATE_FORMAT, "version": FORMAT_VERSION, **c.trainer_state,
                  "step": c.step}

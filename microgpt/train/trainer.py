@@ -133,6 +133,10 @@ def token_byte_lengths(tokenizer):
 
 
 class Trainer:
+    # False on the ranks of a distributed run other than rank 0 (train/distributed.py):
+    # they train but write no metrics, samples or checkpoints.
+    writes_files = True
+
     def __init__(self, config, log=print):
         self.config, self.log = config, log
         self.run_dir = config.out_dir
@@ -219,10 +223,10 @@ class Trainer:
         lr = lr_at(self.step, c.lr, c.min_lr, c.warmup_steps, c.max_steps)
         losses, bad = [], None
         for _ in range(c.grad_accum):
-            x, y = self.train_loader.next_batch()
+            batch = self.train_loader.next_batch()
             if bad is not None:
                 continue                       # keep the data stream aligned, skip the work
-            _, loss = self.model(x, y)
+            loss = self.batch_loss(batch)
             value = loss.item()
             if not math.isfinite(value):
                 bad = f"loss is {value}"
@@ -246,6 +250,11 @@ class Trainer:
         self.tokens_seen += c.tokens_per_step
         return {"step": self.step, "loss": float(np.mean(losses)), "lr": lr,
                 "grad_norm": mean_norm}
+
+    def batch_loss(self, batch):
+        """The loss of one micro-batch (a hook: fine-tuning's batches carry a loss mask)."""
+        x, y = batch
+        return self.model(x, y)[1]
 
     def optimizer_params(self):
         return [p for _, p in self.optimizer.params]
@@ -316,6 +325,10 @@ class Trainer:
     def write_metrics(self, record):
         ckpt.append_metrics(self.run_dir, record)
 
+    def checkpoint_moments(self):
+        """AdamW's moments to save (a distributed run gathers its pieces: train/distributed.py)."""
+        return self.optimizer.state_tensors()
+
     def save_checkpoint(self, elapsed):
         c = self.config
         state = {"step": self.step, "optimizer_t": self.optimizer.t,
@@ -326,14 +339,29 @@ class Trainer:
                              "val": self.val_loader.state_dict()},
                  "config": c.to_dict(), "config_hash": config_hash(c),
                  "data_key": self.meta.get("data_key"), "metrics": self.last,
-                 "log_window": self.window}
+                 "log_window": self.window, **self.extra_trainer_state()}
         generation = {"temperature": c.temperature, "top_k": c.top_k,
                       "repetition_penalty": c.repetition_penalty,
                       "max_new_tokens": c.sample_tokens}
-        checkpoint = ckpt.Checkpoint(self.step, self.gpt_config.to_dict(), self.model.state_dict(),
+        weights, moments = self.checkpoint_weights(), self.checkpoint_moments()
+        if not self.writes_files:          # a distributed run's other ranks: rank 0 writes
+            return None
+        checkpoint = ckpt.Checkpoint(self.step, self.gpt_config.to_dict(), weights,
                                      self.tokenizer, generation, state,
-                                     self.optimizer.state_tensors())
+                                     moments, self.checkpoint_files())
         return ckpt.save(self.run_dir, checkpoint, keep=c.keep_checkpoints)
+
+    # Hooks for trainers built on this one (finetune/sft.py): what a checkpoint holds besides
+    # the defaults. Weights: {name: array} for model.safetensors; files: {name: writer(path)}
+    # written into the checkpoint directory (and listed in COMPLETE); state: more JSON keys.
+    def checkpoint_weights(self):
+        return self.model.state_dict()
+
+    def checkpoint_files(self):
+        return {}
+
+    def extra_trainer_state(self):
+        return {}
 
     def load_checkpoint(self, path):
         """Restore model, optimizer, loaders and RNGs from a checkpoint made by this config."""
@@ -373,7 +401,8 @@ class Trainer:
         self.last = state.get("metrics", {})
         window = state.get("log_window", {})          # absent in checkpoints of older versions
         self.window = {k: list(window.get(k, [])) for k in ("loss", "grad_norm")}
-        ckpt.cut_metrics(self.run_dir, self.step)
+        if self.writes_files:
+            ckpt.cut_metrics(self.run_dir, self.step)
         return state
 
     # --- the loop ------------------------------------------------------------------------------
@@ -457,7 +486,7 @@ class Trainer:
         steps_run = self.step - start_step
         # a resumed run that was already finished trained nothing: no new samples to draw
         samples = self.samples() if finished and steps_run and c.num_samples else []
-        if samples:
+        if samples and self.writes_files:
             ckpt.append_samples(self.run_dir, self.step, samples)
         return {"steps": self.step, "steps_run": steps_run, "max_steps": c.max_steps,
                 "samples": samples, "train_loss": self.last.get("loss"),
@@ -517,12 +546,9 @@ def train(config, log=print, stop_at_step=None):
     return trainer.run(stop_at_step=stop_at_step)
 
 
-def resume(run_dir, overrides=None, log=print, stop_at_step=None):
-    """Continue the newest complete checkpoint of run_dir, bit for bit.
-
-    overrides may change run-control fields (eval/log/checkpoint intervals ...) freely;
-    changing a field that alters the computation is a ConfigError naming the fields.
-    """
+def prepare_resume(run_dir, overrides=None):
+    """(config, Checkpoint, its path) for continuing run_dir's newest complete checkpoint:
+    what `resume` (and a distributed resume) starts from."""
     path = ckpt.resolve(run_dir)
     if os.path.abspath(path) == os.path.abspath(run_dir):          # given a checkpoint itself
         run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
@@ -542,6 +568,16 @@ def resume(run_dir, overrides=None, log=print, stop_at_step=None):
     if changed:
         raise ConfigError(f"cannot resume with changed {', '.join(changed)}: these fields change "
                           f"what training computes; start a new run instead")
+    return config, checkpoint, path
+
+
+def resume(run_dir, overrides=None, log=print, stop_at_step=None):
+    """Continue the newest complete checkpoint of run_dir, bit for bit.
+
+    overrides may change run-control fields (eval/log/checkpoint intervals ...) freely;
+    changing a field that alters the computation is a ConfigError naming the fields.
+    """
+    config, checkpoint, path = prepare_resume(run_dir, overrides)
     trainer = Trainer(config, log).setup(resumed=checkpoint)
     trainer.restore(checkpoint, path)
     log(f"resumed from {path} at step {trainer.step}")
