@@ -7,6 +7,10 @@
     microgpt plot RUN_DIR
     microgpt data prepare|clean ...
     microgpt tokenizer train|encode|decode|info ...
+    microgpt finetune sft --init-from MODEL --data CHAT.jsonl [--lora-rank 8]
+    microgpt chat RUN [--message TEXT]            a REPL on a fine-tuned model
+    microgpt data synth --task arithmetic -o DIR   synthetic instruction tasks
+    microgpt eval RUN --tasks FORMAT=PATH | --perplexity TEXT   (and `eval score`)
 
 Each command group registers its flags in one `_add_<group>` function below and hands the
 parsed namespace to a `_run_<group>` function that imports the library lazily, so
@@ -76,6 +80,15 @@ def _add_train(sub):
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue the newest complete checkpoint of RUN_DIR, bit for bit")
     add_arguments(p)
+    par = p.add_argument_group("several processes (under `mpirun -n N`; train/distributed.py)")
+    par.add_argument("--dp", type=_int(1), default=None,
+                     help="data-parallel replicas (default under mpirun: N / (tp pp))")
+    par.add_argument("--tp", type=_int(1), default=None, help="tensor-parallel ranks (default 1)")
+    par.add_argument("--pp", type=_int(1), default=None, help="pipeline stages (default 1)")
+    par.add_argument("--zero1", action="store_true",
+                     help="shard AdamW's moments over the data-parallel ranks (ZeRO-1)")
+    par.add_argument("--micro-batches", type=_int(1), default=None,
+                     help="micro-batches per pipeline batch (default: min(rows, 2 pp))")
 
     g = _leaf(sub, "generate", _run_generate,
               help="sample text from a trained model (KV-cache decoding)")
@@ -109,9 +122,14 @@ def _run_train(args):
     overrides = overrides_from_args(args)
     if args.resume and (args.preset or args.config):
         raise ConfigError("--resume takes its config from the checkpoint; drop --preset/--config")
+    from .train import distributed
     try:                                        # SIGINT and SIGTERM: one line, 128 + signal
         with stop_on_sigterm():
-            if args.resume:
+            if distributed.requested(args):     # mpirun, or --dp/--tp/--pp/--zero1
+                summary = distributed.run_train(args, overrides)
+                if summary is None:             # ranks other than 0: rank 0 reports
+                    return 0
+            elif args.resume:
                 summary = resume(args.resume, overrides)
             else:
                 summary = train(make_config(args.preset, args.config, overrides))
@@ -254,6 +272,7 @@ def _add_data(sub):
     data_sub = data.add_subparsers(dest="data_command", required=True)
     _add_data_prepare(data_sub)
     _add_data_clean(data_sub)
+    _add_data_synth(data_sub)
     _name_the_choices(data_sub)
 
 
@@ -444,6 +463,121 @@ def _run_tokenizer(args):
     return 0
 
 
+def _add_eval(sub):
+    """`microgpt eval RUN ...` and `microgpt eval score` (microgpt/eval/)."""
+    e = _leaf(sub, "eval", _run_eval,
+              help="evaluate a model: perplexity, multiple-choice and generative tasks, BLEU/ROUGE",
+              description="Score a model on local task files (MMLU CSVs, choice JSONL such as "
+                          "ARC/HellaSwag/PIQA, GSM8K JSONL, prompt/answer JSONL) and/or the "
+                          "perplexity of a text, exactly as lm-eval scores them. `microgpt eval "
+                          "score --hyp FILE --ref FILE` computes BLEU and ROUGE of two "
+                          "line-aligned files without a model.")
+    e.add_argument("run_dir", metavar="RUN", help="a run, checkpoint or Hugging Face directory; "
+                                                 "or the word `score`")
+    e.add_argument("--tasks", action="append", default=[],
+                   help="a task file (.toml/.json) or FORMAT=PATH (mmlu_csv, choice_jsonl, "
+                        "gsm8k_jsonl, gen_jsonl); repeatable")
+    e.add_argument("--shots", type=_int(0), default=None, help="few-shot examples (FORMAT=PATH "
+                                                              "tasks; needs --dev)")
+    e.add_argument("--dev", default=None, help="few-shot pool for FORMAT=PATH tasks")
+    e.add_argument("--limit", type=_int(0), default=0, help="score the first N examples of "
+                                                            "each task (0: all)")
+    e.add_argument("--perplexity", metavar="TEXT", default=None,
+                   help="a UTF-8 text file whose perplexity and bits/byte to report")
+    e.add_argument("--stride", type=_int(1), default=None,
+                   help="sliding-window stride for --perplexity (default: the context length)")
+    e.add_argument("--batch-size", type=_int(1), default=16)
+    e.add_argument("--max-new-tokens", type=_int(1), default=None,
+                   help="generative tasks (default: the task's, 256)")
+    e.add_argument("--no-truncate", action="store_true",
+                   help="a prompt longer than the context is an error (default: drop tokens "
+                        "from the left and count them in the report)")
+    e.add_argument("--contamination", metavar="CORPUS", action="append", default=None,
+                   help="training text (files, dirs, .jsonl): report each task's n-gram overlap")
+    e.add_argument("--ngram", type=_int(1, 64), default=13, help="n of --contamination")
+    e.add_argument("--bootstrap", type=_int(0), default=1000, help="resamples of the SE")
+    e.add_argument("--report", metavar="FILE.json", default=None,
+                   help=f"write the JSON report (every per-example score); {_CREATED}")
+    e.add_argument("--markdown", metavar="FILE.md", default=None,
+                   help=f"write the markdown table; {_CREATED}")
+    e.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    e.add_argument("--hyp", default=None, help="`score`: hypotheses, one per line")
+    e.add_argument("--ref", action="append", default=None,
+                   help="`score`: references, one per line (repeat for more references)")
+    e.add_argument("--stem", action="store_true", help="`score`: Porter-stem before ROUGE")
+
+
+def _run_eval(args):
+    from .eval.cli import run
+    for flag, path in (("--report", args.report), ("--markdown", args.markdown)):
+        _output_file(flag, path)
+    return run(args)
+
+
+def _add_finetune(sub):
+    """`microgpt finetune sft` and `microgpt chat` (microgpt/finetune/)."""
+    from .train.config import add_arguments
+    ft = sub.add_parser("finetune", help="supervised fine-tuning on chat data (full, LoRA, QLoRA)")
+    ft_sub = ft.add_subparsers(dest="finetune_command", required=True)
+    p = _leaf(ft_sub, "sft", _run_finetune,
+              help="fine-tune a model on JSONL conversations, the loss on the assistant's tokens",
+              usage="microgpt finetune sft --init-from MODEL --data CHAT.jsonl [--lora-rank R] "
+                    "[--FIELD VALUE ...] | --resume RUN_DIR")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tuning run bit for bit")
+    p.add_argument("--val-data", default="", metavar="FILE.jsonl",
+                   help="held-out conversations (default: --val-fraction of --data)")
+    p.add_argument("--lora-rank", type=_int(0), default=0, help="0 = full fine-tuning (default)")
+    p.add_argument("--lora-alpha", type=_float(0.0, low_open=True), default=16.0, help="default 16")
+    p.add_argument("--lora-targets", default="q,v", help="some of q,k,v,o,up,down,gate (default q,v)")
+    p.add_argument("--lora-dropout", type=_float(0.0, 1.0, high_open=True), default=0.0)
+    p.add_argument("--qlora", action="store_true", help="the frozen base of the blocks in int8")
+    p.add_argument("--packing", action="store_true",
+                   help="several conversations per row, document-masked attention")
+    p.add_argument("--overflow", choices=("truncate", "drop"), default="truncate",
+                   help="a conversation longer than the context (default truncate)")
+    add_arguments(p)
+    _name_the_choices(ft_sub)
+    c = _leaf(sub, "chat", _run_chat, help="chat with a fine-tuned model in the terminal")
+    c.add_argument("run_dir", metavar="RUN", help="a fine-tuning run, a checkpoint, or a Hugging "
+                                                  "Face model directory")
+    c.add_argument("--message", help="answer this one message and exit (for scripts)")
+    c.add_argument("--system", help="the system prompt")
+    c.add_argument("--max-new-tokens", type=_int(1), default=256, help="per reply (default 256)")
+    c.add_argument("--temperature", type=_float(0.0), default=0.0, help="0 = greedy (default)")
+    c.add_argument("--top-k", type=_int(0), default=0, help="0 = off (default)")
+    c.add_argument("--seed", type=_int(0), default=0)
+    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def _run_finetune(args):
+    from .finetune.commands import run_sft
+    from .train.config import overrides_from_args
+    return run_sft(args, overrides_from_args(args))
+
+
+def _run_chat(args):
+    from .finetune.commands import run_chat
+    return run_chat(args)
+
+
+def _add_data_synth(data_sub):
+    """`microgpt data synth`: synthetic instruction tasks (microgpt/finetune/synth.py)."""
+    from .finetune.synth import TASKS
+    p = _leaf(data_sub, "synth", _run_data_synth,
+              help="write a synthetic instruction task: train.jsonl and eval.jsonl, no overlap")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("-o", "--out", required=True, help=f"output directory ({_CREATED})")
+    p.add_argument("--train", type=_int(1), default=2000, help="train examples (default 2000)")
+    p.add_argument("--eval", type=_int(1), default=200, help="held-out examples (default 200)")
+    p.add_argument("--seed", type=_int(0), default=0)
+
+
+def _run_data_synth(args):
+    from .finetune.commands import run_synth
+    _output_dir("--out", args.out)
+    return run_synth(args)
+
+
 def _name_the_choices(subparsers):
     """A missing subcommand is reported by its choices, not by the internal dest name."""
     subparsers.metavar = "{" + ",".join(subparsers.choices) + "}"
@@ -470,6 +604,8 @@ def build_parser():
     _add_models(sub)
     _add_data(sub)
     _add_tokenizer(sub)
+    _add_finetune(sub)
+    _add_eval(sub)
     _name_the_choices(sub)
     return parser
 
