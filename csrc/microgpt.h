@@ -19,6 +19,7 @@
  *   B    batch   T time   NH query heads   NKV key/value heads   HS head size
  *   M, N, K   matmul: out (M, N) = op(a) (M, K) @ op(b) (K, N)
  *   BNH  B * NH (all rotary rows of one time step)   n  number of elements
+ *   NB   blocks of a paged KV cache   BS  positions per block   MB  blocks per block-table row
  */
 #ifndef MICROGPT_H
 #define MICROGPT_H
@@ -136,6 +137,21 @@ int attention_backward(float* dq, float* dk, float* dv, float* work, int64_t wor
                        const float* dout, const float* q, const float* k, const float* v,
                        const float* out, const float* lse, int64_t B, int64_t NH, int64_t NKV,
                        int64_t Tq, int64_t Tk, int64_t HS);
+
+/* ---- paged KV cache (paged_attention.c) -------------------------------------------------------
+ * k_cache, v_cache (NB, NKV, BS, HS): NB blocks of BS positions; position j of a sequence is in
+ * block table[j / BS] at offset j % BS. paged_cache_write: row n of k, v (N, NKV, HS) goes to
+ * slot slots[n] = block * BS + offset. paged_attention_forward: query n of q (N, NH, HS) at
+ * position positions[n] attends to keys 0 .. positions[n] of its table row block_tables[n]
+ * (N, MB); out (N, NH, HS); work: paged_attention_workspace(MB, BS) floats; returns 0, or -1
+ * (nothing written) when work_len is too small.                                                  */
+void paged_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,
+                       const int64_t* slots, int64_t N, int64_t NKV, int64_t NB, int64_t BS, int64_t HS);
+int64_t paged_attention_workspace(int64_t MB, int64_t BS);
+int paged_attention_forward(float* out, float* work, int64_t work_len, const float* q,
+                            const float* k_cache, const float* v_cache, const int64_t* block_tables,
+                            const int64_t* positions, int64_t N, int64_t NH, int64_t NKV, int64_t NB,
+                            int64_t BS, int64_t MB, int64_t HS);
 
 /* END CDEF */
 

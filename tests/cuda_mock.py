@@ -290,6 +290,28 @@ class MockLib:
     def rope_backward(self, dx, dout, cos, sin, BNH, T, HS):
         return MockLib._rope(ref.rope_backward, dx, dout, cos, sin, BNH, T, HS)
 
+    # paged_attention.cu
+    def paged_cache_write(self, bad, k_cache, v_cache, k, v, slots, N, NKV, NB, BS, HS):
+        s = view(slots, N, I64)
+        if np.any((s < 0) | (s >= NB * BS)):
+            view(bad, 1, np.int32)[0] = 1
+            return 0
+        ref.paged_cache_write(view(k_cache, NB * NKV * BS * HS).reshape(NB, NKV, BS, HS),
+                              view(v_cache, NB * NKV * BS * HS).reshape(NB, NKV, BS, HS),
+                              view(k, N * NKV * HS).reshape(N, NKV, HS), view(v, N * NKV * HS).reshape(N, NKV, HS), s)
+        return 0
+
+    def paged_attention_forward(self, out, bad, q, k_cache, v_cache, block_tables, positions, N, NH, NKV, NB, BS,
+                                MB, HS):
+        tables, pos = view(block_tables, N * MB, I64).reshape(N, MB), view(positions, N, I64)
+        if np.any((pos < 0) | (pos >= MB * BS)) or np.any((tables < 0) | (tables >= NB)):
+            view(bad, 1, np.int32)[0] = 1
+            return 0
+        caches = [view(c, NB * NKV * BS * HS).reshape(NB, NKV, BS, HS) for c in (k_cache, v_cache)]
+        view(out, N * NH * HS)[:] = ref.paged_attention_forward(view(q, N * NH * HS).reshape(N, NH, HS), *caches,
+                                                                tables, pos).reshape(-1)
+        return 0
+
     # attention.cu
     def attention_forward_v2_flash(self, out, lse, q, k, v, B, NH, NKV, Tq, Tk, HS):
         qs = view(q, B * NH * Tq * HS).reshape(B, NH, Tq, HS)

@@ -55,7 +55,8 @@ EXTRAS = {
 RESTATED = {"has_bias", "num_embeddings"}
 # The size legend of both headers: every one of these is an int64_t.
 SIZES = {"N", "C", "OC", "V", "B", "T", "NH", "NKV", "HS", "Tq", "Tk", "BNH", "M", "K", "n", "batch",
-         "stride_out", "stride_a", "stride_b", "work_len", "outer", "R", "inner", "rows", "width", "n_ids"}
+         "stride_out", "stride_a", "stride_b", "work_len", "outer", "R", "inner", "rows", "width", "n_ids",
+         "NB", "BS", "MB"}
 NOT_BY_THE_RULE = {"matmul_forward", "matmul_backward"}
 RUNG = re.compile(r"^(\w+?)_v\d+_\w+$")
 

@@ -225,6 +225,29 @@ def _attention_backward(rng, spoil):
     return [Arr(spoil(normal(rng, *q.shape))), Arr(q), Arr(k), Arr(v), Arr(out), Arr(lse)]
 
 
+def _paged_cache(rng):
+    """(NB, NKV, BS, HS) of a small paged cache: several blocks, grouped heads, odd sizes."""
+    nkv = int(rng.integers(1, 3))
+    return (int(rng.integers(3, 7)), nkv, int(rng.choice([1, 2, 4])), int(rng.choice([1, 3, 16]))), nkv
+
+
+def _paged_cache_write(rng, spoil):
+    (nb, nkv, bs, hs), _ = _paged_cache(rng)
+    n = int(rng.integers(1, nb * bs + 1))
+    slots = rng.permutation(nb * bs)[:n]
+    return [Arr(spoil(normal(rng, nb, nkv, bs, hs)), mutated=True), Arr(spoil(normal(rng, nb, nkv, bs, hs)),
+            mutated=True), Arr(spoil(normal(rng, n, nkv, hs))), Arr(spoil(normal(rng, n, nkv, hs))), Ids(slots)]
+
+
+def _paged_attention_forward(rng, spoil):
+    (nb, nkv, bs, hs), _ = _paged_cache(rng)
+    nh, n, mb = nkv * int(rng.integers(1, 3)), int(rng.integers(1, 5)), int(rng.integers(1, 4))
+    tables, positions = rng.integers(0, nb, (n, mb)), rng.integers(0, mb * bs, n)
+    return [Arr(spoil(normal(rng, n, nh, hs), avoid=QK_FORWARD)),
+            Arr(spoil(normal(rng, nb, nkv, bs, hs), avoid=QK_FORWARD)), Arr(spoil(normal(rng, nb, nkv, bs, hs))),
+            Ids(tables), Ids(positions)]
+
+
 def _adamw(rng, spoil):
     shape = (5, 7)
     param, grad, m = (spoil(normal(rng, *shape)) for _ in range(3))
@@ -279,6 +302,7 @@ CASES = {
     "rms_norm_backward": _rms_norm_backward,
     "rope_forward": _rope, "rope_backward": _rope,
     "attention_forward": _attention_forward, "attention_backward": _attention_backward,
+    "paged_cache_write": _paged_cache_write, "paged_attention_forward": _paged_attention_forward,
     "adamw_update": _adamw,
 }
 

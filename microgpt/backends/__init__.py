@@ -96,6 +96,13 @@ KERNELS = {
                            "query i sits at position Tk - Tq + i; lse (B, NH, Tq) the row logsumexp"),
     "attention_backward": ("attention_backward(dout, q, k, v, out, lse) -> (dq, dk, dv)",
                            "gradients of attention_forward"),
+    # --- paged KV cache (inference/paged.py): NB blocks of BS positions, MB blocks per table row ---
+    "paged_cache_write": ("paged_cache_write(k_cache, v_cache, k, v, slots) -> None",
+                          "k_cache[s // BS, :, s % BS] = k[n] (v alike) at slot s = slots[n], in place; "
+                          "caches (NB, NKV, BS, HS), k/v (N, NKV, HS), distinct slots"),
+    "paged_attention_forward": ("paged_attention_forward(q, k_cache, v_cache, block_tables, positions) -> out",
+                                "query n (N, NH, HS) at position positions[n] attends to keys 0 .. positions[n] "
+                                "stored in the blocks block_tables[n] (N, MB); out (N, NH, HS)"),
     "adamw_update": ("adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None",
                      "one AdamW step, in place on param, m and v (step counts from 1)"),
 }

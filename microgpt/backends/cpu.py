@@ -9,7 +9,7 @@ helpers in cpu_lib.py; this module binds the rest and is the backend module itse
 Which kernels run in C (float32 only; float64 arrays take the NumPy reference path, for
 gradient checks):
   matmul, linear, softmax, log_softmax, cross_entropy, embedding, layer_norm, rms_norm,
-  rope, gelu, silu, attention, adamw_update.
+  rope, gelu, silu, attention, adamw_update, paged_cache_write, paged_attention_forward.
 Which reuse backends/reference.py as they are: array creation and transfer, the elementwise
 arithmetic (add ... tanh, relu), reductions, and shape bookkeeping (reshape, permute,
 getitem, concatenate ...). These are memory-bound one-liners that NumPy already runs at
@@ -409,3 +409,61 @@ def attention_backward(dout, q, k, v, out, lse):
         raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
     return dq, dk, dv
 # === end attention ===================================================================================
+
+
+# === paged KV cache: bindings of csrc/paged_attention.c ==============================================
+# The block tables, positions and slots come from the scheduler, but they are indices into the
+# cache: each is range-checked here (a slot outside the pool would be a write outside an array).
+
+def _paged_cache(op, k_cache, v_cache):
+    if k_cache.ndim != 4:
+        raise ShapeError(f"{op}: k_cache must be 4-D (NB, NKV, BS, HS), got shape {k_cache.shape}")
+    check.shape(op, "v_cache", v_cache, k_cache.shape)
+    return k_cache.shape
+
+
+def paged_cache_write(k_cache, v_cache, k, v, slots):
+    op = "paged_cache_write"
+    is32 = check.floats(op, k_cache=k_cache, v_cache=v_cache, k=k, v=v)
+    NB, NKV, BS, HS = _paged_cache(op, k_cache, v_cache)
+    if k.ndim != 3:
+        raise ShapeError(f"{op}: k must be (N, NKV, HS), got shape {k.shape}")
+    N = k.shape[0]
+    check.shape(op, "k", k, (N, NKV, HS))
+    check.shape(op, "v", v, k.shape)
+    slots = check.ids(op, "slots", slots, NB * BS)
+    check.shape(op, "slots", slots, (N,))
+    if np.unique(slots).size != N:
+        raise ShapeError(f"{op}: slots repeat a slot; each new row needs its own")
+    check.writeable(op, k_cache=k_cache, v_cache=v_cache)
+    check.disjoint(op, k_cache=k_cache, v_cache=v_cache, k=k, v=v)
+    if not is32:
+        return _ref.paged_cache_write(k_cache, v_cache, k, v, slots)
+    lib.paged_cache_write(_fp(k_cache), _fp(v_cache), _fp(k), _fp(v), _ip(slots), N, NKV, NB, BS, HS)
+    return None
+
+
+def paged_attention_forward(q, k_cache, v_cache, block_tables, positions):
+    op = "paged_attention_forward"
+    is32 = check.floats(op, q=q, k_cache=k_cache, v_cache=v_cache)
+    NB, NKV, BS, HS = _paged_cache(op, k_cache, v_cache)
+    if q.ndim != 3 or q.shape[2] != HS:
+        raise ShapeError(f"{op}: q must be (N, NH, {HS}), got shape {q.shape}")
+    N, NH = q.shape[0], q.shape[1]
+    if NH % NKV:
+        raise ShapeError(f"{op}: {NH} query heads are not a multiple of {NKV} key/value heads")
+    block_tables = check.ids(op, "block_tables", block_tables, NB)
+    if block_tables.ndim != 2 or block_tables.shape[0] != N:
+        raise ShapeError(f"{op}: block_tables must be (N={N}, MB), got shape {block_tables.shape}")
+    MB = block_tables.shape[1]
+    positions = check.ids(op, "positions", positions, MB * BS)
+    check.shape(op, "positions", positions, (N,))
+    if not is32:
+        return _ref.paged_attention_forward(q, k_cache, v_cache, block_tables, positions)
+    out = np.empty_like(q)
+    work = np.empty(lib.paged_attention_workspace(MB, BS), np.float32)
+    if lib.paged_attention_forward(_fp(out), _fp(work), work.size, _fp(q), _fp(k_cache), _fp(v_cache),
+                                   _ip(block_tables), _ip(positions), N, NH, NKV, NB, BS, MB, HS):
+        raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
+    return out
+# === end paged KV cache ==============================================================================

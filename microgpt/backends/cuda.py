@@ -51,6 +51,7 @@ __all__ = [
     "cross_entropy_forward", "cross_entropy_backward", "embedding_forward", "embedding_backward",
     "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "adamw_update",
+    "paged_cache_write", "paged_attention_forward",
 ]
 
 NAME = "cuda"
@@ -278,6 +279,49 @@ def attention_backward(dout, q, k, v, out, lse):
         call("attention_backward_v2_flash", dq.ptr, dk.ptr, dv.ptr, delta.ptr, dout.ptr, q.ptr, k.ptr, v.ptr,
              out.ptr, lse.ptr, b, nh, nkv, tq, tk, hs)
     return dq, dk, dv
+
+
+# --- paged KV cache (paged_attention.cu) -----------------------------------------------------------------
+
+def _paged_sizes(name, k_cache, v_cache):
+    require_f32(name, k_cache, v_cache)
+    if k_cache.ndim != 4 or v_cache.shape != k_cache.shape:
+        raise ShapeError(f"{name}: k_cache, v_cache must be alike (NB, NKV, BS, HS); got {k_cache.shape}, "
+                         f"{v_cache.shape}")
+    return k_cache.shape
+
+
+def paged_cache_write(k_cache, v_cache, k, v, slots):
+    if not isinstance(k_cache, DeviceArray) or not isinstance(v_cache, DeviceArray):
+        raise DTypeError("paged_cache_write: k_cache and v_cache must be DeviceArrays (written in place)")
+    k, v, slots = on_device(k), on_device(v), on_device(slots, np.int64)
+    nb, nkv, bs, hs = _paged_sizes("paged_cache_write", k_cache, v_cache)
+    require_f32("paged_cache_write", k, v)
+    if k.ndim != 3 or k.shape[1:] != (nkv, hs) or v.shape != k.shape or slots.shape != k.shape[:1]:
+        raise ShapeError(f"paged_cache_write: k, v must be (N, {nkv}, {hs}) and slots (N,); got {k.shape}, "
+                         f"{v.shape}, {slots.shape}")
+    if k.size:
+        flag = bad_flag("paged_cache_write", f"a slot outside [0, {nb * bs})")
+        call("paged_cache_write", flag, k_cache.ptr, v_cache.ptr, k.ptr, v.ptr, slots.ptr, k.shape[0], nkv, nb, bs, hs)
+
+
+def paged_attention_forward(q, k_cache, v_cache, block_tables, positions):
+    q, k_cache, v_cache = on_device(q), on_device(k_cache), on_device(v_cache)
+    block_tables, positions = on_device(block_tables, np.int64), on_device(positions, np.int64)
+    nb, nkv, bs, hs = _paged_sizes("paged_attention_forward", k_cache, v_cache)
+    require_f32("paged_attention_forward", q)
+    if q.ndim != 3 or q.shape[2] != hs or q.shape[1] % nkv or block_tables.ndim != 2 \
+            or block_tables.shape[0] != q.shape[0] or positions.shape != q.shape[:1]:
+        raise ShapeError(f"paged_attention_forward: q (N, NH, {hs}) with NH % {nkv} == 0, block_tables (N, MB), "
+                         f"positions (N,); got {q.shape}, {block_tables.shape}, {positions.shape}")
+    n, nh = q.shape[0], q.shape[1]
+    mb = block_tables.shape[1]
+    out = empty(q.shape, np.float32)
+    if out.size:
+        flag = bad_flag("paged_attention_forward", f"a block outside [0, {nb}) or a position outside [0, {mb * bs})")
+        call("paged_attention_forward", out.ptr, flag, q.ptr, k_cache.ptr, v_cache.ptr, block_tables.ptr,
+             positions.ptr, n, nh, nkv, nb, bs, mb, hs)
+    return out
 
 
 # --- optimizer ------------------------------------------------------------------------------------------------

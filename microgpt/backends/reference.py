@@ -437,6 +437,37 @@ def attention_backward(dout, q, k, v, out, lse):
     return dq.astype(q.dtype), dk.astype(q.dtype), dv.astype(q.dtype)
 
 
+# --- paged KV cache: the cache write and decode attention over blocks ------------------------------
+# A paged cache (inference/paged.py) keeps each layer's keys in one pool of fixed-size blocks,
+# k_cache (NB, NKV, BS, HS), and a block table per sequence: position j of a sequence lives in
+# block table[j // BS] at offset j % BS. Slot s = block * BS + offset names one position's row.
+
+def paged_cache_write(k_cache, v_cache, k, v, slots):
+    # k_cache[s // BS, :, s % BS, :] = k[n] (and v alike) for every new row n at slot s = slots[n];
+    # k, v (N, NKV, HS); the slots are distinct. In place, like adamw_update.
+    bs = k_cache.shape[2]
+    blocks, offsets = slots // bs, slots % bs
+    k_cache[blocks, :, offsets, :] = k          # (N, NKV, HS): the indexed axes come first
+    v_cache[blocks, :, offsets, :] = v
+
+
+def paged_attention_forward(q, k_cache, v_cache, block_tables, positions):
+    # One query row per token, each against its own sequence's blocks: query n sits at position
+    # p = positions[n] and sees keys j = 0 .. p, key j at block block_tables[n, j // BS], offset
+    # j % BS. Per head h (key/value head h // (NH / NKV)), exactly attention_forward's answer for
+    # that query alone against those p + 1 keys: out = softmax(q k^T / sqrt(HS)) v.
+    # q (N, NH, HS), block_tables (N, MB), positions (N,); out (N, NH, HS).
+    bs = k_cache.shape[2]
+    out = np.empty_like(q)
+    for n in range(q.shape[0]):
+        seen = np.arange(int(positions[n]) + 1)
+        blocks, offsets = block_tables[n, seen // bs], seen % bs
+        keys = np.swapaxes(k_cache[blocks, :, offsets, :], 0, 1)[None]       # (1, NKV, p+1, HS)
+        values = np.swapaxes(v_cache[blocks, :, offsets, :], 0, 1)[None]
+        out[n] = attention_forward(q[n][None, :, None, :], keys, values)[0][0, :, 0, :]
+    return out
+
+
 # --- optimizer ------------------------------------------------------------------------------------------
 
 def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):

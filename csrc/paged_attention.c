@@ -1,0 +1,104 @@
+/*
+ * paged_attention.c — the two kernels of a paged KV cache: the cache write and decode attention.
+ *
+ * Specification: paged_cache_write / paged_attention_forward in microgpt/backends/reference.py.
+ * Layout (inference/paged.py owns it): each layer's keys live in one pool of NB blocks,
+ * k_cache (NB, NKV, BS, HS), v_cache alike; a sequence's position j is in block
+ * table[j // BS] at offset j % BS, so a sequence grows by taking a free block, never by copying
+ * what it already holds (the concatenating cache copied the whole history every step).
+ *
+ *   paged_cache_write        row n of k, v (N, NKV, HS) goes to slot s = slots[n]:
+ *                            k_cache[s / BS, h, s % BS, :] = k[n, h, :] for every head h.
+ *   paged_attention_forward  query n (N, NH, HS) at position p = positions[n] against the keys
+ *                            j = 0 .. p of its own block table row block_tables[n] (N, MB):
+ *                              S_j = q . k_j / sqrt(HS),  lse = m + log sum_j e^(S_j - m),
+ *                              m = max_j S_j,  out = sum_j e^(S_j - lse) v_j
+ *                            with query head h reading key/value head h / (NH / NKV).
+ *
+ * Why one query row per token (not per sequence): a decode step has one row per sequence, a
+ * chunk of prefill has one per prompt token, and both mix in one call, each row with its own
+ * length; the caller repeats a sequence's table row for each of its tokens (MB int64s each).
+ *
+ * Threads: every (query, head) pair is independent, so the OpenMP team splits the N * NH pairs,
+ * each thread with its own row of S in `work` (MB * BS floats per thread; the binding asks
+ * paged_attention_workspace). Each pair's sums run in the same order whatever the batch holds,
+ * so a sequence's output does not depend on which other sequences share the call — what lets
+ * the scheduler promise the same greedy text alone or in a crowd. Two passes over S as in
+ * attention_naive.c keep the reference's NaN/inf behaviour: a NaN key reaches every output
+ * of the query that sees it, and nothing else.
+ *
+ * Built into microgpt.backends._cpu by backends/cpu_build.py; tests: tests/test_paged_attention.py.
+ */
+#include <math.h>
+#include <string.h>
+#include <omp.h>
+#include "microgpt.h"
+#include "common.h"
+
+/* max that keeps a NaN, as numpy.max does */
+static float max_keep_nan(float m, float s) { return s > m || s != s ? s : m; }
+
+static float dot(const float* a, const float* b, int64_t n)
+{
+    float sum = 0.0f;
+    for (int64_t d = 0; d < n; d++) sum += a[d] * b[d];
+    return sum;
+}
+
+void paged_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,
+                       const int64_t* slots, int64_t N, int64_t NKV, int64_t NB, int64_t BS, int64_t HS)
+{
+    (void)NB;                                   /* the binding checked slots < NB * BS */
+    for (int64_t n = 0; n < N; n++) {
+        const int64_t block = slots[n] / BS, offset = slots[n] % BS;
+        for (int64_t h = 0; h < NKV; h++) {
+            const int64_t at = ((block * NKV + h) * BS + offset) * HS;
+            memcpy(k_cache + at, k + (n * NKV + h) * HS, (size_t)HS * sizeof *k);
+            memcpy(v_cache + at, v + (n * NKV + h) * HS, (size_t)HS * sizeof *v);
+        }
+    }
+}
+
+int64_t paged_attention_workspace(int64_t MB, int64_t BS)
+{
+    return (int64_t)omp_get_max_threads() * MB * BS;
+}
+
+int paged_attention_forward(float* out, float* work, int64_t work_len, const float* q,
+                            const float* k_cache, const float* v_cache, const int64_t* block_tables,
+                            const int64_t* positions, int64_t N, int64_t NH, int64_t NKV, int64_t NB,
+                            int64_t BS, int64_t MB, int64_t HS)
+{
+    (void)NB;
+    const int threads = omp_get_max_threads();
+    if (work_len < (int64_t)threads * MB * BS) return -1;
+    const float sqrt_hs = sqrtf((float)HS);
+    const int64_t pairs = N * NH, group = NH / NKV;
+    /* fork only when there is enough work: a decode step of one sequence is ~ HS * p flops */
+    int64_t touched = 0;
+    for (int64_t n = 0; n < N; n++) touched += (positions[n] + 1) * NH * HS;
+    #pragma omp parallel for schedule(dynamic, 1) if (touched >= MG_PAR_MIN / 4)
+    for (int64_t pair = 0; pair < pairs; pair++) {
+        const int64_t n = pair / NH, h = pair % NH, kv = h / group;
+        const int64_t seen = positions[n] + 1;
+        const int64_t* table = block_tables + n * MB;
+        const float* qi = q + (n * NH + h) * HS;
+        float* row = work + (int64_t)omp_get_thread_num() * MB * BS;
+        float m = -INFINITY, sum = 0.0f;
+        for (int64_t j = 0; j < seen; j++) {                  /* S_j and their max */
+            const float* kj = k_cache + ((table[j / BS] * NKV + kv) * BS + j % BS) * HS;
+            row[j] = dot(qi, kj, HS) / sqrt_hs;
+            m = max_keep_nan(m, row[j]);
+        }
+        for (int64_t j = 0; j < seen; j++) sum += expf(row[j] - m);
+        const float lse = m + logf(sum);
+        float* oi = out + (n * NH + h) * HS;
+        memset(oi, 0, (size_t)HS * sizeof *oi);
+        for (int64_t j = 0; j < seen; j++) {                  /* out = sum_j P_j v_j */
+            const float p = expf(row[j] - lse);
+            const float* vj = v_cache + ((table[j / BS] * NKV + kv) * BS + j % BS) * HS;
+            for (int64_t d = 0; d < HS; d++) oi[d] += p * vj[d];
+        }
+    }
+    return 0;
+}
