@@ -10,9 +10,6 @@
     microgpt finetune sft --init-from MODEL --data CHAT.jsonl [--lora-rank 8]
     microgpt chat RUN [--message TEXT]            a REPL on a fine-tuned model
     microgpt data synth --task arithmetic -o DIR   synthetic instruction tasks
-    microgpt finetune sft --init-from MODEL --data CHAT.jsonl [--lora-rank 8]
-    microgpt chat RUN [--message TEXT]            a REPL on a fine-tuned model
-    microgpt data synth --task arithmetic -o DIR   synthetic instruction tasks
     microgpt eval RUN --tasks FORMAT=PATH | --perplexity TEXT   (and `eval score`)
 
 Each command group registers its flags in one `_add_<group>` function below and hands the
@@ -275,7 +272,6 @@ def _add_data(sub):
     data_sub = data.add_subparsers(dest="data_command", required=True)
     _add_data_prepare(data_sub)
     _add_data_clean(data_sub)
-    _add_data_synth(data_sub)
     _add_data_synth(data_sub)
     _name_the_choices(data_sub)
 
@@ -540,70 +536,6 @@ def _add_finetune(sub):
     p.add_argument("--overflow", choices=("truncate", "drop"), default="truncate",
                    help="a conversation longer than the context (default truncate)")
     add_arguments(p)
-    _name_the_choices(ft_sub)
-    c = _leaf(sub, "chat", _run_chat, help="chat with a fine-tuned model in the terminal")
-    c.add_argument("run_dir", metavar="RUN", help="a fine-tuning run, a checkpoint, or a Hugging "
-                                                  "Face model directory")
-    c.add_argument("--message", help="answer this one message and exit (for scripts)")
-    c.add_argument("--system", help="the system prompt")
-    c.add_argument("--max-new-tokens", type=_int(1), default=256, help="per reply (default 256)")
-    c.add_argument("--temperature", type=_float(0.0), default=0.0, help="0 = greedy (default)")
-    c.add_argument("--top-k", type=_int(0), default=0, help="0 = off (default)")
-    c.add_argument("--seed", type=_int(0), default=0)
-    c.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-
-
-def _run_finetune(args):
-    from .finetune.commands import run_sft
-    from .train.config import overrides_from_args
-    return run_sft(args, overrides_from_args(args))
-
-
-def _run_chat(args):
-    from .finetune.commands import run_chat
-    return run_chat(args)
-
-
-def _add_data_synth(data_sub):
-    """`microgpt data synth`: synthetic instruction tasks (microgpt/finetune/synth.py)."""
-    from .finetune.synth import TASKS
-    p = _leaf(data_sub, "synth", _run_data_synth,
-              help="write a synthetic instruction task: train.jsonl and eval.jsonl, no overlap")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("-o", "--out", required=True, help=f"output directory ({_CREATED})")
-    p.add_argument("--train", type=_int(1), default=2000, help="train examples (default 2000)")
-    p.add_argument("--eval", type=_int(1), default=200, help="held-out examples (default 200)")
-    p.add_argument("--seed", type=_int(0), default=0)
-
-
-def _run_data_synth(args):
-    from .finetune.commands import run_synth
-    _output_dir("--out", args.out)
-    return run_synth(args)
-
-
-def _add_finetune(sub):
-    """`microgpt finetune sft` and `microgpt chat` (microgpt/finetune/)."""
-    from .train.config import add_arguments
-    ft = sub.add_parser("finetune", help="supervised fine-tuning on chat data (full, LoRA, QLoRA)")
-    ft_sub = ft.add_subparsers(dest="finetune_command", required=True)
-    p = _leaf(ft_sub, "sft", _run_finetune,
-              help="fine-tune a model on JSONL conversations, the loss on the assistant's tokens",
-              usage="microgpt finetune sft --init-from MODEL --data CHAT.jsonl [--lora-rank R] "
-                    "[--FIELD VALUE ...] | --resume RUN_DIR")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a fine-tuning run bit for bit")
-    p.add_argument("--val-data", default="", metavar="FILE.jsonl",
-                   help="held-out conversations (default: --val-fraction of --data)")
-    p.add_argument("--lora-rank", type=_int(0), default=0, help="0 = full fine-tuning (default)")
-    p.add_argument("--lora-alpha", type=_float(0.0, low_open=True), default=16.0, help="default 16")
-    p.add_argument("--lora-targets", default="q,v", help="some of q,k,v,o,up,down,gate (default q,v)")
-    p.add_argument("--lora-dropout", type=_float(0.0, 1.0, high_open=True), default=0.0)
-    p.add_argument("--qlora", action="store_true", help="the frozen base of the blocks in int8")
-    p.add_argument("--packing", action="store_true",
-                   help="several conversations per row, document-masked attention")
-    p.add_argument("--overflow", choices=("truncate", "drop"), default="truncate",
-                   help="a conversation longer than the context (default truncate)")
-    add_arguments(p)
     e = _leaf(ft_sub, "eval", _run_finetune_eval,
               help="greedy exact match of each held-out conversation's last answer")
     e.add_argument("run_dir", metavar="RUN", help="a fine-tuning run, a checkpoint or an HF directory")
@@ -687,7 +619,6 @@ def build_parser():
     _add_models(sub)
     _add_data(sub)
     _add_tokenizer(sub)
-    _add_finetune(sub)
     _add_finetune(sub)
     _add_eval(sub)
     _name_the_choices(sub)
