@@ -107,6 +107,8 @@ void adamw_update(float* param, const float* grad, float* m, float* v, float lr,
 /* Causal attention with grouped-query heads (NH % NKV == 0):
  * q, out, dout, dq (B, NH, Tq, HS); k, v, dk, dv (B, NKV, Tk, HS); lse (B, NH, Tq);
  * 1 <= Tq <= Tk, query i sits at position Tk - Tq + i. `work` is scratch of work_len floats.
+ * segment_ids: NULL, or (B, T) document ids with T = Tq = Tk (document masking: query i sees
+ * key j only when both carry the same id; attention.c says why ids, not cumulative lengths).
  * Every function returns 0, or -1 (nothing written) when work_len is too small.
  *   v1_naive   the definition, one query at a time, one thread; work: Tk floats (forward),
  *              2 Tk (backward)
@@ -115,28 +117,28 @@ void adamw_update(float* param, const float* grad, float* m, float* v, float lr,
  * The production attention_forward / attention_backward is v2, and v1 for a call whose v2
  * result is not finite (see attention.c); its workspace is v2's.                              */
 int attention_forward_v1_naive(float* out, float* lse, float* work, int64_t work_len, const float* q,
-                               const float* k, const float* v, int64_t B, int64_t NH, int64_t NKV,
-                               int64_t Tq, int64_t Tk, int64_t HS);
+                               const float* k, const float* v, const int32_t* segment_ids, int64_t B,
+                               int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_backward_v1_naive(float* dq, float* dk, float* dv, float* work, int64_t work_len,
                                 const float* dout, const float* q, const float* k, const float* v,
-                                const float* out, const float* lse, int64_t B, int64_t NH, int64_t NKV,
-                                int64_t Tq, int64_t Tk, int64_t HS);
+                                const float* out, const float* lse, const int32_t* segment_ids,
+                                int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_forward_v2_flash(float* out, float* lse, float* work, int64_t work_len, const float* q,
-                               const float* k, const float* v, int64_t B, int64_t NH, int64_t NKV,
-                               int64_t Tq, int64_t Tk, int64_t HS);
+                               const float* k, const float* v, const int32_t* segment_ids, int64_t B,
+                               int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* work, int64_t work_len,
                                 const float* dout, const float* q, const float* k, const float* v,
-                                const float* out, const float* lse, int64_t B, int64_t NH, int64_t NKV,
-                                int64_t Tq, int64_t Tk, int64_t HS);
+                                const float* out, const float* lse, const int32_t* segment_ids,
+                                int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int64_t attention_forward_workspace(int64_t B, int64_t NH, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_forward(float* out, float* lse, float* work, int64_t work_len, const float* q,
-                      const float* k, const float* v, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
-                      int64_t Tk, int64_t HS);
+                      const float* k, const float* v, const int32_t* segment_ids, int64_t B, int64_t NH,
+                      int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int64_t attention_backward_workspace(int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_backward(float* dq, float* dk, float* dv, float* work, int64_t work_len,
                        const float* dout, const float* q, const float* k, const float* v,
-                       const float* out, const float* lse, int64_t B, int64_t NH, int64_t NKV,
-                       int64_t Tq, int64_t Tk, int64_t HS);
+                       const float* out, const float* lse, const int32_t* segment_ids, int64_t B,
+                       int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 
 /* ---- paged KV cache (paged_attention.c) -------------------------------------------------------
  * k_cache, v_cache (NB, NKV, BS, HS): NB blocks of BS positions; position j of a sequence is in
