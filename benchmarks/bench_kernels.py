@@ -285,9 +285,9 @@ def attention_rung_case(rung, T, B=4, NH=6, HS=64, repeats=5):
     backward = getattr(cpu.lib, f"attention_backward_{rung}")
 
     def ours():
-        assert forward(fp(out), fp(lse), fp(work_f), work_f.size, fp(q), fp(k), fp(v), *sizes) == 0
+        assert forward(fp(out), fp(lse), fp(work_f), work_f.size, fp(q), fp(k), fp(v), cpu.ffi.NULL, *sizes) == 0
         assert backward(fp(dq), fp(dk), fp(dv), fp(work_b), work_b.size, fp(dout), fp(q), fp(k), fp(v),
-                        fp(out), fp(lse), *sizes) == 0
+                        fp(out), fp(lse), cpu.ffi.NULL, *sizes) == 0
         return out, dq, dk, dv
 
     def peer():

@@ -182,11 +182,11 @@ def attention_section(torch, rt, batch, heads, head_size, lengths):
         sizes = (batch, heads, heads, t, t, head_size)
 
         def forward():
-            rt.call("attention_forward_v2_flash", ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), *sizes)
+            rt.call("attention_forward_v2_flash", ptr(out), ptr(lse), ptr(q), ptr(k), ptr(v), rt.ffi.NULL, *sizes)
 
         def backward():
             rt.call("attention_backward_v2_flash", ptr(dq), ptr(dk), ptr(dv), ptr(delta), ptr(dout), ptr(q), ptr(k),
-                    ptr(v), ptr(out), ptr(lse), *sizes)
+                    ptr(v), ptr(out), ptr(lse), rt.ffi.NULL, *sizes)
 
         note = ""
         if t == lengths[0]:

@@ -42,6 +42,9 @@
  *      over each pair's query blocks — backward over (batch, kv-head) as in 5; calls under
  *      PAR_MIN multiply-adds stay on the calling thread. Each thread works in its own slice of
  *      the caller's workspace (attention_*_workspace floats).
+ *   8. Document masking (packed rows; segment_ids non-NULL, T = Tq = Tk): query i sees key j
+ *      iff j <= i and segment_ids[j] == segment_ids[i]. Whole tiles no query of the block
+ *      shares a document with are skipped, neither computed nor masked (see below).
  * Both rungs do the same O(Tq * Tk * HS) multiply-adds per head and neither holds a T x T matrix
  * (v1 keeps one row of Tk scores); v2's speed is items 1-7 above, v1 has none of them.
  *
@@ -52,6 +55,24 @@
  * before j. v1's sums run over exactly the keys a query sees, as the reference's answer for that
  * query alone does (tests/test_kernel_special_values.py); the check of the outputs costs
  * O(T * HS) against the call's O(T^2 * HS).
+ *
+ * Segment ids or cumulative lengths? FlashAttention's varlen kernels take cumulative lengths
+ * (cu_seqlens): document d is positions [cu[d], cu[d+1]), so query i sees the key interval
+ * [start(i), i] and a query block starting at i0 needs no key block before start(i0): the skip
+ * is one comparison. But lengths describe only contiguous documents, one list per row of
+ * varying length. Segment ids (one int per token) say "same document" for any layout, and skip
+ * just as well with one summary per block: the range [lo, hi] of the block's ids (seg_range).
+ * A (query block, key block) tile holds a visible pair only if the two ranges overlap, so a
+ * tile whose ranges are disjoint is skipped whole; one whose ranges are one and the same id is
+ * a plain causal tile (no segment test per element); any other tile gets the per-element test
+ * seg[j] == seg[i] on top of the causal one. For a packed row numbered in order (0, 0, 1, 1,
+ * 1, 2, ... as the packer writes them) the ranges are exact: a tile is skipped precisely when
+ * no pair in it shares a document, which is what cumulative lengths would skip. Unsorted ids
+ * are still correct, only skipped less. So the kernel takes segment ids: the interface the
+ * callers hold, no conversion, the same skipping. They arrive as int32 (the lanes of the masks
+ * are 32-bit); backends/cpu.py relabels ids beyond int32 keeping their order. Padding tokens
+ * carry an id of their own (-1, or any id no document uses): padding then sees only padding.
+ * The cost of one summary is O(BC) per tile against the tile's O(BC * W * HS).
  *
  * Built into microgpt.backends._cpu by backends/cpu_build.py (binding: backends/cpu.py).
  * Tests: pytest tests/test_cpu_attention.py tests/test_kernel_special_values.py.
@@ -88,6 +109,26 @@ static size_t min_size(size_t a, size_t b) { return a < b ? a : b; }
  *   K_TO         C is queries x channels, K runs over keys: stop after the last key row i sees.
  * Outside the diagonal (diag >= the block size) every mode computes the whole product. */
 enum { SKIP_HIDDEN = 1, K_FROM, K_TO };
+
+/* Document masking: the range of segment ids of positions [from, to) (to > from), and the two
+ * tests a tile needs of its query block's range and its key block's (header, "Segment ids"). */
+typedef struct { int32_t lo, hi; } seg_range_t;
+
+static seg_range_t seg_range(const int32_t *seg, size_t from, size_t to)
+{
+    seg_range_t r = {seg[from], seg[from]};
+    for (size_t t = from + 1; t < to; t++) {
+        r.lo = seg[t] < r.lo ? seg[t] : r.lo;
+        r.hi = seg[t] > r.hi ? seg[t] : r.hi;
+    }
+    return r;
+}
+
+/* No query of one block can share a document with a key of the other. */
+static int disjoint(seg_range_t q, seg_range_t k) { return q.hi < k.lo || k.hi < q.lo; }
+
+/* Every query and every key of the tile in one document: causal masking is all there is. */
+static int one_document(seg_range_t q, seg_range_t k) { return q.lo == q.hi && k.lo == k.hi && q.lo == k.lo; }
 
 /* Workspace of one thread, in floats; the same for every instruction set (HP pads to 16). */
 static size_t fwd_floats(size_t Tq, size_t Tk, size_t HS)
@@ -148,11 +189,12 @@ static size_t bwd_floats(size_t Tq, size_t Tk, size_t HS)
 /* ---- dispatch, threads, workspace ---------------------------------------------------------------- */
 
 typedef void fwd_fn(float *out, float *lse, const float *q, const float *k, const float *v,
-                    size_t Tq, size_t Tk, size_t HS, float *w, size_t first, size_t step);
+                    const int32_t *seg, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
+                    size_t step);
 typedef void bwd_fn(float *dq, float *dk, float *dv, const float *dout, const float *q,
                     const float *k, const float *v, const float *out, const float *lse,
-                    size_t G, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
-                    size_t step);
+                    const int32_t *seg, size_t G, size_t Tq, size_t Tk, size_t HS, float *w,
+                    size_t first, size_t step);
 
 /* The instruction set threads.c chose: 0 portable, 1 AVX2, 2 AVX-512 (or what a test forced). */
 static void pick(int level, int rows, fwd_fn **fwd, bwd_fn **bwd)
@@ -194,17 +236,20 @@ int64_t attention_forward_workspace(int64_t B, int64_t NH, int64_t Tq, int64_t T
 
 /* Pair t = b * NH + h (its kv head is h / (NH / NKV)): query blocks first, first + step, ... */
 static void fwd_pair(fwd_fn *head, int64_t t, float *out, float *lse, const float *q,
-                     const float *k, const float *v, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
-                     int64_t HS, float *w, size_t first, size_t step)
+                     const float *k, const float *v, const int32_t *segment_ids, int64_t NH,
+                     int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS, float *w, size_t first,
+                     size_t step)
 {
     const size_t kv = ((size_t)(t / NH) * NKV + (size_t)(t % NH / (NH / NKV))) * Tk * HS;
+    const int32_t *seg = segment_ids ? segment_ids + (size_t)(t / NH) * Tk : NULL;  /* row b's */
     head(out + (size_t)t * Tq * HS, lse + (size_t)t * Tq, q + (size_t)t * Tq * HS, k + kv, v + kv,
-         Tq, Tk, HS, w, first, step);
+         seg, Tq, Tk, HS, w, first, step);
 }
 
 int attention_forward_v2_flash(float *out, float *lse, float *work, int64_t work_len,
-                               const float *q, const float *k, const float *v, int64_t B, int64_t NH,
-                               int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
+                               const float *q, const float *k, const float *v,
+                               const int32_t *segment_ids, int64_t B, int64_t NH, int64_t NKV,
+                               int64_t Tq, int64_t Tk, int64_t HS)
 {
     fwd_fn *head;
     bwd_fn *unused;
@@ -222,11 +267,11 @@ int attention_forward_v2_flash(float *out, float *lse, float *work, int64_t work
         float *w = base + (size_t)p * per;
         if (split && n > 1) {
             for (int64_t t = 0; t < tasks; t++)    /* every pair, query blocks p, p + n, ... */
-                fwd_pair(head, t, out, lse, q, k, v, NH, NKV, Tq, Tk, HS, w, p, n);
+                fwd_pair(head, t, out, lse, q, k, v, segment_ids, NH, NKV, Tq, Tk, HS, w, p, n);
         } else {
             #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < tasks; t++)
-                fwd_pair(head, t, out, lse, q, k, v, NH, NKV, Tq, Tk, HS, w, 0, 1);
+                fwd_pair(head, t, out, lse, q, k, v, segment_ids, NH, NKV, Tq, Tk, HS, w, 0, 1);
         }
     }
     return 0;
@@ -255,8 +300,8 @@ int64_t attention_backward_workspace(int64_t B, int64_t NH, int64_t NKV, int64_t
 
 int attention_backward_v2_flash(float *dq, float *dk, float *dv, float *work, int64_t work_len,
                                 const float *dout, const float *q, const float *k, const float *v,
-                                const float *out, const float *lse, int64_t B, int64_t NH,
-                                int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
+                                const float *out, const float *lse, const int32_t *segment_ids,
+                                int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
     fwd_fn *unused;
     bwd_fn *group;
@@ -276,8 +321,9 @@ int attention_backward_v2_flash(float *dq, float *dk, float *dv, float *work, in
         if (split && n > 1) {                   /* every pair, key blocks p, p + n, ... */
             for (int64_t t = 0; t < tasks; t++) {
                 const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
+                const int32_t *seg = segment_ids ? segment_ids + (size_t)(t / NKV) * Tk : NULL;
                 group(w + part + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk,
-                      out + hq, lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w, p, n);
+                      out + hq, lse + (size_t)t * G * Tq, seg, G, Tq, Tk, HS, w, p, n);
             }
             #pragma omp barrier
             #pragma omp for schedule(static)
@@ -290,8 +336,9 @@ int attention_backward_v2_flash(float *dq, float *dk, float *dv, float *work, in
             #pragma omp for schedule(dynamic, 1)
             for (int64_t t = 0; t < tasks; t++) {          /* t = b * NKV + kv head: its G query heads */
                 const size_t hq = (size_t)t * G * Tq * HS, hk = (size_t)t * Tk * HS;
+                const int32_t *seg = segment_ids ? segment_ids + (size_t)(t / NKV) * Tk : NULL;
                 group(dq + hq, dk + hk, dv + hk, dout + hq, q + hq, k + hk, v + hk, out + hq,
-                      lse + (size_t)t * G * Tq, G, Tq, Tk, HS, w, 0, 1);
+                      lse + (size_t)t * G * Tq, seg, G, Tq, Tk, HS, w, 0, 1);
             }
         }
     }
@@ -311,27 +358,28 @@ static int all_finite(const float *x, size_t n)
 }
 
 int attention_forward(float *out, float *lse, float *work, int64_t work_len, const float *q,
-                      const float *k, const float *v, int64_t B, int64_t NH, int64_t NKV,
-                      int64_t Tq, int64_t Tk, int64_t HS)
+                      const float *k, const float *v, const int32_t *segment_ids, int64_t B,
+                      int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
-    const int status = attention_forward_v2_flash(out, lse, work, work_len, q, k, v, B, NH, NKV, Tq,
-                                                  Tk, HS);
+    const int status = attention_forward_v2_flash(out, lse, work, work_len, q, k, v, segment_ids, B,
+                                                  NH, NKV, Tq, Tk, HS);
     const size_t rows = (size_t)(B * NH * Tq);
     if (status == 0 && !(all_finite(lse, rows) && all_finite(out, rows * (size_t)HS)))
-        return attention_forward_v1_naive(out, lse, work, work_len, q, k, v, B, NH, NKV, Tq, Tk, HS);
+        return attention_forward_v1_naive(out, lse, work, work_len, q, k, v, segment_ids, B, NH, NKV,
+                                          Tq, Tk, HS);
     return status;
 }
 
 int attention_backward(float *dq, float *dk, float *dv, float *work, int64_t work_len,
                        const float *dout, const float *q, const float *k, const float *v,
-                       const float *out, const float *lse, int64_t B, int64_t NH, int64_t NKV,
-                       int64_t Tq, int64_t Tk, int64_t HS)
+                       const float *out, const float *lse, const int32_t *segment_ids, int64_t B,
+                       int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS)
 {
     const int status = attention_backward_v2_flash(dq, dk, dv, work, work_len, dout, q, k, v, out,
-                                                   lse, B, NH, NKV, Tq, Tk, HS);
+                                                   lse, segment_ids, B, NH, NKV, Tq, Tk, HS);
     const size_t nq = (size_t)(B * NH * Tq * HS), nk = (size_t)(B * NKV * Tk * HS);
     if (status == 0 && !(all_finite(dq, nq) && all_finite(dk, nk) && all_finite(dv, nk)))
-        return attention_backward_v1_naive(dq, dk, dv, work, work_len, dout, q, k, v, out, lse, B,
-                                           NH, NKV, Tq, Tk, HS);
+        return attention_backward_v1_naive(dq, dk, dv, work, work_len, dout, q, k, v, out, lse,
+                                           segment_ids, B, NH, NKV, Tq, Tk, HS);
     return status;
 }

@@ -16,6 +16,7 @@
 #define vu ISA_CAT(vu, ISA)
 #define rows_t ISA_CAT(rows_t, ISA)
 #define vload ISA_CAT(vload, ISA)
+#define seg_lanes ISA_CAT(seg_lanes, ISA)
 #define vstore ISA_CAT(vstore, ISA)
 #define vselect ISA_CAT(vselect, ISA)
 #define vmax ISA_CAT(vmax, ISA)
@@ -42,6 +43,15 @@ typedef float ISA_CAT(vfu, ISA) __attribute__((vector_size(4 * VW), aligned(4), 
 
 AI vf vload(const float *p) { return *(const ISA_CAT(vfu, ISA) *)p; }
 AI void vstore(float *p, vf v) { *(ISA_CAT(vfu, ISA) *)p = v; }
+
+/* Document masking: the segment ids of queries i .. i + VW - 1 as lanes; queries past the
+ * last one (padding lanes, whose results are dropped) repeat the last id. */
+AI vi seg_lanes(const int32_t *seg, size_t i, size_t n)
+{
+    vi ids;
+    for (int lane = 0; lane < VW; lane++) ids[lane] = seg[i + lane < n ? i + lane : n - 1];
+    return ids;
+}
 #define vsplat(x) ((x) - (vf){0})   /* x - 0 = x: one broadcast (an inline function gets VW inserts) */
 AI vf vselect(vi mask, vf yes, vf no) { return (vf)((mask & (vi)yes) | (~mask & (vi)no)); }
 AI vf vmax(vf a, vf b) { return vselect(b > a, b, a); }           /* keeps a NaN in a */
@@ -245,7 +255,8 @@ AI void row_dots(float *dd, const float *dout, const float *out, size_t T, size_
 
 /* Query blocks first, first + step, ... (all of them: 0, 1). */
 static void fwd_head(float *out, float *lse, const float *q, const float *k, const float *v,
-                     size_t Tq, size_t Tk, size_t HS, float *w, size_t first, size_t step)
+                     const int32_t *seg, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
+                     size_t step)
 {
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16));       /* query block width, lanes */
@@ -260,28 +271,41 @@ static void fwd_head(float *out, float *lse, const float *q, const float *k, con
     for (size_t i0 = first * W; i0 < Tq; i0 += step * W) {
         const size_t rows = min_size(W, Tq - i0);
         const size_t kend = off + i0 + rows;               /* keys this block may see: [0, kend) */
+        /* document masking: T = Tq = Tk, so query i is key i and has segment_ids[i] */
+        const seg_range_t qr = seg ? seg_range(seg, i0, i0 + rows) : (seg_range_t){0, 0};
         pack_panels_t(qt, q + i0 * HS, rows, W, HS, HP, W, qscale);
         memset(o, 0, W * HP * sizeof *o);
         for (size_t i = 0; i < W; i++) { m[i] = -INFINITY; l[i] = 0.0f; }
         for (size_t j0 = 0; j0 < kend; j0 += BC) {
             const long diag = (long)(off + i0) - (long)j0;   /* key c sees query i iff c <= i + diag */
-            const int masked = diag < BC - 1;                /* some key comes after some query */
+            int masked = diag < BC - 1;                      /* some key comes after some query */
+            if (seg) {                 /* skip a tile no query shares a document with (header) */
+                const seg_range_t kr = seg_range(seg, j0, min_size(j0 + BC, kend));
+                if (disjoint(qr, kr)) continue;
+                masked |= !one_document(qr, kr);
+            }
             gemm(st, W, block_at(K, j0), HP, 1, qt, W, BC, W, HP, 0, diag, SKIP_HIDDEN); /* S^T = K Q^T */
             for (size_t i = 0; i < W; i += VW) {
                 vf mx = vload(m + i);                      /* m' = max(m, max_j S_ji) */
                 vi qpos = (vi){0} + (int)(off + i0 + i) + lanes;
+                const vi qseg = masked && seg ? seg_lanes(seg, i0 + i, Tq) : (vi){0};
                 for (size_t c = 0; c < BC; c++) {
                     vf s = vload(st + c * W + i);
                     if (masked) {                          /* key j visible iff j <= pos */
                         vi hidden = (vi){0} + (int)(j0 + c) > qpos;
+                        if (seg)                           /* ... and of the query's document */
+                            hidden |= (vi){0} + seg[min_size(j0 + c, Tk - 1)] != qseg;
                         s = vselect(hidden, vsplat(-INFINITY), s);
                         vstore(st + c * W + i, s);
                     }
                     mx = vmax(mx, s);
                 }
-                vf a = vexp2(vload(m + i) - mx), sum = vsplat(0.0f);
+                /* With documents a query may see no key of this tile yet (m' = -inf); it then
+                 * subtracts 0, not -inf (-inf - -inf is NaN): P = 2^-inf = 0, a = 0 (O, l are 0). */
+                const vf base = seg ? vselect(mx == vsplat(-INFINITY), vsplat(0.0f), mx) : mx;
+                vf a = vexp2(vload(m + i) - base), sum = vsplat(0.0f);
                 for (size_t c = 0; c < BC; c++) {          /* P^T = 2^(S^T - m'), l' = l a + sum P */
-                    vf p = vexp2(vload(st + c * W + i) - mx);
+                    vf p = vexp2(vload(st + c * W + i) - base);
                     vstore(st + c * W + i, p);
                     sum += p;
                 }
@@ -309,7 +333,8 @@ static void fwd_head(float *out, float *lse, const float *q, const float *k, con
  *   out_i = sum_j P_j v_j / l,  lse_i = ln2 (m + log2 l).
  * The dot products go VW keys at a time: VW partial-sum vectors, transposed, added. */
 static void fwd_rows(float *out, float *lse, const float *q, const float *k, const float *v,
-                     size_t Tq, size_t Tk, size_t HS, float *w, size_t first, size_t step)
+                     const int32_t *seg, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
+                     size_t step)
 {
     const float qscale = LOG2E / sqrtf((float)HS);
     const size_t hv = HS / VW * VW;                 /* channels in whole vectors */
@@ -337,6 +362,9 @@ static void fwd_rows(float *out, float *lse, const float *q, const float *k, con
             for (size_t d = 0; d < HS; d++) dot += k[j * HS + d] * qi[d];
             s[j] = dot * qscale;
         }
+        if (seg)                                    /* document masking (Tq = Tk: key i is query i) */
+            for (j = 0; j < n; j++)
+                if (seg[j] != seg[i]) s[j] = -INFINITY;
         for (j = n; j < round_up(n, VW); j++) s[j] = -INFINITY;
         vf mx = vsplat(-INFINITY), sum = vsplat(0.0f);
         for (j = 0; j < n; j += VW) mx = vmax(mx, vload(s + j));
@@ -378,8 +406,8 @@ static void fwd_rows(float *out, float *lse, const float *q, const float *k, con
 
 static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const float *q,
                       const float *k, const float *v, const float *out, const float *lse,
-                      size_t G, size_t Tq, size_t Tk, size_t HS, float *w, size_t first,
-                      size_t step)
+                      const int32_t *seg, size_t G, size_t Tq, size_t Tk, size_t HS, float *w,
+                      size_t first, size_t step)
 {
     const size_t HP = round_up(HS, 16), TkP = round_up(Tk, BC), off = Tk - Tq;
     const size_t W = min_size(BR, round_up(Tq, 16)), TqP = round_up(Tq, W);
@@ -414,18 +442,28 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
         for (size_t j0 = first * BC; j0 < Tk; j0 += step * BC) {   /* this call's key blocks */
             /* query i sees key j iff j <= off + i: the first query block that sees this one */
             size_t first = j0 > off ? (j0 - off) / W * W : 0;
+            const seg_range_t kr = seg ? seg_range(seg, j0, min_size(j0 + BC, Tk)) : (seg_range_t){0, 0};
             for (size_t i0 = first; i0 < Tq; i0 += W) {
                 const float *qt_i = qt + i0 * HP, *dot_i = dot + i0 * HP;
                 const long diag = (long)(off + i0) - (long)j0;
-                const int masked = diag < BC - 1 || i0 + W > Tq;   /* or padding queries */
+                int masked = diag < BC - 1 || i0 + W > Tq;         /* or padding queries */
+                if (seg) {             /* skip a tile no query shares a document with (header) */
+                    const seg_range_t qr = seg_range(seg, i0, min_size(i0 + W, Tq));
+                    if (disjoint(qr, kr)) continue;
+                    masked |= !one_document(qr, kr);
+                }
                 /* S^T = K Q^T, then P^T = 2^(S^T - lse) */
                 gemm(pt, W, block_at(K, j0), HP, 1, qt_i, W, BC, W, HP, 0, diag, SKIP_HIDDEN);
                 for (size_t c = 0; c < BC; c++)
                     for (size_t i = 0; i < W; i += VW) {
                         vf x = vload(pt + c * W + i) - vload(lse2 + i0 + i);
+                        /* (VW scalar loads per VW x 1 scores: cheap beside the tile's products) */
+                        const vi qseg = masked && seg ? seg_lanes(seg, i0 + i, Tq) : (vi){0};
                         if (masked) {
                             vi qi = (vi){0} + (int)(i0 + i) + lanes;
                             vi hidden = (qi >= (int)Tq) | ((vi){0} + (int)(j0 + c) > qi + (int)off);
+                            if (seg)               /* another document's key (Tq = Tk, off = 0) */
+                                hidden |= (vi){0} + seg[min_size(j0 + c, Tk - 1)] != qseg;
                             x = vselect(hidden, vsplat(-INFINITY), x);
                         }
                         vstore(pt + c * W + i, vexp2(x));
@@ -458,6 +496,7 @@ static void bwd_group(float *dq, float *dk, float *dv, const float *dout, const 
 #undef vu
 #undef rows_t
 #undef vload
+#undef seg_lanes
 #undef vstore
 #undef vsplat
 #undef vselect

@@ -124,17 +124,21 @@ int rms_norm_backward(float* dx, float* dw, const float* dout, const float* x, c
 int rope_forward(float* out, const float* x, const float* cos, const float* sin, int64_t BNH, int64_t T, int64_t HS);
 int rope_backward(float* dx, const float* dout, const float* cos, const float* sin, int64_t BNH, int64_t T, int64_t HS);
 
-/* attention.cu: q (B, NH, Tq, HS), k/v (B, NKV, Tk, HS); delta is B*NH*Tq floats of scratch */
+/* attention.cu: q (B, NH, Tq, HS), k/v (B, NKV, Tk, HS); delta is B*NH*Tq floats of scratch;
+   segment_ids NULL or (B, T) document ids, T = Tq = Tk (query i sees key j iff same id too) */
 int attention_forward_v1_naive(float* out, float* lse, const float* q, const float* k, const float* v,
-                               int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
+                               const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
+                               int64_t Tk, int64_t HS);
 int attention_backward_v1_naive(float* dq, float* dk, float* dv, const float* dout, const float* q, const float* k,
-                                const float* v, const float* out, const float* lse, int64_t B, int64_t NH,
-                                int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
+                                const float* v, const float* out, const float* lse, const int32_t* segment_ids,
+                                int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 int attention_forward_v2_flash(float* out, float* lse, const float* q, const float* k, const float* v,
-                               int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
+                               const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
+                               int64_t Tk, int64_t HS);
 int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* delta, const float* dout, const float* q,
-                                const float* k, const float* v, const float* out, const float* lse, int64_t B,
-                                int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
+                                const float* k, const float* v, const float* out, const float* lse,
+                                const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
+                                int64_t Tk, int64_t HS);
 
 /* adamw.cu: one step, in place on param, m and v; step counts from 1 */
 int adamw_update(float* param, const float* grad, float* m, float* v, float lr, float beta1, float beta2,

@@ -194,12 +194,18 @@ def rope(x, cos, sin):
 
 
 @op
-def attention(q, k, v):
+def attention(q, k, v, segment_ids=None):
     """Fused causal scaled-dot-product attention with grouped-query heads.
 
     q (B, NH, Tq, HS); k, v (B, NKV, Tk, HS) with NH a multiple of NKV and Tq <= Tk (the
     queries are the last Tq positions, as when decoding with a KV cache). Saves only the row
     logsumexp for backward, never the (Tq, Tk) probabilities.
+
+    segment_ids: None, or an integer array (B, T) with T = Tq = Tk: document masking for rows
+    that pack several documents. Query i then sees key j iff j <= i and segment_ids[b, i] ==
+    segment_ids[b, j], so no token attends across a document boundary. Give padding an id of
+    its own (-1, say): padding then sees only padding and no document sees it. Ids are host
+    data (masks, not values): they get no gradient.
     """
     if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
         raise ShapeError(f"attention: need q (B,NH,T,HS), k and v (B,NKV,T,HS); got {q.shape}, {k.shape}, {v.shape}")
@@ -208,12 +214,28 @@ def attention(q, k, v):
         raise ShapeError(f"attention: q {q.shape} does not fit k/v {k.shape} (same B and HS, "
                          "NH a multiple of NKV, Tq <= Tk)")
     _same_dtype("attention", q, k, v)
+    segment_ids = _segment_ids(segment_ids, b, tq, k.shape[2])
     be = q.backend
-    out, lse = be.attention_forward(q.data, k.data, v.data)
+    out, lse = be.attention_forward(q.data, k.data, v.data, segment_ids)
 
     def backward(dout):
-        dq, dk, dv = be.attention_backward(dout, q.data, k.data, v.data, out, lse)
+        dq, dk, dv = be.attention_backward(dout, q.data, k.data, v.data, out, lse, segment_ids)
         _send(q, dq)
         _send(k, dk)
         _send(v, dv)
     return Tensor._from_op(out, (q, k, v), backward, "attention")
+
+
+def _segment_ids(segment_ids, b, tq, tk):
+    """attention's segment_ids as a host int64 (B, T) array, or None; ShapeError/DTypeError."""
+    if segment_ids is None:
+        return None
+    seg = segment_ids.numpy() if isinstance(segment_ids, Tensor) else np.asarray(segment_ids)
+    if not np.issubdtype(seg.dtype, np.integer):
+        raise DTypeError(f"attention: segment_ids must be integers, got {seg.dtype}")
+    if tq != tk:
+        raise ShapeError(f"attention: segment_ids need every position as a query (Tq = Tk), got "
+                         f"Tq={tq}, Tk={tk}; decoding with a KV cache takes no segment ids")
+    if seg.shape != (b, tk):
+        raise ShapeError(f"attention: segment_ids must be (B, T) = {(b, tk)}, got {seg.shape}")
+    return np.ascontiguousarray(seg, dtype=np.int64)

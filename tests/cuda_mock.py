@@ -313,26 +313,34 @@ class MockLib:
         return 0
 
     # attention.cu
-    def attention_forward_v2_flash(self, out, lse, q, k, v, B, NH, NKV, Tq, Tk, HS):
+    def attention_forward_v2_flash(self, out, lse, q, k, v, segment_ids, B, NH, NKV, Tq, Tk, HS):
         qs = view(q, B * NH * Tq * HS).reshape(B, NH, Tq, HS)
         ks, vs = (view(p, B * NKV * Tk * HS).reshape(B, NKV, Tk, HS) for p in (k, v))
-        o, ls = ref.attention_forward(qs, ks, vs)
+        o, ls = ref.attention_forward(qs, ks, vs, MockLib._segments(segment_ids, B, Tk))
         view(out, o.size)[:], view(lse, ls.size)[:] = o.reshape(-1), ls.reshape(-1)
         return 0
 
     attention_forward_v1_naive = attention_forward_v2_flash
 
-    def attention_backward_v1_naive(self, dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS):
+    def _segments(segment_ids, B, T):
+        """The int32 (B, T) document ids at a device pointer, or None for NULL."""
+        if segment_ids == ffi.NULL:
+            return None
+        return view(segment_ids, B * T, np.int32).reshape(B, T).copy()
+
+    def attention_backward_v1_naive(self, dq, dk, dv, dout, q, k, v, out, lse, segment_ids, B, NH, NKV, Tq, Tk, HS):
         shape_q, shape_k = (B, NH, Tq, HS), (B, NKV, Tk, HS)
         g = [view(p, math.prod(shape_q)).reshape(shape_q) for p in (dout, q)]
         ks, vs = (view(p, math.prod(shape_k)).reshape(shape_k) for p in (k, v))
         o, ls = view(out, math.prod(shape_q)).reshape(shape_q), view(lse, B * NH * Tq).reshape(B, NH, Tq)
-        a, b, c = ref.attention_backward(g[0], g[1], ks, vs, o, ls)
+        a, b, c = ref.attention_backward(g[0], g[1], ks, vs, o, ls, MockLib._segments(segment_ids, B, Tk))
         view(dq, a.size)[:], view(dk, b.size)[:], view(dv, c.size)[:] = a.reshape(-1), b.reshape(-1), c.reshape(-1)
         return 0
 
-    def attention_backward_v2_flash(self, dq, dk, dv, delta, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS):
-        return self.attention_backward_v1_naive(dq, dk, dv, dout, q, k, v, out, lse, B, NH, NKV, Tq, Tk, HS)
+    def attention_backward_v2_flash(self, dq, dk, dv, delta, dout, q, k, v, out, lse, segment_ids, B, NH, NKV, Tq,
+                                    Tk, HS):
+        return self.attention_backward_v1_naive(dq, dk, dv, dout, q, k, v, out, lse, segment_ids, B, NH, NKV, Tq, Tk,
+                                                HS)
 
     # adamw.cu
     def adamw_update(self, param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, n):

@@ -141,10 +141,10 @@ def call_rung(rung, q, k, v, dout):
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     work = np.empty(cpu.lib.attention_forward_workspace(B, NH, Tq, Tk, HS), np.float32)
     assert getattr(cpu.lib, rung.format("forward"))(fp(out), fp(lse), fp(work), work.size, fp(q), fp(k), fp(v),
-                                                    *sizes) == 0
+                                                    cpu.ffi.NULL, *sizes) == 0
     work = np.empty(cpu.lib.attention_backward_workspace(B, NH, NKV, Tq, Tk, HS), np.float32)
     assert getattr(cpu.lib, rung.format("backward"))(fp(dq), fp(dk), fp(dv), fp(work), work.size, fp(dout), fp(q),
-                                                     fp(k), fp(v), fp(out), fp(lse), *sizes) == 0
+                                                     fp(k), fp(v), fp(out), fp(lse), cpu.ffi.NULL, *sizes) == 0
     return out, lse, dq, dk, dv
 
 
@@ -184,10 +184,10 @@ def test_naive_refuses_a_short_workspace():
     q = np.ones((1, 1, 4, 8), np.float32)
     out, lse, work, fp = np.empty_like(q), np.empty((1, 1, 4), np.float32), np.empty(3, np.float32), cpu._fp
     assert cpu.lib.attention_forward_v1_naive(fp(out), fp(lse), fp(work), 3, fp(q), fp(q), fp(q),
-                                              1, 1, 1, 4, 4, 8) == -1
+                                              cpu.ffi.NULL, 1, 1, 1, 4, 4, 8) == -1
     dq, dk, dv = np.empty_like(q), np.empty_like(q), np.empty_like(q)
     assert cpu.lib.attention_backward_v1_naive(fp(dq), fp(dk), fp(dv), fp(work), 7, fp(q), fp(q), fp(q), fp(q),
-                                               fp(out), fp(lse), 1, 1, 1, 4, 4, 8) == -1
+                                               fp(out), fp(lse), cpu.ffi.NULL, 1, 1, 1, 4, 4, 8) == -1
 
 
 # --- memory: linear in T ---------------------------------------------------------------------------
@@ -277,4 +277,4 @@ def test_c_refuses_a_short_workspace():
     out, lse, work = np.empty_like(q), np.empty((1, 1, 4), np.float32), np.empty(8, np.float32)
     fp = cpu._fp
     assert cpu.lib.attention_forward(fp(out), fp(lse), fp(work), work.size, fp(q), fp(q), fp(q),
-                                     1, 1, 1, 4, 4, 8) == -1
+                                     cpu.ffi.NULL, 1, 1, 1, 4, 4, 8) == -1

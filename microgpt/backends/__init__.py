@@ -91,10 +91,12 @@ KERNELS = {
     "rope_forward":   ("rope_forward(x, cos, sin) -> out",
                        "rotate halves of x (B, NH, T, HS) by angles with cos/sin (T, HS/2)"),
     "rope_backward":  ("rope_backward(dout, cos, sin) -> dx", "the inverse rotation applied to dout"),
-    "attention_forward":  ("attention_forward(q, k, v) -> (out, lse)",
+    "attention_forward":  ("attention_forward(q, k, v, segment_ids) -> (out, lse)",
                            "causal softmax(q k^T / sqrt(HS)) v; q (B, NH, Tq, HS), k/v (B, NKV, Tk, HS), Tq <= Tk, "
-                           "query i sits at position Tk - Tq + i; lse (B, NH, Tq) the row logsumexp"),
-    "attention_backward": ("attention_backward(dout, q, k, v, out, lse) -> (dq, dk, dv)",
+                           "query i sits at position Tk - Tq + i; lse (B, NH, Tq) the row logsumexp; "
+                           "segment_ids (B, T) integers, T = Tq = Tk, or None: query i sees key j only "
+                           "when they carry the same id (document masking for packed rows)"),
+    "attention_backward": ("attention_backward(dout, q, k, v, out, lse, segment_ids) -> (dq, dk, dv)",
                            "gradients of attention_forward"),
     # --- paged KV cache (inference/paged.py): NB blocks of BS positions, MB blocks per table row ---
     "paged_cache_write": ("paged_cache_write(k_cache, v_cache, k, v, slots) -> None",

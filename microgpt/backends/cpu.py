@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from ..errors import BackendError, ConfigError, ShapeError
+from ..errors import BackendError, ConfigError, DTypeError, ShapeError
 from . import cpu_checks as check
 from . import cpu_lib
 from . import reference as _ref
@@ -379,33 +379,63 @@ def _attention_shapes(op, q, k, v):
     return B, NH, NKV, Tq, Tk, HS
 
 
-def attention_forward(q, k, v):
+_I32 = np.iinfo(np.int32)
+
+
+def _segments(op, segment_ids, B, Tq, Tk):
+    """Document ids as the kernel takes them: a C-contiguous int32 (B, T) array, or None.
+
+    The kernel's masks compare ids in 32-bit lanes and summarize a block by the range of its
+    ids (attention.c), so ids outside int32 are relabelled by their rank: equal stays equal and
+    the order (hence every range test) is kept.
+    """
+    if segment_ids is None:
+        return None
+    seg = np.asarray(segment_ids)
+    if seg.dtype.kind not in "iu":
+        raise DTypeError(f"{op}: segment_ids must hold integers, got {seg.dtype}")
+    if Tq != Tk:
+        raise ShapeError(f"{op}: segment_ids need as many queries as keys, got Tq={Tq}, Tk={Tk}")
+    check.shape(op, "segment_ids", seg, (B, Tk))
+    if seg.size and (seg.min() < _I32.min or seg.max() > _I32.max):
+        seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)
+    return np.ascontiguousarray(seg, dtype=np.int32)
+
+
+def _seg_pointer(seg):
+    return ffi.NULL if seg is None else ffi.from_buffer("int32_t[]", seg)
+
+
+def attention_forward(q, k, v, segment_ids=None):
     op = "attention_forward"
     is32 = check.floats(op, q=q, k=k, v=v)
     B, NH, NKV, Tq, Tk, HS = _attention_shapes(op, q, k, v)
+    seg = _segments(op, segment_ids, B, Tq, Tk)
     if not is32:
-        return _ref.attention_forward(q, k, v)
+        return _ref.attention_forward(q, k, v, seg)
     out, lse = np.empty_like(q), np.empty((B, NH, Tq), np.float32)
     work = np.empty(lib.attention_forward_workspace(B, NH, Tq, Tk, HS), np.float32)
     if lib.attention_forward(_fp(out), _fp(lse), _fp(work), work.size, _fp(q), _fp(k), _fp(v),
-                             B, NH, NKV, Tq, Tk, HS):
+                             _seg_pointer(seg), B, NH, NKV, Tq, Tk, HS):
         raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
     return out, lse
 
 
-def attention_backward(dout, q, k, v, out, lse):
+def attention_backward(dout, q, k, v, out, lse, segment_ids=None):
     op = "attention_backward"
     is32 = check.floats(op, dout=dout, q=q, k=k, v=v, out=out, lse=lse)
     B, NH, NKV, Tq, Tk, HS = _attention_shapes(op, q, k, v)
     check.shape(op, "dout", dout, q.shape)
     check.shape(op, "out", out, q.shape)
     check.shape(op, "lse", lse, (B, NH, Tq))
+    seg = _segments(op, segment_ids, B, Tq, Tk)
     if not is32:
-        return _ref.attention_backward(dout, q, k, v, out, lse)
+        return _ref.attention_backward(dout, q, k, v, out, lse, seg)
     dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
     work = np.empty(lib.attention_backward_workspace(B, NH, NKV, Tq, Tk, HS), np.float32)
     if lib.attention_backward(_fp(dq), _fp(dk), _fp(dv), _fp(work), work.size, _fp(dout), _fp(q),
-                              _fp(k), _fp(v), _fp(out), _fp(lse), B, NH, NKV, Tq, Tk, HS):
+                              _fp(k), _fp(v), _fp(out), _fp(lse), _seg_pointer(seg), B, NH, NKV,
+                              Tq, Tk, HS):
         raise BackendError(f"{op}: workspace of {work.size} floats too small (thread count changed?)")
     return dq, dk, dv
 # === end attention ===================================================================================

@@ -252,19 +252,48 @@ def _attention_sizes(name, q, k, v):
     return b, nh, nkv, tq, tk, hs
 
 
-def attention_forward(q, k, v):
+_I32 = np.iinfo(np.int32)
+
+
+def _segments(name, segment_ids, b, tq, tk):
+    """(device array or None, pointer or NULL) of the document ids, int32 as the kernels take them.
+
+    The device holds no int32 arrays (cuda_runtime.DTYPES), so the ids travel as their bytes
+    (uint8, 4 per id) and the kernel reads them as int32_t. Ids beyond int32 are relabelled by
+    rank, which keeps equality (all the kernels test), as the C binding does.
+    """
+    if segment_ids is None:
+        return None, rt.ffi.NULL
+    if isinstance(segment_ids, DeviceArray):
+        segment_ids = to_numpy(segment_ids)
+    seg = np.asarray(segment_ids)
+    if seg.dtype.kind not in "iu":
+        raise DTypeError(f"{name}: segment_ids must hold integers, got {seg.dtype}")
+    if tq != tk or seg.shape != (b, tk):
+        raise ShapeError(f"{name}: segment_ids must be (B, T) = {(b, tk)} with Tq = Tk, got {seg.shape} "
+                         f"for Tq={tq}, Tk={tk}")
+    if seg.size and (seg.min() < _I32.min or seg.max() > _I32.max):
+        seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)
+    device = rt.upload(np.ascontiguousarray(seg, dtype=np.int32).view(np.uint8))
+    return device, device.ptr
+
+
+def attention_forward(q, k, v, segment_ids=None):
     q, k, v = on_device(q), on_device(k), on_device(v)
     b, nh, nkv, tq, tk, hs = _attention_sizes("attention_forward", q, k, v)
+    _seg, seg_ptr = _segments("attention_forward", segment_ids, b, tq, tk)   # _seg holds the memory
     out, lse = empty(q.shape, np.float32), empty(q.shape[:3], np.float32)
     if out.size:
-        call(f"attention_forward_{ATTENTION}", out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, b, nh, nkv, tq, tk, hs)
+        call(f"attention_forward_{ATTENTION}", out.ptr, lse.ptr, q.ptr, k.ptr, v.ptr, seg_ptr, b, nh, nkv, tq, tk,
+             hs)
     return out, lse
 
 
-def attention_backward(dout, q, k, v, out, lse):
+def attention_backward(dout, q, k, v, out, lse, segment_ids=None):
     q, k, v = on_device(q), on_device(k), on_device(v)
     dout, out, lse = on_device(dout), on_device(out), on_device(lse)
     b, nh, nkv, tq, tk, hs = _attention_sizes("attention_backward", q, k, v)
+    _seg, seg_ptr = _segments("attention_backward", segment_ids, b, tq, tk)
     if dout.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:3]:
         raise ShapeError(f"attention_backward: dout {dout.shape}, out {out.shape}, lse {lse.shape} "
                          f"do not fit q {q.shape}")
@@ -273,11 +302,11 @@ def attention_backward(dout, q, k, v, out, lse):
         return dq, zeros(k.shape, np.float32), zeros(v.shape, np.float32)
     if ATTENTION == "v1_naive":
         call("attention_backward_v1_naive", dq.ptr, dk.ptr, dv.ptr, dout.ptr, q.ptr, k.ptr, v.ptr, out.ptr, lse.ptr,
-             b, nh, nkv, tq, tk, hs)
+             seg_ptr, b, nh, nkv, tq, tk, hs)
     else:
         delta = empty(lse.shape, np.float32)
         call("attention_backward_v2_flash", dq.ptr, dk.ptr, dv.ptr, delta.ptr, dout.ptr, q.ptr, k.ptr, v.ptr,
-             out.ptr, lse.ptr, b, nh, nkv, tq, tk, hs)
+             out.ptr, lse.ptr, seg_ptr, b, nh, nkv, tq, tk, hs)
     return dq, dk, dv
 
 

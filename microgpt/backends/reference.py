@@ -365,6 +365,23 @@ def _causal_mask(tq, tk):
     return np.arange(tk)[None, :] <= (tk - tq + np.arange(tq))[:, None]
 
 
+def _visible(tq, tk, segment_ids):
+    """Which keys each query sees: (Tq, Tk) causal, or (B, 1, T, T) with document masking.
+
+    Document masking (packing several documents in one row): segment_ids (B, T) names each
+    token's document, and query i sees key j iff j <= i and both carry the same id. Padding
+    gets an id of its own (e.g. -1): it then sees only padding, and no document sees it. A query
+    always sees itself (j = i qualifies), so no row is ever empty. Ids need not be contiguous
+    or sorted: equal ids are one document, wherever they stand.
+    """
+    causal = _causal_mask(tq, tk)
+    if segment_ids is None:
+        return causal
+    seg = np.asarray(segment_ids)
+    same = seg[:, :, None] == seg[:, None, :]                      # (B, T, T)
+    return (causal & same)[:, None]                                # one mask for every head
+
+
 # Why masked products need care. Query i's answer is, by definition, what it would be for that
 # query alone against the keys it sees -- exactly the call a KV cache makes while decoding, which
 # never holds the later keys. Computing every query at once as one (Tq, Tk) product P @ V is the
@@ -383,17 +400,21 @@ def _masked_matmul(a, b, visible):
     c = np.matmul(a, b)
     batch = c.shape[:-2]
     a, b = np.broadcast_to(a, batch + a.shape[-2:]), np.broadcast_to(b, batch + b.shape[-2:])
+    visible = np.broadcast_to(visible, batch + visible.shape[-2:])    # (M, K) or per batch
     for *index, m in np.argwhere(~np.isfinite(c).all(axis=-1)):
-        index, seen = tuple(index), visible[m]
+        index = tuple(index)
+        seen = visible[index + (m,)]
         c[index + (m,)] = np.matmul(a[index + (m,)][seen], b[index][seen])
     return c
 
 
-def attention_forward(q, k, v):
-    # S = q k^T / sqrt(HS) (causal), lse = logsumexp_j S_ij, P = exp(S - lse), out = P v
+def attention_forward(q, k, v, segment_ids=None):
+    # S = q k^T / sqrt(HS) (causal), lse = logsumexp_j S_ij, P = exp(S - lse), out = P v.
+    # With segment_ids (B, T), T = Tq = Tk, a pair of different documents is hidden too
+    # (_visible): the same formula over fewer keys, so nothing below changes but the mask.
     nh, tq, hs = q.shape[1], q.shape[2], q.shape[3]
     keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
-    visible = _causal_mask(tq, k.shape[2])
+    visible = _visible(tq, k.shape[2], segment_ids)
     scores = np.matmul(q, np.swapaxes(keys, -1, -2)) / np.sqrt(hs)
     scores = np.where(visible, scores, -np.inf)
     lse = _logsumexp(scores)
@@ -401,7 +422,7 @@ def attention_forward(q, k, v):
     return _masked_matmul(probs, values, visible).astype(q.dtype), lse.astype(q.dtype)
 
 
-def attention_backward(dout, q, k, v, out, lse):
+def attention_backward(dout, q, k, v, out, lse, segment_ids=None):
     # Forward, per head: S = s q K^T (s = 1/sqrt(HS), masked to -inf), P = softmax_rows(S),
     # out = P V. Backward through each step in turn:
     #   out = P V             dV = P^T dout,   dP = dout V^T
@@ -421,16 +442,17 @@ def attention_backward(dout, q, k, v, out, lse):
     b, nh, tq, hs = q.shape
     nkv = k.shape[1]
     keys, values = _expand_kv(k, nh), _expand_kv(v, nh)
-    visible = _causal_mask(tq, k.shape[2])
+    visible = _visible(tq, k.shape[2], segment_ids)     # document masking: hidden pairs as above
     scale = 1.0 / np.sqrt(hs)
     scores = np.matmul(q, np.swapaxes(keys, -1, -2)) * scale
     scores = np.where(visible, scores, -np.inf)
     probs = np.exp(scores - lse[..., None])
-    dvalues = _masked_matmul(np.swapaxes(probs, -1, -2), dout, visible.T)
+    visible_t = np.swapaxes(visible, -1, -2)
+    dvalues = _masked_matmul(np.swapaxes(probs, -1, -2), dout, visible_t)
     dprobs = np.matmul(dout, np.swapaxes(values, -1, -2))
     dscores = probs * (dprobs - np.sum(dout * out, axis=-1, keepdims=True))
     dq = _masked_matmul(dscores, keys, visible) * scale
-    dkeys = _masked_matmul(np.swapaxes(dscores, -1, -2), q, visible.T) * scale
+    dkeys = _masked_matmul(np.swapaxes(dscores, -1, -2), q, visible_t) * scale
     group = nh // nkv
     dk = dkeys.reshape(b, nkv, group, -1, hs).sum(axis=2)
     dv = dvalues.reshape(b, nkv, group, -1, hs).sum(axis=2)
