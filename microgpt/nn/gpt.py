@@ -46,7 +46,7 @@ import numpy as np
 from .. import ops_fused
 from ..errors import ConfigError, ShapeError
 from ..tensor import Tensor
-from .attention import CausalSelfAttention, KVCache, RotaryTables, rope_scaling_type
+from .attention import CausalSelfAttention, KVCache, RotaryTables, positions_from_segments, rope_scaling_type
 from .layers import INIT_STD, MLP, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
 from .module import Module, ModuleList
 
@@ -176,11 +176,11 @@ class Block(Module):
             self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std,
                               dtype, init)
 
-    def forward(self, x, rotary=None, cache=None, layer=0):
+    def forward(self, x, rotary=None, cache=None, layer=0, segment_ids=None):
         if self.family == "gpt2":
-            x = x + self.attn(self.ln_1(x), rotary, cache, layer)
+            x = x + self.attn(self.ln_1(x), rotary, cache, layer, segment_ids)
             return x + self.mlp(self.ln_2(x))
-        x = x + self.self_attn(self.input_layernorm(x), rotary, cache, layer)
+        x = x + self.self_attn(self.input_layernorm(x), rotary, cache, layer, segment_ids)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -230,11 +230,17 @@ class GPT(Module):
         return KVCache(self.config.n_layer, self.config.block_size)
 
     def forward(self, idx, targets=None, kv_cache=None, ignore_index=-100, loss_weights=None,
-                last_only=False):
+                last_only=False, segment_ids=None, position_ids=None):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
 
         last_only=True computes the logits of the last position only, (B, 1, V): all that
         sampling the next token needs, and the LM head is the largest matrix of a small model.
+
+        Packed rows: segment_ids (B, T) name each token's document (padding: an id of its own,
+        e.g. -1); no token attends across documents, and positions restart per document
+        (position_ids, by default positions_from_segments(segment_ids)), so every document's
+        logits are those it would get alone. position_ids (B, T) may also be given alone. Both
+        are for whole rows (training); decoding with kv_cache counts positions itself.
         """
         self.check_initialized("GPT.forward")
         ids = idx.numpy() if isinstance(idx, Tensor) else np.asarray(idx)
@@ -245,16 +251,19 @@ class GPT(Module):
         if start + t > self.config.block_size:
             raise ShapeError(f"GPT.forward: positions up to {start + t} exceed block_size "
                              f"{self.config.block_size}")
+        position_ids = self._position_ids(b, t, segment_ids, position_ids, kv_cache)
         if self.config.family == "gpt2":
             tr = self.transformer
-            x = tr.wte(ids) + tr.wpe(np.arange(start, start + t))      # (B, T, C) + (T, C)
+            positions = np.arange(start, start + t) if position_ids is None else position_ids
+            x = tr.wte(ids) + tr.wpe(positions)                        # (B, T, C) + (T or B T, C)
             x, rotary, norm_f = tr.drop(x), None, tr.ln_f
         else:
             x = self.model.embed_tokens(ids)
-            rotary = self.rotary.slice(start, t, self.device, self.dtype)
+            rotary = (self.rotary.slice(start, t, self.device, self.dtype) if position_ids is None
+                      else self.rotary.gather(position_ids, self.device, self.dtype))
             norm_f = self.model.norm
         for layer, block in enumerate(self.blocks):
-            x = block(x, rotary, kv_cache, layer)
+            x = block(x, rotary, kv_cache, layer, segment_ids)
         if kv_cache is not None:
             kv_cache.position = start + t
         if last_only:
@@ -266,6 +275,26 @@ class GPT(Module):
         if targets is not None:
             loss = ops_fused.cross_entropy(logits, targets, ignore_index, loss_weights)
         return logits, loss
+
+    def _position_ids(self, b, t, segment_ids, position_ids, kv_cache):
+        """The (B, T) positions of a packed row (checked), or None for the plain 0 .. T-1."""
+        if segment_ids is None and position_ids is None:
+            return None
+        if kv_cache is not None:
+            raise ShapeError("GPT.forward: segment_ids and position_ids are for whole rows; "
+                             "decoding with a KV cache takes neither")
+        for name, given in (("segment_ids", segment_ids), ("position_ids", position_ids)):
+            if given is not None and (np.shape(given) != (b, t)
+                                      or not np.issubdtype(np.asarray(given).dtype, np.integer)):
+                raise ShapeError(f"GPT.forward: {name} must be integers of shape (B, T) = {(b, t)}, "
+                                 f"got {np.asarray(given).dtype} {np.shape(given)}")
+        if position_ids is None:
+            return positions_from_segments(segment_ids)
+        position_ids = np.asarray(position_ids, dtype=np.int64)
+        if position_ids.min() < 0 or position_ids.max() >= self.config.block_size:
+            raise ShapeError(f"GPT.forward: position_ids must lie in [0, block_size={self.config.block_size}), "
+                             f"got [{position_ids.min()}, {position_ids.max()}]")
+        return position_ids
 
     def _on_moved(self):
         if self.rotary is not None:

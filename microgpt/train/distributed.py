@@ -96,9 +96,10 @@ def launched_world_size():
 class Comm:
     """An MPI communicator and what this rank sent through it.
 
-    `sent[label]` counts the bytes this rank sends: a point-to-point message's size, and for
-    a collective the bytes the ring algorithm sends per rank for that buffer ((N-1)/N of it
-    for a reduce-scatter or an allgather); `payload[label]` the buffers' own sizes.
+    `traffic[label]` counts, for this rank: "sent", the bytes it sends (a point-to-point
+    message's size; for a collective, what the ring algorithm sends per rank for that buffer,
+    (N-1)/N of it for a reduce-scatter or an allgather); "payload", the buffers' own sizes;
+    "calls"; and "seconds" spent inside the collectives (the communication a step waits for).
     """
 
     def __init__(self, mpi_comm, traffic):
@@ -106,27 +107,30 @@ class Comm:
         self.size, self.rank = mpi_comm.Get_size(), mpi_comm.Get_rank()
         self.traffic = traffic                 # shared by every Comm of this rank
 
-    def _count(self, label, sent, payload):
-        self.traffic.setdefault(label, {"sent": 0, "payload": 0, "calls": 0})
+    def _count(self, label, sent, payload, seconds=0.0):
+        self.traffic.setdefault(label, {"sent": 0, "payload": 0, "calls": 0, "seconds": 0.0})
         entry = self.traffic[label]
         entry["sent"] += int(sent)
         entry["payload"] += int(payload)
         entry["calls"] += 1
+        entry["seconds"] += seconds
 
     def reduce_scatter(self, flat, label):
         """flat (N chunk,) -> this rank's chunk of the sum over ranks."""
         from mpi4py import MPI
         chunk = flat.size // self.size
         out = np.empty(chunk, flat.dtype)
+        start = time.perf_counter()
         self.mpi.Reduce_scatter_block(np.ascontiguousarray(flat), out, op=MPI.SUM)
-        self._count(label, (self.size - 1) * chunk * flat.itemsize, flat.nbytes)
+        self._count(label, (self.size - 1) * chunk * flat.itemsize, flat.nbytes, time.perf_counter() - start)
         return out
 
     def allgather(self, chunk, label):
         """chunk -> the N ranks' chunks end to end."""
         out = np.empty(chunk.size * self.size, chunk.dtype)
+        start = time.perf_counter()
         self.mpi.Allgather(np.ascontiguousarray(chunk), out)
-        self._count(label, (self.size - 1) * chunk.nbytes, out.nbytes)
+        self._count(label, (self.size - 1) * chunk.nbytes, out.nbytes, time.perf_counter() - start)
         return out
 
     def allreduce(self, array, label):
