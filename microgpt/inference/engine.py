@@ -21,9 +21,10 @@ emits complete UTF-8 characters; `on_text(row, piece)` receives pieces as they b
 final — held back by (longest stop string - 1) characters so a stop string is never
 half-printed. `generate_ids` is the same loop over token ids only (no tokenizer).
 
-The forward pass of each step is decode.Decoder (the GPT's own kernels without the autograd
-layer, several times faster at batch 1) when the model is a plain GPT, else GPT.forward with
-its KV cache; both give the same logits. Sampling (temperature, top-k, top-p, repetition
+The forward pass of each step is paged.PagedDecoder (the GPT's own kernels without the autograd
+layer, several times faster at batch 1, over a paged KV cache: appending a position writes one
+row instead of copying the history) when the model is a plain GPT, else GPT.forward with its
+KV cache; both give the same logits. Sampling (temperature, top-k, top-p, repetition
 penalty) is sampling.py; one seeded PCG64
 Generator serves the whole batch, so a seed fixes the output.
 """
@@ -35,6 +36,7 @@ import numpy as np
 from ..errors import ConfigError
 from ..tensor import no_grad
 from .decode import Decoder
+from .paged import PagedDecoder, PagedKVCache
 from .sampling import SamplingConfig, sample
 
 
@@ -62,7 +64,7 @@ class Engine:
     def _forward_fn(self, batch_size):
         """A function ids (B, T) -> last-position logits (B, V) that extends its own cache."""
         if self.fast and Decoder.supports(self.model):
-            return Decoder(self.model).step
+            return PagedDecoder(self.model, PagedKVCache.for_batch(self.model, batch_size)).step
         cache = self.model.new_kv_cache(batch_size)
         return lambda ids: _last_logits(self.model(ids, kv_cache=cache)[0])
 
