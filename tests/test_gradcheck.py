@@ -240,3 +240,17 @@ def test_attention(data, seed):
     q = t64(rng, (b, nkv * group, tq, hs))
     k, v = t64(rng, (b, nkv, tk, hs)), t64(rng, (b, nkv, tk, hs))
     gradcheck(ops_fused.attention, [q, k, v])
+
+
+@given(st.data(), seeds)
+def test_attention_with_segments(data, seed):
+    """Document masking (packed rows): documents of 1 .. 4 tokens, maybe padding (-1) last."""
+    rng = np.random.default_rng(seed)
+    b, nkv, group = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2)), data.draw(st.integers(1, 3))
+    t, hs = data.draw(st.integers(1, 7)), data.draw(st.integers(1, 4))
+    lengths = [data.draw(st.integers(1, 4)) for _ in range(t)]
+    segment_ids = np.repeat(np.arange(t), lengths)[:t].reshape(1, t).repeat(b, axis=0)
+    segment_ids[:, t - data.draw(st.integers(0, t // 2)):] = -1
+    q = t64(rng, (b, nkv * group, t, hs))
+    k, v = t64(rng, (b, nkv, t, hs)), t64(rng, (b, nkv, t, hs))
+    gradcheck(lambda q, k, v: ops_fused.attention(q, k, v, segment_ids), [q, k, v], name="attention segments")

@@ -214,15 +214,33 @@ def _attention_inputs(rng, spoil, avoid):
             spoil(normal(rng, *shape_kv)))
 
 
+def _segments(rng, q, k):
+    """Document ids for a packed row (half the calls with Tq = Tk), else None: documents of
+    1 .. 9 tokens numbered in order, sometimes padding (-1) at the end. A special value in one
+    document must reach that document's queries only."""
+    b, t = q.shape[0], q.shape[2]
+    if t != k.shape[2] or rng.random() < 0.5:
+        return None
+    lengths = rng.integers(1, 10, t)
+    seg = np.repeat(np.arange(t), lengths)[:t].reshape(1, t).repeat(b, axis=0)
+    if rng.random() < 0.3:
+        seg[:, t - int(rng.integers(0, t // 2 + 1)):] = -1
+    return Ids(seg)
+
+
 def _attention_forward(rng, spoil):
-    return [Arr(x) for x in _attention_inputs(rng, spoil, QK_FORWARD)]
+    q, k, v = _attention_inputs(rng, spoil, QK_FORWARD)
+    seg = _segments(rng, q, k)
+    return [Arr(q), Arr(k), Arr(v)] + ([] if seg is None else [seg])
 
 
 def _attention_backward(rng, spoil):
     q, k, v = _attention_inputs(rng, spoil, QK_BACKWARD)
-    with np.errstate(all="ignore"):
-        out, lse = ref.attention_forward(q, k, v)     # what the forward hands on
-    return [Arr(spoil(normal(rng, *q.shape))), Arr(q), Arr(k), Arr(v), Arr(out), Arr(lse)]
+    seg = _segments(rng, q, k)
+    with np.errstate(all="ignore"):                   # what the forward hands on
+        out, lse = ref.attention_forward(q, k, v, None if seg is None else seg.x)
+    return [Arr(spoil(normal(rng, *q.shape))), Arr(q), Arr(k), Arr(v), Arr(out), Arr(lse)] + \
+        ([] if seg is None else [seg])
 
 
 def _paged_cache(rng):
@@ -443,6 +461,22 @@ def test_nan_key_reaches_every_query_that_sees_it(backend_name):
     assert np.isnan(out[0, 1]).any(axis=-1).tolist() == [False] * 5 + [True] * 11
     assert np.isnan(lse[0, 1]).tolist() == [False] * 5 + [True] * 11
     assert np.isfinite(out[0, 0]).all() and np.isfinite(lse[0, 0]).all()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_nan_value_stays_in_its_document(backend_name):
+    """Packed row of documents [0, 6), [6, 11), [11, 16): a NaN value at key 2 reaches queries
+    2..5 only. Tile products multiply it by other documents' zero probabilities (0 * NaN), so
+    the C kernel's fast rung must not be the one that answers."""
+    rng = np.random.default_rng(8)
+    q, k, v = (normal(rng, 1, 2, 16, 8) for _ in range(3))
+    v[0, 1, 2, 5] = np.nan
+    seg = np.repeat([0, 1, 2], [6, 5, 5])[None]
+    with backend(backend_name) as be, np.errstate(all="ignore"):
+        out, lse = (be.to_numpy(x) for x in be.attention_forward(*(be.asarray(x, F32) for x in (q, k, v)), seg))
+        check_call(backend_name, be, "attention_forward", [Arr(q), Arr(k), Arr(v), Ids(seg)])
+    assert np.isnan(out[0, 1]).any(axis=-1).tolist() == [False] * 2 + [True] * 4 + [False] * 10
+    assert np.isfinite(out[0, 0]).all() and np.isfinite(lse).all()
 
 
 @pytest.mark.parametrize("backend_name", BACKENDS)

@@ -274,7 +274,7 @@ def _segments(name, segment_ids, b, tq, tk):
                          f"for Tq={tq}, Tk={tk}")
     if seg.size and (seg.min() < _I32.min or seg.max() > _I32.max):
         seg = np.unique(seg, return_inverse=True)[1].reshape(seg.shape)
-    device = rt.upload(np.ascontiguousarray(seg, dtype=np.int32).view(np.uint8))
+    device = rt.upload(np.ascontiguousarray(seg, dtype=np.int32).view(np.uint8), np.uint8)
     return device, device.ptr
 
 

@@ -5,6 +5,7 @@
     q, k    = rope(q), rope(k)            Llama family only: rotate by position
     k, v    = cache ++ k, cache ++ v      when decoding with a KV cache
     y       = attention(q, k, v)          one fused op: causal softmax(q k^T / sqrt(HS)) v
+                                          (segment_ids: and within one document only)
     out     = project_out(y)              (B, NH, T, HS) -> (B, T, C)
 
 Grouped-query attention (NKV < NH key/value heads) is handled inside the fused op. The
@@ -18,6 +19,14 @@ qk-norm needs no kernel of its own: the projection viewed as (B, T, NH, HS) is a
 B T NH rows of HS numbers, and the rms_norm op already normalizes the last axis of any
 array, so one call with a weight of shape (HS,) normalizes every head of every position
 (and its backward sums dweight over all of them). It comes before RoPE, as in Qwen3.
+
+Packed rows (several documents in one row, for fine-tuning): segment_ids (B, T) name each
+token's document, the fused op hides every pair of different documents, and each document's
+positions restart at 0 (positions_from_segments), so a document sees exactly what it would
+see alone in a row. RoPE then takes one position per token: RotaryTables.gather picks the
+table rows of those positions, (B T, HS/2), and apply_rope folds the batch into the time
+axis so that the rope kernel, whose tables are (T, HS/2) shared by every row, still does the
+rotating (the kernels are unchanged).
 
 There is no dropout on the attention probabilities (they are never materialized); the
 residual dropout after the output projection remains.
@@ -135,6 +144,45 @@ def rope_tables(length, head_size, theta, dtype, scaling=None):
     return np.cos(angles).astype(dtype), np.sin(angles).astype(dtype)
 
 
+def positions_from_segments(segment_ids):
+    """Each token's position within its document: (B, T) int64, from segment_ids (B, T).
+
+    position_i = #{j < i : segment_ids[j] == segment_ids[i]}, per row: 0, 1, 2, ... along
+    each document, restarting at every new one, as if each document stood alone at the start
+    of a row. (For documents laid out contiguously, as a packer writes them, that is i minus
+    the index where i's document starts.) Padding, one id of its own, is counted the same way.
+    """
+    seg = np.asarray(segment_ids)
+    if seg.ndim != 2 or not np.issubdtype(seg.dtype, np.integer):
+        raise ShapeError(f"positions_from_segments: segment_ids must be an integer (B, T) array, "
+                         f"got {seg.dtype} {seg.shape}")
+    b, t = seg.shape
+    order = np.argsort(seg, axis=1, kind="stable")         # each document's tokens, in order
+    ranked = np.take_along_axis(seg, order, axis=1)
+    index = np.broadcast_to(np.arange(t), (b, t))
+    starts = np.ones((b, t), bool)
+    starts[:, 1:] = ranked[:, 1:] != ranked[:, :-1]         # where each document begins
+    first = np.maximum.accumulate(np.where(starts, index, 0), axis=1)
+    positions = np.empty((b, t), np.int64)
+    np.put_along_axis(positions, order, index - first, axis=1)
+    return positions
+
+
+def apply_rope(x, cos, sin):
+    """RoPE of x (B, NH, T, HS) with cos/sin either (T, HS/2), shared by every row, or
+    (B T, HS/2), one row per token (RotaryTables.gather).
+
+    The per-token case folds the batch into time: x viewed as (NH, 1, B T, HS) has one table
+    row per (b, t), which the rope op takes as it is. Two permutes, only for packed rows.
+    """
+    b, nh, t, hs = x.shape
+    if cos.shape[0] == t:
+        return ops_fused.rope(x, cos, sin)
+    folded = ops.reshape(ops.permute(x, (1, 0, 2, 3)), (nh, 1, b * t, hs))
+    rotated = ops_fused.rope(folded, cos, sin)
+    return ops.permute(ops.reshape(rotated, (nh, b, t, hs)), (1, 0, 2, 3))
+
+
 class KVCache:
     """Keys and values of every layer for the positions decoded so far (no gradients)."""
 
@@ -192,15 +240,16 @@ class CausalSelfAttention(Module):
         return (self._heads(self.q_proj(x), nh, q_norm), self._heads(self.k_proj(x), nkv, k_norm),
                 self._heads(self.v_proj(x), nkv))
 
-    def forward(self, x, rotary=None, cache=None, layer=0):
-        """x (B, T, C); rotary = (cos, sin) arrays for these T positions, or None."""
+    def forward(self, x, rotary=None, cache=None, layer=0, segment_ids=None):
+        """x (B, T, C); rotary = (cos, sin) arrays for these T positions (or for each token,
+        see apply_rope), or None; segment_ids (B, T) for packed rows, or None."""
         b, t, _ = x.shape
         q, k, v = self._project(x)
         if rotary is not None:
-            q, k = ops_fused.rope(q, *rotary), ops_fused.rope(k, *rotary)
+            q, k = apply_rope(q, *rotary), apply_rope(k, *rotary)
         if cache is not None:
             k, v = cache.extend(layer, k, v)
-        y = ops_fused.attention(q, k, v)                             # (B, NH, T, HS)
+        y = ops_fused.attention(q, k, v, segment_ids)                # (B, NH, T, HS)
         y = ops.reshape(ops.permute(y, (0, 2, 1, 3)), (b, t, self.n_head * self.head_size))
         out_proj = self.c_proj if self.family == "gpt2" else self.o_proj
         return self.dropout(out_proj(y))
@@ -224,3 +273,13 @@ class RotaryTables:
         be = backends.get(device)
         rows = slice(start, start + length)
         return tuple(be.getitem(table, rows) for table in self._tables[key])
+
+    def gather(self, position_ids, device, dtype):
+        """cos/sin rows of each token's own position: position_ids (B, T) -> two (B T, HS/2)."""
+        ids = np.asarray(position_ids).reshape(-1)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.block_size):
+            raise ShapeError(f"position_ids must lie in [0, {self.block_size}), got "
+                             f"[{ids.min()}, {ids.max()}]")
+        cos, sin = self.slice(0, self.block_size, device, dtype)
+        be = backends.get(device)
+        return be.getitem(cos, ids.astype(np.int64)), be.getitem(sin, ids.astype(np.int64))
