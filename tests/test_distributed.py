@@ -45,11 +45,12 @@ STEPS = 20
 
 def _env(**extra):
     env = dict(os.environ, MICROGPT_NUM_THREADS="1", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1",
-               PYTHONUNBUFFERED="1", **extra)
+               PYTHONUNBUFFERED="1")
     if hasattr(os, "geteuid") and os.geteuid() == 0:        # OpenMPI refuses root without these
         env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
     for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"):   # never a rank ourselves
         env.pop(name, None)
+    env.update(extra)
     return env
 
 
