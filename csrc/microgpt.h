@@ -155,6 +155,31 @@ int paged_attention_forward(float* out, float* work, int64_t work_len, const flo
                             const int64_t* positions, int64_t N, int64_t NH, int64_t NKV, int64_t NB,
                             int64_t BS, int64_t MB, int64_t HS);
 
+/* ---- weight-only quantized linear (quant.c): W (OC, C) in int8 or int4, x and out float32 ----
+ * W[o, c] = w_scale[o, c / group] * q[o, c]; int8: w_q int8 (OC, C); int4: w_q uint8 (OC, C/2),
+ * q + 8 two per byte by Q4_0's 32-element blocks (byte j: element j low, j + 16 high), group a
+ * multiple of 32. out (N, OC) = x (N, C) @ W^T + b (b may be NULL). Rungs: v1_naive (scalar, one
+ * thread), v2_avx2, v3_avx512 (threaded); the production name runs the best this CPU has. */
+void linear_q8_forward_v1_naive(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q8_forward_v2_avx2(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                               const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q8_forward_v3_avx512(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                 const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q8_forward(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                       const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q4_forward_v1_naive(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q4_forward_v2_avx2(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                               const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q4_forward_v3_avx512(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                 const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                       const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+/* w (OC, C) float32 = the dequantized weight */
+void dequantize_q8(float* w, const int8_t* w_q, const float* w_scale, int64_t group, int64_t OC, int64_t C);
+void dequantize_q4(float* w, const uint8_t* w_q, const float* w_scale, int64_t group, int64_t OC, int64_t C);
+
 /* END CDEF */
 
 #endif /* MICROGPT_H */

@@ -150,6 +150,22 @@ int paged_cache_write(int* bad, float* k_cache, float* v_cache, const float* k, 
 int paged_attention_forward(float* out, int* bad, const float* q, const float* k_cache, const float* v_cache,
                             const int64_t* block_tables, const int64_t* positions, int64_t N, int64_t NH,
                             int64_t NKV, int64_t NB, int64_t BS, int64_t MB, int64_t HS);
+
+/* quant.cu: weight-only quantized linear layers (the twins of csrc/quant.c: same formats);
+   out (N, OC) = x (N, C) @ W^T + b with W[o, c] = w_scale[o, c / group] * q[o, c], b may be NULL */
+int linear_q8_forward(float* out, const float* x, const int8_t* w_q, const float* w_scale, const float* b,
+                      int64_t group, int64_t N, int64_t C, int64_t OC);
+int linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale, const float* b,
+                      int64_t group, int64_t N, int64_t C, int64_t OC);
+int dequantize_q8(float* w, const int8_t* w_q, const float* w_scale, int64_t group, int64_t OC, int64_t C);
+int dequantize_q4(float* w, const uint8_t* w_q, const float* w_scale, int64_t group, int64_t OC, int64_t C);
+/* paged_attention.cu: k_cache, v_cache (NB, NKV, BS, HS); k, v (N, NKV, HS); slots (N); q, out (N, NH, HS);
+   block_tables (N, MB); query n at position positions[n] sees keys 0 .. positions[n] (MB * BS <= 12288) */
+int paged_cache_write(int* bad, float* k_cache, float* v_cache, const float* k, const float* v,
+                      const int64_t* slots, int64_t N, int64_t NKV, int64_t NB, int64_t BS, int64_t HS);
+int paged_attention_forward(float* out, int* bad, const float* q, const float* k_cache, const float* v_cache,
+                            const int64_t* block_tables, const int64_t* positions, int64_t N, int64_t NH,
+                            int64_t NKV, int64_t NB, int64_t BS, int64_t MB, int64_t HS);
 /* CDEF END */
 #ifdef __cplusplus
 }

@@ -399,3 +399,25 @@ def linear(x, weight, bias=None):
             _send(bias, db)
     return Tensor._from_op(be.linear_forward(x.data, weight.data, None if bias is None else bias.data),
                            parents, backward, "linear")
+
+
+@op
+def quantized_linear(x, w_q, w_scale, bits, group, bias=None):
+    """x @ W^T + bias for a weight held in int8 / int4 (microgpt/quantize/formats.py):
+    W[o, c] = w_scale[o, c // group] * q[o, c], q in w_q (int8 (OC, C), or int4 packed two per
+    byte, uint8 (OC, C / 2)). w_q and w_scale are backend arrays, not Tensors: the quantized
+    weight is frozen (no gradient: adapters train beside it), so backward only sends
+        dx = dout @ W      (W dequantized once for the call)     and db = sum of dout rows."""
+    if bits not in (8, 4):
+        raise ShapeError(f"quantized_linear: bits must be 8 or 4, not {bits}")
+    be = x.backend
+    forward = be.linear_q8_forward if bits == 8 else be.linear_q4_forward
+    parents = (x,) if bias is None else (x, bias)
+
+    def backward(dout):
+        w = (be.dequantize_q8 if bits == 8 else be.dequantize_q4)(w_q, w_scale, group)
+        _send(x, be.matmul_forward(dout, w))
+        if bias is not None:
+            _send(bias, be.sum_to_shape(dout, bias.shape))
+    out = forward(x.data, w_q, w_scale, None if bias is None else bias.data, group)
+    return Tensor._from_op(out, parents, backward, "quantized_linear")

@@ -351,6 +351,33 @@ class MockLib:
         p[:] = p - lr * (weight_decay * p + (mm / np.float32(bc1)) / (np.sqrt(vv / np.float32(bc2)) + eps))
         return 0
 
+    # quant.cu (the formats of backends/reference.py's quantized section)
+    def _quant_weight(self, w_q, w_scale, group, OC, C, bits):
+        stored = C if bits == 8 else C // 2
+        q = view(w_q, OC * stored, np.int8 if bits == 8 else np.uint8).reshape(OC, stored)
+        d = view(w_scale, OC * (C // group)).reshape(OC, C // group)
+        return (ref.dequantize_q8 if bits == 8 else ref.dequantize_q4)(q, d, group)
+
+    def _linear_quant(self, out, x, w_q, w_scale, b, group, N, C, OC, bits):
+        w = self._quant_weight(w_q, w_scale, group, OC, C, bits)
+        bias = None if b == ffi.NULL else view(b, OC)
+        view(out, N * OC)[:] = ref.linear_forward(view(x, N * C).reshape(N, C), w, bias).reshape(-1)
+        return 0
+
+    def linear_q8_forward(self, out, x, w_q, w_scale, b, group, N, C, OC):
+        return self._linear_quant(out, x, w_q, w_scale, b, group, N, C, OC, 8)
+
+    def linear_q4_forward(self, out, x, w_q, w_scale, b, group, N, C, OC):
+        return self._linear_quant(out, x, w_q, w_scale, b, group, N, C, OC, 4)
+
+    def dequantize_q8(self, w, w_q, w_scale, group, OC, C):
+        view(w, OC * C)[:] = self._quant_weight(w_q, w_scale, group, OC, C, 8).reshape(-1)
+        return 0
+
+    def dequantize_q4(self, w, w_q, w_scale, group, OC, C):
+        view(w, OC * C)[:] = self._quant_weight(w_q, w_scale, group, OC, C, 4).reshape(-1)
+        return 0
+
 
 def install(monkeypatch):
     """Replace the CUDA library by MockLib for one test; returns the mock."""

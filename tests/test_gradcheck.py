@@ -254,3 +254,21 @@ def test_attention_with_segments(data, seed):
     q = t64(rng, (b, nkv * group, t, hs))
     k, v = t64(rng, (b, nkv, t, hs)), t64(rng, (b, nkv, t, hs))
     gradcheck(lambda q, k, v: ops_fused.attention(q, k, v, segment_ids), [q, k, v], name="attention segments")
+
+
+@checks("quantized_linear")
+@given(st.data(), seeds, st.booleans(), st.sampled_from([8, 4]))
+def test_quantized_linear(data, seed, with_bias, bits):
+    # the weight is frozen integers and scales (no gradient): only x and the bias are checked
+    from microgpt.quantize import formats
+    rng = np.random.default_rng(seed)
+    lead = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=3))
+    c, oc, group = 64, data.draw(st.integers(1, 5)), data.draw(st.sampled_from([32, 64]))
+    scheme = "int8" if bits == 8 else "int4"
+    w_q, w_scale = formats.quantize(rng.standard_normal((oc, c)), scheme, group)
+    w_scale = w_scale.astype(np.float64)
+    x = t64(rng, lead + (c,))
+    if with_bias:
+        gradcheck(lambda x, b: ops.quantized_linear(x, w_q, w_scale, bits, group, b), [x, t64(rng, (oc,))])
+    else:
+        gradcheck(lambda x: ops.quantized_linear(x, w_q, w_scale, bits, group), [x])

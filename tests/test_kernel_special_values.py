@@ -274,7 +274,32 @@ def _adamw(rng, spoil):
             1e-3, 0.9, 0.95, 1e-8, 0.1, int(rng.integers(1, 4))]
 
 
+def _quant_weight(rng, bits, oc=5, c=64):
+    """(w_q, w_scale) of a quantized (oc, c) weight: host integer arrays and float32 scales, group 32."""
+    if bits == 8:
+        return rng.integers(-127, 128, (oc, c)).astype(np.int8), np.abs(normal(rng, oc, c // 32)) * 0.01
+    return rng.integers(0, 256, (oc, c // 2)).astype(np.uint8), normal(rng, oc, c // 32) * 0.01
+
+
+def _linear_quant(bits):
+    # x and b spoiled; the scales are finite by construction (quantize refuses non-finite weights),
+    # and with an inf scale "(sum x q) d" and "sum x (q d)" may differ in NaN-ness, legitimately
+    def case(rng, spoil):
+        w_q, w_scale = _quant_weight(rng, bits)
+        return [Arr(spoil(normal(rng, 2, 3, 64))), w_q, Arr(w_scale), Arr(spoil(normal(rng, 5))), 32]
+    return case
+
+
+def _dequantize(bits):
+    def case(rng, spoil):
+        w_q, w_scale = _quant_weight(rng, bits)
+        return [w_q, Arr(spoil(w_scale)), 32]
+    return case
+
+
 CASES = {
+    "linear_q8_forward": _linear_quant(8), "linear_q4_forward": _linear_quant(4),
+    "dequantize_q8": _dequantize(8), "dequantize_q4": _dequantize(4),
     "asarray": lambda rng, spoil: [spoil(normal(rng, 3, 4)), F32],          # a host array, not uploaded
     "to_numpy": lambda rng, spoil: [Arr(spoil(normal(rng, 3, 4)))],
     "zeros": lambda rng, spoil: [(2, 3), F32],

@@ -105,6 +105,15 @@ KERNELS = {
     "paged_attention_forward": ("paged_attention_forward(q, k_cache, v_cache, block_tables, positions) -> out",
                                 "query n (N, NH, HS) at position positions[n] attends to keys 0 .. positions[n] "
                                 "stored in the blocks block_tables[n] (N, MB); out (N, NH, HS)"),
+    # --- weight-only quantized linear (int8 / int4 weights, float activations) -----------
+    "dequantize_q8":     ("dequantize_q8(w_q, w_scale, group) -> w",
+                          "w[o, c] = w_scale[o, c // group] * w_q[o, c]; w_q int8 (OC, C), w_scale (OC, C / group)"),
+    "dequantize_q4":     ("dequantize_q4(w_q, w_scale, group) -> w",
+                          "dequantize_q8 of 4-bit q, two per byte by Q4_0's 32-blocks; w_q uint8 (OC, C / 2)"),
+    "linear_q8_forward": ("linear_q8_forward(x, w_q, w_scale, b, group) -> out",
+                          "x @ dequantize_q8(w_q, w_scale, group)^T + b; b (OC,) or None"),
+    "linear_q4_forward": ("linear_q4_forward(x, w_q, w_scale, b, group) -> out",
+                          "x @ dequantize_q4(w_q, w_scale, group)^T + b; b (OC,) or None"),
     "adamw_update": ("adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None",
                      "one AdamW step, in place on param, m and v (step counts from 1)"),
 }

@@ -51,6 +51,7 @@ __all__ = [
     "cross_entropy_forward", "cross_entropy_backward", "embedding_forward", "embedding_backward",
     "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "adamw_update",
+    "dequantize_q8", "dequantize_q4", "linear_q8_forward", "linear_q4_forward",
     "paged_cache_write", "paged_attention_forward",
 ]
 
@@ -383,3 +384,58 @@ def grad_norm(arrays):
 def memory_stats():
     """Bytes held by live arrays and bytes cached for reuse by the pool."""
     return {"in_use": rt.POOL.in_use, "cached": rt.POOL.cached}
+
+
+# --- weight-only quantized linear (quant.cu; formats: microgpt/quantize/formats.py) ------------------
+
+def _quant_operands(op, w_q, w_scale, group, bits):
+    w_q, w_scale = on_device(w_q, np.int8 if bits == 8 else np.uint8), on_device(w_scale)
+    require_f32(op, w_scale)
+    oc, stored = w_q.shape
+    c = stored if bits == 8 else 2 * stored
+    group = int(group)
+    if group < 1 or c % group or (bits == 4 and group % 32) or w_scale.shape != (oc, c // group):
+        raise ShapeError(f"{op}: w_q {w_q.shape}, w_scale {w_scale.shape} and group {group} do not fit")
+    return w_q, w_scale, oc, c, group
+
+
+def _dequantize(op, bits, w_q, w_scale, group):
+    w_q, w_scale, oc, c, group = _quant_operands(op, w_q, w_scale, group, bits)
+    w = empty((oc, c), np.float32)
+    if w.size:
+        call(op, w.ptr, w_q.ptr, w_scale.ptr, group, oc, c)
+    return w
+
+
+def dequantize_q8(w_q, w_scale, group):
+    return _dequantize("dequantize_q8", 8, w_q, w_scale, group)
+
+
+def dequantize_q4(w_q, w_scale, group):
+    return _dequantize("dequantize_q4", 4, w_q, w_scale, group)
+
+
+def _linear_quant(op, bits, x, w_q, w_scale, b, group):
+    x = on_device(x)
+    require_f32(op, x)
+    w_q, w_scale, oc, c, group = _quant_operands(op, w_q, w_scale, group, bits)
+    if x.ndim < 1 or x.shape[-1] != c:
+        raise ShapeError(f"{op}: input {x.shape} does not fit a weight of {c} inputs")
+    if b is not None:
+        b = on_device(b)
+        require_f32(op, b)
+        if b.shape != (oc,):
+            raise ShapeError(f"{op}: bias {b.shape} does not fit {oc} outputs")
+    out = empty(x.shape[:-1] + (oc,), np.float32)
+    if out.size:
+        call(op, out.ptr, x.ptr, w_q.ptr, w_scale.ptr, rt.ffi.NULL if b is None else b.ptr, group,
+             math.prod(x.shape[:-1]), c, oc)
+    return out
+
+
+def linear_q8_forward(x, w_q, w_scale, b, group):
+    return _linear_quant("linear_q8_forward", 8, x, w_q, w_scale, b, group)
+
+
+def linear_q4_forward(x, w_q, w_scale, b, group):
+    return _linear_quant("linear_q4_forward", 4, x, w_q, w_scale, b, group)

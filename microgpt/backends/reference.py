@@ -502,3 +502,37 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step):
     m_hat = m / (1 - beta1 ** step)
     v_hat = v / (1 - beta2 ** step)
     param -= (lr * (weight_decay * param + m_hat / (np.sqrt(v_hat) + eps))).astype(param.dtype)
+
+
+# --- weight-only quantized linear layers (formats: microgpt/quantize/formats.py) ----------------
+# W (OC, C) is stored as integers q and one scale d per group of `group` consecutive inputs of a
+# row: W[o, c] = d[o, c // group] * q[o, c]. int8: q = w_q int8 (OC, C), |q| <= 127. int4: q in
+# [-8, 7] stored as q + 8 in a nibble, two per byte of w_q uint8 (OC, C / 2), by 32-element
+# blocks as GGUF's Q4_0: byte j of a block holds element j (low nibble) and j + 16 (high).
+# The kernels are "dequantize, then the float product": out = x @ W^T + b.
+
+def dequantize_q8(w_q, w_scale, group):
+    oc, c = w_q.shape
+    q = w_q.reshape(oc, c // group, group).astype(w_scale.dtype)
+    return (q * w_scale[:, :, None]).reshape(oc, c)
+
+
+def unpack_q4(w_q):
+    # (OC, C / 2) bytes -> (OC, C) int8 values in [-8, 7], by Q4_0's 32-element blocks
+    oc, half = w_q.shape
+    blocks = w_q.reshape(oc, half // 16, 16)
+    low = (blocks & 0x0F).astype(np.int8) - 8
+    high = (blocks >> 4).astype(np.int8) - 8
+    return np.concatenate([low, high], axis=2).reshape(oc, 2 * half)
+
+
+def dequantize_q4(w_q, w_scale, group):
+    return dequantize_q8(unpack_q4(w_q), w_scale, group)
+
+
+def linear_q8_forward(x, w_q, w_scale, b, group):
+    return linear_forward(x, dequantize_q8(w_q, w_scale, group).astype(x.dtype), b)
+
+
+def linear_q4_forward(x, w_q, w_scale, b, group):
+    return linear_forward(x, dequantize_q4(w_q, w_scale, group).astype(x.dtype), b)
