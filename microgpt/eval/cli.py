@@ -65,6 +65,8 @@ def run(args):
     if args.contamination:
         from .contamination import CorpusIndex
         contamination = CorpusIndex.build(args.contamination, n=args.ngram)
+    for task in task_list:                   # every file read and checked before the model loads
+        tasks_mod.shot_pool(task, runner.load_examples(task))
     checkpoint = resolve(args.run_dir)
     model, tokenizer, _ = load_model(checkpoint, args.device)
     report = runner.evaluate(model, tokenizer, task_list, batch_size=args.batch_size,

@@ -36,7 +36,7 @@ class Progress:
             self.stream.write("\n")
 
 
-def _load(task):
+def load_examples(task):
     examples = tasks_mod.read_examples(task, task.file)
     if task.limit:
         examples = examples[:task.limit]
@@ -46,7 +46,7 @@ def _load(task):
 
 
 def run_choice_task(task, model, tokenizer, batch_size=16, truncate=True, progress=None):
-    examples = _load(task)
+    examples = load_examples(task)
     pool = tasks_mod.shot_pool(task, examples)
     requests, spans = [], []
     for ex in examples:
@@ -85,7 +85,8 @@ def _fit_prompt(ids, room, truncate, where):
 def run_generate_task(task, model, tokenizer, batch_size=16, truncate=True, progress=None,
                       max_new_tokens=None):
     from ..inference.engine import Engine
-    examples = _load(task)
+    from ..inference.sampling import SamplingConfig
+    examples = load_examples(task)
     pool = tasks_mod.shot_pool(task, examples)
     max_new = task.max_new_tokens if max_new_tokens is None else max_new_tokens
     stop = list(task.stop) + (list(tasks_mod.GSM8K_STOP) if task.format == "gsm8k_jsonl" else [])
@@ -104,7 +105,8 @@ def run_generate_task(task, model, tokenizer, batch_size=16, truncate=True, prog
     completions = [None] * len(prompts)
     for s in range(0, len(order), batch_size):
         chunk = order[s:s + batch_size]
-        outs = engine.generate([prompts[i] for i in chunk], max_new, stop=stop)
+        outs = engine.generate([prompts[i] for i in chunk], max_new,
+                               SamplingConfig(temperature=task.temperature), task.seed, stop=stop)
         for i, out in zip(chunk, outs):
             completions[i] = out.text
         if progress:
@@ -145,7 +147,7 @@ def evaluate(model, tokenizer, task_list, batch_size=16, truncate=True, bootstra
         if task.name in report["tasks"]:
             raise tasks_mod.TaskError(f"two tasks are named {task.name!r}; give each its own name")
         t0 = time.perf_counter()
-        examples_total = len(_load(task))
+        examples_total = len(load_examples(task))
         progress = Progress(task.name, examples_total)
         if task.kind == "choice":
             records, extra = run_choice_task(task, model, tokenizer, batch_size, truncate)
@@ -162,7 +164,7 @@ def evaluate(model, tokenizer, task_list, batch_size=16, truncate=True, bootstra
                  "metrics": summary, **extra, "per_example": records}
         if contamination is not None:
             from .contamination import check
-            texts = [ex.question + " " + " ".join(ex.choices + ex.target) for ex in _load(task)]
+            texts = [ex.question + " " + " ".join(ex.choices + ex.target) for ex in load_examples(task)]
             entry["contamination"] = check(contamination, texts)
         report["tasks"][task.name] = entry
     return report

@@ -12,6 +12,7 @@ A task file (TOML or JSON) lists tasks; every key but `name`, `format` and `file
     metric = "exact"              # gen_jsonl: exact | contains | bleu | rouge
     max_new_tokens = 256          # generative tasks
     stop = ["\\n\\n"]              # generative tasks, on top of the format's own
+    temperature = 0.0             # 0: greedy; > 0: sampled with `seed`
     limit = 0                     # 0: every example
 
 On the command line `--tasks FORMAT=PATH` is a task with the defaults (`mmlu_csv=mmlu/test`).
@@ -86,6 +87,8 @@ class Task:
     metric: str = "exact"
     max_new_tokens: int = 256
     stop: List[str] = field(default_factory=list)
+    temperature: float = 0.0      # generative tasks: 0 = greedy (lm-eval's do_sample: false)
+    seed: int = 0                 # the sampling seed when temperature > 0
     limit: int = 0
 
     def __post_init__(self):
