@@ -6,8 +6,8 @@ end-of-text id, max_new_tokens or the context, and returns the text. exact_match
 a held-out JSONL: the share of conversations whose last assistant turn the model reproduces
 exactly (after stripping surrounding whitespace), given everything before it.
 """
-from ..inference.engine import Engine
-from ..inference.sampling import SamplingConfig
+import numpy as np
+
 from ..tokenizer.chat import encode_chat, stop_token_ids
 
 
@@ -16,19 +16,43 @@ def prompt_ids(tokenizer, messages):
     return ids
 
 
-def replies(model, tokenizer, conversations, max_new_tokens=64, batch_size=16):
-    """Greedy replies to each conversation (the list of messages before the answer)."""
-    engine = Engine(model, tokenizer)
-    stops = stop_token_ids(tokenizer)
-    out = []
-    for start in range(0, len(conversations), batch_size):
-        chunk = [prompt_ids(tokenizer, m) for m in conversations[start:start + batch_size]]
-        room = min(max_new_tokens, engine.block_size - max(len(p) for p in chunk))
-        if room <= 0:
-            out.extend([""] * len(chunk))
-            continue
-        done = engine.generate_ids(chunk, room, SamplingConfig(temperature=0.0), 0, stops)
-        out.extend(tokenizer.decode([i for i in c.ids if i not in stops]) for c in done)
+def replies(model, tokenizer, conversations, max_new_tokens=64):
+    """Greedy replies to each conversation (the list of messages before the answer).
+
+    Conversations whose prompts have the same length decode together, one GPT.forward over
+    the whole context per token (answers are a few tokens; this keeps the score independent
+    of the inference engine's caches)."""
+    from ..tensor import no_grad
+    stops = set(stop_token_ids(tokenizer))
+    prompts = [prompt_ids(tokenizer, m) for m in conversations]
+    out = [""] * len(prompts)
+    by_length = {}
+    for k, p in enumerate(prompts):
+        by_length.setdefault(len(p), []).append(k)
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for length, rows in by_length.items():
+                context = np.array([prompts[k] for k in rows], np.int64)
+                generated = [[] for _ in rows]
+                done = np.zeros(len(rows), bool)
+                for _ in range(min(max_new_tokens, model.config.block_size - length)):
+                    logits, _ = model(context, last_only=True)
+                    nxt = logits.numpy()[:, -1].argmax(-1)
+                    for r, token in enumerate(nxt.tolist()):
+                        if not done[r]:
+                            if token in stops:
+                                done[r] = True
+                            else:
+                                generated[r].append(token)
+                    if done.all():
+                        break
+                    context = np.concatenate([context, nxt[:, None]], axis=1)
+                for r, k in enumerate(rows):
+                    out[k] = tokenizer.decode(generated[r])
+    finally:
+        model.train(was_training)
     return out
 
 

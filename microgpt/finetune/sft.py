@@ -312,9 +312,14 @@ def resume_sft(run_dir, overrides=None, log=print, stop_at_step=None):
 
 def load_chat_model(path, device="cpu"):
     """(GPT, Tokenizer, generation dict) of a fine-tuned run or checkpoint, its LoRA adapter
-    (if any) applied and merged; any other model directory as ckpt.load_model reads it."""
+    (if any) applied and merged; any other model directory as ckpt.load_model reads it, with
+    <|im_start|>/<|im_end|> added (mean rows) when its tokenizer lacks them, as SFT starts."""
+    from ..tokenizer.chat import with_chat_tokens
     model, tokenizer, generation = ckpt.load_model(path, device)
     resolved = ckpt.resolve(path)
     if peft_io.is_adapter_dir(resolved):
         peft_io.load_adapter(model, resolved, merge=True)
+    tokenizer, _ = with_chat_tokens(tokenizer)     # a base model: as fine-tuning would start it
+    if tokenizer.vocab_size > model.config.vocab_size:
+        resize_vocabulary(model, tokenizer.vocab_size)
     return model, tokenizer, generation
