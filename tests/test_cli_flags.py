@@ -3,6 +3,7 @@ the subcommand's usage on a bad flag, and `train --help` showing what actually r
 
 These only parse (no handler runs), so they are fast."""
 import argparse
+import re
 
 import pytest
 
@@ -150,9 +151,10 @@ def test_help_says_missing_output_directories_are_created(capsys):
 
 
 def test_a_missing_subcommand_is_named_by_its_choices(capsys):
-    for argv, choices in (([], "{train,generate,plot,inspect,convert,data,tokenizer}"),
-                          (["data"], "{prepare,clean}"),
-                          (["tokenizer"], "{train,encode,decode,info}")):
+    # the top level: the first groups, then whatever commands later issues added
+    for argv, choices in (([], r"\{train,generate,plot,inspect,convert,data,tokenizer(,\w+)*\}"),
+                          (["data"], r"\{prepare,clean\}"),
+                          (["tokenizer"], r"\{train,encode,decode,info\}")):
         err = parse_fails(argv, capsys)
-        assert err.strip().endswith(f"required: {choices}"), err
+        assert re.search(f"required: {choices}$", err.strip()), err
         assert "_command" not in err
