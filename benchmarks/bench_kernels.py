@@ -15,6 +15,10 @@ Rows:
   attention  rows vs torch SDPA (fused causal attention forward+backward, and decoding), and
            each rung of the C attention ladder (v1 naive, v2 flash) called straight through
            cffi on one thread, beside SDPA on one thread.
+  segmented  document-masked attention (segment_ids: a packed row of several documents of
+           skewed lengths) forward+backward, beside SDPA given the same mask explicitly (a
+           block-diagonal causal boolean attn_mask); and the same packed row beside our own
+           plain causal attention over it, which shows the tiles the masked kernel skips.
 
     python benchmarks/bench_kernels.py [--quick] [--json FILE]
 """
@@ -321,7 +325,89 @@ def attention_cases(quick):
     if not quick and threads > 1:    # one core each: the per-core comparison, steadier under load
         cases += [attention_case(T, 1) for T in (256, 1024)]
     cases += [attention_rung_case(rung, 128 if quick else 256) for rung in ATTENTION_RUNGS]
-    return cases + [attention_decode_case(Tk, threads) for Tk in ((256,) if quick else (256, 1024))]
+    cases += [attention_decode_case(Tk, threads) for Tk in ((256,) if quick else (256, 1024))]
+    return cases + segmented_cases(quick, threads)
+
+
+# --- document masking (packed rows) -------------------------------------------------------------------
+# A row packing documents of skewed lengths (a few long, many short: as SFT conversations are),
+# numbered in order. The flash kernel skips every tile whose query and key blocks share no
+# document (csrc/attention.c, "Segment ids or cumulative lengths?"), so the packed row costs
+# about sum(length^2) / T^2 of a causal row's work; SDPA gets the same mask as an explicit
+# (B, 1, T, T) boolean matrix.
+PACKED_DOCS = {256: [100, 60, 40, 30, 16, 10], 1024: [300, 200, 150, 120, 100, 70, 50, 34]}
+
+
+def _packed_inputs(T, B, NH, HS):
+    rng = np.random.default_rng(0)
+    q, k, v, dout = (rng.standard_normal((B, NH, T, HS)).astype(np.float32) for _ in range(4))
+    lengths = PACKED_DOCS[T]
+    seg = np.repeat(np.arange(len(lengths)), lengths)[None].repeat(B, axis=0)
+    return q, k, v, dout, seg
+
+
+def _segmented(q, k, v, dout, seg):
+    out, lse = cpu.attention_forward(q, k, v, seg)
+    return (out,) + cpu.attention_backward(dout, q, k, v, out, lse, seg)
+
+
+def segmented_case(T, threads, B=4, NH=6, HS=64, repeats=5):
+    import torch
+    import torch.nn.functional as F
+    q, k, v, dout, seg = _packed_inputs(T, B, NH, HS)
+    t = np.arange(T)
+    mask = torch.from_numpy(((t[None, :] <= t[:, None]) & (seg[:, :, None] == seg[:, None, :]))[:, None])
+    tq, tk, tv = (torch.from_numpy(x).requires_grad_() for x in (q, k, v))
+    tdout = torch.from_numpy(dout)
+
+    def peer():
+        torch.set_num_threads(threads)
+        for x in (tq, tk, tv):
+            x.grad = None
+        out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=mask)
+        out.backward(tdout)
+        return out.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()
+
+    def check():
+        set_threads(threads)
+        for got, want, name in zip(_segmented(q, k, v, dout, seg), peer(), ("out", "dq", "dk", "dv")):
+            err = np.max(np.abs(got - want)) / (np.max(np.abs(want)) + 1e-30)
+            assert err < 1e-4, f"segmented attention T={T} {name}: relative error {err} vs torch"
+
+    return harness.Case(name=f"attention segmented fwd+bwd B{B} NH{NH} T{T} HS{HS} {len(PACKED_DOCS[T])} docs "
+                             f"{threads}t", ours=threaded(threads, lambda: _segmented(q, k, v, dout, seg)),
+                        peer=peer, peer_name="torch sdpa + mask", unit="ms", check=check, repeats=repeats)
+
+
+def packed_vs_causal_case(T, threads, B=4, NH=6, HS=64, repeats=5):
+    """Ours on the packed row beside ours on the same row as one causal document: the tile skip."""
+    q, k, v, dout, seg = _packed_inputs(T, B, NH, HS)
+
+    def causal():
+        out, lse = cpu.attention_forward(q, k, v)
+        return (out,) + cpu.attention_backward(dout, q, k, v, out, lse)
+
+    def check():                   # each document of the packed row = that document alone
+        set_threads(threads)
+        packed = _segmented(q, k, v, dout, seg)
+        for doc in np.unique(seg[0]):
+            at = np.flatnonzero(seg[0] == doc)
+            part = [np.ascontiguousarray(x[:, :, at]) for x in (q, k, v, dout)]
+            out, lse = cpu.attention_forward(*part[:3])
+            alone = (out,) + cpu.attention_backward(part[3], *part[:3], out, lse)
+            for got, want in zip(packed, alone):
+                err = np.max(np.abs(got[:, :, at] - want)) / (np.max(np.abs(want)) + 1e-30)
+                assert err < 1e-5, f"packed row, document {doc}: relative error {err} vs alone"
+
+    return harness.Case(name=f"attention packed vs causal fwd+bwd B{B} NH{NH} T{T} HS{HS} {threads}t",
+                        ours=threaded(threads, lambda: _segmented(q, k, v, dout, seg)),
+                        peer=threaded(threads, causal), peer_name="ours causal", unit="ms", check=check,
+                        repeats=repeats)
+
+
+def segmented_cases(quick, threads):
+    lengths = (256,) if quick else (256, 1024)
+    return ([segmented_case(T, threads) for T in lengths] + [packed_vs_causal_case(T, threads) for T in lengths])
 # === end attention rows =============================================================================
 
 
