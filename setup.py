@@ -43,6 +43,7 @@ setup(
     description="A large-language-model engine from scratch: autograd, C and CUDA kernels, "
                 "BPE tokenizer, trainer, fine-tuning, inference.",
     packages=find_packages(include=["microgpt", "microgpt.*"]),
+    package_data={"microgpt.serve": ["page.html"]},     # the chat page `microgpt serve` sends
     python_requires=">=3.10",
     setup_requires=["cffi>=1.15"],
     install_requires=[

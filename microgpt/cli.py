@@ -612,6 +612,37 @@ def _read_text(path):
                              f"byte {exc.start}); convert it to UTF-8 first") from None
 
 
+def _add_serve(sub):
+    """`microgpt serve` (microgpt/serve/)."""
+    p = _leaf(sub, "serve", _run_serve,
+              help="serve a model over an OpenAI-compatible HTTP API with a chat page",
+              description="Serve RUN's model: POST /v1/completions and /v1/chat/completions "
+                          "(streaming or not), GET /v1/models, /health, /metrics, and a chat "
+                          "page at /. Continuous batching over a paged KV cache. Needs the "
+                          "serve extra: pip install -e '.[serve]'.")
+    p.add_argument("run_dir", metavar="RUN", help="a run directory, a checkpoint directory, or a "
+                                                 "Hugging Face model directory with its tokenizer.json")
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=_int(0), default=8000, help="default 8000")
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1/* and /metrics")
+    p.add_argument("--max-batch", type=_int(1), default=32, help="sequences decoded together (default 32)")
+    p.add_argument("--max-queue", type=_int(1), default=64,
+                   help="requests that may wait for a batch slot; more get 429 (default 64)")
+    p.add_argument("--block-size", type=_int(1), default=16, help="positions per KV cache block (default 16)")
+    p.add_argument("--kv-blocks", type=_int(1), default=None,
+                   help="KV cache blocks (default: max-batch sequences of the full context)")
+    p.add_argument("--max-step-tokens", type=_int(1), default=256,
+                   help="tokens per forward pass; longer prompts are prefilled in chunks (default 256)")
+    p.add_argument("--model-name", default=None, help="the name clients ask for (default: RUN's folder name)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+
+
+def _run_serve(args):
+    from .serve.server import serve
+    return serve(args.run_dir, args.host, args.port, args.api_key, args.max_batch, args.max_queue,
+                 args.block_size, args.kv_blocks, args.max_step_tokens, args.model_name, args.device)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -621,6 +652,7 @@ def build_parser():
     _add_tokenizer(sub)
     _add_finetune(sub)
     _add_eval(sub)
+    _add_serve(sub)
     _name_the_choices(sub)
     return parser
 
