@@ -175,7 +175,8 @@ def main():
         print(json.dumps(r))
     if args.json:
         from microgpt.fileio import atomic_write
-        atomic_write(args.json, json.dumps(result, indent=2) + "\n")
+        with atomic_write(args.json) as f:
+            f.write(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

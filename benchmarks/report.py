@@ -327,6 +327,22 @@ def gpu_training(results):
              f"{verdict} 1e-3", "PyTorch eager", machine_label(data), link("gpu.md"))]
 
 
+@entry
+def distributed(results):
+    data = load("distributed.json", results)
+    e, z = row(data, "dp2 efficiency"), row(data, "zero1 optimizer memory")
+    modes = [row(data, f"comm bytes {m}") for m in ("dp", "zero1", "tp", "pp")]
+    eff = f"**{e['ours']:.2f}**" if e["passed"] else f"{e['ours']:.2f}, **misses** {e['target']}"
+    return [("data parallel, 2 MPI ranks vs 1 process, 1 thread each, same per-rank batch",
+             f"scaling efficiency {eff} (median of {e['rounds']} rounds, {e['ours_min']:.2f}–{e['ours_max']:.2f})",
+             "2x one process", machine_label(data, _load(e)), link("distributed.md")),
+            ("bytes sent per rank per step, DP / ZeRO-1 / TP / PP at N=2",
+             " / ".join(x(m["ratio"], 3) for m in modes) + " the textbook formula",
+             "2(N-1)/N x buffer (ring)", machine_label(data), link("distributed.md")),
+            ("AdamW state per rank with ZeRO-1, N=2", f"{x(z['ours'])} of unsharded (target <= {z['target']}x)",
+             "unsharded AdamW", machine_label(data), link("distributed.md"))]
+
+
 def check_demo(data, path="demo.json"):
     for key, kind in DEMO_FIELDS.items():
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
