@@ -33,6 +33,7 @@ listed, so a new option cannot silently decode differently from GPT.forward):
 import numpy as np
 
 from .. import backends
+from ..quantize.layers import DecodeBackend, QuantizedLinear, is_quantized
 from ..nn import (GPT, MLP, Block, CausalSelfAttention, Embedding, KVCache, LayerNorm, Linear,
                   RMSNorm, SwiGLU)
 
@@ -45,6 +46,11 @@ CONFIG_FIELDS = frozenset({
 
 def _plain(module, cls):
     return type(module) is cls
+
+
+def _linear(module):
+    """A Linear, or a QuantizedLinear (int8 / int4 weights: DecodeBackend runs their kernel)."""
+    return type(module) in (Linear, QuantizedLinear)
 
 
 class Decoder:
@@ -65,15 +71,17 @@ class Decoder:
                 norms += (attn.q_norm, attn.k_norm)
             if not (_plain(block, Block) and _plain(attn, CausalSelfAttention)
                     and _plain(block.mlp, mlp) and all(_plain(n, norm) for n in norms)
-                    and all(_plain(getattr(attn, n), Linear) for n in linears)
-                    and all(_plain(getattr(block.mlp, n), Linear) for n in mlp_linears)):
+                    and all(_linear(getattr(attn, n)) for n in linears)
+                    and all(_linear(getattr(block.mlp, n)) for n in mlp_linears)):
                 return False
         table = model.transformer.wte if gpt2 else model.model.embed_tokens
-        return _plain(table, Embedding) and _plain(model.lm_head, Linear)
+        return _plain(table, Embedding) and _linear(model.lm_head)
 
     def __init__(self, model):
         self.model, self.config = model, model.config
         self.be = backends.get(model.device)
+        if is_quantized(model):
+            self.be = DecodeBackend(self.be)
         self.gpt2 = self.config.family == "gpt2"
         self.cache = KVCache(self.config.n_layer, self.config.block_size)
         self.layers = [self._layer_weights(block) for block in model.blocks]

@@ -390,6 +390,9 @@ def load_model(path, device="cpu"):
     a Hugging Face model directory (interop/hf.py; its tokenizer.json is then required)."""
     from ..nn import GPT, GPTConfig
     path = resolve(path)
+    if os.path.isfile(os.path.join(path, "quantization.json")):   # `microgpt quantize` wrote it
+        from ..quantize.model import load_quantized
+        return load_quantized(path, device)
     if is_hf_directory(path):
         loaded = load_hf_directory(path, device=device, tokenizer="required")
         return loaded.model, loaded.tokenizer, loaded.generation
