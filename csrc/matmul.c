@@ -8,6 +8,9 @@
  *   v4_threaded  v3 with the (A sliver, B sliver-group) tiles shared among OpenMP threads
  *   matmul_forward = v4 (production); matmul_forward_batched, linear_forward/backward use it,
  *   except that linear_forward with at most 4 rows (decoding) streams W row by row instead.
+ *   A linear weight comes in two layouts, (OC, C) as PyTorch's Linear or (C, OC) as GPT-2's
+ *   Conv1D (w_in_out): the products only swap which operand is read transposed, so both take
+ *   the same packed path at the same speed, and the few-rows path has a version for each.
  *
  * Every rung computes out (M, N) = op(a) @ op(b) + bias (bias (N) added to every row; NULL:
  * none), where op transposes a stored (K, M) or b stored (N, K) on request: packing reads
@@ -438,8 +441,93 @@ MG_CLONES static void linear_rows(float* restrict out, const float* restrict x,
     }
 }
 
-void linear_forward(float* out, const float* x, const float* w, const float* b,
+/* ---- few rows, w stored (C, OC) (w_in_out, GPT-2's Conv1D layout) -------------------------
+ * W's rows are now input channels: out[n][:] = b + sum_c x[n][c] w[c][:], a sum of W's rows
+ * scaled by x[n][c] (axpys). W is still read once in storage order, as one stream per thread:
+ * the threads split W's *rows* (each a contiguous run of C / threads rows), each summing its
+ * rows' share into N x OC partial sums of its own (thread 0 into out itself), and the partial
+ * sums are then added, the threads splitting the columns. Splitting the columns instead
+ * (each thread a slice of every row) gives each thread a strided walk with gaps, measured
+ * ~1.3x slower. Four rows of W go at a time, so for each 16 outputs the 4 x 16 weights are
+ * loaded once into registers and used for all N rows, and each row's sums are loaded and
+ * stored once per 4 x 16 multiply-adds (they stay in L1 / L2: N x OC floats). */
+
+/* acc (N, OC) += x[:, c0:c1] @ w[c0:c1, :] */
+#ifndef IN_OUT_ROWS
+#define IN_OUT_ROWS 4
+#endif
+MG_CLONES static void rows_in_out(float* restrict acc, const float* restrict x, const float* restrict w,
+                                  int64_t N, int64_t C, int64_t OC, int64_t c0, int64_t c1) {
+    int64_t o_vec = OC / 16 * 16, c = c0;
+    for (; c + IN_OUT_ROWS <= c1; c += IN_OUT_ROWS) {
+        const float* w0 = w + c * OC;
+        for (int64_t o = 0; o < o_vec; o += 16) {
+            f32x16 v[IN_OUT_ROWS];
+            #pragma GCC unroll 8
+            for (int r = 0; r < IN_OUT_ROWS; r++) {
+                v[r] = *(const f32x16*)(w0 + r * OC + o);
+                __builtin_prefetch(w0 + (IN_OUT_ROWS + r) * OC + o, 0, 0);   /* the next group's */
+            }
+            for (int64_t n = 0; n < N; n++) {
+                const float* xn = x + n * C + c;
+                f32x16 sum = *(f32x16*)(acc + n * OC + o);
+                #pragma GCC unroll 8
+                for (int r = 0; r < IN_OUT_ROWS; r++) sum += xn[r] * v[r];
+                *(f32x16*)(acc + n * OC + o) = sum;
+            }
+        }
+        for (int64_t o = o_vec; o < OC; o++)                 /* the last OC % 16 columns */
+            for (int64_t n = 0; n < N; n++)
+                for (int r = 0; r < IN_OUT_ROWS; r++) acc[n * OC + o] += x[n * C + c + r] * w0[r * OC + o];
+    }
+    for (; c < c1; c++)                                      /* the last rows */
+        for (int64_t n = 0; n < N; n++) {
+            float xn = x[n * C + c];
+            for (int64_t o = 0; o < OC; o++) acc[n * OC + o] += xn * w[c * OC + o];
+        }
+}
+
+static void linear_rows_in_out(float* out, const float* x, const float* w, const float* b,
+                               int64_t N, int64_t C, int64_t OC) {
+    int threads = OC * C >= MG_PAR_MIN ? omp_get_max_threads() : 1;
+    if (threads > C) threads = (int)C;
+    float* partial = NULL;
+    if (threads > 1) {
+        partial = malloc((size_t)(threads - 1) * (size_t)(N * OC) * sizeof(float));
+        if (!partial) threads = 1;                      /* out of memory: one stream, no partials */
+    }
+    #pragma omp parallel num_threads(threads)
+    {
+        int t = omp_get_thread_num(), nt = omp_get_num_threads();
+        float* acc = t == 0 ? out : partial + (int64_t)(t - 1) * N * OC;
+        for (int64_t n = 0; n < N; n++) {
+            if (t == 0 && b) memcpy(acc + n * OC, b, (size_t)OC * sizeof(float));
+            else memset(acc + n * OC, 0, (size_t)OC * sizeof(float));
+        }
+        rows_in_out(acc, x, w, N, C, OC, C * t / nt, C * (t + 1) / nt);
+        if (nt > 1) {
+            #pragma omp barrier
+            int64_t o0 = OC * t / nt, o1 = OC * (t + 1) / nt;
+            for (int p = 1; p < nt; p++)
+                for (int64_t n = 0; n < N; n++) {
+                    const float* src = partial + (int64_t)(p - 1) * N * OC + n * OC;
+                    float* dst = out + n * OC;
+                    #pragma omp simd
+                    for (int64_t o = o0; o < o1; o++) dst[o] += src[o];
+                }
+        }
+    }
+    free(partial);
+}
+
+/* w (OC, C), or w_in_out: w (C, OC). The packed product reads either: op(b) = w^T is b stored
+ * (N, K) transposed, or w itself as (K, N). */
+void linear_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
                     int64_t N, int64_t C, int64_t OC) {
+    if (N <= LINEAR_ROWS_MAX && w_in_out) {
+        linear_rows_in_out(out, x, w, b, N, C, OC);
+        return;
+    }
     if (N <= LINEAR_ROWS_MAX) {
         /* both cores stream: decoding reads W from memory, not cache */
         #pragma omp parallel for schedule(static) if (OC * C >= MG_PAR_MIN)
@@ -447,7 +535,7 @@ void linear_forward(float* out, const float* x, const float* w, const float* b,
             linear_rows(out, x, w, b, N, C, OC, o0, mg_min(o0 + 64, OC));
         return;
     }
-    matmul_forward(out, x, w, b, N, OC, C, 0, 1);
+    matmul_forward(out, x, w, b, N, OC, C, 0, !w_in_out);
 }
 
 MG_CLONES static void column_sums(float* db, const float* dout, int64_t N, int64_t OC, int64_t j0, int64_t j1) {
@@ -459,11 +547,19 @@ MG_CLONES static void column_sums(float* db, const float* dout, int64_t N, int64
     }
 }
 
-/* dx (N, C) = dout (N, OC) @ w (OC, C);  dw (OC, C) = dout^T @ x;  db = sum_n dout */
+/* w (OC, C):             dx (N, C) = dout (N, OC) @ w;    dw (OC, C) = dout^T @ x
+ * w_in_out, w (C, OC):   dx (N, C) = dout @ w^T;          dw (C, OC) = x^T @ dout
+ * (the same products with the roles of the stored operands swapped; dw in w's layout);
+ * db = sum_n dout in both. */
 void linear_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
-                     int64_t N, int64_t C, int64_t OC) {
-    matmul_forward(dx, dout, w, NULL, N, C, OC, 0, 0);
-    matmul_forward(dw, dout, x, NULL, OC, C, N, 1, 0);
+                     int w_in_out, int64_t N, int64_t C, int64_t OC) {
+    if (w_in_out) {
+        matmul_forward(dx, dout, w, NULL, N, C, OC, 0, 1);
+        matmul_forward(dw, x, dout, NULL, C, OC, N, 1, 0);
+    } else {
+        matmul_forward(dx, dout, w, NULL, N, C, OC, 0, 0);
+        matmul_forward(dw, dout, x, NULL, OC, C, N, 1, 0);
+    }
     if (db) {
         #pragma omp parallel for schedule(static) if (N * OC >= MG_PAR_MIN)
         for (int64_t j0 = 0; j0 < OC; j0 += 256)

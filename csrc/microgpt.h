@@ -53,12 +53,14 @@ void matmul_forward(float* out, const float* a, const float* b, const float* bia
 void matmul_forward_batched(float* out, const float* a, const float* b, const float* bias,
                             int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
                             int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
-/* out (N, OC) = x (N, C) @ w^T (C, OC) + b (OC) ; b may be NULL */
-void linear_forward(float* out, const float* x, const float* w, const float* b,
+/* out (N, OC) = x (N, C) @ w^T (C, OC) + b (OC) with w (OC, C); b may be NULL.
+ * w_in_out: w is stored (C, OC) (GPT-2's Conv1D layout) and out = x @ w + b. */
+void linear_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
                     int64_t N, int64_t C, int64_t OC);
-/* dx = dout @ w, dw = dout^T @ x, db = column sums of dout (NULL: skipped) */
+/* dx = dout @ w, dw = dout^T @ x (w_in_out: dx = dout @ w^T, dw = x^T @ dout, in w's layout),
+ * db = column sums of dout (NULL: skipped) */
 void linear_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,
-                     int64_t N, int64_t C, int64_t OC);
+                     int w_in_out, int64_t N, int64_t C, int64_t OC);
 
 /* ---- softmax family (softmax.c, crossentropy.c), over the last axis of (N, C) / (N, V) ---- */
 void softmax_forward(float* out, const float* x, int64_t N, int64_t C);

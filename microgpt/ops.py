@@ -376,11 +376,17 @@ def matmul(a, b):
 
 
 @op
-def linear(x, weight, bias=None):
-    """x @ weight^T + bias, the fully connected layer; weight is (out, in) as in PyTorch."""
-    if weight.ndim != 2 or x.shape[-1] != weight.shape[1]:
-        raise ShapeError(f"linear: input {x.shape} does not fit weight {weight.shape} (out, in)")
-    if bias is not None and bias.shape != (weight.shape[0],):
+def linear(x, weight, bias=None, w_in_out=False):
+    """x @ weight^T + bias, the fully connected layer; weight is (out, in) as in PyTorch, or
+    with w_in_out (in, out) as GPT-2's Conv1D stores it, and then x @ weight + bias. The
+    layout is only how the same map is stored: each kernel reads either, and the gradient
+    of weight comes back in weight's own layout."""
+    w_in_out = bool(w_in_out)
+    if weight.ndim != 2 or x.shape[-1] != weight.shape[0 if w_in_out else 1]:
+        raise ShapeError(f"linear: input {x.shape} does not fit weight {weight.shape} "
+                         f"({'in, out' if w_in_out else 'out, in'})")
+    out_features = weight.shape[1 if w_in_out else 0]
+    if bias is not None and bias.shape != (out_features,):
         raise ShapeError(f"linear: bias {bias.shape} does not fit weight {weight.shape}")
     if x.dtype != weight.dtype or (bias is not None and bias.dtype != x.dtype):
         raise DTypeError(f"linear: dtypes differ (input {x.dtype}, weight {weight.dtype})")
@@ -389,15 +395,17 @@ def linear(x, weight, bias=None):
 
     def backward(dout):
         if not weight.requires_grad and (bias is None or not bias.requires_grad):
-            # a frozen layer (LoRA's base): dx = dout @ W only, not the dW matmul nobody reads
-            _send(x, be.matmul_forward(dout, weight.data))
+            # a frozen layer (LoRA's base): dx only, not the dW matmul nobody reads. dx is
+            # dout @ W with W the (out, in) map: a linear layer of dout whose weight is w read
+            # in the other layout.
+            _send(x, be.linear_forward(dout, weight.data, None, not w_in_out))
             return
-        dx, dw, db = be.linear_backward(dout, x.data, weight.data, bias is not None)
+        dx, dw, db = be.linear_backward(dout, x.data, weight.data, bias is not None, w_in_out)
         _send(x, dx)
         _send(weight, dw)
         if bias is not None:
             _send(bias, db)
-    return Tensor._from_op(be.linear_forward(x.data, weight.data, None if bias is None else bias.data),
+    return Tensor._from_op(be.linear_forward(x.data, weight.data, None if bias is None else bias.data, w_in_out),
                            parents, backward, "linear")
 
 

@@ -117,17 +117,19 @@ def test_matmul_forward_backward(shapes_ab, seed):
         assert_close(g, w, what=f"matmul_backward {name}", atol=1e-4, rtol=1e-4)
 
 
-@given(shapes, st.integers(1, 70), st.booleans(), seeds)
-def test_linear(lead, OC, bias, seed):
+@given(shapes, st.integers(1, 70), st.booleans(), seeds, st.booleans())
+def test_linear(lead, OC, bias, seed, w_in_out):
+    """w_in_out: the weight stored (C, OC), GPT-2's Conv1D layout (its own few-rows path and
+    the packed product reading w untransposed); dw comes back in that layout."""
     rng = np.random.default_rng(seed)
     C = lead[-1]
-    x, w = rand(rng, *lead), rand(rng, OC, C)
+    x, w = rand(rng, *lead), rand(rng, *((C, OC) if w_in_out else (OC, C)))
     b = rand(rng, OC) if bias else None
-    assert_close(cpu.linear_forward(x, w, b), ref.linear_forward(f64(x), f64(w), f64(b)),
+    assert_close(cpu.linear_forward(x, w, b, w_in_out), ref.linear_forward(f64(x), f64(w), f64(b), w_in_out),
                  what="linear_forward", **F32)
     dout = rand(rng, *(lead[:-1] + (OC,)))
-    got = cpu.linear_backward(dout, x, w, bias)
-    want = ref.linear_backward(f64(dout), f64(x), f64(w), bias)
+    got = cpu.linear_backward(dout, x, w, bias, w_in_out)
+    want = ref.linear_backward(f64(dout), f64(x), f64(w), bias, w_in_out)
     for g, want_g, name in zip(got, want, ("dx", "dw", "db")):
         if want_g is None:
             assert g is None

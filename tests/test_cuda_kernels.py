@@ -174,20 +174,23 @@ def test_matmul(cu, monkeypatch, rung, sa, sb):
     close(cu, db, rdb, name="db")
 
 
+@pytest.mark.parametrize("w_in_out", [False, True])
 @pytest.mark.parametrize("rung", cuda_matmul.MATMUL_RUNGS)
 @pytest.mark.parametrize("xshape,oc,bias", [((2, 17, 33), 65, True), ((130, 64), 96, False), ((1, 1, 5), 3, True),
                                             ((257, 768), 131, True), ((4, 515, 64), 96, True), ((3, 1030), 5, True)])
-def test_linear(cu, monkeypatch, rung, xshape, oc, bias):
-    """The last two shapes take the split-K path of v6 (few output tiles, K >= 1024)."""
+def test_linear(cu, monkeypatch, rung, xshape, oc, bias, w_in_out):
+    """The last two shapes take the split-K path of v6 (few output tiles, K >= 1024);
+    w_in_out: the weight stored (C, OC), GPT-2's Conv1D layout, dw in that layout too."""
     CHECKED.update({"linear_forward", "linear_backward"})
     monkeypatch.setattr(cuda_matmul, "MATMUL", rung)
     rng = np.random.default_rng(8)
-    x, w = rand(rng, *xshape), rand(rng, oc, xshape[-1])
+    x, w = rand(rng, *xshape), rand(rng, *((xshape[-1], oc) if w_in_out else (oc, xshape[-1])))
     b = rand(rng, oc) if bias else None
-    close(cu, cu.linear_forward(dev(cu, x), dev(cu, w), None if b is None else dev(cu, b)), ref.linear_forward(x, w, b))
+    close(cu, cu.linear_forward(dev(cu, x), dev(cu, w), None if b is None else dev(cu, b), w_in_out),
+          ref.linear_forward(x, w, b, w_in_out))
     dout = rand(rng, *xshape[:-1], oc)
-    got = cu.linear_backward(dev(cu, dout), dev(cu, x), dev(cu, w), bias)
-    want = ref.linear_backward(dout, x, w, bias)
+    got = cu.linear_backward(dev(cu, dout), dev(cu, x), dev(cu, w), bias, w_in_out)
+    want = ref.linear_backward(dout, x, w, bias, w_in_out)
     for g, r, name in zip(got, want, ("dx", "dw", "db")):
         if r is None:
             assert g is None

@@ -162,6 +162,18 @@ def test_linear(data, seed, with_bias):
     gradcheck(ops.linear, inputs)
 
 
+@checks("linear")
+@given(st.data(), seeds, st.booleans())
+def test_linear_with_the_weight_stored_in_out(data, seed, with_bias):
+    """GPT-2's Conv1D layout: w (in, out), y = x w + b, dw in w's own layout."""
+    rng = np.random.default_rng(seed)
+    lead = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
+    c, oc = data.draw(st.integers(1, 6)), data.draw(st.integers(1, 6))
+    x, w = t64(rng, lead + (c,)), t64(rng, (c, oc))
+    inputs = [x, w, t64(rng, (oc,))] if with_bias else [x, w]
+    gradcheck(lambda x, w, *b: ops.linear(x, w, *b, w_in_out=True), inputs, name="linear, w (in, out)")
+
+
 @checks("softmax", "log_softmax")
 @given(st.data(), small_shapes, seeds)
 def test_softmax_family(data, shape, seed):

@@ -297,6 +297,16 @@ def _dequantize(bits):
     return case
 
 
+def _linear(rng, spoil, backward):
+    """linear_forward / linear_backward's arguments, the weight in a layout drawn by rng: (OC, C),
+    or (C, OC) with w_in_out (GPT-2's Conv1D); x (2, 3, 6) with w (5, 6) or (6, 5)."""
+    in_out = bool(rng.integers(2))
+    w = Arr(spoil(normal(rng, *((6, 5) if in_out else (5, 6)))))
+    if backward:
+        return [Arr(spoil(normal(rng, 2, 3, 5))), Arr(spoil(normal(rng, 2, 3, 6))), w, True, in_out]
+    return [Arr(spoil(normal(rng, 2, 3, 6))), w, Arr(spoil(normal(rng, 5))), in_out]
+
+
 CASES = {
     "linear_q8_forward": _linear_quant(8), "linear_q4_forward": _linear_quant(4),
     "dequantize_q8": _dequantize(8), "dequantize_q4": _dequantize(4),
@@ -325,10 +335,8 @@ CASES = {
     "matmul_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 2, 3, 6))), Arr(spoil(normal(rng, 6, 5)))],
     "matmul_backward": lambda rng, spoil: [Arr(spoil(normal(rng, 2, 3, 5))), Arr(spoil(normal(rng, 2, 3, 6))),
                                            Arr(spoil(normal(rng, 6, 5)))],
-    "linear_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 2, 3, 6))), Arr(spoil(normal(rng, 5, 6))),
-                                          Arr(spoil(normal(rng, 5)))],
-    "linear_backward": lambda rng, spoil: [Arr(spoil(normal(rng, 2, 3, 5))), Arr(spoil(normal(rng, 2, 3, 6))),
-                                           Arr(spoil(normal(rng, 5, 6))), True],
+    "linear_forward": lambda rng, spoil: _linear(rng, spoil, False),
+    "linear_backward": lambda rng, spoil: _linear(rng, spoil, True),
     "softmax_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 3, 9), scale=3.0))],
     "softmax_backward": _softmax_backward("softmax_forward"),
     "log_softmax_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 3, 9), scale=3.0))],

@@ -153,21 +153,25 @@ def file_tensors(path):
     return {k: v.float().numpy() for k, v in load_file(os.path.join(path, "model.safetensors")).items()}
 
 
+@pytest.mark.parametrize("layout", [None, "out_in"])
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["gpt2", "qwen3", "qwen3-tied"])
-def test_the_loader_writes_every_weight_exactly_into_a_model_built_without_init(kind, dtype, tmp_path,
+def test_the_loader_writes_every_weight_exactly_into_a_model_built_without_init(kind, dtype, layout, tmp_path,
                                                                                  monkeypatch):
+    """layout None: the files' own (GPT-2's Conv1D matrices held (in, out), as stored);
+    "out_in": GPT-2's transposed on the way in."""
     path = hf_directory(kind, tmp_path / kind, dtype)
     monkeypatch.setattr(np.random, "default_rng", NoDraws)
-    model = load_pretrained(path)
+    model = load_pretrained(path, linear_layout=layout)
     monkeypatch.undo()
     assert model.uninitialized == set()
+    assert model.config.linear_layout == (layout or ("in_out" if kind == "gpt2" else "out_in"))
     ours = dict(model.named_parameters())
     for name, value in file_tensors(path).items():
         if name == "lm_head.weight" and model.config.tie_embeddings:
             continue
-        expected = value.T if kind == "gpt2" and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight")) \
-            else value
+        conv1d = kind == "gpt2" and name.endswith(("c_attn.weight", "c_proj.weight", "c_fc.weight"))
+        expected = value.T if conv1d and model.config.linear_layout == "out_in" else value
         got = ours[name].numpy()
         assert got.flags.c_contiguous and got.dtype == np.float32
         np.testing.assert_array_equal(got, expected, err_msg=name)

@@ -67,9 +67,11 @@ KERNELS = {
     # --- linear algebra ----------------------------------------------------------------------
     "matmul_forward":   ("matmul_forward(a, b) -> out", "a @ b, batched, batch dims broadcast"),
     "matmul_backward":  ("matmul_backward(dout, a, b) -> (da, db)", "gradients of a @ b, summed to each input's shape"),
-    "linear_forward":   ("linear_forward(x, w, b) -> out", "x @ w.T + b; x (..., C), w (OC, C), b (OC,) or None"),
-    "linear_backward":  ("linear_backward(dout, x, w, has_bias) -> (dx, dw, db)",
-                         "gradients of linear_forward; db None without bias"),
+    "linear_forward":   ("linear_forward(x, w, b, w_in_out) -> out",
+                         "x @ w.T + b; x (..., C), w (OC, C), b (OC,) or None; w_in_out: w stored (C, OC), "
+                         "x @ w + b (GPT-2's Conv1D layout)"),
+    "linear_backward":  ("linear_backward(dout, x, w, has_bias, w_in_out) -> (dx, dw, db)",
+                         "gradients of linear_forward, dw in w's own layout; db None without bias"),
     # --- fused transformer kernels --------------------------------------------------------
     "softmax_forward":      ("softmax_forward(x) -> out", "softmax over the last axis"),
     "softmax_backward":     ("softmax_backward(dout, out) -> dx", "out * (dout - sum(dout * out))"),

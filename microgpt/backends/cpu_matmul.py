@@ -94,34 +94,38 @@ def matmul_backward(dout, a, b):
     return _ref.sum_to_shape(da, a.shape), _ref.sum_to_shape(db, b.shape)
 
 
-def _linear_check(op, x, w, b=None):
+def _linear_check(op, x, w, b=None, w_in_out=False):
+    """(N, C, OC) of a linear layer: w is (OC, C), or (C, OC) with w_in_out."""
     check.min_ndim(op, "x", x, 1)
     check.min_ndim(op, "w", w, 2)
-    OC, C = w.shape[0], x.shape[-1]
-    check.shape(op, "w", w, (OC, C))
+    C = x.shape[-1]
+    OC = w.shape[-1] if w_in_out else w.shape[0]
+    check.shape(op, "w", w, (C, OC) if w_in_out else (OC, C))
     if b is not None:
         check.shape(op, "b", b, (OC,))
-    return x.size // C, C, OC
+    return int(np.prod(x.shape[:-1])), C, OC
 
 
-def linear_forward(x, w, b):
+def linear_forward(x, w, b, w_in_out=False):
+    w_in_out = check.flag("linear_forward", "w_in_out", w_in_out)
     is32 = check.floats("linear_forward", x=x, w=w, b=b)
-    N, C, OC = _linear_check("linear_forward", x, w, b)
+    N, C, OC = _linear_check("linear_forward", x, w, b, w_in_out)
     if not is32:
-        return _ref.linear_forward(x, w, b)
+        return _ref.linear_forward(x, w, b, w_in_out)
     out = np.empty(x.shape[:-1] + (OC,), dtype=x.dtype)
-    lib.linear_forward(_fp(out), _fp(x), _fp(w), _opt(b), N, C, OC)
+    lib.linear_forward(_fp(out), _fp(x), _fp(w), _opt(b), int(w_in_out), N, C, OC)
     return out
 
 
-def linear_backward(dout, x, w, has_bias):
+def linear_backward(dout, x, w, has_bias, w_in_out=False):
     has_bias = check.flag("linear_backward", "has_bias", has_bias)
+    w_in_out = check.flag("linear_backward", "w_in_out", w_in_out)
     is32 = check.floats("linear_backward", dout=dout, x=x, w=w)
-    N, C, OC = _linear_check("linear_backward", x, w)
+    N, C, OC = _linear_check("linear_backward", x, w, None, w_in_out)
     check.shape("linear_backward", "dout", dout, x.shape[:-1] + (OC,))
     if not is32:
-        return _ref.linear_backward(dout, x, w, has_bias)
-    dx, dw = np.empty(x.shape, dtype=x.dtype), np.empty((OC, C), dtype=x.dtype)
+        return _ref.linear_backward(dout, x, w, has_bias, w_in_out)
+    dx, dw = np.empty(x.shape, dtype=x.dtype), np.empty(w.shape, dtype=x.dtype)
     db = np.empty(OC, dtype=x.dtype) if has_bias else None
-    lib.linear_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), N, C, OC)
+    lib.linear_backward(_fp(dx), _fp(dw), _opt(db), _fp(dout), _fp(x), _fp(w), int(w_in_out), N, C, OC)
     return dx, dw, db

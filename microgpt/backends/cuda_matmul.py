@@ -6,7 +6,10 @@ with the transposes, the bias and the batch strides chosen here:
   one shared right matrix   a's batch folds into the rows: one (batch x M, K) @ (K, N);
   otherwise                 the batch runs on gridDim.z, stride 0 for an operand with one
                             matrix (broadcast, no copy), a broadcast copy for partial ones;
-  linear                    x @ w^T with B transposed and the bias in the epilogue;
+  linear                    x @ w^T with B transposed and the bias in the epilogue, or for a
+                            weight stored (in, out) (w_in_out, GPT-2's Conv1D) x @ w with B
+                            as it is: the gemm reads either operand transposed, so the
+                            second layout needs no kernel of its own;
   backward                  da = dout @ b^T and db = a^T @ dout as transposed products,
                             summed to each input's shape.
 
@@ -116,39 +119,54 @@ def _batched_tn(a, dout, sa, batch, m, k, n):
     return db
 
 
-def linear_forward(x, w, b):
-    # out = x @ w^T + b: one gemm with B transposed and the bias added in its epilogue
+def _linear_sizes(op, x, w, w_in_out):
+    """(OC, C) of a linear layer: w is (OC, C), or (C, OC) with w_in_out."""
+    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[0 if w_in_out else 1]:
+        raise ShapeError(f"{op}: input {x.shape} does not fit weight {w.shape} "
+                         f"({'in, out' if w_in_out else 'out, in'})")
+    return (w.shape[1], w.shape[0]) if w_in_out else w.shape
+
+
+def linear_forward(x, w, b, w_in_out=False):
+    # out = x @ w^T + b: one gemm with B transposed and the bias added in its epilogue;
+    # w_in_out (w stored (C, OC)): the same gemm with B as it is
     x, w = on_device(x), on_device(w)
     require_f32("linear_forward", x, w)
-    if w.ndim != 2 or x.ndim < 1 or x.shape[-1] != w.shape[1]:
-        raise ShapeError(f"linear_forward: input {x.shape} does not fit weight {w.shape}")
+    w_in_out = bool(w_in_out)
+    oc, c = _linear_sizes("linear_forward", x, w, w_in_out)
     if b is not None:
         b = on_device(b)
         require_f32("linear_forward", b)
-        if b.shape != (w.shape[0],):
+        if b.shape != (oc,):
             raise ShapeError(f"linear_forward: bias {b.shape} does not fit weight {w.shape}")
-    rows, (oc, c) = math.prod(x.shape[:-1]), w.shape
+    rows = math.prod(x.shape[:-1])
     out = empty(x.shape[:-1] + (oc,), np.float32)
     if out.size == 0:
         return out
     if c == 0:
         return broadcast_to(b, out.shape) if b is not None else zeros(out.shape, np.float32)
-    _gemm(out, x, w, b, rows, oc, c, 0, 1)
+    _gemm(out, x, w, b, rows, oc, c, 0, 0 if w_in_out else 1)
     return out
 
 
-def linear_backward(dout, x, w, has_bias):
-    # dx = dout @ w,  dw = dout^T @ x over all rows,  db = column sums of dout
+def linear_backward(dout, x, w, has_bias, w_in_out=False):
+    # w (OC, C):            dx = dout @ w,    dw = dout^T @ x over all rows
+    # w_in_out, w (C, OC):  dx = dout @ w^T,  dw = x^T @ dout (in w's own layout)
+    # db = column sums of dout
     dout, x, w = on_device(dout), on_device(x), on_device(w)
     require_f32("linear_backward", dout, x, w)
-    oc, c = w.shape
+    w_in_out = bool(w_in_out)
+    oc, c = _linear_sizes("linear_backward", x, w, w_in_out)
     rows = math.prod(x.shape[:-1])
     if dout.shape != x.shape[:-1] + (oc,):
         raise ShapeError(f"linear_backward: dout {dout.shape} does not fit input {x.shape}, weight {w.shape}")
     dx = empty(x.shape, np.float32)
-    dw = empty((oc, c), np.float32)
+    dw = empty(w.shape, np.float32)
     if rows == 0 or oc == 0 or c == 0:
-        dx, dw = zeros(x.shape, np.float32), zeros((oc, c), np.float32)
+        dx, dw = zeros(x.shape, np.float32), zeros(w.shape, np.float32)
+    elif w_in_out:
+        _gemm(dx, dout, w, None, rows, c, oc, 0, 1)
+        _gemm(dw, x, dout, None, c, oc, rows, 1, 0)
     else:
         _gemm(dx, dout, w, None, rows, c, oc, 0, 0)
         _gemm(dw, dout, x, None, oc, c, rows, 1, 0)

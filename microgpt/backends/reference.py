@@ -196,20 +196,31 @@ def matmul_backward(dout, a, b):
     return sum_to_shape(da, a.shape), sum_to_shape(db, b.shape)
 
 
-def linear_forward(x, w, b):
+def linear_forward(x, w, b, w_in_out=False):
     # out = x @ w^T + b,  x (..., C), w (OC, C)  ->  out (..., OC)
-    out = np.matmul(x, w.T)
+    # w_in_out: the same map with w stored (C, OC), its transpose (GPT-2's Conv1D), so
+    # out = x @ w + b. Which of the two matrices is "the weight" is only a storage choice.
+    out = np.matmul(x, w if w_in_out else w.T)
     if b is not None:
         out += b
     return out
 
 
-def linear_backward(dout, x, w, has_bias):
-    # dx = dout @ w,  dw = dout^T @ x (over all rows),  db = sum of dout rows
+def linear_backward(dout, x, w, has_bias, w_in_out=False):
+    # out[n, o] = sum_c x[n, c] W[o, c] + b[o] with W (OC, C) the map, so
+    #   dx[n, c] = sum_o dout[n, o] W[o, c]   ->  dx = dout @ W
+    #   dW[o, c] = sum_n dout[n, o] x[n, c]   ->  dW = dout^T @ x (over all rows)
+    #   db[o]    = sum_n dout[n, o]
+    # w_in_out stores W^T, and dw comes out in w's own layout, (C, OC): dw = x^T @ dout,
+    # dx = dout @ w^T. So an optimizer, clipping and checkpoints see one layout per parameter.
     rows_out = dout.reshape(-1, dout.shape[-1])
     rows_x = x.reshape(-1, x.shape[-1])
-    dx = np.matmul(dout, w)
-    dw = rows_out.T @ rows_x
+    if w_in_out:
+        dx = np.matmul(dout, w.T)
+        dw = rows_x.T @ rows_out
+    else:
+        dx = np.matmul(dout, w)
+        dw = rows_out.T @ rows_x
     db = rows_out.sum(axis=0) if has_bias else None
     return dx, dw, db
 

@@ -54,7 +54,9 @@ class LoRALinear(Module):
     def __init__(self, base, rank, alpha, dropout=0.0, rng=None, use_rslora=False):
         if not isinstance(rank, int) or rank < 1:
             raise ConfigError(f"LoRA rank must be a positive integer, got {rank!r}")
-        out_features, in_features = base.weight.shape
+        # the base's layout, (out, in) or GPT-2 Conv1D's (in, out) (nn/layers.py): kept as it is
+        self.weight_layout = getattr(base, "weight_layout", "out_in")
+        out_features, in_features = base.weight.shape[::-1] if self.weight_layout == "in_out" else base.weight.shape
         rng = rng if rng is not None else np.random.default_rng(0)
         self.weight, self.bias = base.weight, base.bias       # the base's Parameters, frozen
         self.weight.requires_grad = False
@@ -78,9 +80,9 @@ class LoRALinear(Module):
 
     def base_forward(self, x):
         if self.quantized is not None:
-            weight = Tensor.wrap(self.quantized.dequantize(x.backend, x.dtype))
+            weight = Tensor.wrap(self.quantized.dequantize(x.backend, x.dtype))    # (out, in)
             return ops.linear(x, weight, self.bias)
-        return ops.linear(x, self.weight, self.bias)
+        return ops.linear(x, self.weight, self.bias, self.weight_layout == "in_out")
 
     def forward(self, x):
         y = self.base_forward(x)
@@ -108,6 +110,7 @@ class LoRALinear(Module):
 
     def _add(self, change):
         w = self.weight
+        change = change.T if self.weight_layout == "in_out" else change      # into W's own layout
         w.data = w.backend.asarray(w.numpy() + change, w.dtype)
 
 

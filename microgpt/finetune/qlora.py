@@ -55,7 +55,7 @@ class Int8Linear(Module):
     """A frozen Linear whose weight is an Int8Weight (its bias, if any, a frozen Parameter)."""
 
     def __init__(self, linear):
-        self.quantized = Int8Weight.quantize(linear.weight.numpy())
+        self.quantized = Int8Weight.quantize(out_in(linear))
         self.bias = linear.bias
         if self.bias is not None:
             self.bias.requires_grad = False
@@ -63,6 +63,12 @@ class Int8Linear(Module):
     def forward(self, x):
         weight = Tensor.wrap(self.quantized.dequantize(x.backend, x.dtype))
         return ops.linear(x, weight, self.bias)
+
+
+def out_in(linear):
+    """A Linear's (or LoRA base's) weight as a host (out, in) array, whichever layout it holds."""
+    weight = linear.weight.numpy()
+    return weight.T if getattr(linear, "weight_layout", "out_in") == "in_out" else weight
 
 
 def quantize_model(model):
@@ -74,7 +80,7 @@ def quantize_model(model):
             continue
         if isinstance(module, LoRALinear) and module.quantized is None:
             before += module.weight.numpy().nbytes
-            module.quantized = Int8Weight.quantize(module.weight.numpy())
+            module.quantized = Int8Weight.quantize(out_in(module))
             module.weight = None                 # the float base is gone: int8 only
             after += module.quantized.nbytes
         elif type(module) is Linear and not module.weight.requires_grad and \

@@ -28,6 +28,7 @@ listed, so a new option cannot silently decode differently from GPT.forward):
   - qk_norm: the same rms_norm kernel on the (B, T, n, HS) view, before RoPE;
   - rope_theta, rope_scaling: only the rotary tables, which are the model's own;
   - sliding_window: GPTConfig accepts only windows that hold the whole context;
+  - linear_layout: each Linear's weight goes to linear_forward with its layout flag (_wb);
   - dropout: off, since the model is in eval mode.
 """
 import numpy as np
@@ -41,7 +42,7 @@ from ..nn import (GPT, MLP, Block, CausalSelfAttention, Embedding, KVCache, Laye
 CONFIG_FIELDS = frozenset({
     "family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
     "mlp_hidden", "dropout", "bias", "tie_embeddings", "norm_eps", "rope_theta", "head_dim",
-    "qkv_bias", "attn_out_bias", "qk_norm", "rope_scaling", "sliding_window"})
+    "qkv_bias", "attn_out_bias", "qk_norm", "rope_scaling", "sliding_window", "linear_layout"})
 
 
 def _plain(module, cls):
@@ -197,4 +198,5 @@ def _data(param):
 
 
 def _wb(linear):
-    return linear.weight.data, _data(linear.bias)
+    """linear_forward's arguments after x: weight, bias, and whether the weight is (in, out)."""
+    return linear.weight.data, _data(linear.bias), linear.weight_layout == "in_out"

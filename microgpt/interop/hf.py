@@ -25,10 +25,14 @@ Loading happens in two passes, so that a bad directory fails before anything is 
        - a float32 tensor stored in our layout becomes its parameter's array as it is: a
          view of a private copy-on-write mapping of the file (hf_safetensors.mapped), as
          transformers loads. Nothing is copied; its pages come from the page cache when
-         first used, and a write (training) copies only the page it touches;
-       - any other (float16 / bfloat16, GPT-2's transposed Conv1D, a float64 model) is
-         read (not mapped) a strip of rows at a time into one small buffer and written from
-         there into its parameter's array, widened and transposed on the way (read_into).
+         first used, and a write (training) copies only the page it touches. The model is
+         built in the file's layout (GPTConfig.linear_layout "in_out" for GPT-2, whose
+         Conv1D matrices are stored (in, out); hf_config.py), so that is every tensor of a
+         float32 checkpoint of any family;
+       - any other (float16 / bfloat16, a float64 model, or a GPT-2 loaded with
+         linear_layout="out_in", whose Conv1D matrices must be transposed) is read (not
+         mapped) a strip of rows at a time into one small buffer and written from there
+         into its parameter's array, widened and transposed on the way (read_into).
      No tensor is ever copied twice or held in a temporary, so a load's peak is the model's
      float32 size once, plus a strip: the model is never held twice. Every parameter must
      have been written; the model says which was not. A mapped file must not be rewritten
@@ -42,6 +46,7 @@ and the directory, then renames it into place: a reader sees the old directory o
 complete new one. transformers' AutoModelForCausalLM loads the result with no missing or
 unexpected keys (tests/test_interop_hf.py checks it, and that the logits agree).
 """
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -52,6 +57,7 @@ from ..errors import CheckpointError, ConfigError
 from .. import fileio
 from ..fileio import fsync_dir, write_json
 from ..nn import GPT
+from ..nn.layers import WEIGHT_LAYOUTS
 from . import hf_names
 from .hf_config import gpt_config_from_hf, generation_from_hf, generation_to_hf, hf_config_from_gpt
 from .hf_safetensors import SafetensorsReader, write_safetensors
@@ -80,22 +86,31 @@ def read_json_object(path, what):
 
 # --- loading -------------------------------------------------------------------------------------
 
-def load_pretrained(path, dtype=np.float32, device="cpu", block_size=None):
+def load_pretrained(path, dtype=np.float32, device="cpu", block_size=None, linear_layout=None):
     """The GPT of Hugging Face directory `path` (eval mode), its weights as `dtype`;
-    block_size caps a Llama-family context (hf_config.gpt_config_from_hf)."""
-    return load_hf_directory(path, dtype, device, tokenizer=False, block_size=block_size).model
+    block_size caps a Llama-family context (hf_config.gpt_config_from_hf); linear_layout
+    (see load_hf_directory)."""
+    return load_hf_directory(path, dtype, device, tokenizer=False, block_size=block_size,
+                             linear_layout=linear_layout).model
 
 
-def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, block_size=None):
+def load_hf_directory(path, dtype=np.float32, device="cpu", tokenizer=True, block_size=None,
+                      linear_layout=None):
     """Pretrained(model, tokenizer, generation, hf_config) of Hugging Face directory `path`.
     tokenizer: True reads tokenizer.json if there is one, "required" refuses a directory
-    without one (before the weights are read), False skips it."""
+    without one (before the weights are read), False skips it. linear_layout: None builds
+    the model in the files' layout (nothing transposed: GPT-2 "in_out"); "out_in" or
+    "in_out" asks for that one (GPT-2 in "out_in": its Conv1D matrices copied transposed)."""
     if not os.path.isdir(path):
         raise CheckpointError(f"{path}: no such directory; give a Hugging Face model directory "
                               f"(config.json and model.safetensors)")
     config_path = os.path.join(path, CONFIG_FILE)
     hf = read_json_object(config_path, "config.json")
     config = gpt_config_from_hf(hf, config_path, block_size)
+    if linear_layout is not None:
+        if linear_layout not in WEIGHT_LAYOUTS:
+            raise ConfigError(f"linear_layout must be one of {WEIGHT_LAYOUTS} or None, got {linear_layout!r}")
+        config = dataclasses.replace(config, linear_layout=linear_layout)
     generation = read_generation(path, hf)
     our_tokenizer = load_tokenizer(path) if tokenizer else None
     if tokenizer == "required" and our_tokenizer is None:
@@ -225,10 +240,11 @@ class TensorMatch:
 
 def pair_tensors(shapes, config, readers):
     """TensorMatch of the files' tensors against parameters {our name: shape} of a model of
-    GPTConfig `config`: by name (hf_names.our_name), then shape in the file's layout (GPT-2's
-    Conv1D matrices transposed), then dtype. Reads no tensor data except, for a tied model
-    whose file has an lm_head.weight anyway, that tensor and the embedding (compared)."""
-    family = config.family
+    GPTConfig `config`: by name (hf_names.our_name), then shape in the file's layout (a
+    matrix whose layout is not the model's, hf_names.is_transposed, transposed), then dtype.
+    Reads no tensor data except, for a tied model whose file has an lm_head.weight anyway,
+    that tensor and the embedding (compared)."""
+    family, layout = config.family, config.linear_layout
     rows, found, conflicts, lm_head = [], {}, [], None
     for reader in readers:
         for name, info in reader.tensors.items():
@@ -246,7 +262,7 @@ def pair_tensors(shapes, config, readers):
                 rows.append((reader, name, ours, "duplicate"))
                 continue
             expected = tuple(shapes[ours])
-            stored = tuple(reversed(expected)) if hf_names.is_transposed(ours, family) else expected
+            stored = tuple(reversed(expected)) if hf_names.is_transposed(ours, family, layout) else expected
             status = "ok"
             if info.shape != stored:
                 status = "shape"
@@ -302,16 +318,16 @@ def _load(model, plan):
     """Give each planned tensor to its parameter, one at a time (the second pass): the file's
     own bytes where they are already what the parameter holds, else written into its array.
     Then check that none was left uninitialized."""
-    family = model.config.family
+    family, layout = model.config.family, model.config.linear_layout
     params = dict(model.named_parameters())
     for ours, reader, name in plan:
         param = params[ours]
-        transposed = hf_names.is_transposed(ours, family)
+        transposed = hf_names.is_transposed(ours, family, layout)
         mapped = None if transposed or param.dtype != np.float32 else reader.mapped(name)
         if mapped is not None:
             param.data = mapped                              # the file's bytes: nothing copied
         else:
-            target = hf_names.to_hf_layout(ours, param.data, family)   # a view, in the file's layout
+            target = hf_names.to_hf_layout(ours, param.data, family, layout)   # a view, in the file's layout
             reader.read_into(name, target)
         param.zero_grad()
         model.mark_initialized([ours])
@@ -350,12 +366,13 @@ class _Lazy:
     """A parameter fetched to the host only when the writer reaches it (one tensor at a time,
     also for a model on the GPU)."""
 
-    def __init__(self, name, param, family):
-        self.name, self.param, self.family = name, param, family
-        self.shape = tuple(reversed(param.shape)) if hf_names.is_transposed(name, family) else param.shape
+    def __init__(self, name, param, family, layout):
+        self.name, self.param, self.family, self.layout = name, param, family, layout
+        transposed = hf_names.is_transposed(name, family, layout)
+        self.shape = tuple(reversed(param.shape)) if transposed else param.shape
 
     def __array__(self, dtype=None, copy=None):
-        array = hf_names.to_hf_layout(self.name, self.param.numpy(), self.family)
+        array = hf_names.to_hf_layout(self.name, self.param.numpy(), self.family, self.layout)
         return array if dtype is None else array.astype(dtype)
 
 
@@ -374,8 +391,8 @@ def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overw
     bos, eos = generation.get("bos_token_id", bos), generation.get("eos_token_id", eos)
     model.check_initialized("export_hf")
     hf = hf_config_from_gpt(model.config, bos, eos, dtype)     # before any file: may refuse
-    family = model.config.family
-    tensors = {name: _Lazy(name, p, family) for name, p in model.named_parameters()}
+    family, layout = model.config.family, model.config.linear_layout
+    tensors = {name: _Lazy(name, p, family, layout) for name, p in model.named_parameters()}
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")

@@ -27,6 +27,8 @@ The key names of each model_type (transformers' own, as its save_pretrained writ
                                             qwen2: q, k, v only; qwen3: attention_bias;
                                             mistral: none
     qk_norm         -                       qwen3 only
+    linear_layout   "in_out" (Conv1D)       "out_in" (nn.Linear): the layout the files store
+                                            the blocks' matrices in, so they load uncopied
     sliding_window  -                       mistral: sliding_window (absent: 4096);
                                             qwen2/3: only with use_sliding_window, and only
                                             if every layer slides (layer_types); GPTConfig
@@ -40,8 +42,8 @@ file read here means what it means to transformers. A key of the wrong type, a v
 engine cannot run (an activation, a rope type, a per-layer sliding window), or an unknown
 model_type is a one-line error naming the key and the file.
 
-The fields head_dim, qkv_bias, attn_out_bias, qk_norm, rope_scaling and sliding_window are
-passed to GPTConfig only when they differ from their defaults, so a plain Llama or GPT-2
+The fields head_dim, qkv_bias, attn_out_bias, qk_norm, rope_scaling, sliding_window and
+linear_layout are passed to GPTConfig only when they differ from their defaults, so a plain Llama or GPT-2
 maps onto any version of GPTConfig; one that needs a field GPTConfig does not have is
 refused by name.
 """
@@ -62,7 +64,7 @@ ROPE_TYPES = {"default": (), "linear": ("factor",),
                          "original_max_position_embeddings")}
 # The optional GPTConfig fields and the value that means "off" (see the header).
 OPTIONAL_FIELDS = {"head_dim": None, "qkv_bias": None, "attn_out_bias": None, "qk_norm": False,
-                   "rope_scaling": None, "sliding_window": None}
+                   "rope_scaling": None, "sliding_window": None, "linear_layout": "out_in"}
 REQUIRED = object()
 
 
@@ -183,7 +185,8 @@ def _gpt2(keys):
             "mlp_hidden": keys.get("n_inner", "size", None) or 4 * n_embd,
             "norm_eps": keys.get("layer_norm_epsilon", "positive", 1e-5),
             "dropout": keys.get("resid_pdrop", "float", 0.1),
-            "tie_embeddings": keys.get("tie_word_embeddings", "bool", True), "bias": True}
+            "tie_embeddings": keys.get("tie_word_embeddings", "bool", True), "bias": True,
+            "linear_layout": "in_out"}
 
 
 def _llama_family(keys, model_type):

@@ -57,7 +57,7 @@ CONFIG_DTYPES = {"float32": "F32", "float16": "F16", "bfloat16": "BF16", "float6
 # The GPTConfig fields a reader needs to recognize an architecture, in print order.
 ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_embd", "n_head", "n_kv_head", "head_dim",
                 "mlp_hidden", "norm_eps", "tie_embeddings", "bias", "qkv_bias", "attn_out_bias",
-                "qk_norm", "rope_theta", "rope_scaling", "sliding_window", "dropout")
+                "qk_norm", "rope_theta", "rope_scaling", "sliding_window", "dropout", "linear_layout")
 LLAMA_ONLY = ("qk_norm", "rope_theta", "rope_scaling", "sliding_window")
 STATUS_WORDS = {"ok": "", "shape": "WRONG SHAPE", "dtype": "NOT A FLOAT", "duplicate": "DUPLICATE",
                 "tied": "tied head", "buffer": "buffer (recomputed)", "unexpected": "UNEXPECTED",
@@ -192,7 +192,8 @@ class Report:
         body = []
         for r in self.rows:
             ours = "=" if r.ours and r.ours == r.name else (r.ours or "-")
-            if r.ours and self.config is not None and hf_names.is_transposed(r.ours, self.config.family):
+            if r.ours and self.config is not None and hf_names.is_transposed(r.ours, self.config.family,
+                                                                            self.config.linear_layout):
                 ours += " (transposed)"
             status = STATUS_WORDS.get(r.status, r.status)
             if r.nan or r.inf:
@@ -299,8 +300,10 @@ def _our_config(report, hf, config_path):
         return config
     theirs = gpt_config_from_hf({k: v for k, v in hf.items() if k != "microgpt"}, config_path).to_dict()
     ours = config.to_dict()
+    # dropout is training's, linear_layout how our Linear stores the same matrices: neither
+    # changes the model transformers would load
     differ = [f"{k} {theirs[k]!r} vs {ours[k]!r}" for k in ours
-              if k != "dropout" and k in theirs and theirs[k] != ours[k]]
+              if k not in ("dropout", "linear_layout") and k in theirs and theirs[k] != ours[k]]
     if differ:
         report.problem("config", f"{config_path}: its Hugging Face keys and its 'microgpt' key describe "
                                  f"different models ({'; '.join(differ)}): transformers would load "

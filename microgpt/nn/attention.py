@@ -204,19 +204,23 @@ class KVCache:
 class CausalSelfAttention(Module):
     def __init__(self, config, rng, proj_std, dtype=np.float32, init=True):
         c, hs = config.n_embd, config.head_size
+        layout = config.linear_layout           # (out, in), or GPT-2 Conv1D's (in, out): layers.py
         self.n_head, self.n_kv_head, self.head_size = config.n_head, config.n_kv_head, hs
         self.family = config.family
         if config.family == "gpt2":
             self.c_attn = Linear(c, (self.n_head + 2 * self.n_kv_head) * hs, config.qkv_bias, rng, dtype=dtype,
-                                 init=init)
+                                 init=init, weight_layout=layout)
             self.c_proj = Linear(self.n_head * hs, c, config.attn_out_bias, rng, std=proj_std, dtype=dtype,
-                                 init=init)
+                                 init=init, weight_layout=layout)
         else:
-            self.q_proj = Linear(c, self.n_head * hs, config.qkv_bias, rng, dtype=dtype, init=init)
-            self.k_proj = Linear(c, self.n_kv_head * hs, config.qkv_bias, rng, dtype=dtype, init=init)
-            self.v_proj = Linear(c, self.n_kv_head * hs, config.qkv_bias, rng, dtype=dtype, init=init)
+            self.q_proj = Linear(c, self.n_head * hs, config.qkv_bias, rng, dtype=dtype, init=init,
+                                 weight_layout=layout)
+            self.k_proj = Linear(c, self.n_kv_head * hs, config.qkv_bias, rng, dtype=dtype, init=init,
+                                 weight_layout=layout)
+            self.v_proj = Linear(c, self.n_kv_head * hs, config.qkv_bias, rng, dtype=dtype, init=init,
+                                 weight_layout=layout)
             self.o_proj = Linear(self.n_head * hs, c, config.attn_out_bias, rng, std=proj_std, dtype=dtype,
-                                 init=init)
+                                 init=init, weight_layout=layout)
             if config.qk_norm:                                       # Qwen3's names
                 self.q_norm = RMSNorm(hs, config.norm_eps, dtype)
                 self.k_norm = RMSNorm(hs, config.norm_eps, dtype)

@@ -28,7 +28,8 @@ The Llama family's options cover the models built like it, each one field of GPT
                    ConfigError until the attention kernels take one
 
 Parameter names follow each family's Hugging Face checkpoints, so real weights map by name
-(GPT-2's Conv1D weights are the transpose of our Linear's). Initialization is GPT-2's:
+(GPT-2's Conv1D weights are the transpose of our default Linear's; linear_layout="in_out"
+stores the blocks' matrices as Conv1D does, which a GPT-2 checkpoint loads into). Initialization is GPT-2's:
 N(0, 0.02), with the residual output projections scaled by 1/sqrt(2 L) so the residual
 stream's variance does not grow with depth.
 
@@ -47,7 +48,7 @@ from .. import ops_fused
 from ..errors import ConfigError, ShapeError
 from ..tensor import Tensor
 from .attention import CausalSelfAttention, KVCache, RotaryTables, positions_from_segments, rope_scaling_type
-from .layers import INIT_STD, MLP, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
+from .layers import INIT_STD, MLP, WEIGHT_LAYOUTS, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
 from .module import Module, ModuleList
 
 FAMILIES = ("gpt2", "llama")
@@ -76,6 +77,11 @@ class GPTConfig:
     qk_norm: bool = False              # RMSNorm over head_dim on each head of q and k (Qwen3)
     rope_scaling: Optional[dict] = None    # Hugging Face's dict; None: unscaled (attention.py)
     sliding_window: Optional[int] = None   # Mistral's window; None: full causal attention
+    # How the blocks' Linear weights are stored (layers.py): "out_in", (out, in) as PyTorch's
+    # Linear; or "in_out", (in, out), the layout of GPT-2's Conv1D, which a GPT-2 checkpoint
+    # loads into without a copy. The same model either way; the LM head is the embedding's
+    # layout, (V, C), in both.
+    linear_layout: str = "out_in"
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -114,6 +120,8 @@ class GPTConfig:
         else:
             self._refuse_llama_options()
         self._check_sliding_window()
+        if self.linear_layout not in WEIGHT_LAYOUTS:
+            raise ConfigError(f"linear_layout must be one of {WEIGHT_LAYOUTS}, got {self.linear_layout!r}")
 
     def _refuse_llama_options(self):
         """GPT-2's block has one fused c_attn, learned positions and heads of n_embd / n_head."""
@@ -168,13 +176,13 @@ class Block(Module):
             self.attn = attn
             self.ln_2 = LayerNorm(config.n_embd, config.bias, config.norm_eps, dtype)
             self.mlp = MLP(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std, dtype,
-                           init)
+                           init, config.linear_layout)
         else:
             self.input_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
             self.self_attn = attn
             self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
             self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std,
-                              dtype, init)
+                              dtype, init, config.linear_layout)
 
     def forward(self, x, rotary=None, cache=None, layer=0, segment_ids=None):
         if self.family == "gpt2":

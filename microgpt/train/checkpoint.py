@@ -239,7 +239,8 @@ def save(run_dir, checkpoint, keep=3):
     eot = c.tokenizer.eot_id
     writers = {
         "config.json": lambda p: write_json(p, hf_config(c.gpt, eot)),
-        "model.safetensors": lambda p: save_tensors(p, to_hf_tensors(c.weights, c.gpt["family"]),
+        "model.safetensors": lambda p: save_tensors(p, to_hf_tensors(c.weights, c.gpt["family"],
+                                                                     c.gpt.get("linear_layout", "out_in")),
                                                     {"format": "pt"}),
         TOKENIZER_FILE: c.tokenizer.save,
         "generation_config.json": lambda p: write_json(p, {"bos_token_id": eot,
@@ -368,7 +369,7 @@ def load(path, training_state=True):
         raise CheckpointError(f"{path}/config.json: no 'microgpt' model config; not a microgpt "
                               f"checkpoint")
     weights = from_hf_tensors(load_tensors(os.path.join(path, "model.safetensors")),
-                              gpt["family"])
+                              gpt["family"], gpt.get("linear_layout", "out_in"))
     tokenizer = Tokenizer.load(os.path.join(path, TOKENIZER_FILE))
     rows = gpt.get("vocab_size")
     if not isinstance(rows, int) or tokenizer.vocab_size > rows:    # fewer: padded rows (Qwen)
