@@ -11,6 +11,8 @@
     microgpt chat RUN [--message TEXT]            a REPL on a fine-tuned model
     microgpt data synth --task arithmetic -o DIR   synthetic instruction tasks
     microgpt eval RUN --tasks FORMAT=PATH | --perplexity TEXT   (and `eval score`)
+    microgpt quantize RUN --scheme int8|int4 [--group 32]   weight-only int8 / int4 (quantize/)
+    microgpt export-gguf RUN --type f32|f16|q8_0|q4_0 --out FILE   for llama.cpp
 
 Each command group registers its flags in one `_add_<group>` function below and hands the
 parsed namespace to a `_run_<group>` function that imports the library lazily, so
@@ -612,6 +614,37 @@ def _read_text(path):
                              f"byte {exc.start}); convert it to UTF-8 first") from None
 
 
+def _add_compress(sub):
+    """`microgpt quantize` and `microgpt export-gguf` (microgpt/quantize/, interop/gguf_export.py)."""
+    p = _leaf(sub, "quantize", _run_quantize, help="quantize a model's Linear weights to int8 or int4",
+              description="Weight-only quantization of every Linear of RUN's newest checkpoint: int8 "
+                          "(absmax, per output channel, or groups) or int4 (groups of 32/64/128, "
+                          "Q4_0's layout). Writes a checkpoint directory that generate/eval read.")
+    p.add_argument("run_dir", metavar="RUN", help="a run or checkpoint directory")
+    p.add_argument("--scheme", required=True, choices=("int8", "int4"))
+    p.add_argument("--group", type=_int(1), default=None,
+                   help="inputs per scale (int8 default: the whole row; int4 default 32); must divide "
+                        "each layer's inputs (no padding), int4 groups a multiple of 32")
+    p.add_argument("--head", action="store_true", help="quantize the LM head too (default: float32)")
+    p.add_argument("--out", default=None, help="the new directory (default RUN-SCHEME[-gGROUP])")
+    p = _leaf(sub, "export-gguf", _run_export_gguf, help="write a model as a GGUF file for llama.cpp",
+              description="GPT-2 and Llama-family models, tokenizer included. q8_0/q4_0 store the blocks' "
+                          "Linear weights in GGUF's Q8_0/Q4_0 blocks (embeddings and head float32).")
+    p.add_argument("run_dir", metavar="RUN", help="a run, checkpoint or quantized directory")
+    p.add_argument("--type", default="f32", choices=("f32", "f16", "q8_0", "q4_0"))
+    p.add_argument("--out", required=True, help="the .gguf file to write")
+
+
+def _run_quantize(args):
+    from .quantize.commands import run_quantize
+    return run_quantize(args)
+
+
+def _run_export_gguf(args):
+    from .quantize.commands import run_export_gguf
+    return run_export_gguf(args)
+
+
 def _add_serve(sub):
     """`microgpt serve` (microgpt/serve/)."""
     p = _leaf(sub, "serve", _run_serve,
@@ -653,6 +686,7 @@ def build_parser():
     _add_finetune(sub)
     _add_eval(sub)
     _add_serve(sub)
+    _add_compress(sub)
     _name_the_choices(sub)
     return parser
 

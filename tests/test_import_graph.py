@@ -37,7 +37,7 @@ LAYERS = [
                     "microgpt.gradcheck"]),
     ("nn", ["microgpt.nn"]),
     ("data/tokenizer", ["microgpt.data", "microgpt.tokenizer"]),
-    ("train/inference", ["microgpt.train", "microgpt.inference", "microgpt.interop"]),
+    ("train/inference", ["microgpt.train", "microgpt.inference", "microgpt.interop", "microgpt.quantize"]),
     ("cli", ["microgpt.cli", "microgpt.__main__", "microgpt"]),
 ]
 
