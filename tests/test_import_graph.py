@@ -38,6 +38,7 @@ LAYERS = [
     ("nn", ["microgpt.nn"]),
     ("data/tokenizer", ["microgpt.data", "microgpt.tokenizer"]),
     ("train/inference", ["microgpt.train", "microgpt.inference", "microgpt.interop", "microgpt.quantize"]),
+    ("finetune", ["microgpt.finetune"]),          # SFT on the trainer, LoRA, chat
     ("eval", ["microgpt.eval"]),
     ("cli", ["microgpt.cli", "microgpt.__main__", "microgpt"]),
 ]
