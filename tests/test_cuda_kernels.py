@@ -341,6 +341,33 @@ def test_attention(cu, monkeypatch, rung, b, nh, nkv, tq, tk, hs):
         close(cu, g, r, name=name)
 
 
+# Document masking: (lengths of the documents, padding -1 at the end, B, NH, NKV, HS); the same
+# row in every batch row but the last, which is reversed. Crosses and misses the 64 x 64 tiles.
+# (Documents of one token have dq = 0 exactly, all rounding: a longer one gives dq its norm.)
+SEGMENTED = [([1] * 30 + [40], 0, 1, 2, 1, 8), ([150], 0, 2, 2, 2, 16), ([5, 64, 1, 30, 63, 2], 5, 2, 6, 2, 17),
+             ([64, 64, 64], 0, 1, 2, 1, 64), ([2, 1, 3], 1, 2, 4, 2, 3), ([40, 7], 50, 1, 3, 1, 128)]
+
+
+@pytest.mark.parametrize("rung", ["v2_flash", "v1_naive"])
+@pytest.mark.parametrize("lengths,pad,b,nh,nkv,hs", SEGMENTED)
+def test_attention_with_segments(cu, monkeypatch, rung, lengths, pad, b, nh, nkv, hs):
+    monkeypatch.setattr(cuda, "ATTENTION", rung)
+    row = np.concatenate([np.repeat(np.arange(len(lengths)), lengths), np.full(pad, -1)])
+    seg = np.repeat(row[None], b, axis=0)
+    seg[-1] = seg[-1][::-1]
+    t = seg.shape[1]
+    rng = np.random.default_rng(17)
+    q, k, v, dout = rand(rng, b, nh, t, hs), rand(rng, b, nkv, t, hs), rand(rng, b, nkv, t, hs), rand(rng, b, nh, t, hs)
+    out, lse = ref.attention_forward(q, k, v, seg)
+    got_out, got_lse = cu.attention_forward(dev(cu, q), dev(cu, k), dev(cu, v), seg)
+    close(cu, got_out, out, name="out")
+    close(cu, got_lse, lse, name="lse")
+    want = ref.attention_backward(dout, q, k, v, out, lse, seg)
+    got = cu.attention_backward(dev(cu, dout), dev(cu, q), dev(cu, k), dev(cu, v), got_out, got_lse, seg)
+    for g, r, name in zip(got, want, ("dq", "dk", "dv")):
+        close(cu, g, r, name=name)
+
+
 def test_adamw(cu):
     CHECKED.add("adamw_update")
     rng = np.random.default_rng(16)
