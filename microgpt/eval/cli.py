@@ -12,8 +12,8 @@ def _read_lines(path):
 
 
 def run_score(args):
-    """BLEU and ROUGE of two line-aligned files, no model."""
-    from . import bleu, rouge
+    """BLEU, chrF and ROUGE of two line-aligned files, no model."""
+    from . import bleu, chrf, rouge
     if not args.hyp or not args.ref:
         raise ConfigError("eval score needs --hyp FILE and at least one --ref FILE")
     hyps = _read_lines(args.hyp)
@@ -22,10 +22,10 @@ def run_score(args):
         if len(stream) != len(hyps):
             raise ConfigError(f"{path} has {len(stream)} lines but {args.hyp} has {len(hyps)}; "
                               f"the files must be line-aligned")
-    result = {"bleu": bleu.corpus_bleu(hyps, refs).score,
+    result = {"bleu": bleu.corpus_bleu(hyps, refs).score, "chrf": chrf.corpus_chrf(hyps, refs).score,
               **{k: v for k, v in rouge.mean_rouge(refs[0], hyps, stem=args.stem).items()},
               "pairs": len(hyps), "stemmed": args.stem}
-    print(f"BLEU {result['bleu']:.2f}   ROUGE-1 {result['rouge1']:.4f}   ROUGE-2 "
+    print(f"BLEU {result['bleu']:.2f}   chrF {result['chrf']:.2f}   ROUGE-1 {result['rouge1']:.4f}   ROUGE-2 "
           f"{result['rouge2']:.4f}   ROUGE-L {result['rougeL']:.4f}   ({len(hyps)} pairs"
           f"{', stemmed' if args.stem else ''})")
     _write(args, result, None)

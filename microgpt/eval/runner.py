@@ -13,7 +13,7 @@ import sys
 import time
 
 from ..errors import ConfigError
-from . import bleu, metrics, rouge, scoring, tasks as tasks_mod
+from . import bleu, chrf, metrics, rouge, scoring, tasks as tasks_mod
 
 
 class Progress:
@@ -123,10 +123,12 @@ def run_generate_task(task, model, tokenizer, batch_size=16, truncate=True, prog
                 record[name] = score.fmeasure
         records.append(record)
     extra = {"truncated": truncated}
-    if task.format == "gen_jsonl" and task.metric == "bleu":
+    if task.format == "gen_jsonl" and task.metric in tasks_mod.CORPUS_METRICS:
+        # sacrebleu's reference streams: stream j holds every example's j-th accepted answer
         width = max(len(e.target) for e in examples)
         streams = [[e.target[j] if j < len(e.target) else None for e in examples] for j in range(width)]
-        extra["bleu"] = bleu.corpus_bleu(completions, streams).score
+        corpus_score = bleu.corpus_bleu if task.metric == "bleu" else chrf.corpus_chrf
+        extra[task.metric] = corpus_score(completions, streams).score
     return records, extra
 
 
@@ -137,7 +139,7 @@ def metric_names(task):
         return ["exact_match_strict", "exact_match_flexible"]
     if task.metric == "rouge":
         return list(rouge.TYPES)
-    return [] if task.metric == "bleu" else [task.metric]
+    return [] if task.metric in tasks_mod.CORPUS_METRICS else [task.metric]
 
 
 def evaluate(model, tokenizer, task_list, batch_size=16, truncate=True, bootstrap=1000, seed=0,
@@ -157,8 +159,9 @@ def evaluate(model, tokenizer, task_list, batch_size=16, truncate=True, bootstra
                                                progress, max_new_tokens)
         progress.close()
         summary = metrics.summarize(records, metric_names(task), bootstrap, seed)
-        if "bleu" in extra:
-            summary["bleu"] = {"micro": extra.pop("bleu"), "n": len(records)}
+        for name in tasks_mod.CORPUS_METRICS:
+            if name in extra:
+                summary[name] = {"micro": extra.pop(name), "n": len(records)}
         entry = {"format": task.format, "file": task.file, "shots": task.shots,
                  "examples": len(records), "seconds": time.perf_counter() - t0,
                  "metrics": summary, **extra, "per_example": records}
@@ -190,7 +193,7 @@ def markdown(report) -> str:
         for metric, m in t["metrics"].items():
             chance = f"{m['chance']:.3f}" if "chance" in m else ""
             se = f"{m['se']:.3f}" if "se" in m else ""
-            value = f"{m['micro']:.4f}" if metric != "bleu" else f"{m['micro']:.2f}"
+            value = f"{m['micro']:.2f}" if metric in tasks_mod.CORPUS_METRICS else f"{m['micro']:.4f}"
             macro = f", macro {m['macro']:.4f}" if "macro" in m else ""
             lines.append(f"| {name} | {metric} | {value}{macro} | {se} | {chance} | {m['n']} | "
                          f"{'; '.join(notes)} |")

@@ -9,7 +9,7 @@ A task file (TOML or JSON) lists tasks; every key but `name`, `format` and `file
     dev = "mmlu/dev"              # few-shot pool: the first `shots` examples (lm-eval's first_n)
     shots = 5
     fields = {context = "ctx", choices = "endings", label = "label"}   # choice_jsonl's keys
-    metric = "exact"              # gen_jsonl: exact | contains | bleu | rouge
+    metric = "exact"              # gen_jsonl: exact | contains | bleu | chrf | rouge
     max_new_tokens = 256          # generative tasks
     stop = ["\\n\\n"]              # generative tasks, on top of the format's own
     temperature = 0.0             # 0: greedy; > 0: sampled with `seed`
@@ -36,7 +36,9 @@ lm_eval/api/task.py, ConfigurableTask.fewshot_context and build_qa_turn):
                 "Question: Q\\nAnswer:", shots "Question: Q\\nAnswer: <full answer>"; greedy
                 decoding until "Question:", "</s>", "<|im_end|>" or end of text.
   gen_jsonl     {"prompt", "answer"} (answer: a string or a list of accepted strings);
-                `metric` decides how the completion is judged.
+                `metric` decides how the completion is judged: exact / contains per
+                example, rouge per example (stemmed), bleu / chrf over the whole corpus
+                with every accepted answer a reference.
 
 Where the real sets go (download them yourself; microgpt ships only tiny look-alikes in
 tests/fixtures/eval/): MMLU's data.tar from the Hendrycks repository unpacks to
@@ -54,7 +56,8 @@ from typing import Dict, List, Optional
 from ..errors import MicrogptError
 
 FORMATS = ("mmlu_csv", "choice_jsonl", "gsm8k_jsonl", "gen_jsonl")
-GEN_METRICS = ("exact", "contains", "bleu", "rouge")
+GEN_METRICS = ("exact", "contains", "bleu", "chrf", "rouge")
+CORPUS_METRICS = ("bleu", "chrf")       # one score of the whole corpus, not a mean of examples
 LETTERS = "ABCDEFGHIJ"
 GSM8K_STOP = ("Question:", "</s>", "<|im_end|>")
 
