@@ -419,6 +419,8 @@ def quantized_linear(x, w_q, w_scale, bits, group, bias=None):
     if bits not in (8, 4):
         raise ShapeError(f"quantized_linear: bits must be 8 or 4, not {bits}")
     be = x.backend
+    if isinstance(w_scale, np.ndarray) and w_scale.dtype != x.dtype:
+        w_scale = w_scale.astype(x.dtype)            # a few scales: float64 checks of a float32 model
     forward = be.linear_q8_forward if bits == 8 else be.linear_q4_forward
     parents = (x,) if bias is None else (x, bias)
 
