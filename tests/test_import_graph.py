@@ -40,6 +40,7 @@ LAYERS = [
     ("train/inference", ["microgpt.train", "microgpt.inference", "microgpt.interop", "microgpt.quantize"]),
     ("finetune", ["microgpt.finetune"]),          # SFT on the trainer, LoRA, chat
     ("eval", ["microgpt.eval"]),
+    ("serve", ["microgpt.serve"]),                # the HTTP server over inference/
     ("cli", ["microgpt.cli", "microgpt.__main__", "microgpt"]),
 ]
 
