@@ -387,6 +387,24 @@ def test_grad_norm(cu):
     assert abs(got - np.sqrt(sum(np.sum(x * x) for x in xs))) < 1e-4 * got
 
 
+@pytest.mark.parametrize("shape", [(1, 64, 7, 32), (3, 96, 5, 96), (2, 256, 9, 128)])
+def test_quantized_linear_and_dequantize(cu, shape):
+    from microgpt.quantize import formats
+    CHECKED.update({"linear_q8_forward", "linear_q4_forward", "dequantize_q8", "dequantize_q4"})
+    n, c, oc, group = shape
+    rng = np.random.default_rng(c)
+    x, b = rand(rng, n, c), rand(rng, oc)
+    for scheme, bits in (("int8", 8), ("int4", 4)):
+        if scheme == "int4" and group % 32:
+            continue
+        w_q, w_scale = formats.quantize(rng.standard_normal((oc, c)) * 0.05, scheme, group)
+        q_dev, s_dev = cu.asarray(w_q, w_q.dtype), cu.asarray(w_scale, np.float32)
+        deq = getattr(ref, f"dequantize_q{bits}")(w_q, w_scale.astype(np.float64), group)
+        close(cu, getattr(cu, f"dequantize_q{bits}")(q_dev, s_dev, group), deq, name=f"dequantize_q{bits}")
+        close(cu, getattr(cu, f"linear_q{bits}_forward")(dev(cu, x), q_dev, s_dev, dev(cu, b), group),
+              x @ deq.T + b, name=f"linear_q{bits}_forward")
+
+
 def test_every_kernel_is_checked():
     """Runs last in this file: each contract kernel was compared with the reference above."""
     assert CHECKED, "run the whole file"
