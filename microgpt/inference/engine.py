@@ -61,10 +61,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.fast = fast
 
-    def _forward_fn(self, batch_size):
-        """A function ids (B, T) -> last-position logits (B, V) that extends its own cache."""
+    def _forward_fn(self, batch_size, positions=None):
+        """A function ids (B, T) -> last-position logits (B, V) that extends its own cache
+        (room for `positions` per row, default the whole context)."""
         if self.fast and Decoder.supports(self.model):
-            return PagedDecoder(self.model, PagedKVCache.for_batch(self.model, batch_size)).step
+            return PagedDecoder(self.model, PagedKVCache.for_batch(self.model, batch_size, positions=positions)).step
         cache = self.model.new_kv_cache(batch_size)
         return lambda ids: _last_logits(self.model(ids, kv_cache=cache)[0])
 
@@ -131,7 +132,7 @@ class Engine:
         self.model.eval()
         try:
             with no_grad():
-                forward = self._forward_fn(B)
+                forward = self._forward_fn(B, max(lengths) + max_new_tokens)
                 prefill = np.array([r[:m] for r in rows], dtype=np.int64)       # (B, m)
                 logits = forward(prefill)
                 position = m                                                    # next slot

@@ -111,9 +111,11 @@ class PagedKVCache:
         self.tables, self.lengths = {}, {}
 
     @classmethod
-    def for_batch(cls, model, batch_size, block_size=16):
-        """Room for batch_size sequences of the model's whole context."""
-        per_sequence = -(-model.config.block_size // block_size)
+    def for_batch(cls, model, batch_size, block_size=16, positions=None):
+        """Room for batch_size sequences of `positions` each (default and at most the model's
+        whole context)."""
+        positions = min(positions or model.config.block_size, model.config.block_size)
+        per_sequence = -(-positions // block_size)
         return cls(model.config, batch_size * per_sequence, block_size, model.device, model.dtype)
 
     # --- sequences ---------------------------------------------------------------------------
