@@ -1,6 +1,6 @@
 """The fused ops: one graph node each, with a hand-derived backward (as in llm.c).
 
-softmax, log_softmax, cross_entropy, embedding, dropout, layer_norm, rms_norm, rope and
+softmax, log_softmax, cross_entropy, token_logprobs, embedding, dropout, layer_norm, rms_norm, rope and
 causal self-attention are each one idea, so each is one node: the forward kernel returns
 what the backward needs (mean and rstd for layer_norm, the row logsumexp for attention and
 cross_entropy) and the backward kernel turns dout into input gradients in one call. The
@@ -104,6 +104,40 @@ def cross_entropy(logits, targets, ignore_index=-100, weights=None):
         dlogits = be.cross_entropy_backward(dlosses, flat_logits, flat_targets, lse, ignore_index)
         _send(logits, be.reshape(dlogits, logits.shape))
     return Tensor._from_op(loss, (logits,), backward, "cross_entropy")
+
+
+@op
+def token_logprobs(logits, targets, ignore_index=-100):
+    """log p(target) at every position: logits (..., V), targets (...) -> (...), 0 where ignored.
+
+    The per-token log-likelihood that preference and RL losses are built from (DPO's
+    sequence log-probs, PPO's ratios). It is -cross_entropy's per-row loss, so it reuses its
+    kernels: logp_n = z_n[t_n] - lse(z_n), and d logp_n / dz_n = onehot(t_n) - softmax(z_n),
+    which is cross_entropy_backward with the upstream gradient negated.
+    """
+    vocab = logits.shape[-1]
+    rows_shape = logits.shape[:-1]
+    host_targets = np.asarray(targets.numpy() if isinstance(targets, Tensor) else targets)
+    if not np.issubdtype(host_targets.dtype, np.integer):
+        raise DTypeError(f"token_logprobs: targets must be integers, got {host_targets.dtype}")
+    if host_targets.shape != rows_shape:
+        raise ShapeError(f"token_logprobs: targets {host_targets.shape} do not match logits {logits.shape}")
+    kept = host_targets != ignore_index
+    if np.any(kept & ((host_targets < 0) | (host_targets >= vocab))):
+        raise ShapeError(f"token_logprobs: targets must lie in [0, {vocab}) or equal "
+                         f"ignore_index={ignore_index}")
+    be = logits.backend
+    n = int(np.prod(rows_shape, dtype=np.int64))
+    flat_logits = be.reshape(logits.data, (n, vocab))
+    flat_targets = be.asarray(host_targets.reshape(-1).astype(np.int64), np.int64)
+    losses, lse = be.cross_entropy_forward(flat_logits, flat_targets, ignore_index)
+    out = be.reshape(be.neg(losses), rows_shape)
+
+    def backward(dout):
+        dlosses = be.neg(be.reshape(dout, (n,)))
+        dlogits = be.cross_entropy_backward(dlosses, flat_logits, flat_targets, lse, ignore_index)
+        _send(logits, be.reshape(dlogits, logits.shape))
+    return Tensor._from_op(out, (logits,), backward, "token_logprobs")
 
 
 # --- embedding and dropout ---------------------------------------------------------------------------

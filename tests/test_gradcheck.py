@@ -197,6 +197,19 @@ def test_cross_entropy(data, seed, weighted):
     gradcheck(lambda v: ops_fused.cross_entropy(v, targets, -100, weights), [logits])
 
 
+@checks("token_logprobs")
+@given(st.data(), seeds)
+def test_token_logprobs(data, seed):
+    rng = np.random.default_rng(seed)
+    lead = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
+    vocab = data.draw(st.integers(1, 7))
+    logits = t64(rng, lead + (vocab,))
+    targets = rng.integers(0, vocab, size=lead)
+    targets[rng.random(lead) < 0.3] = -100                       # ignored positions give 0
+    weights = rng.standard_normal(lead)                          # a random linear functional
+    gradcheck(lambda v: (ops_fused.token_logprobs(v, targets) * Tensor(weights)).sum(), [logits])
+
+
 @checks("embedding")
 @given(st.data(), seeds)
 def test_embedding(data, seed):

@@ -238,8 +238,12 @@ class GPT(Module):
         return KVCache(self.config.n_layer, self.config.block_size)
 
     def forward(self, idx, targets=None, kv_cache=None, ignore_index=-100, loss_weights=None,
-                last_only=False, segment_ids=None, position_ids=None):
+                last_only=False, segment_ids=None, position_ids=None, return_hidden=False):
         """idx (B, T) token ids -> (logits (B, T, V), loss or None).
+
+        return_hidden=True returns (logits, loss, hidden), hidden (B, T, C) being the final
+        norm's output that the LM head reads: what a scalar head (a reward model's, a value
+        head) is put on (finetune/reward.py).
 
         last_only=True computes the logits of the last position only, (B, 1, V): all that
         sampling the next token needs, and the LM head is the largest matrix of a small model.
@@ -278,11 +282,12 @@ class GPT(Module):
             if targets is not None:
                 raise ShapeError("GPT.forward: last_only=True gives no logits to score targets with")
             x = x[:, t - 1:]                                           # (B, 1, C)
-        logits = self.lm_head(norm_f(x))                               # (B, T, V)
+        hidden = norm_f(x)
+        logits = self.lm_head(hidden)                                  # (B, T, V)
         loss = None
         if targets is not None:
             loss = ops_fused.cross_entropy(logits, targets, ignore_index, loss_weights)
-        return logits, loss
+        return (logits, loss, hidden) if return_hidden else (logits, loss)
 
     def _position_ids(self, b, t, segment_ids, position_ids, kv_cache):
         """The (B, T) positions of a packed row (checked), or None for the plain 0 .. T-1."""
