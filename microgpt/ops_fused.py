@@ -1,6 +1,6 @@
 """The fused ops: one graph node each, with a hand-derived backward (as in llm.c).
 
-softmax, log_softmax, cross_entropy, token_logprobs, embedding, dropout, layer_norm, rms_norm, rope and
+softmax, log_softmax, cross_entropy, token_logprobs, kl_div, embedding, dropout, layer_norm, rms_norm, rope and
 causal self-attention are each one idea, so each is one node: the forward kernel returns
 what the backward needs (mean and rstd for layer_norm, the row logsumexp for attention and
 cross_entropy) and the backward kernel turns dout into input gradients in one call. The
@@ -138,6 +138,41 @@ def token_logprobs(logits, targets, ignore_index=-100):
         dlogits = be.cross_entropy_backward(dlosses, flat_logits, flat_targets, lse, ignore_index)
         _send(logits, be.reshape(dlogits, logits.shape))
     return Tensor._from_op(out, (logits,), backward, "token_logprobs")
+
+
+@op
+def kl_div(student_logits, teacher_logits, temperature=1.0):
+    """Distillation's soft loss: the mean over rows of KL(softmax(t / T) || softmax(s / T)).
+
+    student_logits (..., V), a Tensor; teacher_logits of the same shape, a constant (a Tensor
+    computed under no_grad, or an array): the target, which gets no gradient. Multiply by T^2
+    to keep the gradient's size independent of T (finetune/distill.py says why). One node:
+    the forward keeps only the two row logsumexps, the backward rebuilds both softmaxes.
+    Equal to torch.nn.functional.kl_div(log_softmax(s / T), softmax(t / T),
+    reduction="batchmean") on (N, V) rows (tests/test_distill_kl.py).
+    """
+    teacher = teacher_logits.data if isinstance(teacher_logits, Tensor) else teacher_logits
+    if tuple(teacher.shape) != student_logits.shape or student_logits.ndim < 1:
+        raise ShapeError(f"kl_div: teacher logits {tuple(teacher.shape)} do not match the student's "
+                         f"{student_logits.shape}")
+    if not temperature > 0:
+        raise ValueError(f"kl_div: temperature must be > 0, got {temperature}")
+    be = student_logits.backend
+    vocab = student_logits.shape[-1]
+    n = int(np.prod(student_logits.shape[:-1], dtype=np.int64))
+    flat_student = be.reshape(student_logits.data, (n, vocab))
+    flat_teacher = be.reshape(be.asarray(teacher, student_logits.dtype) if isinstance(teacher, np.ndarray)
+                              else teacher, (n, vocab))
+    losses, student_lse, teacher_lse = be.kl_div_forward(flat_student, flat_teacher, float(temperature))
+    loss = be.mul(be.sum(losses, (0,), False), be.asarray(np.array(1.0 / max(n, 1)), student_logits.dtype))
+
+    def backward(dout):
+        dlosses = be.broadcast_to(be.mul(dout, be.asarray(np.array(1.0 / max(n, 1)), student_logits.dtype)),
+                                  (n,))
+        dstudent = be.kl_div_backward(dlosses, flat_student, flat_teacher, student_lse, teacher_lse,
+                                      float(temperature))
+        _send(student_logits, be.reshape(dstudent, student_logits.shape))
+    return Tensor._from_op(loss, (student_logits,), backward, "kl_div")
 
 
 # --- embedding and dropout ---------------------------------------------------------------------------

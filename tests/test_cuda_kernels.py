@@ -275,6 +275,19 @@ def test_cross_entropy(cu, n, v):
     cu.to_numpy(cu.cross_entropy_forward(dev(cu, logits), dev(cu, targets - targets), -100)[0])   # cleared
 
 
+@pytest.mark.parametrize("n,v,temperature", [(9, 7, 1.0), (33, 1001, 2.0), (2, 50257, 0.5)])
+def test_kl_div(cu, n, v, temperature):
+    CHECKED.update({"kl_div_forward", "kl_div_backward"})
+    rng = np.random.default_rng(17)
+    student, teacher = rand(rng, n, v, scale=2.0), rand(rng, n, v, scale=3.0)
+    losses, student_lse, teacher_lse = ref.kl_div_forward(student, teacher, temperature)
+    got = cu.kl_div_forward(dev(cu, student), dev(cu, teacher), temperature)
+    for g, want, name in zip(got, (losses, student_lse, teacher_lse), ("losses", "student_lse", "teacher_lse")):
+        close(cu, g, want, name=name)
+    dl = rand(rng, n)
+    close(cu, cu.kl_div_backward(dev(cu, dl), dev(cu, student), dev(cu, teacher), got[1], got[2], temperature),
+          ref.kl_div_backward(dl, student, teacher, student_lse, teacher_lse, temperature))
+
 def test_embedding(cu):
     CHECKED.update({"embedding_forward", "embedding_backward"})
     rng = np.random.default_rng(12)

@@ -197,6 +197,17 @@ def test_cross_entropy(data, seed, weighted):
     gradcheck(lambda v: ops_fused.cross_entropy(v, targets, -100, weights), [logits])
 
 
+@checks("kl_div")
+@given(st.data(), seeds, st.floats(0.5, 4.0))
+def test_kl_div(data, seed, temperature):
+    """The student's gradient; the teacher is a constant target (its own Tensor gets none)."""
+    rng = np.random.default_rng(seed)
+    lead = data.draw(array_shapes(min_dims=1, max_dims=2, min_side=1, max_side=4))
+    vocab = data.draw(st.integers(1, 7))
+    student, teacher = t64(rng, lead + (vocab,)), rng.standard_normal(lead + (vocab,)) * 2
+    gradcheck(lambda s: ops_fused.kl_div(s, teacher, temperature), [student])
+
+
 @checks("token_logprobs")
 @given(st.data(), seeds)
 def test_token_logprobs(data, seed):

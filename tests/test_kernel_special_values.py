@@ -167,6 +167,12 @@ def _cross_entropy_backward(rng, spoil):
     return [Arr(spoil(normal(rng, 6))), Arr(logits), Ids(targets), Arr(lse), -100]
 
 
+def _kl_div_backward(rng, spoil):
+    student, teacher = spoil(normal(rng, 6, 11), scale=3.0), spoil(normal(rng, 6, 11), scale=3.0)
+    with np.errstate(all="ignore"):
+        _, student_lse, teacher_lse = ref.kl_div_forward(student, teacher, 2.0)
+    return [Arr(spoil(normal(rng, 6))), Arr(student), Arr(teacher), Arr(student_lse), Arr(teacher_lse), 2.0]
+
 def _layer_norm_backward(rng, spoil):
     x, w = spoil(normal(rng, 5, 12)), spoil(normal(rng, 12))
     has_bias = bool(rng.random() < 0.5)
@@ -344,6 +350,9 @@ CASES = {
     "cross_entropy_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 6, 11), scale=3.0)), Ids(_targets(rng, 6, 11)),
                                                  -100],
     "cross_entropy_backward": _cross_entropy_backward,
+    "kl_div_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 6, 11), scale=3.0)),
+                                          Arr(spoil(normal(rng, 6, 11), scale=3.0)), 2.0],
+    "kl_div_backward": _kl_div_backward,
     "embedding_forward": lambda rng, spoil: [Ids(rng.integers(0, 7, (2, 5))), Arr(spoil(normal(rng, 7, 6)))],
     "embedding_backward": lambda rng, spoil: [Arr(spoil(normal(rng, 2, 5, 6))), Ids(rng.integers(0, 7, (2, 5))), 7],
     "layer_norm_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 5, 12))), Arr(spoil(normal(rng, 12))),

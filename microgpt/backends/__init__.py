@@ -81,6 +81,10 @@ KERNELS = {
                                "per-row -log softmax(logits)[target]; 0 where target == ignore_index; logits (N, V)"),
     "cross_entropy_backward": ("cross_entropy_backward(dlosses, logits, targets, lse, ignore_index) -> dlogits",
                                "dlosses[:, None] * (softmax - onehot(target)); 0 rows where ignored"),
+    "kl_div_forward":  ("kl_div_forward(student, teacher, temperature) -> (losses, student_lse, teacher_lse)",
+                        "per-row KL(softmax(teacher / T) || softmax(student / T)); logits (N, V), T > 0"),
+    "kl_div_backward": ("kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature) "
+                        "-> dstudent", "dlosses[:, None] * (softmax(student / T) - softmax(teacher / T)) / T"),
     "embedding_forward":  ("embedding_forward(ids, weight) -> out", "weight[ids]; ids int64 of any shape"),
     "embedding_backward": ("embedding_backward(dout, ids, num_embeddings) -> dweight", "scatter-add dout rows at ids"),
     "layer_norm_forward":  ("layer_norm_forward(x, w, b, eps) -> (out, mean, rstd)",

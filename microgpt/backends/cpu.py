@@ -190,6 +190,37 @@ def embedding_forward(ids, weight):
     op = "embedding_forward"
     is32 = check.floats(op, weight=weight)
     if weight.ndim != 2:
+# --- distillation's KL ---------------------------------------------------------------------------
+# No C kernel: checked here, computed by the reference in float32 too. It does not pay: the op
+# is O(N V) elementwise work, next to O(N V C) for the LM-head products that made its two
+# inputs (forward and backward, student and teacher), so a fused C pass would save a few
+# per cent of a distillation step at most (benchmarks/results/compress.md measures the share).
+
+def _kl_check(op, student, teacher, temperature):
+    check.floats(op, student=student, teacher=teacher)
+    if student.ndim != 2:
+        raise ShapeError(f"{op}: student logits must be (N, V), got shape {student.shape}")
+    check.shape(op, "teacher", teacher, student.shape)
+    temperature = check.real(op, "temperature", temperature)
+    if temperature <= 0:
+        raise ShapeError(f"{op}: temperature must be > 0, got {temperature}")
+    return temperature
+
+
+def kl_div_forward(student, teacher, temperature):
+    temperature = _kl_check("kl_div_forward", student, teacher, temperature)
+    return _ref.kl_div_forward(student, teacher, temperature)
+
+
+def kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature):
+    op = "kl_div_backward"
+    temperature = _kl_check(op, student, teacher, temperature)
+    check.floats(op, dlosses=dlosses, student=student, student_lse=student_lse, teacher_lse=teacher_lse)
+    for name, x in (("dlosses", dlosses), ("student_lse", student_lse), ("teacher_lse", teacher_lse)):
+        check.shape(op, name, x, student.shape[:1])
+    return _ref.kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature)
+
+
         raise ShapeError(f"{op}: weight must be (V, C), got shape {weight.shape}")
     V, C = weight.shape
     ids = check.ids(op, "ids", ids, V)

@@ -12,9 +12,10 @@ Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
                        itself: every contract name, AVAILABLE / UNAVAILABLE_REASON / NAME,
                        and a few CUDA-only helpers
 Every function has the name, signature and meaning of its twin in reference.py; arrays
-stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy
-and in rare getitem cases; the index checks of embedding/cross-entropy are read lazily at
-the next copy to the host, see cuda_runtime.check_flag).
+stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy,
+in rare getitem cases, and in kl_div, which has no kernel yet; the index checks of
+embedding/cross-entropy are read lazily at the next copy to the host, see
+cuda_runtime.check_flag).
 
 Rungs used in production, switchable for comparison (benchmarks/gpu_check.py does):
   MATMUL     see cuda_matmul.py; environment MICROGPT_CUDA_MATMUL.
@@ -48,7 +49,8 @@ __all__ = [
     "getitem_backward", "concatenate",
     "matmul_forward", "matmul_backward", "linear_forward", "linear_backward",
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
-    "cross_entropy_forward", "cross_entropy_backward", "embedding_forward", "embedding_backward",
+    "cross_entropy_forward", "cross_entropy_backward", "kl_div_forward", "kl_div_backward",
+    "embedding_forward", "embedding_backward",
     "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "adamw_update",
     "dequantize_q8", "dequantize_q4", "linear_q8_forward", "linear_q4_forward",
@@ -136,6 +138,32 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
         call("cross_entropy_backward", dlogits.ptr, dlosses.ptr, logits.ptr, targets.ptr, lse.ptr, int(ignore_index),
              n, v)
     return dlogits
+
+
+# Distillation's KL has no CUDA kernel yet: the binding runs the reference on host copies of
+# the two (N, V) logit arrays, which breaks "arrays stay on the GPU" for this one op (two
+# transfers of N x V floats a step). A kernel would follow cross_entropy's: one block per row.
+def kl_div_forward(student, teacher, temperature):
+    from . import reference
+    student, teacher = on_device(student), on_device(teacher)
+    require_f32("kl_div_forward", student, teacher)
+    if student.ndim != 2 or teacher.shape != student.shape:
+        raise ShapeError(f"kl_div_forward: student and teacher logits must be (N, V) of one shape, got "
+                         f"{student.shape} and {teacher.shape}")
+    out = reference.kl_div_forward(to_numpy(student), to_numpy(teacher), float(temperature))
+    return tuple(asarray(a, np.float32) for a in out)
+
+
+def kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature):
+    from . import reference
+    arrays = [on_device(a) for a in (dlosses, student, teacher, student_lse, teacher_lse)]
+    require_f32("kl_div_backward", *arrays)
+    if arrays[1].ndim != 2 or arrays[2].shape != arrays[1].shape or any(
+            a.shape != arrays[1].shape[:1] for a in (arrays[0], arrays[3], arrays[4])):
+        raise ShapeError(f"kl_div_backward: logits (N, V) and rows (N,) expected, got "
+                         f"{[a.shape for a in arrays]}")
+    host = [to_numpy(a) for a in arrays]
+    return asarray(reference.kl_div_backward(*host, float(temperature)), np.float32)
 
 
 # --- embedding -----------------------------------------------------------------------------------------

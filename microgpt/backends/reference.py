@@ -280,6 +280,33 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
     return np.where(kept[:, None], probs * dlosses[:, None], 0).astype(logits.dtype)
 
 
+def kl_div_forward(student, teacher, temperature):
+    # Distillation's soft loss, one row n of V logits each: with z = student / T, u = teacher / T,
+    #   q = softmax(z), p = softmax(u),  kl_n = KL(p || q) = sum_v p_v (log p_v - log q_v)
+    # and log p = u - lse(u), log q = z - lse(z). A teacher logit of -inf has p_v = 0, whose
+    # term is 0 (the limit of p log p), chosen with np.where: 0 * (-inf) would be NaN.
+    # Returns (losses (N,), student_lse (N,), teacher_lse (N,)): the backward rebuilds p and q
+    # from the two row logsumexps, so nothing of size N x V is kept between the passes.
+    z, u = student / temperature, teacher / temperature
+    student_lse, teacher_lse = _logsumexp(z), _logsumexp(u)
+    log_p = u - teacher_lse[:, None]
+    log_q = z - student_lse[:, None]
+    p = np.exp(log_p)
+    losses = np.sum(np.where(p > 0, p * (log_p - log_q), 0), axis=-1)
+    return losses.astype(student.dtype), student_lse.astype(student.dtype), teacher_lse.astype(student.dtype)
+
+
+def kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature):
+    # kl = sum_v p_v log p_v - sum_v p_v z_v + lse(z) (as sum_v p_v = 1); the first term does
+    # not depend on the student, d lse(z)/dz_j = q_j, so dkl/dz_j = q_j - p_j, and z = s / T:
+    #   dstudent = dloss (q - p) / T.
+    # The teacher is a constant (no gradient): it is the target, as the one-hot is for
+    # cross_entropy_backward, whose formula this is with p in place of the one-hot.
+    q = np.exp(student / temperature - student_lse[:, None])
+    p = np.exp(teacher / temperature - teacher_lse[:, None])
+    return (dlosses[:, None] * (q - p) / temperature).astype(student.dtype)
+
+
 # --- embedding -----------------------------------------------------------------------------------
 
 def embedding_forward(ids, weight):
