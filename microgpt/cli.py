@@ -8,6 +8,7 @@
     microgpt data prepare|clean ...
     microgpt tokenizer train|encode|decode|info ...
     microgpt finetune sft --init-from MODEL --data CHAT.jsonl [--lora-rank 8]
+    microgpt finetune pairs|reward|dpo|ppo|grpo --init-from SFT --data FILE.jsonl ...
     microgpt chat RUN [--message TEXT]            a REPL on a fine-tuned model
     microgpt data synth --task arithmetic -o DIR   synthetic instruction tasks
     microgpt eval RUN --tasks FORMAT=PATH | --perplexity TEXT   (and `eval score`)
@@ -538,6 +539,22 @@ def _add_finetune(sub):
     p.add_argument("--overflow", choices=("truncate", "drop"), default="truncate",
                    help="a conversation longer than the context (default truncate)")
     add_arguments(p)
+    d = _leaf(ft_sub, "distill", _run_finetune_distill,
+              help="train a student against a teacher's softened distributions (KL + CE)",
+              usage="microgpt finetune distill --teacher RUN --student PRESET|CONFIG.toml|RUN "
+                    "[--alpha A] [--distill-temperature T] [--FIELD VALUE ...]")
+    d.add_argument("--teacher", required=True, metavar="RUN",
+                   help="the trained teacher: a run, checkpoint or Hugging Face directory")
+    d.add_argument("--student", required=True, metavar="PRESET|CONFIG.toml|RUN",
+                   help="a preset or TOML config (trained from scratch with the teacher's "
+                        "tokenizer; --FIELD flags shape it), or a model directory to continue")
+    d.add_argument("--alpha", type=_float(0.0, 1.0), default=0.5,
+                   help="weight of the KL term, 1 - alpha on cross-entropy (default 0.5; 0 = "
+                        "the student alone)")
+    d.add_argument("--distill-temperature", type=_float(0.0, low_open=True), default=2.0,
+                   help="softmax temperature T of both distributions in the KL (default 2; "
+                        "--temperature is the samples')")
+    add_arguments(d)
     e = _leaf(ft_sub, "eval", _run_finetune_eval,
               help="greedy exact match of each held-out conversation's last answer")
     e.add_argument("run_dir", metavar="RUN", help="a fine-tuning run, a checkpoint or an HF directory")
@@ -547,6 +564,8 @@ def _add_finetune(sub):
     e.add_argument("--show", type=_int(0), default=3, help="print the first N answers")
     e.add_argument("--json", help="also write the figures to this JSON file")
     e.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    from .finetune.align_commands import add_parsers as add_alignment_parsers
+    add_alignment_parsers(ft_sub, _leaf, _int, _float)     # pairs, reward, dpo, ppo, grpo
     _name_the_choices(ft_sub)
     c = _leaf(sub, "chat", _run_chat, help="chat with a fine-tuned model in the terminal")
     c.add_argument("run_dir", metavar="RUN", help="a fine-tuning run, a checkpoint, or a Hugging "
@@ -564,6 +583,12 @@ def _run_finetune(args):
     from .finetune.commands import run_sft
     from .train.config import overrides_from_args
     return run_sft(args, overrides_from_args(args))
+
+
+def _run_finetune_distill(args):
+    from .finetune.distill import run_distill
+    from .train.config import overrides_from_args
+    return run_distill(args, overrides_from_args(args))
 
 
 def _run_finetune_eval(args):

@@ -64,8 +64,19 @@ def test_bradley_terry_equals_torch(seed):
 
 
 def test_log_sigmoid_gradcheck():
-    x = t64(np.array([-30.0, -2.0, -0.1, 0.3, 4.0, 25.0]))
+    x = t64(np.array([-30.0, -2.0, -0.1, 0.0, 0.3, 4.0, 25.0]))
     gradcheck(lambda v: rl.log_sigmoid(v).sum(), [x])
+
+
+def test_dpo_gradient_at_policy_equal_reference():
+    # step 1 of every DPO run: the policy is the reference, the logits are exactly 0, and
+    # d loss / d lp_c = -beta sigma(0) / B = -beta / (2 B) (not 0: a kink there would stall DPO)
+    lp_c, lp_r = np.array([-3.0, -4.0]), np.array([-5.0, -2.0])
+    a, b = t64(lp_c), t64(lp_r)
+    loss, _ = rl.dpo_loss(a, b, lp_c, lp_r, 0.1)
+    loss.backward()
+    np.testing.assert_allclose(a.grad, [-0.025, -0.025])
+    np.testing.assert_allclose(b.grad, [0.025, 0.025])
 
 
 def _gae_direct(rewards, values, mask, gamma, lam):

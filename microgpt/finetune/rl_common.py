@@ -44,10 +44,14 @@ def const(values, like):
 
 
 def log_sigmoid(x):
-    """log sigma(x) = min(x, 0) - log(1 + exp(-|x|)), from relu, exp and log."""
-    negative_part = ops.relu(-x)                        # max(-x, 0) = -min(x, 0)
-    magnitude = ops.relu(x) + negative_part             # |x|
-    return -negative_part - ops.log(ops.exp(-magnitude) + 1.0)
+    """log sigma(x) = min(x, 0) - log(1 + exp(-|x|)), stable for any x.
+
+    The branch (x >= 0 or not) is chosen on the host and enters as constants: min(x, 0) =
+    x (1 - m) and |x| = x s, with m = [x >= 0] and s = 2m - 1. Written with relu instead,
+    the kinks of min and |.| at 0 would give a gradient of 0 at x = 0, where the true one
+    is 1/2 -- and x = 0 is exactly DPO's first step (policy == reference)."""
+    m = (x.numpy() >= 0).astype(np.float64)
+    return x * const(1.0 - m, x) - ops.log(ops.exp(-(x * const(2.0 * m - 1.0, x))) + 1.0)
 
 
 def masked_mean(x, mask):
