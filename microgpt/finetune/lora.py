@@ -166,7 +166,8 @@ def lora_layers(model):
 
 
 def is_adapter_name(name):
-    return ".lora_A." in name or ".lora_B." in name
+    """LoRA matrices and trained token rows (tokens.py): what the adapter file holds."""
+    return ".lora_A." in name or ".lora_B." in name or ".token_adapter." in name
 
 
 def trainable_parameters(model):
@@ -175,7 +176,7 @@ def trainable_parameters(model):
 
 
 def adapter_state(model):
-    """{our name: host array} of every adapter matrix."""
+    """{our name: host array} of every adapter matrix (and trained token rows)."""
     return {n: np.array(p.numpy(), copy=True) for n, p in model.named_parameters()
             if is_adapter_name(n)}
 

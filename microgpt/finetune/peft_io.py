@@ -18,6 +18,14 @@ Loading checks the adapter against the model before anything is changed: every t
 name a layer the model has, with the shapes that layer needs; the first that does not is
 named in the CheckpointError. PEFT options we do not implement (DoRA, per-layer rank or
 alpha patterns, trained biases, modules_to_save) are refused by name.
+
+Trained token rows (tokens.py) are PEFT's trainable_token_indices: the config holds the
+rows (a list for the input embedding, which a tied LM head shares, or {"embed_tokens": rows,
+"lm_head": rows}), the weights file one more tensor per table,
+
+    base_model.model.<table>.token_adapter.trainable_tokens_delta   (k, n_embd)
+
+the rows' trained values (PEFT replaces W[rows] by them; they are not differences).
 """
 import os
 
@@ -26,7 +34,9 @@ import numpy as np
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write, read_json_object, write_json
 from ..nn.layers import Linear
+from . import tokens
 from .lora import adapter_state, apply_lora, lora_layers
+from .tokens import token_indices
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -44,6 +54,7 @@ def adapter_config(model, base_model_name_or_path=None):
             "fan_in_fan_out": model.config.family == "gpt2", "use_rslora": first.use_rslora,
             "use_dora": False, "modules_to_save": None, "init_lora_weights": True,
             "inference_mode": True, "rank_pattern": {}, "alpha_pattern": {},
+            "trainable_token_indices": token_indices(model),
             "base_model_name_or_path": base_model_name_or_path}
 
 
@@ -102,6 +113,7 @@ def read_adapter(adapter_dir):
     for key, array in raw.items():
         name = key[len(PREFIX):] if key.startswith(PREFIX) else key
         name = name.replace(".lora_A.default.", ".lora_A.").replace(".lora_B.default.", ".lora_B.")
+        name = name[:-len(".default")] if name.endswith(f".{tokens.DELTA}.default") else name
         tensors[name] = array
     return config, tensors
 
@@ -118,7 +130,20 @@ def check_adapter(model, config, tensors, where):
     """A CheckpointError naming the first adapter tensor that does not fit `model`."""
     modules = dict(model.named_modules())
     rank = int(config["r"])
+    rows = _token_rows(model, config.get("trainable_token_indices"), where)
     for name in sorted(tensors):
+        if name.endswith(f".{tokens.ADAPTER}.{tokens.DELTA}"):
+            table = name[:-len(f".{tokens.ADAPTER}.{tokens.DELTA}")]
+            if table not in rows:
+                raise CheckpointError(f"{where}: adapter tensor {name!r} names no token table "
+                                      f"that trainable_token_indices "
+                                      f"{config.get('trainable_token_indices')} selects")
+            expected = (len(rows[table]), model.config.n_embd)
+            if tuple(tensors[name].shape) != expected:
+                raise CheckpointError(f"{where}: adapter tensor {name!r} has shape "
+                                      f"{tuple(tensors[name].shape)}, the rows need {expected}; "
+                                      f"the adapter was trained on another base")
+            continue
         layer_name, _, kind = name.rpartition(".lora_")
         layer = modules.get(layer_name + ".")
         if layer is None or not hasattr(layer, "weight") or kind not in ("A.weight", "B.weight"):
@@ -134,6 +159,28 @@ def check_adapter(model, config, tensors, where):
                                   f"the adapter was trained on another base")
 
 
+def _token_rows(model, value, where):
+    """{full table name: sorted rows} that trainable_token_indices `value` trains in `model`."""
+    if value is None:
+        return {}
+    _, name = tokens.tables(model)
+    table = f"{'transformer' if model.config.family == 'gpt2' else 'model'}.{name}"
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {name, "lm_head"})
+        if unknown:
+            raise CheckpointError(f"{where}: trainable_token_indices names {unknown[0]!r}; this "
+                                  f"{model.config.family} model's tables are {name!r} and 'lm_head'")
+        out = {table if k == name else "lm_head": sorted(set(map(int, v))) for k, v in value.items()}
+    else:
+        out = {table: sorted(set(map(int, value)))}
+    for rows in out.values():
+        if rows and (rows[0] < 0 or rows[-1] >= model.config.vocab_size):
+            raise CheckpointError(f"{where}: trainable_token_indices {rows} lie outside the "
+                                  f"model's {model.config.vocab_size} rows; the adapter was "
+                                  f"trained on another base")
+    return out
+
+
 def load_adapter(model, adapter_dir, merge=False):
     """Wrap `model`'s layers as the adapter says, load its matrices; returns the layer names.
     Nothing about the model changes unless the whole adapter fits."""
@@ -142,20 +189,29 @@ def load_adapter(model, adapter_dir, merge=False):
     check_adapter(model, config, tensors, where)
     names = _layer_names(config["target_modules"], model)
     expected = {f"{n}.lora_{k}.weight" for n in names for k in "AB"}
-    missing = sorted(expected - set(tensors))
+    rows = _token_rows(model, config.get("trainable_token_indices"), where)
+    owner, table = tokens.tables(model)
+    tied = model.lm_head.weight is getattr(owner, table).weight      # one D, saved once
+    expected_tokens = {f"{t}.{tokens.ADAPTER}.{tokens.DELTA}" for t in rows
+                       if not (tied and t == "lm_head")}
+    missing = sorted((expected | expected_tokens) - set(tensors))
     if missing:
-        raise CheckpointError(f"{where}: no tensor {missing[0]!r}, which target_modules "
-                              f"{config['target_modules']} requires")
+        raise CheckpointError(f"{where}: no tensor {missing[0]!r}, which the adapter config "
+                              f"(target_modules {config['target_modules']}, trainable_token_indices "
+                              f"{config.get('trainable_token_indices')}) requires")
     apply_lora(model, names, rank=int(config["r"]), alpha=float(config["lora_alpha"]),
                dropout=float(config.get("lora_dropout") or 0.0),
                use_rslora=bool(config.get("use_rslora")))
+    if rows:
+        tokens.from_config(model, config["trainable_token_indices"])
     params = dict(model.named_parameters())
-    for name in sorted(expected):
+    for name in sorted(expected | expected_tokens):
         p = params[name]
         p.data = p.backend.asarray(np.asarray(tensors[name]), p.dtype)
     if merge:
         from .lora import merge as merge_all
         merge_all(model)
+        tokens.merge_and_unwrap(model)
     return names
 
 

@@ -44,7 +44,7 @@ from ..train.optim import AdamW
 from ..train.trainer import Trainer
 from . import data as chat_data
 from . import lora as lora_lib
-from . import packing, peft_io, qlora
+from . import packing, peft_io, qlora, tokens
 from .vocab import resize_vocabulary
 
 
@@ -107,13 +107,16 @@ class SFTTrainer(Trainer):
             model = GPT(GPTConfig(**resumed.gpt), init=False)
             model.load_state_dict({k: v for k, v in resumed.weights.items()})
             self._set_dropout(model)
+            self.new_token_ids = list(resumed.trainer_state.get("new_token_ids", []))
         else:
             model, tokenizer = self._init_model(None)
             self.tokenizer, added = with_chat_tokens(tokenizer)
+            self.new_token_ids = [self.tokenizer.special_tokens[a] for a in added]
             if added:
                 self.log(f"tokenizer: added {', '.join(added)} as ids "
-                         f"{', '.join(str(self.tokenizer.special_tokens[a]) for a in added)}; "
-                         f"the model's vocabulary grows with mean-initialized rows")
+                         f"{', '.join(map(str, self.new_token_ids))}"
+                         + ("; the model's vocabulary grows with mean-initialized rows"
+                            if self.tokenizer.vocab_size > model.config.vocab_size else ""))
             if self.tokenizer.vocab_size > model.config.vocab_size:
                 resize_vocabulary(model, self.tokenizer.vocab_size)
         if c.block_size > model.config.block_size:
@@ -125,6 +128,10 @@ class SFTTrainer(Trainer):
                                           seed=c.seed)
             self.log(f"LoRA rank {o.lora_rank}, alpha {o.lora_alpha:g} on {len(wrapped)} layers "
                      f"({o.lora_targets})")
+            if self.new_token_ids:        # else nothing could learn to read or emit them
+                tokens.train_token_rows(model, self.new_token_ids)
+                self.log(f"LoRA: the new tokens' embedding and LM-head rows "
+                         f"{self.new_token_ids} train too (PEFT's trainable_token_indices)")
             if o.qlora:                        # checkpoints keep the floats the codes came from
                 self._float_base = lora_lib.base_state(model)
                 before, after = qlora.quantize_model(model)
@@ -261,7 +268,8 @@ class SFTTrainer(Trainer):
 
     def extra_trainer_state(self):
         return {"sft": self.options.to_dict(), "sft_hash": self.options.hash,
-                "data_report": dataclasses.asdict(self.report)}
+                "data_report": dataclasses.asdict(self.report),
+                "new_token_ids": list(self.new_token_ids)}
 
     def restore(self, checkpoint, path):
         if self.options.lora_rank:
