@@ -13,6 +13,7 @@
     microgpt data synth --task arithmetic -o DIR   synthetic instruction tasks
     microgpt eval RUN --tasks FORMAT=PATH | --perplexity TEXT   (and `eval score`)
     microgpt quantize RUN --scheme int8|int4 [--group 32]   weight-only int8 / int4 (quantize/)
+    microgpt prune RUN --method magnitude|2:4 --out DIR      pruning, optional recovery fine-tune
     microgpt export-gguf RUN --type f32|f16|q8_0|q4_0 --out FILE   for llama.cpp
 
 Each command group registers its flags in one `_add_<group>` function below and hands the
@@ -652,6 +653,22 @@ def _add_compress(sub):
                         "each layer's inputs (no padding), int4 groups a multiple of 32")
     p.add_argument("--head", action="store_true", help="quantize the LM head too (default: float32)")
     p.add_argument("--out", default=None, help="the new directory (default RUN-SCHEME[-gGROUP])")
+    p = _leaf(sub, "prune", _run_prune, help="prune a model's Linear weights (magnitude or 2:4)",
+              description="Zero the smallest weights of every Linear of the blocks: per layer by "
+                          "magnitude (--sparsity of them) or 2:4 (2 of every 4 consecutive inputs); "
+                          "optionally recover with a short fine-tune, the masks held fixed. Reports "
+                          "val perplexity before, after and recovered (DIR/pruning.json).")
+    p.add_argument("run_dir", metavar="RUN", help="a run, checkpoint or Hugging Face directory")
+    p.add_argument("--method", required=True, choices=("magnitude", "2:4"))
+    p.add_argument("--sparsity", type=_float(0.0, 1.0, high_open=True), default=0.5,
+                   help="fraction of each layer's weights zeroed (magnitude; 2:4 is 0.5)")
+    p.add_argument("--recover-steps", type=_int(0), default=0, help="fine-tune steps after pruning (0: none)")
+    p.add_argument("--data", default=None, help="recovery and perplexity data (default: the built-in corpus)")
+    p.add_argument("--data-dir", default=None, help="a prepared data directory to reuse")
+    p.add_argument("--lr", type=_float(0.0, low_open=True), default=None, help="recovery learning rate")
+    p.add_argument("--batch-size", type=_int(1), default=None)
+    p.add_argument("--eval-batches", type=_int(1), default=None)
+    p.add_argument("--out", required=True, help=f"the new run directory ({_CREATED})")
     p = _leaf(sub, "export-gguf", _run_export_gguf, help="write a model as a GGUF file for llama.cpp",
               description="GPT-2 and Llama-family models, tokenizer included. q8_0/q4_0 store the blocks' "
                           "Linear weights in GGUF's Q8_0/Q4_0 blocks (embeddings and head float32).")
@@ -663,6 +680,12 @@ def _add_compress(sub):
 def _run_quantize(args):
     from .quantize.commands import run_quantize
     return run_quantize(args)
+
+
+def _run_prune(args):
+    from .quantize.prune import run_prune
+    _output_dir("--out", args.out)
+    return run_prune(args)
 
 
 def _run_export_gguf(args):
