@@ -166,6 +166,18 @@ int paged_cache_write(int* bad, float* k_cache, float* v_cache, const float* k, 
 int paged_attention_forward(float* out, int* bad, const float* q, const float* k_cache, const float* v_cache,
                             const int64_t* block_tables, const int64_t* positions, int64_t N, int64_t NH,
                             int64_t NKV, int64_t NB, int64_t BS, int64_t MB, int64_t HS);
+/* moe.cu: mixture of experts (the twins of csrc/moe.c): R rows sorted by expert, token_index (R),
+   offsets (E + 1), w (E, OC, C); x (N, C) tokens */
+int moe_permute_forward(float* out, const float* x, const int64_t* token_index, int64_t N, int64_t R, int64_t C);
+int moe_permute_backward(float* dx, const float* dout, const int64_t* token_index, int64_t N, int64_t R, int64_t C);
+int grouped_matmul_forward(float* out, const float* x, const float* w, const int64_t* offsets, int64_t R,
+                           int64_t E, int64_t C, int64_t OC);
+int grouped_matmul_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                            const int64_t* offsets, int64_t R, int64_t E, int64_t C, int64_t OC);
+int moe_combine_forward(float* out, const float* y, const float* weights, const int64_t* token_index, int64_t N,
+                        int64_t R, int64_t C);
+int moe_combine_backward(float* dy, float* dweights, const float* dout, const float* y, const float* weights,
+                         const int64_t* token_index, int64_t N, int64_t R, int64_t C);
 /* CDEF END */
 #ifdef __cplusplus
 }

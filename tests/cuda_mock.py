@@ -378,6 +378,40 @@ class MockLib:
         view(w, OC * C)[:] = self._quant_weight(w_q, w_scale, group, OC, C, 4).reshape(-1)
         return 0
 
+    # moe.cu (backends/reference.py's mixture-of-experts section)
+    def moe_permute_forward(self, out, x, token_index, N, R, C):
+        t = view(token_index, R, I64)
+        view(out, R * C)[:] = ref.moe_permute_forward(view(x, N * C).reshape(N, C), t).reshape(-1)
+        return 0
+
+    def moe_permute_backward(self, dx, dout, token_index, N, R, C):
+        d = ref.moe_permute_backward(view(dout, R * C).reshape(R, C), view(token_index, R, I64), N)
+        view(dx, N * C)[:] = d.reshape(-1)
+        return 0
+
+    def grouped_matmul_forward(self, out, x, w, offsets, R, E, C, OC):
+        o = ref.grouped_matmul_forward(view(x, R * C).reshape(R, C), view(w, E * OC * C).reshape(E, OC, C),
+                                       view(offsets, E + 1, I64))
+        view(out, R * OC)[:] = o.reshape(-1)
+        return 0
+
+    def grouped_matmul_backward(self, dx, dw, dout, x, w, offsets, R, E, C, OC):
+        gx, gw = ref.grouped_matmul_backward(view(dout, R * OC).reshape(R, OC), view(x, R * C).reshape(R, C),
+                                             view(w, E * OC * C).reshape(E, OC, C), view(offsets, E + 1, I64))
+        view(dx, R * C)[:], view(dw, E * OC * C)[:] = gx.reshape(-1), gw.reshape(-1)
+        return 0
+
+    def moe_combine_forward(self, out, y, weights, token_index, N, R, C):
+        o = ref.moe_combine_forward(view(y, R * C).reshape(R, C), view(weights, R), view(token_index, R, I64), N)
+        view(out, N * C)[:] = o.reshape(-1)
+        return 0
+
+    def moe_combine_backward(self, dy, dweights, dout, y, weights, token_index, N, R, C):
+        gy, gw = ref.moe_combine_backward(view(dout, N * C).reshape(N, C), view(y, R * C).reshape(R, C),
+                                          view(weights, R), view(token_index, R, I64))
+        view(dy, R * C)[:], view(dweights, R)[:] = gy.reshape(-1), gw
+        return 0
+
 
 def install(monkeypatch):
     """Replace the CUDA library by MockLib for one test; returns the mock."""

@@ -11,7 +11,7 @@ The rule that maps a reference kernel onto C and CUDA (the only rule; checked be
       3. then the parameters p1 ... pk, same names, same order: an array becomes a pointer to
          its data, a scalar stays a value. Left out are the parameters that only restate what a
          pointer or a size already says: has_bias (the bias gradient pointer is NULL without
-         a bias) and num_embeddings (the size V);
+         a bias), num_embeddings (the size V) and num_tokens (the size N);
       4. last the sizes, int64_t and named from the size legend (SIZES), then any int flags.
     A rung f_v<k>_<what> (one step of a ladder of implementations, as matmul_forward_v1_naive)
     has f's arguments exactly; the production f may be an alias of its best rung.
@@ -52,11 +52,11 @@ EXTRAS = {
              "delta": "scratch for attention's D_i = dout_i . out_i (the C kernel keeps it on the stack)"},
 }
 # Reference parameters that only restate a pointer or a size (rule item 3).
-RESTATED = {"has_bias", "num_embeddings"}
+RESTATED = {"has_bias", "num_embeddings", "num_tokens"}
 # The size legend of both headers: every one of these is an int64_t.
 SIZES = {"N", "C", "OC", "V", "B", "T", "NH", "NKV", "HS", "Tq", "Tk", "BNH", "M", "K", "n", "batch",
          "stride_out", "stride_a", "stride_b", "work_len", "outer", "R", "inner", "rows", "width", "n_ids",
-         "NB", "BS", "MB"}
+         "NB", "BS", "MB", "E"}
 NOT_BY_THE_RULE = {"matmul_forward", "matmul_backward"}
 RUNG = re.compile(r"^(\w+?)_v\d+_\w+$")
 

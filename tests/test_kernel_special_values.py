@@ -313,6 +313,36 @@ def _linear(rng, spoil, backward):
     return [Arr(spoil(normal(rng, 2, 3, 6))), w, Arr(spoil(normal(rng, 5))), in_out]
 
 
+
+def _moe_plan(rng, n=5, k=2, e=4):
+    """A routing plan of n tokens, k rows each, over e experts (some with no row): the rows
+    sorted by expert, the token each copies, the experts' row offsets."""
+    experts = np.stack([rng.choice(e - 1, k, replace=False) for _ in range(n)]).reshape(-1)   # expert e-1 idle
+    order = np.argsort(experts, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(experts, minlength=e))]).astype(np.int64)
+    return (order // k).astype(np.int64), offsets
+
+
+def _grouped(rng, spoil, backward):
+    token_index, offsets = _moe_plan(rng)
+    r, e = token_index.size, offsets.size - 1
+    x, w = Arr(spoil(normal(rng, r, 6))), Arr(spoil(normal(rng, e, 5, 6)))
+    return ([Arr(spoil(normal(rng, r, 5))), x, w, Ids(offsets)] if backward else [x, w, Ids(offsets)])
+
+
+def _moe_rows(rng, spoil, kernel):
+    token_index, _ = _moe_plan(rng)
+    r = token_index.size
+    if kernel == "permute_forward":
+        return [Arr(spoil(normal(rng, 5, 6))), Ids(token_index)]
+    if kernel == "permute_backward":
+        return [Arr(spoil(normal(rng, r, 6))), Ids(token_index), 5]
+    if kernel == "combine_forward":
+        return [Arr(spoil(normal(rng, r, 6))), Arr(spoil(normal(rng, r))), Ids(token_index), 5]
+    return [Arr(spoil(normal(rng, 5, 6))), Arr(spoil(normal(rng, r, 6))), Arr(spoil(normal(rng, r))),
+            Ids(token_index)]
+
+
 CASES = {
     "linear_q8_forward": _linear_quant(8), "linear_q4_forward": _linear_quant(4),
     "dequantize_q8": _dequantize(8), "dequantize_q4": _dequantize(4),
@@ -364,6 +394,12 @@ CASES = {
     "attention_forward": _attention_forward, "attention_backward": _attention_backward,
     "paged_cache_write": _paged_cache_write, "paged_attention_forward": _paged_attention_forward,
     "adamw_update": _adamw,
+    "moe_permute_forward": lambda rng, spoil: _moe_rows(rng, spoil, "permute_forward"),
+    "moe_permute_backward": lambda rng, spoil: _moe_rows(rng, spoil, "permute_backward"),
+    "moe_combine_forward": lambda rng, spoil: _moe_rows(rng, spoil, "combine_forward"),
+    "moe_combine_backward": lambda rng, spoil: _moe_rows(rng, spoil, "combine_backward"),
+    "grouped_matmul_forward": lambda rng, spoil: _grouped(rng, spoil, False),
+    "grouped_matmul_backward": lambda rng, spoil: _grouped(rng, spoil, True),
 }
 
 

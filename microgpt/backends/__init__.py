@@ -120,6 +120,20 @@ KERNELS = {
                           "x @ dequantize_q8(w_q, w_scale, group)^T + b; b (OC,) or None"),
     "linear_q4_forward": ("linear_q4_forward(x, w_q, w_scale, b, group) -> out",
                           "x @ dequantize_q4(w_q, w_scale, group)^T + b; b (OC,) or None"),
+    # --- mixture of experts (nn/moe.py): R = N * k rows sorted by expert, E experts -----------
+    "moe_permute_forward":  ("moe_permute_forward(x, token_index) -> out",
+                             "out[r] = x[token_index[r]]; x (N, C), token_index (R,) int64 -> out (R, C)"),
+    "moe_permute_backward": ("moe_permute_backward(dout, token_index, num_tokens) -> dx",
+                             "dx (num_tokens, C): dout rows scatter-added at token_index"),
+    "grouped_matmul_forward":  ("grouped_matmul_forward(x, w, offsets) -> out",
+                                "out[r] = x[r] @ w[e]^T for offsets[e] <= r < offsets[e+1]; x (R, C), "
+                                "w (E, OC, C), offsets (E+1,) int64 -> out (R, OC); an expert may have 0 rows"),
+    "grouped_matmul_backward": ("grouped_matmul_backward(dout, x, w, offsets) -> (dx, dw)",
+                                "gradients of grouped_matmul_forward; dw[e] = 0 for an expert with no rows"),
+    "moe_combine_forward":  ("moe_combine_forward(y, weights, token_index, num_tokens) -> out",
+                             "out[n] = sum over rows r of token n of weights[r] * y[r]; y (R, C) -> out (N, C)"),
+    "moe_combine_backward": ("moe_combine_backward(dout, y, weights, token_index) -> (dy, dweights)",
+                             "dy[r] = weights[r] dout[t_r], dweights[r] = dout[t_r] . y[r]"),
     "adamw_update": ("adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step) -> None",
                      "one AdamW step, in place on param, m and v (step counts from 1)"),
 }

@@ -9,7 +9,8 @@ helpers in cpu_lib.py; this module binds the rest and is the backend module itse
 Which kernels run in C (float32 only; float64 arrays take the NumPy reference path, for
 gradient checks):
   matmul, linear, softmax, log_softmax, cross_entropy, embedding, layer_norm, rms_norm,
-  rope, gelu, silu, attention, adamw_update, paged_cache_write, paged_attention_forward.
+  rope, gelu, silu, attention, adamw_update, paged_cache_write, paged_attention_forward, the
+  mixture-of-experts kernels (cpu_moe.py).
 Which reuse backends/reference.py as they are: array creation and transfer, the elementwise
 arithmetic (add ... tanh, relu), reductions, and shape bookkeeping (reshape, permute,
 getitem, concatenate ...). These are memory-bound one-liners that NumPy already runs at
@@ -92,6 +93,11 @@ if AVAILABLE:
     from . import cpu_quant       # weight-only int8 / int4 linear layers (csrc/quant.c)
     linear_q8_forward, linear_q4_forward = cpu_quant.linear_q8_forward, cpu_quant.linear_q4_forward
     dequantize_q8, dequantize_q4 = cpu_quant.dequantize_q8, cpu_quant.dequantize_q4
+    from . import cpu_moe         # mixture-of-experts routing and grouped matmul (csrc/moe.c)
+    moe_permute_forward, moe_permute_backward = cpu_moe.moe_permute_forward, cpu_moe.moe_permute_backward
+    grouped_matmul_forward = cpu_moe.grouped_matmul_forward
+    grouped_matmul_backward = cpu_moe.grouped_matmul_backward
+    moe_combine_forward, moe_combine_backward = cpu_moe.moe_combine_forward, cpu_moe.moe_combine_backward
 
 
 # --- reused from the reference: creation, elementwise arithmetic, reductions, shapes -----------

@@ -8,6 +8,7 @@ Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
   cuda_shape.py        broadcast_to, reshape, permute, concatenate (strided copies)
   cuda_index.py        getitem and getitem_backward
   cuda_matmul.py       matmul and linear
+  cuda_moe.py          mixture of experts: row permutation, grouped matmul, weighted combine
   cuda.py              (this file) the fused transformer kernels, and the backend module
                        itself: every contract name, AVAILABLE / UNAVAILABLE_REASON / NAME,
                        and a few CUDA-only helpers
@@ -34,6 +35,8 @@ from .cuda_elementwise import (accumulate, add, div, exp, gelu_backward, gelu_fo
                                relu_backward, relu_forward, silu_backward, silu_forward, sqrt, sub, tanh)
 from .cuda_index import getitem, getitem_backward
 from .cuda_matmul import linear_backward, linear_forward, matmul_backward, matmul_forward
+from .cuda_moe import (grouped_matmul_backward, grouped_matmul_forward, moe_combine_backward,
+                       moe_combine_forward, moe_permute_backward, moe_permute_forward)
 from .cuda_reduce import max, max_backward, sum, sum_to_shape  # noqa: A004 - the contract's names
 from .cuda_runtime import (AVAILABLE, UNAVAILABLE_REASON, DeviceArray, bad_flag, call, device_name, empty,
                            on_device, require_f32, synchronize)
@@ -55,6 +58,8 @@ __all__ = [
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "adamw_update",
     "dequantize_q8", "dequantize_q4", "linear_q8_forward", "linear_q4_forward",
     "paged_cache_write", "paged_attention_forward",
+    "moe_permute_forward", "moe_permute_backward", "grouped_matmul_forward", "grouped_matmul_backward",
+    "moe_combine_forward", "moe_combine_backward",
 ]
 
 NAME = "cuda"

@@ -574,3 +574,59 @@ def linear_q8_forward(x, w_q, w_scale, b, group):
 
 def linear_q4_forward(x, w_q, w_scale, b, group):
     return linear_forward(x, dequantize_q4(w_q, w_scale, group).astype(x.dtype), b)
+
+
+# --- mixture of experts: rows routed to experts (nn/moe.py) -------------------------------------
+# A router sends each of N tokens to k of E experts. The N * k (token, expert) pairs, sorted by
+# expert, are the R = N * k "rows" of the expert layers: row r is a copy of token token_index[r]
+# (R,), and expert e owns the rows offsets[e] .. offsets[e + 1] - 1 (offsets (E + 1,), int64,
+# offsets[0] = 0, nondecreasing, offsets[E] = R; an expert may own no row). Dropless: every pair
+# has its row, however uneven the load. Sizes: N tokens, R rows, E experts, C / OC channels.
+
+def moe_permute_forward(x, token_index):
+    # out[r] = x[token_index[r]]: gather each row's token; x (N, C) -> out (R, C)
+    return _contiguous(x[token_index])
+
+
+def moe_permute_backward(dout, token_index, num_tokens):
+    # out[r] = x[t_r]  =>  dx[n] = sum_{r : t_r = n} dout[r]  (each token sums its k rows)
+    dx = np.zeros((num_tokens, dout.shape[1]), dtype=dout.dtype)
+    np.add.at(dx, token_index, dout)
+    return dx
+
+
+def grouped_matmul_forward(x, w, offsets):
+    # out[r] = x[r] @ w[e]^T for the rows r of expert e: one linear map per expert.
+    # x (R, C), w (E, OC, C) -> out (R, OC)
+    out = np.zeros((x.shape[0], w.shape[1]), dtype=x.dtype)
+    for e in range(w.shape[0]):
+        rows = slice(int(offsets[e]), int(offsets[e + 1]))
+        out[rows] = x[rows] @ w[e].T
+    return out
+
+
+def grouped_matmul_backward(dout, x, w, offsets):
+    # linear_backward per expert, over that expert's rows only:
+    #   dx[r] = dout[r] @ w[e]                     (rows r of expert e)
+    #   dw[e] = sum_{rows r of e} dout[r]^T x[r]   = dout_e^T @ x_e; 0 for an expert with no rows
+    dx = np.zeros_like(x)
+    dw = np.zeros_like(w)
+    for e in range(w.shape[0]):
+        rows = slice(int(offsets[e]), int(offsets[e + 1]))
+        dx[rows] = dout[rows] @ w[e]
+        dw[e] = dout[rows].T @ x[rows]
+    return dx, dw
+
+
+def moe_combine_forward(y, weights, token_index, num_tokens):
+    # out[n] = sum_{r : t_r = n} weights[r] y[r]: each token's k expert outputs, weighted by
+    # its router weights; y (R, C), weights (R,) -> out (N, C). A token with no row gets 0.
+    out = np.zeros((num_tokens, y.shape[1]), dtype=y.dtype)
+    np.add.at(out, token_index, y * weights[:, None])
+    return out
+
+
+def moe_combine_backward(dout, y, weights, token_index):
+    # out[n] = sum_r [t_r = n] w_r y[r]  =>  dy[r] = w_r dout[t_r],  dw_r = dout[t_r] . y[r]
+    gathered = dout[token_index]
+    return (gathered * weights[:, None]).astype(y.dtype), np.sum(gathered * y, axis=1).astype(y.dtype)
