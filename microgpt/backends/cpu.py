@@ -190,17 +190,12 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
     return dlogits
 
 
-# --- embedding -----------------------------------------------------------------------------------
-
-def embedding_forward(ids, weight):
-    op = "embedding_forward"
-    is32 = check.floats(op, weight=weight)
-    if weight.ndim != 2:
 # --- distillation's KL ---------------------------------------------------------------------------
-# No C kernel: checked here, computed by the reference in float32 too. It does not pay: the op
-# is O(N V) elementwise work, next to O(N V C) for the LM-head products that made its two
-# inputs (forward and backward, student and teacher), so a fused C pass would save a few
-# per cent of a distillation step at most (benchmarks/results/compress.md measures the share).
+# No C kernel: checked here, computed by the reference in float32 too. It would not pay much:
+# the op is ~20 elementwise operations per logit (forward and backward), next to 2 C per logit
+# for each LM-head product that made or consumes its inputs (the student's forward and two
+# backward products, the teacher's forward: 8 C, 380 at the demo student's C = 48), so a fused
+# C pass could save a few per cent of a distillation step (an estimate; not measured).
 
 def _kl_check(op, student, teacher, temperature):
     check.floats(op, student=student, teacher=teacher)
@@ -227,6 +222,12 @@ def kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, tempera
     return _ref.kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature)
 
 
+# --- embedding -----------------------------------------------------------------------------------
+
+def embedding_forward(ids, weight):
+    op = "embedding_forward"
+    is32 = check.floats(op, weight=weight)
+    if weight.ndim != 2:
         raise ShapeError(f"{op}: weight must be (V, C), got shape {weight.shape}")
     V, C = weight.shape
     ids = check.ids(op, "ids", ids, V)
