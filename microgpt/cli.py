@@ -188,11 +188,12 @@ def _sampling(args, checkpoint, gen):
 
 
 def _run_generate(args):
+    from .finetune.sft import load_finetuned          # a LoRA run: its adapter merged
     from .inference.engine import Engine
-    from .train.checkpoint import load_model, resolve
+    from .train.checkpoint import resolve
     stops = _stop_strings(args.stop)
     checkpoint = resolve(args.run_dir)
-    model, tokenizer, gen = load_model(checkpoint, args.device)
+    model, tokenizer, gen = load_finetuned(checkpoint, args.device)
     sampling = _sampling(args, checkpoint, gen)
     prompts = args.prompt or [""]
     engine = Engine(model, tokenizer)

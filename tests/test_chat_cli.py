@@ -84,3 +84,40 @@ def test_bad_flags_are_one_line_errors(tuned, argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_generate_on_a_lora_run_applies_the_adapter(tuned, tmp_path, capsys):
+    """`microgpt generate` on a LoRA run decodes with its adapter (and trained token rows)
+    merged, as `chat` does: not the frozen base that model.safetensors holds."""
+    import hashlib
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    from microgpt.finetune import peft_io
+    from microgpt.finetune.sft import load_chat_model
+    from microgpt.inference.engine import Engine
+    from microgpt.inference.sampling import SamplingConfig
+    from microgpt.train.checkpoint import load_model, resolve
+    _, out = tuned
+    run = shutil.copytree(resolve(out), tmp_path / "ckpt")
+    weights = load_file(run / peft_io.WEIGHTS_FILE)         # three steps move it little: push it
+    rng = np.random.default_rng(0)
+    save_file({k: (v + rng.normal(0, 0.5, v.shape)).astype(v.dtype) for k, v in weights.items()},
+              run / peft_io.WEIGHTS_FILE, metadata={"format": "pt"})
+    marker = json.loads((run / "COMPLETE").read_text())      # the checksum of the new file
+    data = (run / peft_io.WEIGHTS_FILE).read_bytes()
+    marker["files"][peft_io.WEIGHTS_FILE] = {"sha256": hashlib.sha256(data).hexdigest(),
+                                             "bytes": len(data)}
+    (run / "COMPLETE").write_text(json.dumps(marker))
+    prompt = "<|im_start|>user\na=1, b=2. What is b?<|im_end|>\n<|im_start|>assistant\n"
+    assert main(["generate", str(run), "--prompt", prompt, "--max-new-tokens", "12",
+                 "--temperature", "0"]) == 0
+    printed = capsys.readouterr().out
+    greedy = SamplingConfig(temperature=0.0)
+    tuned_model, tok, _ = load_chat_model(str(run))
+    expected = Engine(tuned_model, tok).generate([prompt], 12, greedy, 0)[0].text
+    base_model, tok2, _ = load_model(str(run))
+    base_text = Engine(base_model, tok2).generate([prompt], 12, greedy, 0)[0].text
+    assert base_text != expected                 # else this test could not tell them apart
+    assert printed.startswith(prompt + expected)

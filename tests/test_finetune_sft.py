@@ -196,3 +196,64 @@ def test_finetune_from_a_hugging_face_directory(tmp_path):
                        SFTOptions(lora_rank=2, lora_targets="q,k,v,o,gate,up,down", qlora=True),
                        log=lambda *a: None)
     assert summary["finished"] and np.isfinite(summary["val_loss"])
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("adapters", [False, True], ids=["full", "lora+rows"])
+def test_packed_batch_equals_the_conversations_one_by_one(family, adapters):
+    """A packed SFT batch (document-masked attention, positions restarting per conversation)
+    gives the loss and every gradient that the conversations give one at a time: the packed
+    mean over all assistant tokens is sum_i n_i loss_i / sum_i n_i, and so for gradients."""
+    from microgpt.finetune import lora, tokens
+    tok = Tokenizer.bytes_level()
+    extra = dict(n_kv_head=1) if family == "llama" else {}
+    model = GPT(GPTConfig(family=family, vocab_size=tok.vocab_size, block_size=96, n_layer=2,
+                          n_head=2, n_embd=16, tie_embeddings=False, **extra), seed=3)
+    if adapters:
+        lora.apply_lora(model, lora.target_modules(model.config, "q,v,down"), rank=2, alpha=4.0)
+        tokens.train_token_rows(model, [tok.special_tokens["<|im_start|>"],
+                                        tok.special_tokens["<|im_end|>"]])
+        for _, p in lora.trainable_parameters(model):
+            p.data = (p.numpy() + np.random.default_rng(4).normal(0, 0.1, p.shape)).astype(np.float32)
+    params = dict(lora.trainable_parameters(model))
+    examples = []
+    for k, (p, a) in enumerate(PAIRS[:4]):
+        ids, mask = encode_chat(tok, [{"role": "user", "content": p[:6 + 3 * k]},
+                                      {"role": "assistant", "content": a}])
+        examples.append(chat_data.Example(np.array(ids), np.array(mask)))
+    rows = packing.pack_rows([len(e) for e in examples], 96)
+    assert any(len(r) > 1 for r in rows)              # some row really holds several
+    batch = packing.packed_batch(examples, rows, 96)
+    assert (batch.segment_ids == 0).any()             # and some padding
+    model.zero_grad()
+    _, loss = model(batch.x, batch.y, ignore_index=chat_data.IGNORE,
+                    segment_ids=batch.segment_ids, position_ids=batch.position_ids)
+    loss.backward()
+    packed = {n: p.backend.to_numpy(p.grad).copy() for n, p in params.items()}
+    total = sum(int(e.mask[1:].sum()) for e in examples)
+    alone_loss, alone = 0.0, {n: np.zeros(p.shape, np.float64) for n, p in params.items()}
+    for e in examples:
+        one = packing.padded_batch([e])
+        count = int((one.y != chat_data.IGNORE).sum())
+        model.zero_grad()
+        _, li = model(one.x, one.y, ignore_index=chat_data.IGNORE)
+        li.backward()
+        alone_loss += li.item() * count / total
+        for n, p in params.items():
+            alone[n] += p.backend.to_numpy(p.grad) * count / total
+    assert abs(loss.item() - alone_loss) < 1e-5 * abs(alone_loss)
+    for n in params:
+        scale = max(np.abs(alone[n]).max(), 1e-8)
+        assert np.abs(packed[n] - alone[n]).max() < 2e-5 * scale, n
+
+
+def test_packing_runs_and_resumes_bit_exact(tmp_path, base_run):
+    quiet = lambda *a: None                                  # noqa: E731
+    options = SFTOptions(packing=True, lora_rank=2)
+    straight = finetune(sft_config(tmp_path, base_run, "straight", max_steps=4, eval_interval=2,
+                                   checkpoint_interval=2), options, log=quiet)
+    assert straight["finished"] and np.isfinite(straight["val_loss"])
+    finetune(sft_config(tmp_path, base_run, "split", max_steps=4, eval_interval=2,
+                        checkpoint_interval=2), options, log=quiet, stop_at_step=2)
+    resume_sft(str(tmp_path / "split"), log=quiet)
+    assert losses_of(tmp_path / "split") == losses_of(tmp_path / "straight")

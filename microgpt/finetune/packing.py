@@ -15,14 +15,15 @@ them apart, as if each ran alone:
                         learned position table or RoPE
 
 and the first target of each conversation is predicted from its own first token, never from
-the previous conversation's last (targets come from the conversation's own ids). Packing
-needs GPT.forward to take segment_ids and position_ids; model_supports_packing says whether
-this build's does.
+the previous conversation's last (targets come from the conversation's own ids). Padding
+at a row's end is segment 0, a document of its own whose targets are all IGNORE. So a packed
+batch's loss and gradients are those of its conversations run one at a time, weighted by
+their assistant-token counts (tests/test_finetune_sft.py checks it, both families, full and
+LoRA with trained token rows).
 
 SFTBatches draws the examples of each epoch in a permutation of (seed, epoch), so its state
 is (epoch, position) and a resumed run continues with the same batches, bit for bit.
 """
-import inspect
 from dataclasses import dataclass
 from typing import Optional
 
@@ -42,11 +43,6 @@ class Batch:
 
     def __iter__(self):                    # `x, y = batch`, as the pre-training loader's
         return iter((self.x, self.y))
-
-
-def model_supports_packing(model):
-    params = inspect.signature(model.forward).parameters
-    return "segment_ids" in params and "position_ids" in params
 
 
 def padded_batch(examples):

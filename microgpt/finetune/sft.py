@@ -137,9 +137,6 @@ class SFTTrainer(Trainer):
                 before, after = qlora.quantize_model(model)
                 self.log(f"QLoRA: the blocks' frozen weights in int8, {before / 2**20:.1f} -> "
                          f"{after / 2**20:.1f} MiB")
-        if o.packing and not packing.model_supports_packing(model):
-            raise ConfigError("--packing needs document-masked attention (GPT.forward's "
-                              "segment_ids), which this build lacks; fine-tune without --packing")
         self.model, self.gpt_config = model.train(), model.config
         if c.device != "cpu":
             self.model.to(c.device)
@@ -318,15 +315,23 @@ def resume_sft(run_dir, overrides=None, log=print, stop_at_step=None):
     return trainer.run(stop_at_step=stop_at_step)
 
 
+def load_finetuned(path, device="cpu"):
+    """(GPT, Tokenizer, generation dict) as ckpt.load_model reads `path`, with a LoRA run's
+    adapter (and trained token rows) applied and merged: what `microgpt generate` decodes
+    with, so that a LoRA run generates as the fine-tuned model, not as its frozen base."""
+    model, tokenizer, generation = ckpt.load_model(path, device)
+    resolved = ckpt.resolve(path)
+    if peft_io.is_adapter_dir(resolved):
+        peft_io.load_adapter(model, resolved, merge=True)
+    return model, tokenizer, generation
+
+
 def load_chat_model(path, device="cpu"):
     """(GPT, Tokenizer, generation dict) of a fine-tuned run or checkpoint, its LoRA adapter
     (if any) applied and merged; any other model directory as ckpt.load_model reads it, with
     <|im_start|>/<|im_end|> added (mean rows) when its tokenizer lacks them, as SFT starts."""
     from ..tokenizer.chat import with_chat_tokens
-    model, tokenizer, generation = ckpt.load_model(path, device)
-    resolved = ckpt.resolve(path)
-    if peft_io.is_adapter_dir(resolved):
-        peft_io.load_adapter(model, resolved, merge=True)
+    model, tokenizer, generation = load_finetuned(path, device)
     tokenizer, _ = with_chat_tokens(tokenizer)     # a base model: as fine-tuning would start it
     if tokenizer.vocab_size > model.config.vocab_size:
         resize_vocabulary(model, tokenizer.vocab_size)
