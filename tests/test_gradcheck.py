@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import array_shapes
 
-from microgpt import ops, ops_fused
+from microgpt import ops, ops_fused, ops_moe
 from microgpt.gradcheck import GradcheckError, gradcheck
 from microgpt.nn import rope_tables
 from microgpt.op_registry import OPS, _send
@@ -308,3 +308,25 @@ def test_quantized_linear(data, seed, with_bias, bits):
         gradcheck(lambda x, b: ops.quantized_linear(x, w_q, w_scale, bits, group, b), [x, t64(rng, (oc,))])
     else:
         gradcheck(lambda x: ops.quantized_linear(x, w_q, w_scale, bits, group), [x])
+
+
+def _moe_plan(rng, data):
+    """A routing plan drawn by hypothesis: n tokens, k of e experts each, some experts maybe idle."""
+    n, e = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 5))
+    k = data.draw(st.integers(1, e))
+    chosen = np.stack([rng.choice(e, k, replace=False) for _ in range(n)])
+    flat = chosen.reshape(-1)
+    order = np.argsort(flat, kind="stable")
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(flat, minlength=e))]).astype(np.int64)
+    return n, e, (order // k).astype(np.int64), offsets
+
+
+@checks("moe_permute", "grouped_linear", "moe_combine")
+@given(st.data(), seeds)
+def test_moe_ops(data, seed):
+    rng = np.random.default_rng(seed)
+    n, e, token_index, offsets = _moe_plan(rng, data)
+    r, c, oc = token_index.size, data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+    gradcheck(lambda x: ops_moe.moe_permute(x, token_index), [t64(rng, (n, c))])
+    gradcheck(lambda x, w: ops_moe.grouped_linear(x, w, offsets), [t64(rng, (r, c)), t64(rng, (e, oc, c))])
+    gradcheck(lambda y, w: ops_moe.moe_combine(y, w, token_index, n), [t64(rng, (r, c)), t64(rng, (r,))])

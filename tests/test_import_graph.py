@@ -34,7 +34,7 @@ LAYERS = [
     ("foundation", ["microgpt.errors", "microgpt.fileio"]),
     ("backends", ["microgpt.backends"]),
     ("tensor/ops", ["microgpt.tensor", "microgpt.op_registry", "microgpt.ops", "microgpt.ops_fused",
-                    "microgpt.gradcheck"]),
+                    "microgpt.ops_moe", "microgpt.gradcheck"]),
     ("nn", ["microgpt.nn"]),
     ("data/tokenizer", ["microgpt.data", "microgpt.tokenizer"]),
     ("train/inference", ["microgpt.train", "microgpt.inference", "microgpt.interop", "microgpt.quantize"]),

@@ -42,7 +42,11 @@ from ..nn import (GPT, MLP, Block, CausalSelfAttention, Embedding, KVCache, Laye
 CONFIG_FIELDS = frozenset({
     "family", "vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd",
     "mlp_hidden", "dropout", "bias", "tie_embeddings", "norm_eps", "rope_theta", "head_dim",
-    "qkv_bias", "attn_out_bias", "qk_norm", "rope_scaling", "sliding_window", "linear_layout"})
+    "qkv_bias", "attn_out_bias", "qk_norm", "rope_scaling", "sliding_window", "linear_layout",
+    # mixture of experts: an MoE block's mlp is no MLP/SwiGLU, so supports() refuses the model
+    # and generation takes GPT.forward with its KV cache (the MoE layer runs per step there)
+    "n_experts", "n_experts_per_token", "n_shared_experts", "moe_every", "moe_hidden", "moe_norm_topk_prob",
+    "router_aux_loss_coef", "router_z_loss_coef"})
 
 
 def _plain(module, cls):

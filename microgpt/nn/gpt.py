@@ -50,6 +50,7 @@ from ..tensor import Tensor
 from .attention import CausalSelfAttention, KVCache, RotaryTables, positions_from_segments, rope_scaling_type
 from .layers import INIT_STD, MLP, WEIGHT_LAYOUTS, Dropout, Embedding, LayerNorm, Linear, RMSNorm, SwiGLU
 from .module import Module, ModuleList
+from .moe import MoEMLP
 
 FAMILIES = ("gpt2", "llama")
 
@@ -82,6 +83,17 @@ class GPTConfig:
     # loads into without a copy. The same model either way; the LM head is the embedding's
     # layout, (V, C), in both.
     linear_layout: str = "out_in"
+    # Mixture of experts (nn/moe.py): n_experts > 0 makes every moe_every-th block's MLP a
+    # router over n_experts SwiGLU experts of hidden moe_hidden, n_experts_per_token (top-k)
+    # of them per token; both families. 0: the dense MLP everywhere.
+    n_experts: int = 0
+    n_experts_per_token: int = 2
+    n_shared_experts: int = 0          # experts every token also goes through (one SwiGLU)
+    moe_every: int = 1                 # layer i is MoE when (i + 1) % moe_every == 0 (Qwen3-MoE)
+    moe_hidden: Optional[int] = None   # None: mlp_hidden
+    moe_norm_topk_prob: bool = True    # renormalize the top-k weights (Mixtral; Qwen3-MoE's flag)
+    router_aux_loss_coef: float = 0.01     # the load-balancing loss's weight in the training loss
+    router_z_loss_coef: float = 0.0        # the router z-loss's weight
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -122,6 +134,34 @@ class GPTConfig:
         self._check_sliding_window()
         if self.linear_layout not in WEIGHT_LAYOUTS:
             raise ConfigError(f"linear_layout must be one of {WEIGHT_LAYOUTS}, got {self.linear_layout!r}")
+        self._check_moe()
+
+    def _check_moe(self):
+        """The mixture-of-experts fields (nn/moe.py); all ignored while n_experts is 0."""
+        for name in ("n_experts", "n_shared_experts"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.moe_hidden is None:
+            self.moe_hidden = self.mlp_hidden
+        for name in ("n_experts_per_token", "moe_every", "moe_hidden"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+        if self.n_experts and self.n_experts_per_token > self.n_experts:
+            raise ConfigError(f"n_experts_per_token={self.n_experts_per_token} (top-k) is more than "
+                              f"n_experts={self.n_experts}: each token picks k distinct experts; use "
+                              f"k <= {self.n_experts}")
+        if not isinstance(self.moe_norm_topk_prob, bool):
+            raise ConfigError(f"moe_norm_topk_prob must be True or False, got {self.moe_norm_topk_prob!r}")
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
+
+    def is_moe_layer(self, layer):
+        """Whether block `layer` (from 0) has the routed-experts MLP."""
+        return self.n_experts > 0 and (layer + 1) % self.moe_every == 0
 
     def _refuse_llama_options(self):
         """GPT-2's block has one fused c_attn, learned positions and heads of n_embd / n_head."""
@@ -168,7 +208,7 @@ class GPTConfig:
 class Block(Module):
     """One pre-norm Transformer block; attribute names follow the family's checkpoints."""
 
-    def __init__(self, config, rng, proj_std, dtype, init=True):
+    def __init__(self, config, rng, proj_std, dtype, init=True, layer=0):
         self.family = config.family
         attn = CausalSelfAttention(config, rng, proj_std, dtype, init)
         if config.family == "gpt2":
@@ -183,6 +223,8 @@ class Block(Module):
             self.post_attention_layernorm = RMSNorm(config.n_embd, config.norm_eps, dtype)
             self.mlp = SwiGLU(config.n_embd, config.mlp_hidden, config.bias, config.dropout, rng, proj_std,
                               dtype, init, config.linear_layout)
+        if config.is_moe_layer(layer):          # routed SwiGLU experts in place of the dense MLP
+            self.mlp = MoEMLP(config, rng, proj_std, dtype, init)
 
     def forward(self, x, rotary=None, cache=None, layer=0, segment_ids=None):
         if self.family == "gpt2":
@@ -207,7 +249,7 @@ class GPT(Module):
         rng = np.random.default_rng(seed)
         proj_std = INIT_STD / math.sqrt(2 * config.n_layer)
         c, v = config.n_embd, config.vocab_size
-        blocks = ModuleList([Block(config, rng, proj_std, dtype, init) for _ in range(config.n_layer)])
+        blocks = ModuleList([Block(config, rng, proj_std, dtype, init, layer) for layer in range(config.n_layer)])
         if config.family == "gpt2":
             self.transformer = _Group(wte=Embedding(v, c, rng, dtype=dtype, init=init),
                                       wpe=Embedding(config.block_size, c, rng, dtype=dtype, init=init),
@@ -287,7 +329,38 @@ class GPT(Module):
         loss = None
         if targets is not None:
             loss = ops_fused.cross_entropy(logits, targets, ignore_index, loss_weights)
+            loss = self._with_router_losses(loss)
         return (logits, loss, hidden) if return_hidden else (logits, loss)
+
+    def moe_layers(self):
+        """The blocks' MoE MLPs (nn/moe.py), in layer order; empty for a dense model."""
+        return [block.mlp for block in self.blocks if isinstance(block.mlp, MoEMLP)]
+
+    def _with_router_losses(self, loss):
+        """loss + aux_coef * mean aux + z_coef * mean z over the MoE layers (training only)."""
+        layers = [m for m in self.moe_layers() if m.aux_loss is not None]
+        c = self.config
+        for coef, name in ((c.router_aux_loss_coef, "aux_loss"), (c.router_z_loss_coef, "z_loss")):
+            if coef and layers:
+                total = getattr(layers[0], name)
+                for m in layers[1:]:
+                    total = total + getattr(m, name)
+                loss = loss + total * (coef / len(layers))
+        return loss
+
+    def router_stats(self):
+        """The last forward's router statistics: per MoE layer tokens per expert, and the
+        layers' mean aux loss, z-loss and dropped tokens (0: routing is dropless); None for a
+        dense model."""
+        layers = [m.stats for m in self.moe_layers() if m.stats is not None]
+        if not layers:
+            return None
+        stats = {"tokens_per_expert": [s["tokens_per_expert"] for s in layers],
+                 "dropped_tokens": sum(s["dropped_tokens"] for s in layers)}
+        for name in ("aux_loss", "z_loss"):
+            if all(name in s for s in layers):
+                stats[name] = sum(s[name] for s in layers) / len(layers)
+        return stats
 
     def _position_ids(self, b, t, segment_ids, position_ids, kv_cache):
         """The (B, T) positions of a packed row (checked), or None for the plain 0 .. T-1."""
