@@ -21,6 +21,13 @@ with no match of any order scores 0.
 "<skipped>", join "-\\n" hyphenations, newlines to spaces, unescape &quot; &amp; &lt; &gt;, then
 split off every punctuation character except a period or comma between digits, and a dash
 after a digit. Segments are right-stripped first.
+
+Speed: every rule after the unescaping looks at two neighbouring characters at most and
+treats whitespace as a non-digit, so a line's tokens are the tokens of its whitespace-split
+words, each word tokenized alone between two spaces (as the line is padded). A corpus
+repeats its words, so `Tokenizer13a` keeps each word's tokens for the corpus it scores:
+the regular expressions run once per distinct word, not once per line. N-grams are counted
+by zipping shifted copies of the token list (Counter counts an iterable in C).
 """
 import math
 import re
@@ -32,32 +39,59 @@ from ..errors import ConfigError
 
 MAX_ORDER = 4
 
-# The punctuation classes of mteval-v13a: { to ~, [ to `, space to &, ( to +, : to @, and /.
-_PUNCTUATION = re.compile(r"([\{-\~\[-\` -\&\(-\+\:-\@\/])")
+# The punctuation classes of mteval-v13a: { to ~, [ to `, space to &, ( to +, : to @, and /;
+# each such character c becomes " c " (a translation table: the regex sub's effect, in C).
+_PUNCTUATION = "".join(chr(c) for lo, hi in ((0x7B, 0x7E), (0x5B, 0x60), (0x20, 0x26),
+                                             (0x28, 0x2B), (0x3A, 0x40), (0x2F, 0x2F))
+                       for c in range(lo, hi + 1))
+_SPACED = str.maketrans({c: f" {c} " for c in _PUNCTUATION})
 _PERIOD_COMMA_AFTER = re.compile(r"([^0-9])([\.,])")     # split unless preceded by a digit
 _PERIOD_COMMA_BEFORE = re.compile(r"([\.,])([^0-9])")    # split unless followed by a digit
 _DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
 
 
-def tokenize_13a(line: str) -> List[str]:
+def _unescape(line: str) -> str:
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in line:
         line = (line.replace("&quot;", '"').replace("&amp;", "&").replace("&lt;", "<")
                 .replace("&gt;", ">"))
-    line = f" {line} "
-    line = _PUNCTUATION.sub(r" \1 ", line)
-    line = _PERIOD_COMMA_AFTER.sub(r"\1 \2 ", line)
-    line = _PERIOD_COMMA_BEFORE.sub(r" \1 \2", line)
-    line = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", line)
-    return line.split()
+    return line
+
+
+def _word_tokens(word: str) -> List[str]:
+    """The 13a rules on one whitespace-free word, padded with a space each side."""
+    text = f" {word.translate(_SPACED)} "
+    if "." in text or "," in text:
+        text = _PERIOD_COMMA_AFTER.sub(r"\1 \2 ", text)
+        text = _PERIOD_COMMA_BEFORE.sub(r" \1 \2", text)
+    if "-" in text:
+        text = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", text)
+    return text.split()
+
+
+class Tokenizer13a:
+    """13a tokens of lines, each distinct word's tokens computed once (see the header)."""
+
+    def __init__(self):
+        self.words = {}
+
+    def __call__(self, line: str) -> List[str]:
+        tokens, known = [], self.words
+        for word in _unescape(line).split():
+            pieces = known.get(word)
+            if pieces is None:
+                pieces = known[word] = _word_tokens(word)
+            tokens += pieces
+        return tokens
+
+
+def tokenize_13a(line: str) -> List[str]:
+    return Tokenizer13a()(line)
 
 
 def _ngrams(tokens, max_order):
-    counts = Counter()
-    for n in range(1, max_order + 1):
-        for i in range(len(tokens) - n + 1):
-            counts[tuple(tokens[i:i + n])] += 1
-    return counts
+    """One Counter per order n = 1..max_order of the n-gram tuples."""
+    return [Counter(zip(*[tokens[i:] for i in range(n)])) for n in range(1, max_order + 1)]
 
 
 @dataclass
@@ -83,21 +117,33 @@ def _closest_length(hyp_len, ref_lens):
     return best
 
 
-def segment_statistics(hypothesis: str, references: Sequence[str], max_order=MAX_ORDER):
+def segment_statistics(hypothesis: str, references: Sequence[str], max_order=MAX_ORDER,
+                       tokenize=None):
     """[hyp_len, ref_len, correct_1..N, total_1..N] of one segment (sacrebleu's layout)."""
-    ref_counts, ref_lens = Counter(), []
+    tokenize = tokenize or Tokenizer13a()
+    ref_counts, ref_lens = None, []
     for ref in references:
-        tokens = tokenize_13a(ref.rstrip())
+        tokens = tokenize(ref.rstrip())
         ref_lens.append(len(tokens))
-        for gram, count in _ngrams(tokens, max_order).items():
-            if count > ref_counts[gram]:
-                ref_counts[gram] = count                  # clip by the largest reference count
-    hyp = tokenize_13a(hypothesis.rstrip())
-    correct, total = [0] * max_order, [0] * max_order
-    for gram, count in _ngrams(hyp, max_order).items():
-        total[len(gram) - 1] += count
-        if gram in ref_counts:
-            correct[len(gram) - 1] += min(count, ref_counts[gram])
+        counts = _ngrams(tokens, max_order)
+        if ref_counts is None:
+            ref_counts = counts
+            continue
+        for merged, order in zip(ref_counts, counts):
+            for gram, count in order.items():
+                if count > merged.get(gram, 0):
+                    merged[gram] = count          # clip by the largest reference count
+    hyp = tokenize(hypothesis.rstrip())
+    correct = [0] * max_order
+    total = [max(len(hyp) - n, 0) for n in range(max_order)]
+    if ref_counts is not None:
+        for n, (hyp_order, ref_order) in enumerate(zip(_ngrams(hyp, max_order), ref_counts)):
+            matched = 0
+            for gram, count in hyp_order.items():
+                ref_count = ref_order.get(gram)
+                if ref_count:
+                    matched += count if count < ref_count else ref_count
+            correct[n] = matched
     return [len(hyp), _closest_length(len(hyp), ref_lens)] + correct + total
 
 
@@ -133,9 +179,9 @@ def _reference_rows(hypotheses, references):
 
 def corpus_bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]],
                 max_order=MAX_ORDER) -> BLEUScore:
-    stats = [0] * (2 + 2 * max_order)
+    stats, tokenize = [0] * (2 + 2 * max_order), Tokenizer13a()
     for hyp, refs in zip(hypotheses, _reference_rows(hypotheses, references)):
-        for i, value in enumerate(segment_statistics(hyp, refs, max_order)):
+        for i, value in enumerate(segment_statistics(hyp, refs, max_order, tokenize)):
             stats[i] += value
     return bleu_from_statistics(stats[2:2 + max_order], stats[2 + max_order:], stats[0],
                                 stats[1], max_order)

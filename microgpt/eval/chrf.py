@@ -74,19 +74,23 @@ def _split_words(text: str) -> List[str]:
 def ngram_counts(text: str, char_order=CHAR_ORDER, word_order=WORD_ORDER, whitespace=False):
     """One Counter per order: characters 1..char_order, then words 1..word_order."""
     chars = text if whitespace else "".join(text.split())
-    counts = [Counter(chars[i:i + n] for i in range(len(chars) - n + 1))
-              for n in range(1, char_order + 1)]
-    if word_order:
-        words = _split_words(text)
-        counts += [Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
-                   for n in range(1, word_order + 1)]
-    return counts
+    return ([_counts(chars, n) for n in range(1, char_order + 1)]
+            + [_counts(_split_words(text), n) for n in range(1, word_order + 1) if word_order])
+
+
+def _counts(sequence, n):
+    """The n-grams of a string or list as tuples (one character or word each), counted by
+    zipping n shifted copies: Counter counts the zip in C, no slice per position."""
+    return Counter(zip(*[sequence[i:] for i in range(n)]))
 
 
 def _match_statistics(hyp_counts, ref_counts):
     stats = []
     for hyp, ref in zip(hyp_counts, ref_counts):
-        matched = sum(min(count, ref[g]) for g, count in hyp.items() if g in ref)
+        matched = 0
+        for g in hyp.keys() & ref.keys():              # the shared n-grams only
+            h, r = hyp[g], ref[g]
+            matched += h if h < r else r
         stats += [sum(hyp.values()) if ref else 0, sum(ref.values()), matched]
     return stats
 
