@@ -277,6 +277,30 @@ def generation(results):
              machine_label(data), link("generate.md"))]
 
 
+@entry
+def serving(results):
+    data = load("serve.json", results)
+    c = rows_where(data, lambda r: r["name"].startswith("serve concurrency"))[0]
+    n = c["name"].split()[2]
+    lat = {r["name"]: r["ours"] for r in rows_where(data, lambda r: r["name"].startswith(("ttft", "tpot")))}
+    mem = row(data, f"peak kv memory c{n}")
+    speed = f"**{x(c['ratio'])}**" if c["passed"] else f"{x(c['ratio'])}, **misses** {x(c['target'], 1)}"
+    out = [(f"`microgpt serve`, {n} concurrent streaming clients x 128 tokens, \"small\" shape (6L×384C), 2 threads",
+            f"{speed} aggregate tokens/s ({c['ours']:.0f} vs {c['peer']:.0f}, medians of {c['rounds']} rounds); "
+            f"TTFT p50/p99 {lat[f'ttft p50 c{n}']:.0f}/{lat[f'ttft p99 c{n}']:.0f} ms, TPOT p50/p99 "
+            f"{lat[f'tpot p50 c{n}']:.1f}/{lat[f'tpot p99 c{n}']:.1f} ms (c1: {lat['ttft p50 c1']:.0f} ms, "
+            f"{lat['tpot p50 c1']:.1f} ms); peak KV cache {mem['ours']:.1f} MiB",
+            "the same requests one by one", machine_label(data, _load(c)), link("serve.md"))]
+    llama = [r for r in data["rows"] if r["name"] == "serve vs llama.cpp c8"]
+    if llama:
+        r = llama[0]
+        verdict = f"**{x(r['ratio'])}**" if r["passed"] else f"{x(r['ratio'])}, **misses** 1.0x"
+        out.append(("`microgpt serve` vs llama.cpp's OpenAI server, same model (GGUF F32), 8 concurrent clients",
+                    f"{verdict} aggregate tokens/s ({r['ours']:.0f} vs {r['peer']:.0f})",
+                    "llama-cpp-python server", machine_label(data, _load(r)), link("serve.md")))
+    return out
+
+
 LOAD_SHAPES = {"gpt2-124M": "GPT-2-124M shape", "qwen3": "Qwen3 shape (125M; head_dim 128, qk-norm, tied)"}
 
 
