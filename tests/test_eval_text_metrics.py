@@ -88,3 +88,20 @@ def test_porter_equals_nltk_on_the_repository_vocabulary():
 @given(st.text(alphabet="abcdefghiklmnoprstuvwyz", min_size=1, max_size=12))
 def test_porter_equals_nltk_on_drawn_words(word):
     assert porter.stem(word) == nltk_porter.PorterStemmer().stem(word)
+
+
+def test_13a_word_by_word_equals_sacrebleu_on_every_short_string():
+    """bleu.Tokenizer13a applies the 13a rules to each whitespace-split word alone (they look
+    at two neighbouring characters, whitespace counting as a non-digit) and keeps each word's
+    tokens: every string of up to 5 characters over an alphabet that exercises each rule
+    (digit before/after a period, comma and dash, punctuation, newline, tab, &) tokenizes as
+    sacrebleu's whole-line tokenizer does, with a fresh cache and with one shared by all."""
+    import itertools
+
+    from sacrebleu.tokenizers.tokenizer_13a import Tokenizer13a
+    theirs, shared = Tokenizer13a(), bleu.Tokenizer13a()
+    for length in range(1, 6):
+        for chars in itertools.product("a1.,- \n(&\t", repeat=length):
+            line = "".join(chars)
+            expected = theirs(line).split()
+            assert bleu.tokenize_13a(line) == expected and shared(line) == expected, repr(line)
