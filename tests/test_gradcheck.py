@@ -217,8 +217,9 @@ def test_token_logprobs(data, seed):
     logits = t64(rng, lead + (vocab,))
     targets = rng.integers(0, vocab, size=lead)
     targets[rng.random(lead) < 0.3] = -100                       # ignored positions give 0
-    weights = rng.standard_normal(lead)                          # a random linear functional
-    gradcheck(lambda v: (ops_fused.token_logprobs(v, targets) * Tensor(weights)).sum(), [logits])
+    # gradcheck projects the output on a random direction itself (and the C-backend re-run in
+    # test_cpu_gradcheck.py does it in float32), so the op's own output is checked directly.
+    gradcheck(lambda v: ops_fused.token_logprobs(v, targets), [logits])
 
 
 @checks("embedding")
