@@ -289,7 +289,7 @@ def pair_tensors(shapes, config, readers):
 def match_tensors(model, readers):
     """[(parameter name, reader, tensor name)] pairing every parameter with one tensor of the
     files, checked by name and shape; any mismatch is a CheckpointError before any load."""
-    shapes = {name: p.shape for name, p in model.named_parameters()}
+    shapes = hf_names.file_shapes({name: p.shape for name, p in model.named_parameters()})
     match = pair_tensors(shapes, model.config, readers)
     error = match.error()
     if error is not None:
@@ -321,6 +321,13 @@ def _load(model, plan):
     family, layout = model.config.family, model.config.linear_layout
     params = dict(model.named_parameters())
     for ours, reader, name in plan:
+        sliced = hf_names.expert_slice(ours)
+        if sliced is not None:                               # one expert's matrix of a stacked parameter
+            stacked, expert = sliced
+            reader.read_into(name, params[stacked].data[expert])
+            params[stacked].zero_grad()
+            model.mark_initialized([stacked])
+            continue
         param = params[ours]
         transposed = hf_names.is_transposed(ours, family, layout)
         mapped = None if transposed or param.dtype != np.float32 else reader.mapped(name)
@@ -376,6 +383,18 @@ class _Lazy:
         return array if dtype is None else array.astype(dtype)
 
 
+class _ExpertSlice:
+    """Expert `expert`'s matrix of a stacked MoE parameter, fetched when the writer reaches it."""
+
+    def __init__(self, param, expert):
+        self.param, self.expert = param, expert
+        self.shape = tuple(param.shape[1:])
+
+    def __array__(self, dtype=None, copy=None):
+        array = self.param.numpy()[self.expert]
+        return array if dtype is None else array.astype(dtype)
+
+
 def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overwrite=False):
     """Write `model` (and `tokenizer`, if given) as a Hugging Face directory `out_dir`,
     atomically; returns out_dir. dtype: "float32", "float16" or "bfloat16" weights.
@@ -392,7 +411,13 @@ def export_hf(model, tokenizer, out_dir, generation=None, dtype="float32", overw
     model.check_initialized("export_hf")
     hf = hf_config_from_gpt(model.config, bos, eos, dtype)     # before any file: may refuse
     family, layout = model.config.family, model.config.linear_layout
-    tensors = {name: _Lazy(name, p, family, layout) for name, p in model.named_parameters()}
+    tensors = {}
+    for name, p in model.named_parameters():
+        if hf_names.is_stacked_experts(name, p.shape):       # one matrix per expert, as HF files hold them
+            for sliced, expert in hf_names.expert_slices(name, p.shape):
+                tensors[hf_names.file_name(sliced, hf["model_type"])] = _ExpertSlice(p, expert)
+        else:
+            tensors[hf_names.file_name(name, hf["model_type"])] = _Lazy(name, p, family, layout)
     parent = os.path.dirname(out_dir)
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.tmp-{os.getpid()}")

@@ -42,6 +42,19 @@ file read here means what it means to transformers. A key of the wrong type, a v
 engine cannot run (an activation, a rope type, a per-layer sliding window), or an unknown
 model_type is a one-line error naming the key and the file.
 
+The mixture-of-experts families (nn/moe.py), beside their dense twins:
+
+    GPTConfig            qwen3_moe (as qwen3, plus)         mixtral (as mistral, plus)
+    n_experts            num_experts or num_local_experts   num_local_experts
+    n_experts_per_token  num_experts_per_tok                num_experts_per_tok
+    moe_hidden           moe_intermediate_size              intermediate_size (every layer MoE)
+    mlp_hidden           intermediate_size (dense layers)   = moe_hidden
+    moe_every            decoder_sparse_step                1
+    moe_norm_topk_prob   norm_topk_prob (absent: False)     True (Mixtral always renormalizes)
+    router_aux_loss_coef router_aux_loss_coef               router_aux_loss_coef
+    mlp_only_layers (a list of dense layers) other than [] and router_jitter_noise (training
+    noise) other than 0 are refused: the layers here are chosen by moe_every alone.
+
 The fields head_dim, qkv_bias, attn_out_bias, qk_norm, rope_scaling, sliding_window and
 linear_layout are passed to GPTConfig only when they differ from their defaults, so a plain Llama or GPT-2
 maps onto any version of GPTConfig; one that needs a field GPTConfig does not have is
@@ -54,17 +67,18 @@ from ..errors import ConfigError
 from ..inference.sampling import SamplingConfig
 from ..nn import GPTConfig
 
-SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3")
+SUPPORTED_MODEL_TYPES = ("gpt2", "llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral")
 ARCHITECTURES = {"gpt2": "GPT2LMHeadModel", "llama": "LlamaForCausalLM",
                  "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
-                 "qwen3": "Qwen3ForCausalLM"}
+                 "qwen3": "Qwen3ForCausalLM", "qwen3_moe": "Qwen3MoeForCausalLM",
+                 "mixtral": "MixtralForCausalLM"}
 GPT2_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")   # tanh-approximate GELU, ours
 ROPE_TYPES = {"default": (), "linear": ("factor",),
               "llama3": ("factor", "low_freq_factor", "high_freq_factor",
                          "original_max_position_embeddings")}
 # The optional GPTConfig fields and the value that means "off" (see the header).
 OPTIONAL_FIELDS = {"head_dim": None, "qkv_bias": None, "attn_out_bias": None, "qk_norm": False,
-                   "rope_scaling": None, "sliding_window": None, "linear_layout": "out_in"}
+                   "rope_scaling": None, "sliding_window": None, "linear_layout": "out_in", "n_experts": 0}
 REQUIRED = object()
 
 
@@ -206,7 +220,7 @@ def _llama_family(keys, model_type):
               "norm_eps": keys.get("rms_norm_eps", "positive", 1e-6), "dropout": 0.0,
               "tie_embeddings": keys.get("tie_word_embeddings", "bool", False),
               "rope_theta": rope_theta, "rope_scaling": rope_scaling}
-    head_dim = keys.get("head_dim", "size", 128 if model_type == "qwen3" else None)
+    head_dim = keys.get("head_dim", "size", 128 if model_type in ("qwen3", "qwen3_moe") else None)
     kwargs["head_dim"] = None if head_dim in (None, n_embd // n_head) and n_embd % n_head == 0 \
         else head_dim
     mlp_bias = attention_bias = qkv_bias = False
@@ -215,13 +229,38 @@ def _llama_family(keys, model_type):
         mlp_bias = keys.get("mlp_bias", "bool", False)
     elif model_type == "qwen2":
         qkv_bias = True
-    elif model_type == "qwen3":
+    elif model_type in ("qwen3", "qwen3_moe"):
         attention_bias = qkv_bias = keys.get("attention_bias", "bool", False)
     kwargs.update(bias=mlp_bias, qkv_bias=None if qkv_bias == mlp_bias else qkv_bias,
                   attn_out_bias=None if attention_bias == mlp_bias else attention_bias,
-                  qk_norm=model_type == "qwen3")
+                  qk_norm=model_type in ("qwen3", "qwen3_moe"))
     kwargs["sliding_window"] = _sliding_window(keys, model_type, n_layer)
+    if model_type in ("qwen3_moe", "mixtral"):
+        kwargs.update(_experts(keys, model_type))
     return kwargs
+
+
+def _experts(keys, model_type):
+    """The GPTConfig MoE fields of a qwen3_moe / mixtral config.json (see the header)."""
+    if model_type == "mixtral":
+        if keys.get("router_jitter_noise", "float", 0.0):
+            raise keys.error("router_jitter_noise other than 0 is not supported (training noise on the "
+                             "router's input); set it to 0")
+        hidden = keys.get("intermediate_size", "size")
+        return {"n_experts": keys.get("num_local_experts", "size", 8),
+                "n_experts_per_token": keys.get("num_experts_per_tok", "size", 2), "moe_hidden": hidden,
+                "mlp_hidden": hidden, "moe_every": 1, "moe_norm_topk_prob": True,
+                "router_aux_loss_coef": keys.get("router_aux_loss_coef", "float", 0.001)}
+    if keys.get("mlp_only_layers", "list", None):
+        raise keys.error("mlp_only_layers (dense layers listed by index) is not supported; the MoE layers "
+                         "here are every decoder_sparse_step-th")
+    # transformers 5 writes Qwen3-MoE's num_experts as num_local_experts (its attribute map)
+    return {"n_experts": keys.get("num_local_experts", "size", None) or keys.get("num_experts", "size", 128),
+            "n_experts_per_token": keys.get("num_experts_per_tok", "size", 8),
+            "moe_hidden": keys.get("moe_intermediate_size", "size", 768),
+            "moe_every": keys.get("decoder_sparse_step", "size", 1),
+            "moe_norm_topk_prob": keys.get("norm_topk_prob", "bool", False),
+            "router_aux_loss_coef": keys.get("router_aux_loss_coef", "float", 0.001)}
 
 
 def _rope(keys):
@@ -250,10 +289,12 @@ def _rope(keys):
 
 
 def _sliding_window(keys, model_type, n_layer):
+    if model_type == "mixtral":        # absent or null: MixtralConfig's None, no window
+        return keys.get("sliding_window", "size", None) if keys.data.get("sliding_window") is not None else None
     if model_type == "mistral":        # absent: MistralConfig's 4096; null: no window
         return None if "sliding_window" in keys.data and keys.data["sliding_window"] is None \
             else keys.get("sliding_window", "size", 4096)
-    if model_type not in ("qwen2", "qwen3"):
+    if model_type not in ("qwen2", "qwen3", "qwen3_moe"):
         return None
     use = keys.get("use_sliding_window", "bool", False)
     window = keys.get("sliding_window", "size", 4096) if use else None
@@ -300,6 +341,8 @@ def choose_model_type(config, strict=True):
     qkv = _field(config, "qkv_bias", config.bias)
     out = _field(config, "attn_out_bias", config.bias)
     window = getattr(config, "sliding_window", None)
+    if getattr(config, "n_experts", 0):
+        return _moe_model_type(config, qkv, out, window)
     if getattr(config, "qk_norm", False):
         if qkv == out and not config.bias and window is None:
             return "qwen3"
@@ -315,6 +358,29 @@ def choose_model_type(config, strict=True):
                       f"mlp bias={config.bias}, sliding_window={window}); supported: llama (same "
                       f"bias on q, k, v, o), qwen2 (bias on q, k, v only), qwen3 (qk_norm), mistral "
                       f"(sliding window, no biases)")
+
+
+def _moe_model_type(config, qkv, out, window):
+    """qwen3_moe or mixtral for an MoE GPTConfig, or a ConfigError naming what neither has."""
+    wrong = [what for what, bad in (("family='gpt2'", config.family != "llama"),
+                                    ("biases", qkv or out or config.bias),
+                                    (f"n_shared_experts={config.n_shared_experts}", config.n_shared_experts))
+             if bad]
+    if config.qk_norm:
+        if window is not None:
+            wrong.append("a sliding window")
+        if not wrong:
+            return "qwen3_moe"
+    else:
+        if config.moe_every != 1:
+            wrong.append(f"moe_every={config.moe_every} (Mixtral: every layer)")
+        if not config.moe_norm_topk_prob:
+            wrong.append("moe_norm_topk_prob=False (Mixtral renormalizes)")
+        if not wrong:
+            return "mixtral"
+    raise ConfigError(f"no Hugging Face MoE model type has this combination: {', '.join(wrong)}; "
+                      f"supported: qwen3_moe (qk_norm, no biases, no shared experts) and mixtral (no "
+                      f"qk_norm, no biases, every layer MoE, top-k renormalized)")
 
 
 def hf_config_from_gpt(config, bos_token_id=None, eos_token_id=None, dtype="float32", strict=True):
@@ -343,12 +409,20 @@ def hf_config_from_gpt(config, bos_token_id=None, eos_token_id=None, dtype="floa
             hf["rope_scaling"] = dict(scaling)
         if model_type == "llama":
             hf.update(attention_bias=_field(c, "qkv_bias", c.bias), mlp_bias=c.bias)
-        elif model_type == "qwen3":
+        elif model_type in ("qwen3", "qwen3_moe"):
             hf.update(attention_bias=_field(c, "qkv_bias", c.bias))
-        elif model_type == "mistral":
+        elif model_type in ("mistral", "mixtral"):
             hf.update(sliding_window=c.sliding_window)
-        if model_type in ("qwen2", "qwen3"):
+        if model_type in ("qwen2", "qwen3", "qwen3_moe"):
             hf.update(use_sliding_window=False, sliding_window=None, max_window_layers=c.n_layer)
+        if model_type == "qwen3_moe":
+            hf.update(num_experts=c.n_experts, num_experts_per_tok=c.n_experts_per_token,
+                      moe_intermediate_size=c.moe_hidden, decoder_sparse_step=c.moe_every, mlp_only_layers=[],
+                      norm_topk_prob=c.moe_norm_topk_prob, router_aux_loss_coef=c.router_aux_loss_coef)
+        elif model_type == "mixtral":
+            hf.update(num_local_experts=c.n_experts, num_experts_per_tok=c.n_experts_per_token,
+                      intermediate_size=c.moe_hidden, router_aux_loss_coef=c.router_aux_loss_coef,
+                      router_jitter_noise=0.0)
     return {"architectures": [ARCHITECTURES[model_type]], "model_type": model_type, **hf,
             "tie_word_embeddings": c.tie_embeddings, "bos_token_id": bos_token_id,
             "eos_token_id": eos_token_id, "dtype": dtype}
