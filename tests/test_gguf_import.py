@@ -167,3 +167,69 @@ def test_describe_names_the_types(tmp_path, tokenizer):
     d = describe_gguf(path)
     assert d["architecture"] == "llama" and d["tokenizer"] == "gpt2" and d["vocab"] == 300
     assert d["tensor_types"]["Q4_0"] == 2 * 7 and d["keys"]["llama.block_count"] == 2
+
+
+# --- microgpt inspect shows the quantization -------------------------------------------------------
+
+def _source_run(path, model, tokenizer):
+    """A checkpoint directory's config.json and tokenizer.bpe: what save_quantized copies."""
+    import json
+
+    from microgpt.train.checkpoint import hf_config
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(hf_config(model.config.to_dict(), tokenizer.eot_id)))
+    tokenizer.save(str(path / "tokenizer.bpe"))
+    return str(path)
+
+
+def _cli(*argv):
+    from microgpt.cli import main
+    return main(list(argv))
+
+
+def test_inspect_shows_the_quantization_of_a_quantized_run_and_finds_no_problem(tmp_path, tokenizer, capsys):
+    from microgpt.interop.inspector import inspect_checkpoint
+    from microgpt.quantize.model import save_quantized
+    model = _model("gpt2")
+    run = _source_run(tmp_path / "run", model, tokenizer)
+    quantize_model(model, "int4", 64)
+    save_quantized(model, str(tmp_path / "q4"), run)
+    report = inspect_checkpoint(str(tmp_path / "q4"))
+    assert report.ok, report.format()
+    assert report.quantization["scheme"] == "int4" and len(report.quantization["layers"]) == 8
+    text = report.format()
+    assert "quantization: int4, 8 Linear layers (8 int4 group 64), LM head float" in text
+    rows = {r.name: r for r in report.rows}
+    assert rows["transformer.h.0.mlp.c_fc.weight.q"].status == "quantized"
+    assert rows["transformer.h.0.mlp.c_fc.weight.q"].ours == "transformer.h.0.mlp.c_fc.weight"
+    assert _cli("inspect", str(tmp_path / "q4")) == 0
+    assert "int4 group 64" in capsys.readouterr().out
+
+
+def test_inspect_names_a_quantized_tensor_of_the_wrong_shape(tmp_path, tokenizer):
+    from microgpt.interop.inspector import inspect_checkpoint
+    from microgpt.quantize.model import read_tensors, save_quantized, write_tensors
+    model = _model("gpt2")
+    run = _source_run(tmp_path / "run", model, tokenizer)
+    quantize_model(model, "int8")
+    out = tmp_path / "q8"
+    save_quantized(model, str(out), run)
+    tensors = read_tensors(str(out / "model.safetensors"))
+    name = "transformer.h.1.attn.c_proj.weight.scale"
+    tensors[name] = tensors[name][:, :0].copy()
+    write_tensors(str(out / "model.safetensors"), tensors)
+    report = inspect_checkpoint(str(out))
+    assert not report.ok
+    assert any(p.check == "shape" and name in p.message for p in report.problems)
+
+
+def test_inspect_shows_a_gguf_file_and_its_types(tmp_path, tokenizer, capsys):
+    path = export_gguf(_model("gpt2"), tokenizer, str(tmp_path / "m.gguf"), "q8_0")
+    assert _cli("inspect", path) == 0
+    out = capsys.readouterr().out
+    assert "GGUF file, architecture gpt2" in out and "quantization: 21 F32, 8 Q8_0 tensors" in out
+    assert "layer_norm_epsilon=1e-05" in out
+    assert "blk.0.attn_qkv.weight" in out and "Q8_0" in out
+    falcon = _rewrite(path, str(tmp_path / "falcon.gguf"), arch="falcon")
+    assert _cli("inspect", falcon) == 2
+    assert "architecture 'falcon' is not supported" in capsys.readouterr().out

@@ -295,6 +295,7 @@ def describe_gguf(path):
     for t in f.tensors.values():
         counts[t.tensor_type.name] = counts.get(t.tensor_type.name, 0) + 1
     keys = {k: f.value(k) for k in sorted(f.fields) if k.startswith(str(arch) + ".")}
+    keys = {k: _f32(v) if isinstance(v, float) else v for k, v in keys.items()}
     return {"architecture": arch, "file_type": f.value("general.file_type", -1), "keys": keys,
             "tensor_types": counts, "tensors": len(f.tensors),
             "bytes": int(sum(int(t.n_bytes) for t in f.tensors.values())),

@@ -61,7 +61,7 @@ ARCHITECTURE = ("vocab_size", "block_size", "n_layer", "n_embd", "n_head", "n_kv
 LLAMA_ONLY = ("qk_norm", "rope_theta", "rope_scaling", "sliding_window")
 STATUS_WORDS = {"ok": "", "shape": "WRONG SHAPE", "dtype": "NOT A FLOAT", "duplicate": "DUPLICATE",
                 "tied": "tied head", "buffer": "buffer (recomputed)", "unexpected": "UNEXPECTED",
-                "missing": "MISSING", "unpaired": "?"}
+                "missing": "MISSING", "unpaired": "?", "quantized": "quantized"}
 
 
 @dataclass
@@ -106,6 +106,7 @@ class Report:
     notes: list = field(default_factory=list)
     scanned: bool = True
     expected_shapes: dict = None      # {our name: shape} of the config's model
+    quantization: dict = None         # quantization.json of a `microgpt quantize` directory
 
     @property
     def ok(self):
@@ -140,7 +141,7 @@ class Report:
                 "totals": {"tensors": sum(1 for r in self.rows if r.name),
                            "parameters": self.parameters, "bytes": self.stored_bytes,
                            "expected_parameters": self.expected_parameters},
-                "values_scanned": self.scanned,
+                "values_scanned": self.scanned, "quantization": self.quantization,
                 "problems": [asdict(p) for p in self.problems], "notes": self.notes,
                 "ok": self.ok}
 
@@ -155,9 +156,17 @@ class Report:
             shown = [f"{k}={c[k]}" for k in ARCHITECTURE
                      if k in c and not (c["family"] == "gpt2" and k in LLAMA_ONLY)]
             lines += _wrap("  ", shown)
+            if c.get("n_experts"):
+                moe_layers = sum(self.config.is_moe_layer(i) for i in range(c["n_layer"]))
+                lines.append(f"experts: {c['n_experts']} per MoE layer in {moe_layers} of {c['n_layer']} layers, "
+                             f"top-{c['n_experts_per_token']}, expert hidden {c['moe_hidden']}, shared "
+                             f"{c['n_shared_experts']}, norm_topk_prob={c['moe_norm_topk_prob']}, "
+                             f"aux coef {c['router_aux_loss_coef']}, z coef {c['router_z_loss_coef']}")
         files = ", ".join(self.files) if len(self.files) <= 3 else \
             f"{len(self.files)} shards, {self.files[0]} .. {self.files[-1]}"
         lines.append(f"weights: {files or 'none readable'}")
+        if self.quantization is not None:
+            lines.append("quantization: " + _quantization_words(self.quantization))
         t = self.tokenizer
         if t is None:
             lines.append("tokenizer: none")
@@ -192,8 +201,8 @@ class Report:
         body = []
         for r in self.rows:
             ours = "=" if r.ours and r.ours == r.name else (r.ours or "-")
-            if r.ours and self.config is not None and hf_names.is_transposed(r.ours, self.config.family,
-                                                                            self.config.linear_layout):
+            if r.ours and r.status != "quantized" and self.config is not None and \
+                    hf_names.is_transposed(r.ours, self.config.family, self.config.linear_layout):
                 ours += " (transposed)"
             status = STATUS_WORDS.get(r.status, r.status)
             if r.nan or r.inf:
@@ -232,10 +241,13 @@ def _parameter_shapes(config):
 def inspect_checkpoint(path, scan_values=True):
     """Report on the checkpoint at `path` (see the header). A path that is no checkpoint of
     either kind at all is a CheckpointError; everything wrong inside one is a Problem."""
+    if os.path.isfile(path) and _is_gguf(path):
+        return inspect_gguf(path)
     kind, directory = source_kind(path)
     report = Report(os.fspath(path), directory, kind, scanned=scan_values)
     if kind == MICROGPT:
         _our_files(report)
+        _quantization_config(report)
     hf = _config(report)
     problems = []
     readers = open_weights(directory, problems)
@@ -255,7 +267,11 @@ def inspect_checkpoint(path, scan_values=True):
 
 
 def _our_files(report):
-    """Our checkpoint's COMPLETE marker and checksums (train/checkpoint.py's verify)."""
+    """Our checkpoint's COMPLETE marker and checksums (train/checkpoint.py's verify); a
+    `microgpt quantize` directory has neither (it is written whole, quantization.json last)."""
+    from ..quantize.model import is_quantized_dir
+    if is_quantized_dir(report.directory):
+        return
     try:
         ckpt.verify(report.directory)
     except CheckpointError as exc:
@@ -320,8 +336,16 @@ def _tensors(report, readers):
                 report.rows.append(_row(reader, name, "", "unpaired"))
         return
     shapes = report.expected_shapes = _parameter_shapes(report.config)
+    if report.kind == HUGGINGFACE:       # an HF file holds one matrix per expert (hf_names.py)
+        shapes = report.expected_shapes = hf_names.file_shapes(shapes)
     match = pair_tensors(shapes, report.config, readers)
+    quantized = {}                  # tensor name -> (layer, "q" | "scale") of a quantized layer
+    for layer in (report.quantization or {}).get("layers", {}):
+        quantized[layer + ".weight.q"], quantized[layer + ".weight.scale"] = (layer, "q"), (layer, "scale")
     for reader, name, ours, status in match.rows:
+        if status == "unexpected" and name in quantized:
+            report.rows.append(_quantized_row(report, reader, name, *quantized[name]))
+            continue
         report.rows.append(_row(reader, name, ours or "", status))
         if status == "unexpected":
             report.problem("unexpected", f"{reader.path}: tensor {name!r} {reader.tensors[name].shape} "
@@ -331,6 +355,8 @@ def _tensors(report, readers):
     for status, error in zip(conflicting, match.conflicts):      # both in file order
         report.problem(status, error)
     for name in match.missing:
+        if name.endswith(".weight") and name[:-len(".weight")] + ".weight.q" in quantized:
+            continue                                   # held as .weight.q / .weight.scale
         hint = ("; if the model ties its input and output embeddings, set tie_word_embeddings: true in "
                 "config.json") if name == hf_names.LM_HEAD else ""
         report.rows.append(TensorRow("", name, shapes[name], "", 0, "", "missing"))
@@ -338,6 +364,52 @@ def _tensors(report, readers):
                                   f"{shapes[name]} of the config.json model{hint}")
     if match.tied_error is not None:
         report.problem("tied", match.tied_error)
+
+
+def _quantized_row(report, reader, name, layer, part):
+    """The row of a quantized layer's integers or scales, its shape and dtype checked against
+    quantization.json: q (out, in) I8, or (out, in/2) U8 for int4; scale (out, in/group) F16."""
+    spec = report.quantization["layers"][layer]
+    bits, group, n_in, n_out = spec.get("bits"), spec.get("group"), spec.get("in"), spec.get("out")
+    info = reader.tensors[name]
+    try:
+        want = ((n_out, n_in if bits == 8 else n_in // 2), "I8" if bits == 8 else "U8") if part == "q" \
+            else ((n_out, n_in // group), "F16")
+    except TypeError:
+        want = None
+    row = _row(reader, name, layer + ".weight", "quantized")
+    if want is None or (tuple(info.shape), info.dtype) != want:
+        row.status = "shape"
+        report.problem("shape", f"{reader.path}: tensor {name!r} is {info.dtype} {tuple(info.shape)}, "
+                                f"quantization.json's {layer} ({spec}) needs "
+                                f"{want[1] + ' ' + str(want[0]) if want else 'bits, group, in, out'}; "
+                                f"quantize the float model again")
+    return row
+
+
+def _quantization_config(report):
+    from ..quantize.model import is_quantized_dir, read_quant_config
+    if not is_quantized_dir(report.directory):
+        return
+    try:
+        report.quantization = read_quant_config(report.directory)
+    except CheckpointError as exc:
+        report.problem("config", exc)
+
+
+def _quantization_words(q):
+    layers = q.get("layers", {})
+    kinds = {}
+    for spec in layers.values():
+        key = ("int8" if spec.get("bits") == 8 else "int4") + (f" group {spec.get('group')}")
+        kinds[key] = kinds.get(key, 0) + 1
+    held = sum(spec["out"] * spec["in"] * spec["bits"] / 8 + spec["out"] * spec["in"] / spec["group"] * 2
+               for spec in layers.values())
+    full = sum(4 * spec["out"] * spec["in"] for spec in layers.values())
+    return (f"{q.get('scheme')}, {len(layers)} Linear layers ("
+            + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
+            + f"), LM head {'quantized' if q.get('head') else 'float'}; "
+            + (f"{full / 2**20:.2f} -> {held / 2**20:.2f} MiB ({full / held:.2f}x smaller)" if held else "no layers"))
 
 
 def _row(reader, name, ours, status):
@@ -348,7 +420,7 @@ def _row(reader, name, ours, status):
 
 def _dtypes(report, hf):
     """Integer tensors, mixed float dtypes, float64, and config.json's dtype against the files."""
-    weights = [r for r in report.rows if r.name and r.status not in ("buffer",)]
+    weights = [r for r in report.rows if r.name and r.status not in ("buffer", "quantized")]
     if report.config is None:                       # pair_tensors did not see the dtypes
         for r in weights:
             if r.dtype not in FLOAT_CODES:
@@ -513,3 +585,67 @@ def _generation(report, hf, rows):
             if bad:
                 report.problem("special", f"{where}: {key} {value!r} is outside the embedding's {rows} "
                                           f"rows; set it to the id of the tokenizer's token")
+
+
+# --- GGUF files -----------------------------------------------------------------------------------
+
+def _is_gguf(path):
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+@dataclass
+class GGUFReport:
+    """`microgpt inspect FILE.gguf`: the architecture keys and each tensor's GGUF type."""
+    path: str
+    summary: dict = None
+    tensors: list = field(default_factory=list)      # [(name, shape, type, bytes)]
+    problems: list = field(default_factory=list)
+
+    @property
+    def ok(self):
+        return not self.problems
+
+    def to_dict(self):
+        return {"path": self.path, "kind": "gguf", **(self.summary or {}),
+                "tensor_list": [{"name": n, "shape": list(s), "type": t, "bytes": b} for n, s, t, b in self.tensors],
+                "problems": [asdict(p) for p in self.problems], "ok": self.ok}
+
+    def format(self):
+        s = self.summary or {}
+        lines = [f"{self.path}: GGUF file, architecture {s.get('architecture')}"]
+        lines += _wrap("  ", [f"{k.split('.', 1)[1]}={v}" for k, v in s.get("keys", {}).items()])
+        lines.append(f"tokenizer: {s.get('tokenizer')}, {s.get('vocab', 0)} tokens")
+        lines.append("quantization: " + ", ".join(f"{n} {t}" for t, n in sorted(s.get("tensor_types", {}).items()))
+                     + " tensors")
+        lines.append("")
+        body = [["tensor", "shape", "type", "MiB"]] + [[n, "x".join(map(str, sh)), t, f"{b / 2**20:.2f}"]
+                                                       for n, sh, t, b in self.tensors]
+        widths = [max(len(row[i]) for row in body) for i in range(4)]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in body]
+        lines.append("")
+        lines.append(f"total: {s.get('tensors', 0)} tensors, {s.get('bytes', 0) / 2**20:,.2f} MiB")
+        lines.append("no problems found" if self.ok else f"{len(self.problems)} problem(s):")
+        lines += [f"  - [{p.check}] {p.message}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def inspect_gguf(path):
+    """Report on a GGUF file; import_gguf's own checks (architecture, tensor types, shapes,
+    tokenizer) run on it, and what they refuse is the report's problem."""
+    from .gguf_import import describe_gguf, import_gguf
+    report = GGUFReport(os.fspath(path))
+    try:
+        report.summary = describe_gguf(path)
+        import gguf
+        reader = gguf.GGUFReader(path, "r")
+        report.tensors = [(t.name, tuple(int(n) for n in reversed(t.shape.tolist())), t.tensor_type.name,
+                           int(t.n_bytes)) for t in reader.tensors]
+    except MicrogptError as exc:
+        report.problems.append(Problem("files", str(exc)))
+        return report
+    try:
+        import_gguf(path)
+    except MicrogptError as exc:
+        report.problems.append(Problem("import", str(exc)))
+    return report
