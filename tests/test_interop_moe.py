@@ -111,3 +111,12 @@ def test_dense_layers_by_index_are_refused_by_name(tmp_path):
     hf_moe("qwen3_moe", mlp_only_layers=[0]).save_pretrained(tmp_path / "hf")
     with pytest.raises(ConfigError, match="mlp_only_layers"):
         load_pretrained(str(tmp_path / "hf"))
+
+
+def test_inspect_shows_the_experts_and_pairs_every_expert_tensor(tmp_path):
+    from microgpt.interop.inspector import inspect_checkpoint
+    hf_moe("mixtral").save_pretrained(tmp_path / "hf")
+    text = inspect_checkpoint(str(tmp_path / "hf")).format()
+    assert "experts: 5 per MoE layer in 3 of 3 layers, top-2, expert hidden 40" in text
+    assert "block_sparse_moe.experts.4.w2.weight" in text
+    assert "UNEXPECTED" not in text and "MISSING" not in text
