@@ -418,6 +418,40 @@ def test_quantized_linear_and_dequantize(cu, shape):
               x @ deq.T + b, name=f"linear_q{bits}_forward")
 
 
+@pytest.mark.parametrize("n,k,e,c,oc,load", [(1, 1, 1, 3, 5, "random"), (13, 2, 8, 17, 33, "one"),
+                                              (64, 2, 8, 64, 96, "skewed"), (300, 2, 4, 129, 40, "random")])
+def test_moe_kernels_on_uneven_loads(cu, n, k, e, c, oc, load):
+    """Permute, grouped matmul and combine, forward and backward: experts with no rows ("skewed":
+    half idle), every token's first choice on expert 0 ("one"), tile tails (17, 33, 129)."""
+    from microgpt.nn.moe import routing_plan
+    CHECKED.update({"moe_permute_forward", "moe_permute_backward", "grouped_matmul_forward",
+                    "grouped_matmul_backward", "moe_combine_forward", "moe_combine_backward"})
+    rng = np.random.default_rng(n + c)
+    busy = max(k, e // 2) if load == "skewed" else e
+    chosen = np.stack([rng.choice(busy, k, replace=False) for _ in range(n)])
+    if load == "one":
+        chosen[:, 0] = 0
+        chosen[:, 1:] = np.stack([rng.choice(np.arange(1, e), k - 1, replace=False) for _ in range(n)])
+    token_index, offsets, _ = routing_plan(chosen, e)
+    r = token_index.size
+    x, rows, w = rand(rng, n, c), rand(rng, r, c), rand(rng, e, oc, c)
+    dout, weights, dtok = rand(rng, r, oc), rand(rng, r), rand(rng, n, c)
+    close(cu, cu.moe_permute_forward(dev(cu, x), token_index), ref.moe_permute_forward(x, token_index),
+          name="moe_permute_forward")
+    close(cu, cu.moe_permute_backward(dev(cu, rows), token_index, n), ref.moe_permute_backward(rows, token_index, n),
+          name="moe_permute_backward")
+    close(cu, cu.grouped_matmul_forward(dev(cu, rows), dev(cu, w), offsets),
+          ref.grouped_matmul_forward(rows, w, offsets), name="grouped_matmul_forward")
+    for got, want, name in zip(cu.grouped_matmul_backward(dev(cu, dout), dev(cu, rows), dev(cu, w), offsets),
+                               ref.grouped_matmul_backward(dout, rows, w, offsets), ("dx", "dw")):
+        close(cu, got, want, name=f"grouped_matmul_backward {name}")
+    close(cu, cu.moe_combine_forward(dev(cu, rows), dev(cu, weights), token_index, n),
+          ref.moe_combine_forward(rows, weights, token_index, n), name="moe_combine_forward")
+    for got, want, name in zip(cu.moe_combine_backward(dev(cu, dtok), dev(cu, rows), dev(cu, weights), token_index),
+                               ref.moe_combine_backward(dtok, rows, weights, token_index), ("dy", "dweights")):
+        close(cu, got, want, name=f"moe_combine_backward {name}")
+
+
 def test_every_kernel_is_checked():
     """Runs last in this file: each contract kernel was compared with the reference above."""
     assert CHECKED, "run the whole file"
