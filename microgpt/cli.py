@@ -666,7 +666,8 @@ def _add_compress(sub):
     p.add_argument("--recover-steps", type=_int(0), default=0, help="fine-tune steps after pruning (0: none)")
     p.add_argument("--data", default=None, help="recovery and perplexity data (default: the built-in corpus)")
     p.add_argument("--data-dir", default=None, help="a prepared data directory to reuse")
-    p.add_argument("--lr", type=_float(0.0, low_open=True), default=None, help="recovery learning rate")
+    p.add_argument("--lr", type=_float(0.0, low_open=True), default=None,
+                   help="recovery peak learning rate (default 6e-4)")
     p.add_argument("--batch-size", type=_int(1), default=None)
     p.add_argument("--eval-batches", type=_int(1), default=None)
     p.add_argument("--out", required=True, help=f"the new run directory ({_CREATED})")

@@ -35,6 +35,10 @@ from ..errors import ConfigError
 from ..nn.layers import Linear
 
 METHODS = ("magnitude", "2:4")
+# The recovery's default peak learning rate: a tenth of the demo preset's. Fine-tuning a trained
+# model at its pre-training peak with fresh AdamW moments undoes more than pruning did
+# (benchmarks/results/compress.md: at 6e-3, 25 % magnitude went from perplexity 12.26 to 14.81).
+RECOVERY_LR = 6e-4
 MASKS_FILE = "masks.safetensors"
 REPORT_FILE = "pruning.json"
 
@@ -158,7 +162,8 @@ def prune(run, method, sparsity, out_dir, recover_steps=0, overrides=None, log=p
                                  None, {MASKS_FILE: lambda p: save_masks(p, masks)})
     ckpt.save(out_dir, checkpoint)
     # The trainer (from the pruned step 0) measures perplexity and runs the recovery.
-    config = make_config(None, None, {"progress": False, "num_samples": 0, **(overrides or {}),
+    config = make_config(None, None, {"progress": False, "num_samples": 0, "lr": RECOVERY_LR,
+                                      "min_lr": RECOVERY_LR / 10, **(overrides or {}),
                                       "init_from": out_dir, "out_dir": out_dir,
                                       "max_steps": max(recover_steps, 1)})
     trainer = _trainer_class()(config, log).setup()
