@@ -7,7 +7,8 @@ LlamaForCausalLM.from_pretrained.
 
 Rows:
   rollout tokens/s   16 prompts of 24 tokens x 64 new tokens, batched, greedy, KV cache:
-                     our Engine.generate_ids (what PPO and GRPO roll out with) vs HF's batched
+                     our Engine.generate_ids (batch_invariant=False: what PPO and GRPO
+                     roll out with) vs HF's batched
                      generate (use_cache, no end-of-text stop); target >= 2x
   dpo step           one DPO step (forward of chosen+rejected rows, sequence log-probs on
                      the response tokens, the loss with cached reference log-probs, backward,
@@ -71,7 +72,7 @@ def main():
     hf = hf_of(model)
     prompts = rng.integers(0, 2048, size=(PROMPTS, PROMPT_LEN)).tolist()
     greedy = SamplingConfig(temperature=0)
-    engine = Engine(model)
+    engine = Engine(model, batch_invariant=False)      # as finetune/ppo.py's rollout
 
     def ours_rollout():
         outs = engine.generate_ids(prompts, NEW, greedy, stop_ids=())

@@ -78,9 +78,10 @@ def rollout(policy_gpt, reference, tokenizer, prompts, reward_fn, max_new_tokens
                              f"({policy_gpt.config.block_size}); shorten the prompts")
     ids = [i for i in ids for _ in range(samples)]
     prompts = [p for p in prompts for _ in range(samples)]
-    outs = Engine(policy_gpt, tokenizer).generate_ids(ids, min(max_new_tokens, room),
-                                                      SamplingConfig(temperature=temperature),
-                                                      seed, stops)
+    # batch_invariant=False: the samples are re-scored below by the training forward, so no row
+    # needs the server's alone-or-in-a-crowd rounding; the shared dense decoder is ~2x faster
+    outs = Engine(policy_gpt, tokenizer, batch_invariant=False).generate_ids(
+        ids, min(max_new_tokens, room), SamplingConfig(temperature=temperature), seed, stops)
     responses = [o.ids if o.ids else [stops[-1]] for o in outs]
     texts = [tokenizer.decode([i for i in r if i not in stops]) for r in responses]
     seqs = Sequences(ids, responses)

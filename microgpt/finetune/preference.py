@@ -181,7 +181,7 @@ def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, t
     from ..inference.engine import Engine
     from ..inference.sampling import SamplingConfig
     from ..tokenizer.chat import stop_token_ids
-    engine = Engine(model, tokenizer)
+    engine = Engine(model, tokenizer, batch_invariant=False)   # samples only; see Engine
     stops = stop_token_ids(tokenizer)
     rows = []
     ids = [encode_chat(tokenizer, p, add_generation_prompt=True)[0] for p, _ in prompts]

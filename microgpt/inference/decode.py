@@ -98,6 +98,8 @@ class Decoder:
             self.wte = model.model.embed_tokens.weight.data
             self.norm_f = (model.model.norm.weight.data, model.model.norm.eps)
         self.lm_head = model.lm_head.weight.data
+        # model.device / model.dtype walk every parameter; once here, not at every step
+        self.device, self.dtype = model.device, model.dtype
 
     def _layer_weights(self, block):
         if self.gpt2:
@@ -186,7 +188,7 @@ class Decoder:
             positions = be.asarray(np.arange(start, start + t, dtype=np.int64), np.dtype(np.int64))
             x = be.add(x, be.embedding_forward(positions, self.wpe))
         else:
-            rotary = self.model.rotary.slice(start, t, self.model.device, self.model.dtype)
+            rotary = self.model.rotary.slice(start, t, self.device, self.dtype)
         for layer, w in enumerate(self.layers):
             x = be.add(x, self._attention(self._norm(x, w["ln_1"]), w, layer, b, t, rotary))
             x = be.add(x, self._mlp(self._norm(x, w["ln_2"]), w))

@@ -53,18 +53,32 @@ def _last_logits(logits):
 
 
 class Engine:
-    """fast=True decodes with decode.Decoder (the GPT's kernels without autograd) whenever
-    the model is a plain GPT; fast=False, or any other model, goes through GPT.forward."""
+    """fast=True decodes with the GPT's kernels without autograd whenever the model is a plain
+    GPT; fast=False, or any other model, goes through GPT.forward.
 
-    def __init__(self, model, tokenizer=None, fast=True):
+    batch_invariant=True (the default) decodes over the paged cache with one linear path per
+    kind of row (paged.py), so a row's tokens do not depend on the other rows of the batch and
+    equal what the server (serve/scheduler.py) gives the same request. batch_invariant=False
+    is for callers that only need *a* correct sample and score it again afterwards, as RL
+    rollouts do (finetune/ppo.py recomputes every log-prob with the training forward): the
+    lockstep rows then share one decode.Decoder, whose linear calls take all B rows at once
+    (each weight read once per step instead of once per LINEAR_ROWS rows) and whose attention
+    runs over the contiguous (B, NH, T, HS) cache (the kernel's blocked loops, not one dot
+    product per key through a block table). At 16 rows that is about twice as fast
+    (benchmarks/bench_align.py); the cost is that a row's rounding can depend on B."""
+
+    def __init__(self, model, tokenizer=None, fast=True, batch_invariant=True):
         self.model = model
         self.tokenizer = tokenizer
         self.fast = fast
+        self.batch_invariant = batch_invariant
 
     def _forward_fn(self, batch_size, positions=None):
         """A function ids (B, T) -> last-position logits (B, V) that extends its own cache
         (room for `positions` per row, default the whole context)."""
         if self.fast and Decoder.supports(self.model):
+            if not self.batch_invariant:
+                return Decoder(self.model).step
             return PagedDecoder(self.model, PagedKVCache.for_batch(self.model, batch_size, positions=positions)).step
         cache = self.model.new_kv_cache(batch_size)
         return lambda ids: _last_logits(self.model(ids, kv_cache=cache)[0])

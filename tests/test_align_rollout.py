@@ -1,0 +1,50 @@
+"""Rollouts (finetune/ppo.py rollout, finetune/preference.py make_pairs) decode with
+Engine(batch_invariant=False): the lockstep rows share one decode.Decoder instead of the paged
+cache. Its tokens must be those of GPT.forward with its KV cache (Engine fast=False, the
+independent path), for prompts of different lengths, greedy and sampled, both families."""
+import numpy as np
+import pytest
+
+from microgpt import GPT, GPTConfig
+from microgpt.inference.engine import Engine
+from microgpt.inference.sampling import SamplingConfig
+
+
+def model_of(family):
+    config = GPTConfig(family=family, vocab_size=97, block_size=48, n_layer=2, n_head=4, n_embd=32)
+    return GPT(config, seed=3).eval()
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+@pytest.mark.parametrize("sampling", [SamplingConfig(temperature=0), SamplingConfig(temperature=1.0, top_k=20)])
+def test_dense_rollout_equals_gpt_forward(family, sampling):
+    model = model_of(family)
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(0, 97, size=n).tolist() for n in (3, 7, 5, 9, 4, 6)]
+    dense = Engine(model, batch_invariant=False).generate_ids(prompts, 12, sampling, seed=5, stop_ids=(11,))
+    slow = Engine(model, fast=False).generate_ids(prompts, 12, sampling, seed=5, stop_ids=(11,))
+    assert [(o.ids, o.finish_reason) for o in dense] == [(o.ids, o.finish_reason) for o in slow]
+    paged = Engine(model).generate_ids(prompts, 12, sampling, seed=5, stop_ids=(11,))
+    assert [o.ids for o in dense] == [o.ids for o in paged]
+
+
+def test_rollouts_use_the_dense_decoder(monkeypatch):
+    """ppo.rollout (PPO and GRPO roll out through it) and make_pairs ask for batch_invariant=False."""
+    from microgpt.finetune import ppo, preference
+    from microgpt.tokenizer import Tokenizer
+    from microgpt.tokenizer.chat import with_chat_tokens
+    seen = []
+    init = Engine.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("batch_invariant", True))
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "__init__", spy)
+    tok = with_chat_tokens(Tokenizer.bytes_level())[0]
+    model = GPT(GPTConfig(family="llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
+                          n_embd=16), seed=0)
+    prompts = [([{"role": "user", "content": "a=1, b=2. What is b?"}], "2")]
+    preference.make_pairs(model, tok, prompts, samples=2, max_new_tokens=3)
+    ppo.rollout(model, model, tok, [p for p, _ in prompts], lambda p, s, t: np.zeros(len(t)), 3, 0, 0)
+    assert seen == [False, False]
