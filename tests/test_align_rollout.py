@@ -48,3 +48,33 @@ def test_rollouts_use_the_dense_decoder(monkeypatch):
     preference.make_pairs(model, tok, prompts, samples=2, max_new_tokens=3)
     ppo.rollout(model, model, tok, [p for p, _ in prompts], lambda p, s, t: np.zeros(len(t)), 3, 0, 0)
     assert seen == [False, False]
+
+
+def test_perturb_changes_one_character_of_its_kind():
+    from microgpt.finetune.preference import perturb
+    rng = np.random.default_rng(0)
+    for answer in ["7", "42", "-13", "tzqk", "1 2 5 9", '{"name": "bob"}']:
+        for _ in range(50):
+            miss = perturb(answer, rng)
+            assert miss != answer and len(miss) == len(answer)
+            changed = [(a, b) for a, b in zip(answer, miss) if a != b]
+            assert len(changed) == 1 and changed[0][0].isdigit() == changed[0][1].isdigit()
+    assert perturb("", rng) == "0" and perturb("--", rng) == "--0"
+
+
+def test_make_pairs_adds_distinct_wrong_samples_and_near_misses():
+    from microgpt.finetune import preference
+    from microgpt.tokenizer import Tokenizer
+    from microgpt.tokenizer.chat import with_chat_tokens
+    tok = with_chat_tokens(Tokenizer.bytes_level())[0]
+    model = GPT(GPTConfig(family="llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
+                          n_embd=16), seed=0)
+    prompts = [([{"role": "user", "content": f"a={a}, b={b}. What is b?"}], str(b)) for a, b in [(1, 2), (3, 4)]]
+    one = preference.make_pairs(model, tok, prompts, samples=4, max_new_tokens=3)
+    many = preference.make_pairs(model, tok, prompts, samples=4, max_new_tokens=3, wrong_per_prompt=4, perturbed=3)
+    for messages, answer in prompts:
+        mine = [r for m, c, r in many if m is messages]
+        assert len(mine) == len(set(mine)) and answer not in mine
+        assert sum(len(r) == 1 and r.isdigit() for r in mine) >= 3       # the near misses: other digits
+        assert all(c == answer for m, c, r in many if m is messages)
+    assert len(one) <= len(prompts) and len(many) >= len(one) + 6

@@ -36,6 +36,11 @@ def add_parsers(ft_sub, leaf, int_, float_):
     p.add_argument("--samples", type=int_(1), default=4, help="samples per prompt (default 4)")
     p.add_argument("--limit", type=int_(0), default=0, help="use the first N prompts (0 = all)")
     p.add_argument("--max-new-tokens", type=int_(1), default=8)
+    p.add_argument("--wrong-per-prompt", type=int_(0), default=1,
+                   help="distinct wrong samples kept per prompt as rejected answers (default 1)")
+    p.add_argument("--perturbed", type=int_(0), default=0,
+                   help="near misses of the verified answer (one character changed) per prompt "
+                        "as further rejected answers (default 0)")
 
     p = leaf(ft_sub, "reward", run_reward, help="train a reward model on preference pairs (Bradley-Terry)")
     common(p, "preference pairs JSONL {prompt, chosen, rejected}")
@@ -121,10 +126,11 @@ def run_pairs(args):
     prompts = read_prompts(args.data)
     if args.limit:
         prompts = prompts[:args.limit]
-    rows = make_pairs(model, tokenizer, prompts, args.samples, args.max_new_tokens, args.seed)
+    rows = make_pairs(model, tokenizer, prompts, args.samples, args.max_new_tokens, args.seed,
+                      wrong_per_prompt=args.wrong_per_prompt, perturbed=args.perturbed)
     write_pairs(args.out, rows)
-    print(f"{len(rows)} pairs from {len(prompts)} prompts (the others' {args.samples} samples were "
-          f"all right) -> {args.out}")
+    print(f"{len(rows)} pairs from {len(prompts)} prompts (up to {args.wrong_per_prompt} wrong of "
+          f"{args.samples} samples and {args.perturbed} near misses each) -> {args.out}")
     return 0
 
 

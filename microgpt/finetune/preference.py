@@ -175,26 +175,53 @@ def rule_reward(prompt_messages, response_text):
     return float(response_text.strip() == answer)
 
 
-def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, temperature=1.0):
-    """[(prompt messages, chosen, rejected)]: chosen the verified answer, rejected the first of
-    the policy's `samples` samples that is wrong (prompts without one give no pair)."""
+def perturb(answer, rng):
+    """A wrong answer close to the right one: one character replaced by another of its kind
+    (a digit by another digit, a letter by another letter), or, with nothing to replace, the
+    answer with a character appended. Near misses are the pairs a reward model learns most
+    from: they differ from the truth in the one place where the policy errs (for kv, the value
+    recalled), not in format."""
+    spots = [i for i, c in enumerate(answer) if c.isdigit() or c.isalpha()]
+    if not spots:
+        return answer + "0"
+    i = spots[int(rng.integers(len(spots)))]
+    pool = "0123456789" if answer[i].isdigit() else "abcdefghijklmnopqrstuvwxyz"
+    pool = pool.replace(answer[i].lower(), "")
+    return answer[:i] + pool[int(rng.integers(len(pool)))] + answer[i + 1:]
+
+
+def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, temperature=1.0,
+               wrong_per_prompt=1, perturbed=0):
+    """[(prompt messages, chosen, rejected)]: chosen the verified answer; rejected up to
+    `wrong_per_prompt` distinct wrong samples of the policy's `samples` (a prompt whose samples
+    are all right gives none of these), and `perturbed` near misses of the answer (perturb())
+    per prompt, distinct from the truth and from each other."""
     from ..inference.engine import Engine
     from ..inference.sampling import SamplingConfig
     from ..tokenizer.chat import stop_token_ids
     engine = Engine(model, tokenizer, batch_invariant=False)   # samples only; see Engine
     stops = stop_token_ids(tokenizer)
     rows = []
+    rng = np.random.default_rng(seed)
     ids = [encode_chat(tokenizer, p, add_generation_prompt=True)[0] for p, _ in prompts]
     repeated = [i for i in ids for _ in range(samples)]
     outs = engine.generate_ids(repeated, max_new_tokens, SamplingConfig(temperature=temperature),
                                seed, stops)
     for k, (messages, answer) in enumerate(prompts):
         truth = solve(messages[-1]["content"]) or answer
+        wrong = []
         for out in outs[k * samples:(k + 1) * samples]:
             text = tokenizer.decode([i for i in out.ids if i not in stops]).strip()
-            if text and text != truth:
-                rows.append((messages, truth, text))
+            if text and text != truth and text not in wrong and len(wrong) < wrong_per_prompt:
+                wrong.append(text)
+        near = []
+        for _ in range(4 * perturbed):             # a few tries: short answers have few misses
+            if len(near) == perturbed:
                 break
+            miss = perturb(truth, rng)
+            if miss != truth and miss not in near and miss not in wrong:
+                near.append(miss)
+        rows.extend((messages, truth, text) for text in wrong + near)
     return rows
 
 
