@@ -257,3 +257,17 @@ def test_packing_runs_and_resumes_bit_exact(tmp_path, base_run):
                         checkpoint_interval=2), options, log=quiet, stop_at_step=2)
     resume_sft(str(tmp_path / "split"), log=quiet)
     assert losses_of(tmp_path / "split") == losses_of(tmp_path / "straight")
+
+
+def test_exact_match_is_the_eval_harness_judgement(base_run):
+    """finetune/evaluate.py scores as microgpt/eval's exact metric does, row by row."""
+    from microgpt.eval.metrics import exact_or_contains
+    from microgpt.finetune.evaluate import exact_match
+    model, tok, _ = load_chat_model(base_run)
+    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+                     for p, a in PAIRS]
+    conversations.append([{"role": "user", "content": "x"}, {"role": "assistant", "content": " "}])
+    accuracy, rows = exact_match(model, tok, conversations, max_new_tokens=3)
+    judged = [exact_or_contains(got, [expected]) for _, expected, got in rows]
+    assert accuracy == sum(judged) / len(rows)
+    assert [float(e.strip() == g.strip()) for _, e, g in rows] == judged

@@ -5,6 +5,15 @@ reply() renders the conversation with the generation prompt, decodes greedily (t
 end-of-text id, max_new_tokens or the context, and returns the text. exact_match() scores
 a held-out JSONL: the share of conversations whose last assistant turn the model reproduces
 exactly (after stripping surrounding whitespace), given everything before it.
+
+Why these few lines and not microgpt/eval/ (the harness). The import graph puts eval/ a
+layer above finetune/ (tests/test_import_graph.py), so the trainer's samples and evaluation
+here cannot call it. And its generative runner takes text prompts, encoded whole, and stops
+on strings, while a chat prompt is the template's ids (tokenizer/chat.py encodes each turn
+apart, and a loaded Hugging Face template need not round-trip through text) and stops on the
+<|im_end|> id. The judgement is the harness's all the same: exact here is
+eval.metrics.exact_or_contains(completion, [answer]) (strip both, compare), which
+tests/test_finetune_sft.py checks on every scored row.
 """
 import numpy as np
 
