@@ -78,3 +78,27 @@ def test_make_pairs_adds_distinct_wrong_samples_and_near_misses():
         assert sum(len(r) == 1 and r.isdigit() for r in mine) >= 3       # the near misses: other digits
         assert all(c == answer for m, c, r in many if m is messages)
     assert len(one) <= len(prompts) and len(many) >= len(one) + 6
+
+
+@pytest.mark.parametrize("ent_coef", [0.0, 0.01])
+def test_ppo_logs_the_entropy_also_when_it_is_not_in_the_loss(tmp_path, ent_coef):
+    """Regression: with ent_coef 0 (the default) metrics.jsonl's entropy was NaN. It must be the
+    mean response-token entropy, between 0 and log V, whether or not the loss uses it."""
+    import json
+    import math
+    from microgpt.finetune.ppo import PolicyWithValue, PPOOptions, train_ppo
+    from microgpt.tokenizer import Tokenizer
+    from microgpt.tokenizer.chat import with_chat_tokens
+    tok = with_chat_tokens(Tokenizer.bytes_level())[0]
+
+    def gpt():
+        return GPT(GPTConfig(family="llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
+                             n_embd=16), seed=0)
+
+    prompts = [[{"role": "user", "content": f"a={k}, b=2. What is a?"}] for k in range(4)]
+    options = PPOOptions(iterations=1, prompts_per_iteration=4, epochs=1, minibatch=2, lr=1e-3,
+                         max_new_tokens=3, ent_coef=ent_coef)
+    train_ppo(PolicyWithValue(gpt(), seed=0), gpt().eval(), tok, prompts,
+              lambda p, s, t: [0.5] * len(t), options, str(tmp_path), lambda *a, **k: None)
+    line = json.loads(open(tmp_path / "metrics.jsonl").readline())
+    assert 0.0 < line["entropy"] <= math.log(tok.vocab_size) + 1e-6

@@ -93,6 +93,15 @@ def rollout(policy_gpt, reference, tokenizer, prompts, reward_fn, max_new_tokens
     return Rollout(prompts, seqs, texts, scores, old, ref)
 
 
+def host_entropy(logits, mask):
+    """rl_common.entropy's masked mean on a host array (B, T, V), without a graph."""
+    z = logits.astype(np.float64)
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    h = -(np.exp(logp) * logp).sum(-1)
+    return float((h * mask).sum() / max(float(mask.sum()), 1.0))
+
+
 def token_rewards(scores, logprobs, ref_logprobs, mask, kl_coef, last):
     """r_t = -kl_coef (lp_t - ref_t) on response tokens, + score at each row's last one."""
     kl = (logprobs - ref_logprobs) * mask
@@ -166,14 +175,17 @@ def train_ppo(policy, reference, tokenizer, prompts, reward_fn, options, run_dir
                 pg, clip_fraction = ppo_policy_loss(logprobs, ro.old_logprobs[i], advantages[i], mask[i], o.clip)
                 vf = ppo_value_loss(values, ro.old_values[i], returns[i], mask[i], o.value_clip)
                 loss = pg + vf * o.vf_coef
-                ent = masked_mean(entropy(logits), mask[i]) if o.ent_coef else None
-                if ent is not None:
+                if o.ent_coef:
+                    ent = masked_mean(entropy(logits), mask[i])
                     loss = loss - ent * o.ent_coef
+                    ent_value = ent.item()
+                else:                   # not in the loss, still logged: the same H on the host
+                    ent_value = host_entropy(logits.numpy(), mask[i])
                 loss.backward()
                 clip_and_step(optimizer, params, o.lr)
                 for name, value in (("policy_loss", pg.item()), ("value_loss", vf.item()),
                                     ("clip_fraction", clip_fraction), ("loss", loss.item()),
-                                    ("entropy", ent.item() if ent is not None else float("nan"))):
+                                    ("entropy", ent_value)):
                     stats[name].append(value)
         kl_mean = float(kl.sum(1).mean())
         kl_control.update(kl_mean, len(batch))
