@@ -9,16 +9,31 @@ A line the curve cannot use (not a JSON object, a loss without an integer "step"
 that is no number) is a CheckpointError naming the file and the line; lines without a loss
 (samples, skipped-update events) are passed over.
 
+An alignment run (finetune reward|dpo|ppo|grpo) logs more than a loss per step; every series
+of ALIGN_SERIES that its lines hold gets a panel of its own below the loss, against the same
+step axis: the reward mean with a band of one standard deviation (reward_std), the KL to the
+reference, the clip fraction, the value loss, the entropy, the response length, and DPO's and
+the reward model's margin and pair accuracy. A value that is not a number there is skipped,
+not an error: those series are diagnostics, the loss is what the curve must be able to trust.
+
 matplotlib is a run-time dependency (`microgpt train` ends by drawing the curve); where it is
 missing anyway, plotting raises ConfigError saying how to install it. The figure is small
 (6.4 x 3.6 in at 100 dpi) so the PNG stays a few tens of kB.
 """
 import json
+import math
 import os
 
 from ..errors import CheckpointError, ConfigError
 from ..fileio import atomic_write
 from .checkpoint import metrics_path
+
+
+# metric key -> panel label, in panel order (reward_std is drawn as reward_mean's band)
+ALIGN_SERIES = {"reward_mean": "reward (mean +- std)", "kl": "KL to reference (nats)",
+                "clip_fraction": "clip fraction", "value_loss": "value loss", "entropy": "entropy (nats)",
+                "response_length": "response length (tokens)", "margin": "reward margin",
+                "accuracy": "pair accuracy"}
 
 
 def _is_number(value):
@@ -61,6 +76,25 @@ def read_metrics(run_dir):
     return train, val
 
 
+def read_series(run_dir, keys=tuple(ALIGN_SERIES) + ("reward_std",)):
+    """{key: [(step, value)]} of each key that some line holds as a finite number; keys no line
+    holds are absent. Lines read_metrics would refuse are left to it."""
+    series = {}
+    with open(metrics_path(run_dir), encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                continue
+            for key in keys:
+                value = record.get(key)
+                if _is_number(value) and math.isfinite(value):
+                    series.setdefault(key, []).append((record["step"], value))
+    return series
+
+
 def _bad_line(path, number, problem):
     return CheckpointError(f"{path}:{number}: {problem}; delete or fix that line, then plot again")
 
@@ -75,16 +109,24 @@ def plot_run(run_dir, out=None, title=None):
         raise ConfigError("plotting needs matplotlib, a dependency of microgpt that is not "
                           "installed here: pip install matplotlib") from None
     train, val = read_metrics(run_dir)
+    series = read_series(run_dir)
+    panels = [key for key in ALIGN_SERIES if key in series]
     out = out or os.path.join(run_dir, "loss.png")
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    if panels:                                          # an alignment run: a column of panels
+        fig, axes = plt.subplots(len(panels) + 1, 1, sharex=True, dpi=100,
+                                 figsize=(6.4, 2.0 + 1.3 * len(panels)))
+        ax = axes[0]
+        _draw_series(axes[1:], panels, series)
+    else:
+        fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
     if train:
         ax.plot([s for s, _ in train], [loss for _, loss in train], color="tab:blue", lw=1,
                 label="train loss")
     if val:
         ax.plot([s for s, _, _ in val], [loss for _, loss, _ in val], "o-", color="tab:orange",
                 ms=4, lw=1, label="val loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    (axes[-1] if panels else ax).set_xlabel("step")
+    ax.set_ylabel("loss" if panels else "cross-entropy (nats/token)")
     ax.grid(alpha=0.3)
     ax.legend(loc="upper right")
     bpb = [(s, b) for s, _, b in val if b is not None]
@@ -100,3 +142,18 @@ def plot_run(run_dir, out=None, title=None):
         fig.savefig(f, format="png")
     plt.close(fig)
     return out
+
+
+def _draw_series(axes, panels, series):
+    """One panel per alignment series; the reward's band is mean +- std at the steps both have."""
+    for ax, key in zip(axes, panels):
+        steps, values = zip(*series[key])
+        ax.plot(steps, values, color="tab:purple", lw=1)
+        if key == "reward_mean" and "reward_std" in series:
+            std = dict(series["reward_std"])
+            both = [(s, v, std[s]) for s, v in series[key] if s in std]
+            ax.fill_between([s for s, _, _ in both], [v - d for _, v, d in both],
+                            [v + d for _, v, d in both], color="tab:purple", alpha=0.2, lw=0)
+        ax.set_ylabel(ALIGN_SERIES[key], fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
