@@ -47,6 +47,9 @@ def add_parsers(ft_sub, leaf, int_, float_):
     out_dir(p)
     p.add_argument("--val-share", type=float_(0.0, 1.0, high_open=True), default=0.1,
                    help="held-out share of the pairs for pair accuracy (default 0.1)")
+    p.add_argument("--val-data", metavar="PAIRS.jsonl",
+                   help="held-out pairs from a file instead (e.g. pairs of the held-out prompts, so "
+                        "no prompt is on both sides); all of --data then trains")
     p.add_argument("--epochs", type=int_(1), default=1)
     p.add_argument("--batch-size", type=int_(1), default=16)
     p.add_argument("--max-steps", type=int_(0), default=0)
@@ -140,7 +143,10 @@ def run_reward(args):
     from .rl_common import AlignmentError
     _fresh(args.out_dir)
     gpt, tokenizer, _ = _policy(args.init_from)
-    train_rows, val_rows = split_rows(read_pairs(args.data), args.val_share, args.seed)
+    if args.val_data:
+        train_rows, val_rows = read_pairs(args.data), read_pairs(args.val_data)
+    else:
+        train_rows, val_rows = split_rows(read_pairs(args.data), args.val_share, args.seed)
     train, report = encode_pairs(tokenizer, train_rows, gpt.config.block_size)
     val, _ = encode_pairs(tokenizer, val_rows, gpt.config.block_size)
     print(f"pairs: {report.summary()}; {len(val)} held out")
