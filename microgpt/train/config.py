@@ -138,6 +138,15 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = True
     tie_embeddings: bool = True
+    # mixture of experts (nn/moe.py): n_experts > 0 routes every moe_every-th block's MLP
+    n_experts: int = 0               # 0 = the dense MLP everywhere
+    n_experts_per_token: int = 2     # top-k, at most n_experts
+    n_shared_experts: int = 0        # a SwiGLU of n_shared_experts * moe_hidden every token takes
+    moe_every: int = 1               # layer i (from 0) is MoE when (i + 1) % moe_every == 0
+    moe_hidden: int = 0              # each expert's hidden size; 0 = the dense MLP's
+    moe_norm_topk_prob: bool = True  # renormalize the top-k router weights to sum 1
+    router_aux_loss_coef: float = 0.01   # weight of the load-balancing loss
+    router_z_loss_coef: float = 0.0      # weight of the router z-loss
     # --- optimization ---------------------------------------------------------------------
     batch_size: int = 16             # sequences per micro-batch
     grad_accum: int = 1              # micro-batches per optimizer step
@@ -184,6 +193,9 @@ class TrainConfig:
         if self.n_kv_head and self.n_head % self.n_kv_head:
             raise ConfigError(f"n_head ({self.n_head}) must be a multiple of n_kv_head "
                               f"({self.n_kv_head})")
+        if self.n_experts and self.n_experts_per_token > self.n_experts:
+            raise ConfigError(f"n_experts_per_token ({self.n_experts_per_token}, the top-k) must be <= "
+                              f"n_experts ({self.n_experts}): each token picks k distinct experts")
         if self.min_lr > self.lr:
             raise ConfigError(f"need min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
         if self.warmup_steps > self.max_steps:
@@ -207,31 +219,43 @@ FIELD_BOUNDS = {
     **{name: _AT_LEAST_1 for name in (
         "n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_steps",
         "eval_interval", "eval_batches", "log_interval", "checkpoint_interval",
-        "keep_checkpoints", "max_bad_steps", "tokenizer_bytes")},
+        "keep_checkpoints", "max_bad_steps", "tokenizer_bytes", "n_experts_per_token", "moe_every")},
     **{name: _AT_LEAST_0 for name in (
         "warmup_steps", "sample_interval", "sample_tokens", "num_samples", "n_kv_head",
-        "corpus_bytes", "top_k", "seed")},
+        "corpus_bytes", "top_k", "seed", "n_experts", "n_shared_experts", "moe_hidden")},
     "vocab_size": Bounds(257),                  # 256 bytes + <|endoftext|> at the least
     "val_fraction": Bounds(0.0, 1.0, low_open=True, high_open=True),   # a run evaluates
     "dropout": _UNIT, "beta1": _UNIT, "beta2": _UNIT,
     "lr": Bounds(0.0, low_open=True), "eps": Bounds(0.0, low_open=True),
     "min_lr": Bounds(0.0), "weight_decay": Bounds(0.0), "grad_clip": Bounds(0.0),
     "temperature": Bounds(0.0), "repetition_penalty": Bounds(0.0, low_open=True),
+    "router_aux_loss_coef": Bounds(0.0), "router_z_loss_coef": Bounds(0.0),
 }
 FIELD_CHOICES = {"family": ("gpt2", "llama"), "device": ("cpu", "cuda")}
 
 
 # The fields a model given by init_from fixes: its architecture, as TrainConfig spells it.
-ARCHITECTURE_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "tie_embeddings")
+# The router's loss weights are not among them: they are this run's training settings.
+ARCHITECTURE_FIELDS = ("family", "n_layer", "n_head", "n_kv_head", "n_embd", "bias", "tie_embeddings",
+                       "n_experts", "n_experts_per_token", "n_shared_experts", "moe_every", "moe_hidden",
+                       "moe_norm_topk_prob")
 # The fields that choose a tokenizer, which init_from replaces by the model's own.
 TOKENIZER_FIELDS = ("tokenizer", "vocab_size")
 
 
 def architecture_of(gpt):
-    """The ARCHITECTURE_FIELDS values of a GPTConfig (n_kv_head 0 when it equals n_head)."""
+    """The ARCHITECTURE_FIELDS values of a GPTConfig (n_kv_head 0 when it equals n_head,
+    moe_hidden 0 when it equals mlp_hidden; a dense model's MoE fields are the defaults)."""
+    moe = {"n_experts": 0, "n_experts_per_token": _FIELDS["n_experts_per_token"].default,
+           "n_shared_experts": 0, "moe_every": 1, "moe_hidden": 0, "moe_norm_topk_prob": True}
+    if gpt.n_experts:
+        moe = {"n_experts": gpt.n_experts, "n_experts_per_token": gpt.n_experts_per_token,
+               "n_shared_experts": gpt.n_shared_experts, "moe_every": gpt.moe_every,
+               "moe_hidden": 0 if gpt.moe_hidden == gpt.mlp_hidden else gpt.moe_hidden,
+               "moe_norm_topk_prob": gpt.moe_norm_topk_prob}
     return {"family": gpt.family, "n_layer": gpt.n_layer, "n_head": gpt.n_head,
             "n_kv_head": 0 if gpt.n_kv_head == gpt.n_head else gpt.n_kv_head,
-            "n_embd": gpt.n_embd, "bias": gpt.bias, "tie_embeddings": gpt.tie_embeddings}
+            "n_embd": gpt.n_embd, "bias": gpt.bias, "tie_embeddings": gpt.tie_embeddings, **moe}
 
 
 def architecture_clashes(values, gpt, keys=ARCHITECTURE_FIELDS):
@@ -286,9 +310,16 @@ RUN_CONTROL_FIELDS = {"eval_interval", "eval_batches", "sample_interval", "sampl
                       "max_bad_steps", "data_dir"}
 
 
+# Fields added after checkpoints were first written: at their defaults they stay out of the
+# hash, so a checkpoint of an older version (which lacks them) still resumes.
+ADDED_FIELDS = {"n_experts", "n_experts_per_token", "n_shared_experts", "moe_every", "moe_hidden",
+                "moe_norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef"}
+
+
 def config_hash(config):
     """sha256 of the JSON of every field that changes the computation (16 hex digits)."""
-    payload = {k: v for k, v in config.to_dict().items() if k not in RUN_CONTROL_FIELDS}
+    payload = {k: v for k, v in config.to_dict().items() if k not in RUN_CONTROL_FIELDS
+               and not (k in ADDED_FIELDS and v == _FIELDS[k].default)}
     text = json.dumps(payload, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -440,6 +471,8 @@ _HELP_NOTES = {
     "data": "'builtin' or comma-separated paths",
     "tokenizer": "'' = train a BPE of --vocab-size",
     "n_kv_head": "0 = n_head",
+    "n_experts": "0 = dense; > 0 makes the model a mixture of experts",
+    "moe_hidden": "0 = the dense MLP's hidden size",
     "grad_clip": "0 = no clipping",
     "sample_interval": "0 = only at the end",
     "corpus_bytes": "0 = all of the built-in corpus",

@@ -16,6 +16,11 @@ reference, the clip fraction, the value loss, the entropy, the response length, 
 the reward model's margin and pair accuracy. A value that is not a number there is skipped,
 not an error: those series are diagnostics, the loss is what the curve must be able to trust.
 
+A mixture-of-experts run (n_experts > 0) logs its router statistics the same way, and each
+series of ROUTER_SERIES gets a panel: the expert load (the busiest and the idlest expert's
+tokens over the mean, one line each: 1.0 is a perfectly even load), the load-balancing aux
+loss and the router z-loss.
+
 matplotlib is a run-time dependency (`microgpt train` ends by drawing the curve); where it is
 missing anyway, plotting raises ConfigError saying how to install it. The figure is small
 (6.4 x 3.6 in at 100 dpi) so the PNG stays a few tens of kB.
@@ -34,6 +39,13 @@ ALIGN_SERIES = {"reward_mean": "reward (mean +- std)", "kl": "KL to reference (n
                 "clip_fraction": "clip fraction", "value_loss": "value loss", "entropy": "entropy (nats)",
                 "response_length": "response length (tokens)", "margin": "reward margin",
                 "accuracy": "pair accuracy"}
+
+
+# an MoE run's router statistics (trainer.router_summary), drawn like ALIGN_SERIES; the
+# load panel draws expert_load_min beside expert_load_max
+ROUTER_SERIES = {"expert_load_max": "expert load max, min (x even)", "router_aux_loss": "router aux loss",
+                 "router_z_loss": "router z-loss"}
+PANEL_SERIES = {**ALIGN_SERIES, **ROUTER_SERIES}
 
 
 def _is_number(value):
@@ -76,7 +88,7 @@ def read_metrics(run_dir):
     return train, val
 
 
-def read_series(run_dir, keys=tuple(ALIGN_SERIES) + ("reward_std",)):
+def read_series(run_dir, keys=tuple(PANEL_SERIES) + ("reward_std", "expert_load_min")):
     """{key: [(step, value)]} of each key that some line holds as a finite number; keys no line
     holds are absent. Lines read_metrics would refuse are left to it."""
     series = {}
@@ -110,9 +122,9 @@ def plot_run(run_dir, out=None, title=None):
                           "installed here: pip install matplotlib") from None
     train, val = read_metrics(run_dir)
     series = read_series(run_dir)
-    panels = [key for key in ALIGN_SERIES if key in series]
+    panels = [key for key in PANEL_SERIES if key in series]
     out = out or os.path.join(run_dir, "loss.png")
-    if panels:                                          # an alignment run: a column of panels
+    if panels:                              # an alignment or MoE run: a column of panels
         fig, axes = plt.subplots(len(panels) + 1, 1, sharex=True, dpi=100,
                                  figsize=(6.4, 2.0 + 1.3 * len(panels)))
         ax = axes[0]
@@ -145,7 +157,8 @@ def plot_run(run_dir, out=None, title=None):
 
 
 def _draw_series(axes, panels, series):
-    """One panel per alignment series; the reward's band is mean +- std at the steps both have."""
+    """One panel per series; the reward's band is mean +- std at the steps both have, the
+    expert load's panel a line for the busiest expert and one for the idlest."""
     for ax, key in zip(axes, panels):
         steps, values = zip(*series[key])
         ax.plot(steps, values, color="tab:purple", lw=1)
@@ -154,6 +167,8 @@ def _draw_series(axes, panels, series):
             both = [(s, v, std[s]) for s, v in series[key] if s in std]
             ax.fill_between([s for s, _, _ in both], [v - d for _, v, d in both],
                             [v + d for _, v, d in both], color="tab:purple", alpha=0.2, lw=0)
-        ax.set_ylabel(ALIGN_SERIES[key], fontsize=7)
+        if key == "expert_load_max" and "expert_load_min" in series:
+            ax.plot(*zip(*series["expert_load_min"]), color="tab:brown", lw=1)
+        ax.set_ylabel(PANEL_SERIES[key], fontsize=7)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)

@@ -59,6 +59,7 @@ import time
 import numpy as np
 
 from ..errors import CheckpointError, ConfigError, MicrogptError
+from ..nn.moe import RouterError
 from . import checkpoint as ckpt
 from .config import RUN_CONTROL_FIELDS, check_init_model, config_hash, from_dict
 from .data import prepare_run_data
@@ -108,7 +109,43 @@ def gpt_config(config, vocab_size):
                      n_layer=config.n_layer, n_head=config.n_head,
                      n_kv_head=config.n_kv_head or None, n_embd=config.n_embd,
                      dropout=config.dropout, bias=config.bias,
-                     tie_embeddings=config.tie_embeddings)
+                     tie_embeddings=config.tie_embeddings, **moe_fields(config))
+
+
+def moe_fields(config):
+    """The GPTConfig mixture-of-experts fields of a TrainConfig (nn/moe.py); moe_hidden 0
+    means GPTConfig's default, the dense MLP's hidden size."""
+    return {"n_experts": config.n_experts, "n_experts_per_token": config.n_experts_per_token,
+            "n_shared_experts": config.n_shared_experts, "moe_every": config.moe_every,
+            "moe_hidden": config.moe_hidden or None, "moe_norm_topk_prob": config.moe_norm_topk_prob,
+            **router_coefficients(config)}
+
+
+def router_coefficients(config):
+    """The router losses' weights: training settings, applied to a loaded model too."""
+    return {"router_aux_loss_coef": config.router_aux_loss_coef,
+            "router_z_loss_coef": config.router_z_loss_coef}
+
+
+def router_summary(window):
+    """The metrics.jsonl keys of the router statistics of a log window's micro-batches
+    (GPT.router_stats() of each): tokens_per_expert summed per MoE layer; the expert load as
+    max and min over layers and experts of count / mean count (1.0 = perfectly even); the
+    mean aux and z losses; dropped tokens (0: routing is dropless). {} for a dense model."""
+    if not window:
+        return {}
+    layers = [np.sum([w["tokens_per_expert"][i] for w in window], axis=0)
+              for i in range(len(window[0]["tokens_per_expert"]))]
+    load = [counts / max(counts.mean(), 1e-12) for counts in layers]
+    out = {"tokens_per_expert": [[int(c) for c in counts] for counts in layers],
+           "expert_load_max": float(max(x.max() for x in load)),
+           "expert_load_min": float(min(x.min() for x in load)),
+           "dropped_tokens": int(sum(w["dropped_tokens"] for w in window))}
+    for name in ("aux_loss", "z_loss"):
+        values = [w[name] for w in window if name in w]
+        if values:
+            out["router_" + name] = float(np.mean(values))
+    return out
 
 
 def model_generators(model):
@@ -147,7 +184,8 @@ class Trainer:
         self.last = {}                              # latest logged metrics
         # losses and gradient norms since the last metrics line: a checkpoint keeps them, so
         # a log window that spans a checkpoint averages the same steps after a resume
-        self.window = {"loss": [], "grad_norm": []}
+        # (and an MoE model's router statistics of each micro-batch: router_summary)
+        self.window = {"loss": [], "grad_norm": [], "router": []}
 
     # --- setup -------------------------------------------------------------------------------
 
@@ -209,6 +247,8 @@ class Trainer:
                               f"(an eos_token or <|endoftext|>), which separates the documents of "
                               f"the training data")
         model.config.dropout = c.dropout
+        for name, value in router_coefficients(c).items():      # this run's loss weights
+            setattr(model.config, name, value)
         for _, module in model.named_modules():
             if isinstance(module, Dropout):
                 module.p = float(c.dropout)
@@ -226,7 +266,11 @@ class Trainer:
             batch = self.train_loader.next_batch()
             if bad is not None:
                 continue                       # keep the data stream aligned, skip the work
-            loss = self.batch_loss(batch)
+            try:
+                loss = self.batch_loss(batch)
+            except RouterError as exc:
+                raise self._router_diverged(exc) from exc
+            self._note_router()
             value = loss.item()
             if not math.isfinite(value):
                 bad = f"loss is {value}"
@@ -255,6 +299,19 @@ class Trainer:
         """The loss of one micro-batch (a hook: fine-tuning's batches carry a loss mask)."""
         x, y = batch
         return self.model(x, y)[1]
+
+    def _note_router(self):
+        """Keep the micro-batch's router statistics (an MoE model) for the next metrics line."""
+        router_stats = getattr(self.model, "router_stats", None)
+        stats = router_stats() if router_stats else None
+        if stats is not None:
+            self.window["router"].append(stats)
+
+    def _router_diverged(self, exc):
+        """RouterError naming the step the router's probabilities went NaN/inf at."""
+        last = ckpt.latest(self.run_dir)
+        return RouterError(f"step {self.step + 1}: {exc} (--lr, --router-z-loss-coef) in a new run; "
+                           f"the last good checkpoint is {last or '(none written yet)'}")
 
     def optimizer_params(self):
         return [p for _, p in self.optimizer.params]
@@ -400,7 +457,7 @@ class Trainer:
         self.tokens_seen, self.elapsed_before = state["tokens_seen"], state["elapsed_s"]
         self.last = state.get("metrics", {})
         window = state.get("log_window", {})          # absent in checkpoints of older versions
-        self.window = {k: list(window.get(k, [])) for k in ("loss", "grad_norm")}
+        self.window = {k: list(window.get(k, [])) for k in ("loss", "grad_norm", "router")}
         if self.writes_files:
             ckpt.cut_metrics(self.run_dir, self.step)
         return state
@@ -457,10 +514,10 @@ class Trainer:
                                  "lr": record["lr"],
                                  "grad_norm": float(np.mean(window["grad_norm"])),
                                  "tokens": self.tokens_seen, "tokens_per_s": tokens_per_s,
-                                 "elapsed_s": elapsed()}
+                                 "elapsed_s": elapsed(), **router_summary(window["router"])}
                     self.write_metrics(self.last)
-                    window["loss"].clear()
-                    window["grad_norm"].clear()
+                    for values in window.values():
+                        values.clear()
                     if plain_progress:
                         eta = (c.max_steps - self.step) * step_time / (self.step - start_step)
                         say(f"step {self.step}/{c.max_steps}: loss {self.last['loss']:.4f}, "
