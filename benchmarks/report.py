@@ -323,6 +323,45 @@ def _gpu(results, section, test):
     return data, [r for r in data["rows"] if r["section"] == section and test(r)]
 
 
+QUANT_SHAPES = {"gpt2-124M": "GPT-2-124M shape", "small": '"small" shape (6L×384C)'}
+
+
+def _vs(r, target):
+    """"**1.61x**" when the row meets its target, else "0.45x, **misses** 1.0x"."""
+    return f"**{x(r['ratio'])}**" if r["ratio"] >= target else f"{x(r['ratio'])}, **misses** {x(target, 1)}"
+
+
+@entry
+def quantization(results):
+    data = load("quantize.json", results)
+    label = machine_label(data, span(data["machine"]["load_average"], 1, ""))    # 1/5/15 min at the end
+    out = []
+    for shape, what in QUANT_SHAPES.items():
+        i8, i4 = row(data, f"decode int8 vs fp32, {shape}"), row(data, f"decode int4 vs fp32, {shape}")
+        pre = row(data, f"prefill 512 int8 vs fp32, {shape}")
+        out.append((f"batch-1 decoding, 128 tokens, 2 threads, {what}: ours int8 / int4 (g32) vs ours fp32",
+                    f"int8 {_vs(i8, 1.5)}, int4 {_vs(i4, 2.0)} tokens/s ({i8['ours']:.0f} / {i4['ours']:.0f} vs "
+                    f"{i8['peer']:.0f}); prefill 512 int8 {x(pre['ratio'])} the fp32 speed", "ours fp32", label,
+                    link("quantize.md")))
+        cells = [f"{t.upper()} {_vs(r, 1.0)} ({r['ours']:.0f} vs {r['peer']:.0f})"
+                 for t in ("f32", "q8_0", "q4_0") for r in [row(data, f"decode vs llama.cpp {t}, {shape}")]]
+        out.append((f"batch-1 decoding vs llama.cpp, same model and precision (our GGUF export), {what}, 2 threads",
+                    "; ".join(cells) + " tokens/s", "llama-cpp-python", label, link("quantize.md")))
+    q = data["quality"]
+    v = q["variants"]
+    cells = [f"{name} {'+' if v[name]['increase_percent'] >= 0 else ''}{v[name]['increase_percent']:.2f} %"
+             + ("" if v[name].get("met", True) else " (**misses** +" + f"{v[name]['target_percent']:.1f} %)")
+             for name in ("int8", "int4 g32", "int4 g64", "int4 g128")]
+    agree = q.get("llama_cpp", {})
+    out.append((f"quantized val perplexity vs fp32 ({v['fp32']['perplexity']:.2f}), a trained 4L×128C GPT-2",
+                "; ".join(cells) + f"; weight memory {x(v['int8']['memory_ratio'])} / "
+                f"{x(v['int4 g32']['memory_ratio'])}"
+                + "".join(f"; llama.cpp {t.upper()} same 32 greedy tokens on {a['same_32_tokens']}/{a['prompts']}"
+                          for t, a in agree.items() if t != "f32"),
+                "ours fp32", label, link("quantize.md")))
+    return out
+
+
 @entry
 def gpu_matmul(results):
     data, [r] = _gpu(results, "matmul", lambda r: r["name"] == "best fp32 rung vs cuBLAS")
