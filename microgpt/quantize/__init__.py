@@ -6,7 +6,7 @@
     distill.py    knowledge distillation: KL(teacher || student) at temperature T mixed with CE
     prune.py      magnitude and 2:4 pruning of Linear weights
 The kernels are csrc/quant.c and cuda/quant.cu (backends: linear_q8_forward ...); GGUF export
-and import are microgpt/interop/gguf.py.
+and import are microgpt/interop/gguf_export.py and gguf_import.py.
 """
 from .formats import SCHEMES, QuantizeError
 
