@@ -102,3 +102,25 @@ def test_ppo_logs_the_entropy_also_when_it_is_not_in_the_loss(tmp_path, ent_coef
               lambda p, s, t: [0.5] * len(t), options, str(tmp_path), lambda *a, **k: None)
     line = json.loads(open(tmp_path / "metrics.jsonl").readline())
     assert 0.0 < line["entropy"] <= math.log(tok.vocab_size) + 1e-6
+
+
+def test_distractors_are_the_prompts_items_of_the_answers_kind():
+    from microgpt.finetune.preference import distractors
+    assert distractors("7", "a=3, b=7, c=1, d=3. What is b?") == ["3", "1"]
+    assert distractors("85", "What is 37 + 48?") == ["37", "48"]
+    assert distractors("-11", "What is 37 - 48?") == ["37", "48"]
+    assert "kqzt" in distractors("tzqk", "Reverse the string: kqzt")
+
+
+def test_near_misses_take_the_distractors_first():
+    from microgpt.finetune import preference
+    from microgpt.tokenizer import Tokenizer
+    from microgpt.tokenizer.chat import with_chat_tokens
+    tok = with_chat_tokens(Tokenizer.bytes_level())[0]
+    model = GPT(GPTConfig(family="llama", vocab_size=tok.vocab_size, block_size=64, n_layer=1, n_head=2,
+                          n_embd=16), seed=0)
+    prompts = [([{"role": "user", "content": "a=1, b=2, c=5. What is b?"}], "2")]
+    made = preference.make_pairs(model, tok, prompts, samples=1, max_new_tokens=2, wrong_per_prompt=0,
+                                 perturbed=3)
+    rejected = [r for _, _, r in made]
+    assert sorted(rejected[:2]) == ["1", "5"] and len(rejected) == 3 and "2" not in rejected

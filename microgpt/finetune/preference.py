@@ -190,12 +190,29 @@ def perturb(answer, rng):
     return answer[:i] + pool[int(rng.integers(len(pool)))] + answer[i + 1:]
 
 
+def distractors(answer, prompt):
+    """The prompt's own items that could be mistaken for the answer: its numbers when the answer
+    is a number, its words when it is a word, minus the answer, in order of appearance. These
+    are the hard negatives: a reward model trained only on random near misses learns "the
+    answer is something the prompt mentions" (right for those, at chance on a policy that
+    already answers with the prompt's values: benchmarks/results/align.md); with distractors
+    as rejected answers it has to learn which item is the right one."""
+    number = re.fullmatch(r"-?\d+", answer) is not None
+    items = re.findall(r"-?\d+" if number else r"[A-Za-z]+", prompt)
+    out = []
+    for item in items:
+        if item != answer and item not in out:
+            out.append(item)
+    return out
+
+
 def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, temperature=1.0,
                wrong_per_prompt=1, perturbed=0):
     """[(prompt messages, chosen, rejected)]: chosen the verified answer; rejected up to
     `wrong_per_prompt` distinct wrong samples of the policy's `samples` (a prompt whose samples
-    are all right gives none of these), and `perturbed` near misses of the answer (perturb())
-    per prompt, distinct from the truth and from each other."""
+    are all right gives none of these), and `perturbed` near misses of the answer per prompt,
+    distinct from the truth, the kept samples and each other: the prompt's distractors()
+    first (in a seeded random order), then perturb()ed answers."""
     from ..inference.engine import Engine
     from ..inference.sampling import SamplingConfig
     from ..tokenizer.chat import stop_token_ids
@@ -215,10 +232,12 @@ def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, t
             if text and text != truth and text not in wrong and len(wrong) < wrong_per_prompt:
                 wrong.append(text)
         near = []
-        for _ in range(4 * perturbed):             # a few tries: short answers have few misses
+        hard = distractors(truth, messages[-1]["content"]) if perturbed else []
+        candidates = [hard[i] for i in rng.permutation(len(hard))]
+        candidates += [perturb(truth, rng) for _ in range(4 * perturbed)]   # short answers have few misses
+        for miss in candidates:
             if len(near) == perturbed:
                 break
-            miss = perturb(truth, rng)
             if miss != truth and miss not in near and miss not in wrong:
                 near.append(miss)
         rows.extend((messages, truth, text) for text in wrong + near)
