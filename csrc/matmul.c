@@ -7,7 +7,8 @@
  *                (AVX-512 12x32, AVX2+FMA 6x16, portable C 4x8; chosen at run time)
  *   v4_threaded  v3 with the (A sliver, B sliver-group) tiles shared among OpenMP threads
  *   matmul_forward = v4 (production); matmul_forward_batched, linear_forward/backward use it,
- *   except that linear_forward with at most 4 rows (decoding) streams W row by row instead.
+ *   except that linear_forward with at most 4 rows (decoding) streams W row by row instead;
+ *   linear_rows_forward takes that streaming path for any number of rows (batch-invariant decoding).
  *   A linear weight comes in two layouts, (OC, C) as PyTorch's Linear or (C, OC) as GPT-2's
  *   Conv1D (w_in_out): the products only swap which operand is read transposed, so both take
  *   the same packed path at the same speed, and the few-rows path has a version for each.
@@ -419,26 +420,73 @@ static inline float sum16(f32x16 v) {
     return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
 }
 
+/* One output element, out[n][o] = b[o] + x_row . w_row, in the order every path below keeps:
+ * four 16-lane chains (chain j, lane l sums c = 64 i + 16 j + l over i), the halving sum of
+ * their (0 + 1) + (2 + 3), then the last C % 64 columns one by one, then the bias. */
+static inline __attribute__((always_inline)) float finish_dot(f32x16 chains_sum, const float* x_row,
+                                                              const float* w_row, int64_t c_vec, int64_t C,
+                                                              const float* b, int64_t o) {
+    float dot = sum16(chains_sum);
+    for (int64_t c = c_vec; c < C; c++) dot += x_row[c] * w_row[c];  /* the last C % 64 columns */
+    return dot + (b ? b[o] : 0.0f);
+}
+
+static inline __attribute__((always_inline)) float dot_one(const float* x_row, const float* w_row,
+                                                           int64_t c_vec, int64_t C, const float* b, int64_t o) {
+    f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};   /* four independent chains */
+    for (int64_t c = 0; c < c_vec; c += 64) {
+        acc0 += *(const f32x16*)(x_row + c) * *(const f32x16*)(w_row + c);
+        acc1 += *(const f32x16*)(x_row + c + 16) * *(const f32x16*)(w_row + c + 16);
+        acc2 += *(const f32x16*)(x_row + c + 32) * *(const f32x16*)(w_row + c + 32);
+        acc3 += *(const f32x16*)(x_row + c + 48) * *(const f32x16*)(w_row + c + 48);
+    }
+    return finish_dot((acc0 + acc1) + (acc2 + acc3), x_row, w_row, c_vec, C, b, o);
+}
+
+/* A tile of ROWS_TILE weight rows x ROWS_TILE input rows: the same chains, computed one chain
+ * at a time for all 16 elements (16 accumulators: 8 loads feed 16 multiply-adds, where one
+ * element at a time loads 2 per multiply-add), each chain's sum kept until all four are done.
+ * Every element's additions are those of dot_one, in the same order: the same bits. */
+#define ROWS_TILE 4
+static inline __attribute__((always_inline)) void dot_tile(float* out, const float* x, const float* w,
+                                                           const float* b, int64_t C, int64_t OC, int64_t c_vec,
+                                                           int64_t n0, int64_t o0) {
+    f32x16 chain[4][ROWS_TILE][ROWS_TILE];
+    for (int j = 0; j < 4; j++) {
+        f32x16 a[ROWS_TILE][ROWS_TILE];
+        for (int r = 0; r < ROWS_TILE; r++)
+            for (int s = 0; s < ROWS_TILE; s++) a[r][s] = (f32x16){0};
+        for (int64_t c = 16 * j; c < c_vec; c += 64) {
+            f32x16 wv[ROWS_TILE], xv[ROWS_TILE];
+            for (int r = 0; r < ROWS_TILE; r++) wv[r] = *(const f32x16*)(w + (o0 + r) * C + c);
+            for (int s = 0; s < ROWS_TILE; s++) xv[s] = *(const f32x16*)(x + (n0 + s) * C + c);
+            for (int r = 0; r < ROWS_TILE; r++)
+                for (int s = 0; s < ROWS_TILE; s++) a[r][s] += xv[s] * wv[r];
+        }
+        for (int r = 0; r < ROWS_TILE; r++)
+            for (int s = 0; s < ROWS_TILE; s++) chain[j][r][s] = a[r][s];
+    }
+    for (int r = 0; r < ROWS_TILE; r++)
+        for (int s = 0; s < ROWS_TILE; s++)
+            out[(n0 + s) * OC + o0 + r] = finish_dot((chain[0][r][s] + chain[1][r][s]) + (chain[2][r][s] + chain[3][r][s]),
+                                                     x + (n0 + s) * C, w + (o0 + r) * C, c_vec, C, b, o0 + r);
+}
+
+/* out[:, o0:o1] for all N rows: full tiles, then the edge rows and channels element by element */
 MG_CLONES static void linear_rows(float* restrict out, const float* restrict x,
                                   const float* restrict w, const float* restrict b,
                                   int64_t N, int64_t C, int64_t OC, int64_t o0, int64_t o1) {
     int64_t c_vec = C - C % 64;
-    for (int64_t o = o0; o < o1; o++) {
-        const float* w_row = w + o * C;     /* one row, read front to back: a single stream */
-        for (int64_t n = 0; n < N; n++) {
-            const float* x_row = x + n * C;
-            f32x16 acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};   /* four independent chains */
-            for (int64_t c = 0; c < c_vec; c += 64) {
-                acc0 += *(const f32x16*)(x_row + c) * *(const f32x16*)(w_row + c);
-                acc1 += *(const f32x16*)(x_row + c + 16) * *(const f32x16*)(w_row + c + 16);
-                acc2 += *(const f32x16*)(x_row + c + 32) * *(const f32x16*)(w_row + c + 32);
-                acc3 += *(const f32x16*)(x_row + c + 48) * *(const f32x16*)(w_row + c + 48);
-            }
-            float dot = sum16((acc0 + acc1) + (acc2 + acc3));
-            for (int64_t c = c_vec; c < C; c++) dot += x_row[c] * w_row[c];  /* the last C % 64 columns */
-            out[n * OC + o] = dot + (b ? b[o] : 0.0f);
-        }
+    int64_t o = o0;
+    for (; o + ROWS_TILE <= o1; o += ROWS_TILE) {
+        int64_t n = 0;
+        for (; n + ROWS_TILE <= N; n += ROWS_TILE) dot_tile(out, x, w, b, C, OC, c_vec, n, o);
+        for (; n < N; n++)
+            for (int r = 0; r < ROWS_TILE; r++)
+                out[n * OC + o + r] = dot_one(x + n * C, w + (o + r) * C, c_vec, C, b, o + r);
     }
+    for (; o < o1; o++)
+        for (int64_t n = 0; n < N; n++) out[n * OC + o] = dot_one(x + n * C, w + o * C, c_vec, C, b, o);
 }
 
 /* ---- few rows, w stored (C, OC) (w_in_out, GPT-2's Conv1D layout) -------------------------
@@ -448,42 +496,55 @@ MG_CLONES static void linear_rows(float* restrict out, const float* restrict x,
  * rows' share into N x OC partial sums of its own (thread 0 into out itself), and the partial
  * sums are then added, the threads splitting the columns. Splitting the columns instead
  * (each thread a slice of every row) gives each thread a strided walk with gaps, measured
- * ~1.3x slower. Four rows of W go at a time, so for each 16 outputs the 4 x 16 weights are
- * loaded once into registers and used for all N rows, and each row's sums are loaded and
- * stored once per 4 x 16 multiply-adds (they stay in L1 / L2: N x OC floats). */
+ * ~1.3x slower. Within a thread's rows, tiles of 4 input rows x 64 outputs keep their sums
+ * in registers for all of its rows of W (rows_in_out below). */
 
-/* acc (N, OC) += x[:, c0:c1] @ w[c0:c1, :] */
-#ifndef IN_OUT_ROWS
-#define IN_OUT_ROWS 4
-#endif
+/* acc (N, OC) += x[:, c0:c1] @ w[c0:c1, :]. Each element's sum runs c = c0, c0 + 1, ... in order,
+ * acc + x[n][c0] w[c0][o] + x[n][c0 + 1] w[c0 + 1][o] + ..., whatever the tile it falls in:
+ * a full tile keeps IN_OUT_TILE_N rows x IN_OUT_TILE_O vectors of 16 sums in registers for the
+ * whole range of c (per c: IN_OUT_TILE_O weight loads and IN_OUT_TILE_N broadcasts feed
+ * 16 multiply-adds; the sums are loaded and stored once per range instead of once per c),
+ * the edges the same sums a vector or a value at a time. The weight block of a tile (range
+ * x 64 floats) stays in L2 while the row tiles pass it. */
+#define IN_OUT_TILE_N 4
+#define IN_OUT_TILE_O 4
 MG_CLONES static void rows_in_out(float* restrict acc, const float* restrict x, const float* restrict w,
                                   int64_t N, int64_t C, int64_t OC, int64_t c0, int64_t c1) {
-    int64_t o_vec = OC / 16 * 16, c = c0;
-    for (; c + IN_OUT_ROWS <= c1; c += IN_OUT_ROWS) {
-        const float* w0 = w + c * OC;
-        for (int64_t o = 0; o < o_vec; o += 16) {
-            f32x16 v[IN_OUT_ROWS];
-            #pragma GCC unroll 8
-            for (int r = 0; r < IN_OUT_ROWS; r++) {
-                v[r] = *(const f32x16*)(w0 + r * OC + o);
-                __builtin_prefetch(w0 + (IN_OUT_ROWS + r) * OC + o, 0, 0);   /* the next group's */
+    int64_t o_vec = OC / 16 * 16;
+    for (int64_t o = 0; o < o_vec; o += 16 * IN_OUT_TILE_O) {
+        int64_t vecs = mg_min(IN_OUT_TILE_O, (o_vec - o) / 16);
+        for (int64_t n0 = 0; n0 < N; n0 += IN_OUT_TILE_N) {
+            int64_t rows = mg_min(IN_OUT_TILE_N, N - n0);
+            if (rows == IN_OUT_TILE_N && vecs == IN_OUT_TILE_O) {
+                f32x16 s[IN_OUT_TILE_N][IN_OUT_TILE_O];
+                for (int i = 0; i < IN_OUT_TILE_N; i++)
+                    for (int j = 0; j < IN_OUT_TILE_O; j++) s[i][j] = *(f32x16*)(acc + (n0 + i) * OC + o + 16 * j);
+                for (int64_t c = c0; c < c1; c++) {
+                    f32x16 v[IN_OUT_TILE_O];
+                    for (int j = 0; j < IN_OUT_TILE_O; j++) v[j] = *(const f32x16*)(w + c * OC + o + 16 * j);
+                    for (int i = 0; i < IN_OUT_TILE_N; i++) {
+                        float xc = x[(n0 + i) * C + c];
+                        for (int j = 0; j < IN_OUT_TILE_O; j++) s[i][j] += xc * v[j];
+                    }
+                }
+                for (int i = 0; i < IN_OUT_TILE_N; i++)
+                    for (int j = 0; j < IN_OUT_TILE_O; j++) *(f32x16*)(acc + (n0 + i) * OC + o + 16 * j) = s[i][j];
+                continue;
             }
-            for (int64_t n = 0; n < N; n++) {
-                const float* xn = x + n * C + c;
-                f32x16 sum = *(f32x16*)(acc + n * OC + o);
-                #pragma GCC unroll 8
-                for (int r = 0; r < IN_OUT_ROWS; r++) sum += xn[r] * v[r];
-                *(f32x16*)(acc + n * OC + o) = sum;
-            }
+            for (int64_t i = 0; i < rows; i++)                   /* an edge tile: one vector at a time */
+                for (int64_t j = 0; j < vecs; j++) {
+                    float* dst = acc + (n0 + i) * OC + o + 16 * j;
+                    f32x16 sum = *(f32x16*)dst;
+                    for (int64_t c = c0; c < c1; c++) sum += x[(n0 + i) * C + c] * *(const f32x16*)(w + c * OC + o + 16 * j);
+                    *(f32x16*)dst = sum;
+                }
         }
-        for (int64_t o = o_vec; o < OC; o++)                 /* the last OC % 16 columns */
-            for (int64_t n = 0; n < N; n++)
-                for (int r = 0; r < IN_OUT_ROWS; r++) acc[n * OC + o] += x[n * C + c + r] * w0[r * OC + o];
     }
-    for (; c < c1; c++)                                      /* the last rows */
-        for (int64_t n = 0; n < N; n++) {
-            float xn = x[n * C + c];
-            for (int64_t o = 0; o < OC; o++) acc[n * OC + o] += xn * w[c * OC + o];
+    for (int64_t n = 0; n < N; n++)                              /* the last OC % 16 columns */
+        for (int64_t o = o_vec; o < OC; o++) {
+            float sum = acc[n * OC + o];
+            for (int64_t c = c0; c < c1; c++) sum += x[n * C + c] * w[c * OC + o];
+            acc[n * OC + o] = sum;
         }
 }
 
@@ -520,19 +581,37 @@ static void linear_rows_in_out(float* out, const float* x, const float* w, const
     free(partial);
 }
 
+/* ---- the streaming path for any number of rows (linear_rows_forward) ----------------------
+ * Every output element out[n][o] above is summed by code that does not look at N: in the (OC, C)
+ * layout one dot product per (o, n) (four 16-lane chains over c, the same halving sum, the
+ * same tail, tiled or not); in the (C, OC) layout one running sum per (n, o) over c in order,
+ * split into the threads' ranges of c by the thread count alone. So a row gets
+ * the same bits whether 1, 4 or 32 rows share the call, and an M-row call equals M one-row
+ * calls: the batch invariance a server needs (inference/paged.py), with each weight row
+ * streamed from memory once per call for all M rows instead of once per 4: a tile of 4 weight
+ * rows sits in L1 while the M input rows (M x C floats: 48 KiB at 32 x 384, in L2) pass it in
+ * tiles of 4 (OC, C); a block of 64 weight columns sits in L2 while the row tiles pass it
+ * (C, OC). Beyond a few dozen rows the packed GEMM (which reuses each weight from registers) is
+ * the faster way, and it rounds differently: that is linear_forward's choice above 4 rows. */
+void linear_rows_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
+                         int64_t N, int64_t C, int64_t OC) {
+    if (N == 0 || OC == 0) return;
+    if (w_in_out) {
+        linear_rows_in_out(out, x, w, b, N, C, OC);
+        return;
+    }
+    /* both cores stream: decoding reads W from memory, not cache */
+    #pragma omp parallel for schedule(static) if (OC * C >= MG_PAR_MIN)
+    for (int64_t o0 = 0; o0 < OC; o0 += 64)
+        linear_rows(out, x, w, b, N, C, OC, o0, mg_min(o0 + 64, OC));
+}
+
 /* w (OC, C), or w_in_out: w (C, OC). The packed product reads either: op(b) = w^T is b stored
  * (N, K) transposed, or w itself as (K, N). */
 void linear_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
                     int64_t N, int64_t C, int64_t OC) {
-    if (N <= LINEAR_ROWS_MAX && w_in_out) {
-        linear_rows_in_out(out, x, w, b, N, C, OC);
-        return;
-    }
     if (N <= LINEAR_ROWS_MAX) {
-        /* both cores stream: decoding reads W from memory, not cache */
-        #pragma omp parallel for schedule(static) if (OC * C >= MG_PAR_MIN)
-        for (int64_t o0 = 0; o0 < OC; o0 += 64)
-            linear_rows(out, x, w, b, N, C, OC, o0, mg_min(o0 + 64, OC));
+        linear_rows_forward(out, x, w, b, w_in_out, N, C, OC);
         return;
     }
     matmul_forward(out, x, w, b, N, OC, C, 0, !w_in_out);

@@ -57,6 +57,9 @@ void matmul_forward_batched(float* out, const float* a, const float* b, const fl
  * w_in_out: w is stored (C, OC) (GPT-2's Conv1D layout) and out = x @ w + b. */
 void linear_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
                     int64_t N, int64_t C, int64_t OC);
+/* linear_forward by its few-rows streaming path for any N: each row's bits do not depend on N */
+void linear_rows_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
+                         int64_t N, int64_t C, int64_t OC);
 /* dx = dout @ w, dw = dout^T @ x (w_in_out: dx = dout @ w^T, dw = x^T @ dout, in w's layout),
  * db = column sums of dout (NULL: skipped) */
 void linear_backward(float* dx, float* dw, float* db, const float* dout, const float* x, const float* w,

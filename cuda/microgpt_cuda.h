@@ -159,6 +159,10 @@ int linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const floa
                       int64_t group, int64_t N, int64_t C, int64_t OC);
 int dequantize_q8(float* w, const int8_t* w_q, const float* w_scale, int64_t group, int64_t OC, int64_t C);
 int dequantize_q4(float* w, const uint8_t* w_q, const float* w_scale, int64_t group, int64_t OC, int64_t C);
+/* linear_rows.cu: out (N, OC) = x @ w^T + b, w (OC, C) (w_in_out: (C, OC)), b may be NULL; each row's
+   result independent of N (one owner per element, a fixed order over C) */
+int linear_rows_forward(float* out, const float* x, const float* w, const float* b, int w_in_out,
+                        int64_t N, int64_t C, int64_t OC);
 /* paged_attention.cu: k_cache, v_cache (NB, NKV, BS, HS); k, v (N, NKV, HS); slots (N); q, out (N, NH, HS);
    block_tables (N, MB); query n at position positions[n] sees keys 0 .. positions[n] (MB * BS <= 12288) */
 int paged_cache_write(int* bad, float* k_cache, float* v_cache, const float* k, const float* v,

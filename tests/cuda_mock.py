@@ -364,6 +364,15 @@ class MockLib:
         view(out, N * OC)[:] = ref.linear_forward(view(x, N * C).reshape(N, C), w, bias).reshape(-1)
         return 0
 
+    # linear_rows.cu
+    def linear_rows_forward(self, out, x, w, b, w_in_out, N, C, OC):
+        wt = view(w, OC * C).reshape((C, OC) if w_in_out else (OC, C))
+        bias = None if b == ffi.NULL else view(b, OC)
+        rows = view(x, N * C).reshape(N, C)          # row by row, as the contract promises its rows are
+        view(out, N * OC)[:] = np.concatenate([ref.linear_rows_forward(rows[n:n + 1], wt, bias, w_in_out)
+                                               for n in range(N)]).reshape(-1)
+        return 0
+
     def linear_q8_forward(self, out, x, w_q, w_scale, b, group, N, C, OC):
         return self._linear_quant(out, x, w_q, w_scale, b, group, N, C, OC, 8)
 
@@ -424,3 +433,4 @@ def install(monkeypatch):
     monkeypatch.setattr(rt, "POISON", True)
     monkeypatch.setattr(cuda, "AVAILABLE", True)
     return mock
+

@@ -174,6 +174,46 @@ def test_matmul(cu, monkeypatch, rung, sa, sb):
     close(cu, db, rdb, name="db")
 
 
+def test_paged_kernels(cu):
+    """paged_cache_write then paged_attention_forward (GQA, sequences of different lengths over
+    scattered blocks) against the reference; tests/test_paged_attention.py checks more shapes."""
+    CHECKED.update({"paged_cache_write", "paged_attention_forward"})
+    rng = np.random.default_rng(10)
+    nb, nkv, nh, bs, hs, n = 7, 2, 4, 4, 8, 5
+    kc, vc = rand(rng, 2, nb, nkv, bs, hs)
+    k, v = rand(rng, 2, n, nkv, hs)
+    slots = rng.permutation(nb * bs)[:n].astype(np.int64)
+    want_k, want_v = kc.copy(), vc.copy()
+    ref.paged_cache_write(want_k, want_v, k, v, slots)
+    dk, dv = dev(cu, kc), dev(cu, vc)
+    cu.paged_cache_write(dk, dv, dev(cu, k), dev(cu, v), dev(cu, slots))
+    close(cu, dk, want_k, name="k_cache")
+    close(cu, dv, want_v, name="v_cache")
+    q = rand(rng, n, nh, hs)
+    tables = np.stack([rng.permutation(nb)[:3] for _ in range(n)]).astype(np.int64)
+    positions = np.array([0, 3, 4, 9, 11], np.int64)
+    close(cu, cu.paged_attention_forward(dev(cu, q), dk, dv, dev(cu, tables), dev(cu, positions)),
+          ref.paged_attention_forward(q, want_k, want_v, tables, positions))
+
+
+@pytest.mark.parametrize("w_in_out", [False, True])
+@pytest.mark.parametrize("xshape,oc,bias", [((2, 17, 33), 65, True), ((1, 1, 5), 3, False), ((32, 384), 1152, True),
+                                            ((3, 1030), 5, True)])
+def test_linear_rows(cu, xshape, oc, bias, w_in_out):
+    """linear_rows_forward against the reference, and batch-invariant: its rows are the one-row calls."""
+    CHECKED.add("linear_rows_forward")
+    rng = np.random.default_rng(9)
+    x, w = rand(rng, *xshape), rand(rng, *((xshape[-1], oc) if w_in_out else (oc, xshape[-1])))
+    b = rand(rng, oc) if bias else None
+    db = None if b is None else dev(cu, b)
+    got = cu.linear_rows_forward(dev(cu, x), dev(cu, w), db, w_in_out)
+    close(cu, got, ref.linear_forward(x, w, b, w_in_out))
+    rows = x.reshape(-1, xshape[-1])
+    alone = np.concatenate([cu.to_numpy(cu.linear_rows_forward(dev(cu, rows[n:n + 1]), dev(cu, w), db, w_in_out))
+                            for n in range(rows.shape[0])])
+    assert np.array_equal(cu.to_numpy(got).reshape(alone.shape), alone)
+
+
 @pytest.mark.parametrize("w_in_out", [False, True])
 @pytest.mark.parametrize("rung", cuda_matmul.MATMUL_RUNGS)
 @pytest.mark.parametrize("xshape,oc,bias", [((2, 17, 33), 65, True), ((130, 64), 96, False), ((1, 1, 5), 3, True),

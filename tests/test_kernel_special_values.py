@@ -372,6 +372,7 @@ CASES = {
     "matmul_backward": lambda rng, spoil: [Arr(spoil(normal(rng, 2, 3, 5))), Arr(spoil(normal(rng, 2, 3, 6))),
                                            Arr(spoil(normal(rng, 6, 5)))],
     "linear_forward": lambda rng, spoil: _linear(rng, spoil, False),
+    "linear_rows_forward": lambda rng, spoil: _linear(rng, spoil, False),
     "linear_backward": lambda rng, spoil: _linear(rng, spoil, True),
     "softmax_forward": lambda rng, spoil: [Arr(spoil(normal(rng, 3, 9), scale=3.0))],
     "softmax_backward": _softmax_backward("softmax_forward"),

@@ -70,6 +70,9 @@ KERNELS = {
     "linear_forward":   ("linear_forward(x, w, b, w_in_out) -> out",
                          "x @ w.T + b; x (..., C), w (OC, C), b (OC,) or None; w_in_out: w stored (C, OC), "
                          "x @ w + b (GPT-2's Conv1D layout)"),
+    "linear_rows_forward": ("linear_rows_forward(x, w, b, w_in_out) -> out",
+                            "linear_forward, each row's result independent of how many rows share the "
+                            "call (batch-invariant decoding)"),
     "linear_backward":  ("linear_backward(dout, x, w, has_bias, w_in_out) -> (dx, dw, db)",
                          "gradients of linear_forward, dw in w's own layout; db None without bias"),
     # --- fused transformer kernels --------------------------------------------------------

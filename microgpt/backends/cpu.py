@@ -90,6 +90,7 @@ if AVAILABLE:
     from . import cpu_matmul      # needs the built module
     matmul_forward, matmul_backward = cpu_matmul.matmul_forward, cpu_matmul.matmul_backward
     linear_forward, linear_backward = cpu_matmul.linear_forward, cpu_matmul.linear_backward
+    linear_rows_forward = cpu_matmul.linear_rows_forward
     from . import cpu_quant       # weight-only int8 / int4 linear layers (csrc/quant.c)
     linear_q8_forward, linear_q4_forward = cpu_quant.linear_q8_forward, cpu_quant.linear_q4_forward
     dequantize_q8, dequantize_q4 = cpu_quant.dequantize_q8, cpu_quant.dequantize_q4

@@ -117,6 +117,21 @@ def linear_forward(x, w, b, w_in_out=False):
     return out
 
 
+def linear_rows_forward(x, w, b, w_in_out=False):
+    """linear_forward through the C streaming path for any number of rows (csrc/matmul.c):
+    each row's bits are those of a one-row call, however many rows share this one."""
+    w_in_out = check.flag("linear_rows_forward", "w_in_out", w_in_out)
+    is32 = check.floats("linear_rows_forward", x=x, w=w, b=b)
+    N, C, OC = _linear_check("linear_rows_forward", x, w, b, w_in_out)
+    if not is32:
+        return _ref.linear_rows_forward(x, w, b, w_in_out)
+    if C == 0:                          # no products: the bias (or zeros) in every row
+        return _ref.linear_rows_forward(x, w, b, w_in_out)
+    out = np.empty(x.shape[:-1] + (OC,), dtype=x.dtype)
+    lib.linear_rows_forward(_fp(out), _fp(x), _fp(w), _opt(b), int(w_in_out), N, C, OC)
+    return out
+
+
 def linear_backward(dout, x, w, has_bias, w_in_out=False):
     has_bias = check.flag("linear_backward", "has_bias", has_bias)
     w_in_out = check.flag("linear_backward", "w_in_out", w_in_out)

@@ -34,7 +34,7 @@ from .cuda_create import asarray, full, to_numpy, zeros
 from .cuda_elementwise import (accumulate, add, div, exp, gelu_backward, gelu_forward, log, mul, neg, pow_scalar,
                                relu_backward, relu_forward, silu_backward, silu_forward, sqrt, sub, tanh)
 from .cuda_index import getitem, getitem_backward
-from .cuda_matmul import linear_backward, linear_forward, matmul_backward, matmul_forward
+from .cuda_matmul import linear_backward, linear_forward, linear_rows_forward, matmul_backward, matmul_forward
 from .cuda_moe import (grouped_matmul_backward, grouped_matmul_forward, moe_combine_backward,
                        moe_combine_forward, moe_permute_backward, moe_permute_forward)
 from .cuda_reduce import max, max_backward, sum, sum_to_shape  # noqa: A004 - the contract's names
@@ -50,7 +50,7 @@ __all__ = [
     "relu_forward", "relu_backward", "gelu_forward", "gelu_backward", "silu_forward", "silu_backward",
     "sum", "max", "max_backward", "sum_to_shape", "broadcast_to", "reshape", "permute", "getitem",
     "getitem_backward", "concatenate",
-    "matmul_forward", "matmul_backward", "linear_forward", "linear_backward",
+    "matmul_forward", "matmul_backward", "linear_forward", "linear_rows_forward", "linear_backward",
     "softmax_forward", "softmax_backward", "log_softmax_forward", "log_softmax_backward",
     "cross_entropy_forward", "cross_entropy_backward", "kl_div_forward", "kl_div_backward",
     "embedding_forward", "embedding_backward",

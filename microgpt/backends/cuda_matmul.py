@@ -149,6 +149,25 @@ def linear_forward(x, w, b, w_in_out=False):
     return out
 
 
+def linear_rows_forward(x, w, b, w_in_out=False):
+    # linear_forward with each row's result independent of the row count (cuda/linear_rows.cu:
+    # one owner per output element, a fixed order over C), for batch-invariant decoding
+    x, w = on_device(x), on_device(w)
+    require_f32("linear_rows_forward", x, w)
+    w_in_out = bool(w_in_out)
+    oc, c = _linear_sizes("linear_rows_forward", x, w, w_in_out)
+    if b is not None:
+        b = on_device(b)
+        require_f32("linear_rows_forward", b)
+        if b.shape != (oc,):
+            raise ShapeError(f"linear_rows_forward: bias {b.shape} does not fit weight {w.shape}")
+    out = empty(x.shape[:-1] + (oc,), np.float32)
+    if out.size:
+        call("linear_rows_forward", out.ptr, x.ptr, w.ptr, rt.ffi.NULL if b is None else b.ptr, int(w_in_out),
+             math.prod(x.shape[:-1]), c, oc)
+    return out
+
+
 def linear_backward(dout, x, w, has_bias, w_in_out=False):
     # w (OC, C):            dx = dout @ w,    dw = dout^T @ x over all rows
     # w_in_out, w (C, OC):  dx = dout @ w^T,  dw = x^T @ dout (in w's own layout)

@@ -206,6 +206,14 @@ def linear_forward(x, w, b, w_in_out=False):
     return out
 
 
+def linear_rows_forward(x, w, b, w_in_out=False):
+    # linear_forward's map, out = x @ w^T + b (w_in_out: x @ w + b). The contract adds one
+    # promise for the compiled backends: row n of out is computed from row n of x alone, in
+    # an order that does not depend on how many rows share the call (batch invariance, for a
+    # server whose greedy answers must not change with its load: inference/paged.py).
+    return linear_forward(x, w, b, w_in_out)
+
+
 def linear_backward(dout, x, w, has_bias, w_in_out=False):
     # out[n, o] = sum_c x[n, c] W[o, c] + b[o] with W (OC, C) the map, so
     #   dx[n, c] = sum_o dout[n, o] W[o, c]   ->  dx = dout @ W

@@ -34,7 +34,10 @@ packed GEMM above that, and the two round differently. So each row is given one 
 it is, never by how many rows share the call: a prompt token ("prefill" row) always goes
 through the GEMM, padded with zero rows to at least LINEAR_ROWS + 1; a generated token
 ("decode" row: its index in the sequence is past the prompt, also when it is recomputed after
-a preemption) and the LM head always through the streaming path, in chunks of LINEAR_ROWS.
+a preemption) and the LM head always through the streaming path, by the kernel
+linear_rows_forward: that path for any number of rows, all of a step's decode rows in one call,
+so each weight is read once per step (the first version cut them into calls of LINEAR_ROWS rows
+and read the weights 8 times at 32 rows: 84 % of a 32-row step, benchmarks/results/serve.md).
 Within each path every row's sums run in one order for any number of rows (a test checks that
 for the shapes here), so tests/test_paged_cache.py can ask for bit-identical greedy output.
 The padding costs little where it applies: a prompt is many rows anyway.
@@ -211,13 +214,10 @@ class PagedDecoder(Decoder):
     # --- linear layers with one path per kind of row (see the module docstring) ----------------
 
     def _streamed(self, x, *wb):
-        """x (N, C) through the streaming path, LINEAR_ROWS rows per call."""
-        be, n = self.be, x.shape[0]
-        if n <= LINEAR_ROWS:
-            return be.linear_forward(x, *wb)
-        parts = [be.linear_forward(be.getitem(x, (slice(i, min(i + LINEAR_ROWS, n)),)), *wb)
-                 for i in range(0, n, LINEAR_ROWS)]
-        return be.concatenate(parts, 0)
+        """x (N, C) through the streaming path, all N rows in one call: linear_rows_forward
+        streams each weight row once for every row (not once per LINEAR_ROWS of them), and
+        gives each row the bits of a one-row call."""
+        return self.be.linear_rows_forward(x, *wb)
 
     def _packed(self, x, *wb):
         """x (N, C) through the GEMM path: padded with zero rows to LINEAR_ROWS + 1 if shorter."""
