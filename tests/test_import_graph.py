@@ -41,7 +41,7 @@ LAYERS = [
     ("finetune", ["microgpt.finetune"]),          # SFT on the trainer, LoRA, chat
     ("eval", ["microgpt.eval"]),
     ("serve", ["microgpt.serve"]),                # the HTTP server over inference/
-    ("cli", ["microgpt.cli", "microgpt.__main__", "microgpt"]),
+    ("cli", ["microgpt.cli", "microgpt.lifecycle", "microgpt.__main__", "microgpt"]),
 ]
 
 # (importer, imported): edges that may exist only inside a function, and are left out of the
