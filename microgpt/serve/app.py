@@ -33,6 +33,7 @@ import hmac
 import json
 import math
 import os
+import threading
 import time
 import uuid
 
@@ -164,6 +165,38 @@ class Choice:
         return piece
 
 
+# --- from the engine thread to the event loop --------------------------------------------------------
+
+class Mailbox:
+    """Token events from the engine thread to the asyncio loop, one wake-up per batch.
+
+    The engine calls each request's callback on its own thread, once per token: 32 events a
+    step at 32 streams. Handing each over with its own call_soon_threadsafe wakes the loop 32
+    times a step (a write to its self-pipe each, and a turn of the loop that takes the GIL
+    from the engine thread). Here the first event of a batch arms one wake-up and the rest
+    join it; the loop then puts every waiting event into its request's queue, in order. Each
+    event still becomes one SSE chunk (OpenAI's streaming shape: one chunk per token)."""
+
+    def __init__(self, loop):
+        self.loop = loop
+        self._items, self._lock, self._armed = [], threading.Lock(), False
+
+    def post(self, queue, item):
+        """From any thread: item will be put into queue on the loop."""
+        with self._lock:
+            self._items.append((queue, item))
+            if self._armed:
+                return
+            self._armed = True
+        self.loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self):
+        with self._lock:
+            items, self._items, self._armed = self._items, [], False
+        for queue, item in items:
+            queue.put_nowait(item)
+
+
 # --- the app ----------------------------------------------------------------------------------------
 
 def create_app(model, tokenizer, model_name="microgpt", api_key=None, max_batch=32, max_queue=64,
@@ -287,21 +320,25 @@ def create_app(model, tokenizer, model_name="microgpt", api_key=None, max_batch=
                               params.presence, params.frequency, params.logprobs)
                 for i in range(params.n)]
 
+    mailbox = [None]                   # the Mailbox of the loop serving this app
+
     def submit_all(requests):
         loop = asyncio.get_running_loop()
-        queue = asyncio.Queue()
+        if mailbox[0] is None or mailbox[0].loop is not loop:
+            mailbox[0] = Mailbox(loop)
+        box, queue = mailbox[0], asyncio.Queue()
         done = []
         try:
             for i, r in enumerate(requests):
-                engine.submit(r, lambda ev, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, ev)))
+                engine.submit(r, lambda ev, i=i: box.post(queue, (i, ev)))
                 done.append(r.request_id)
         except QueueFull as exc:
             for rid in done:
                 engine.cancel(rid)
             if not engine.accepting:
                 raise BadRequest("the server is shutting down", status=503, kind="server_error") from None
-            raise BadRequest(f"the server is busy ({exc}); retry shortly", status=429,
-                             kind="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
+            raise BadRequest(f"the server is busy ({exc}); retry shortly", status=429, kind="rate_limit_error",
+                             code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         return queue
 
     def usage(prompt_ids, choices):
