@@ -15,6 +15,7 @@
     microgpt quantize RUN --scheme int8|int4 [--group 32]   weight-only int8 / int4 (quantize/)
     microgpt prune RUN --method magnitude|2:4 --out DIR      pruning, optional recovery fine-tune
     microgpt export-gguf RUN --type f32|f16|q8_0|q4_0 --out FILE   for llama.cpp
+    microgpt lifecycle [--quick] [--out-dir runs/life] [--from STAGE]   every stage, a report card
 
 Each command group registers its flags in one `_add_<group>` function below and hands the
 parsed namespace to a `_run_<group>` function that imports the library lazily, so
@@ -726,6 +727,31 @@ def _run_serve(args):
                  args.block_size, args.kv_blocks, args.max_step_tokens, args.model_name, args.device)
 
 
+def _add_lifecycle(sub):
+    """`microgpt lifecycle` (microgpt/lifecycle.py): every stage in order, resumably."""
+    from .lifecycle import STAGES
+    p = _leaf(sub, "lifecycle", _run_lifecycle,
+              help="the whole life of an LLM in one command: clean, tokenize, pre-train, SFT, "
+                   "align, evaluate, quantize, serve; a report card",
+              description="Run every stage in order, each a microgpt command writing under "
+                          "OUT_DIR/STAGE/; a re-run skips finished stages (a COMPLETE marker), "
+                          "--from STAGE runs it and the later ones again. Ends with "
+                          "OUT_DIR/report/report.md and report.json.")
+    p.add_argument("--quick", action="store_true", help="small everything (about 10 minutes on "
+                                                        "2 cores; default: the full size)")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)    # the CI test's size
+    p.add_argument("--out-dir", default="runs/life", help=f"default runs/life; {_CREATED}")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--from", dest="start", choices=STAGES, default=None, metavar="STAGE",
+                   help=f"run STAGE and every later one again: {', '.join(STAGES)}")
+
+
+def _run_lifecycle(args):
+    from .lifecycle import run
+    _output_dir("--out-dir", args.out_dir)
+    return run(args)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="microgpt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -737,6 +763,7 @@ def build_parser():
     _add_eval(sub)
     _add_serve(sub)
     _add_compress(sub)
+    _add_lifecycle(sub)
     _name_the_choices(sub)
     return parser
 

@@ -303,13 +303,11 @@ def _write_continuation_task(docs, out, limit, prompt_words=24, answer_words=16)
     """Held-out prose: the first words of a paragraph as the prompt, the next ones as the
     reference continuation (BLEU, ROUGE)."""
     rows = []
-    for doc in docs:
-        for paragraph in doc.split("\n\n"):
-            words = paragraph.split()
-            if len(words) >= prompt_words + answer_words:
-                rows.append({"prompt": " ".join(words[:prompt_words]),
-                             "answer": " ".join(words[prompt_words:prompt_words + answer_words])})
-                break
+    for paragraph in (p for doc in docs for p in doc.split("\n\n")):
+        words = paragraph.split()
+        if len(words) >= prompt_words + answer_words:
+            rows.append({"prompt": " ".join(words[:prompt_words]),
+                         "answer": " ".join(words[prompt_words:prompt_words + answer_words])})
         if len(rows) == limit:
             break
     if not rows:

@@ -1,0 +1,112 @@
+"""`microgpt lifecycle` end to end at the CI size (--tiny, about a minute on 2 cores).
+
+One module-scoped run does the work: the first pass has a fault injected in the dpo stage
+(MICROGPT_LIFECYCLE_FAIL=dpo: the stage's commands ran, its marker was never written), the
+second resumes. The tests then read what the two passes left: the failure named its stage and
+kept the earlier ones, the resume re-ran nothing that was complete, the report exists with
+every stage's scores finite, and its numbers are the per-stage results files' numbers.
+"""
+import json
+import math
+import os
+
+import pytest
+
+from microgpt import cli, lifecycle
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def _mtime(out, stage):
+    return os.stat(os.path.join(out, stage, "result.json")).st_mtime_ns
+
+
+@pytest.fixture(scope="module")
+def life(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("life") / "run")
+    os.environ[lifecycle.FAIL_ENV] = "dpo"
+    try:
+        code = cli.main(["lifecycle", "--tiny", "--out-dir", out])
+    finally:
+        del os.environ[lifecycle.FAIL_ENV]
+    first = {"code": code, "complete": [s for s in lifecycle.STAGES if lifecycle.is_complete(out, s)],
+             "dpo_files": os.path.exists(os.path.join(out, "dpo", "run", "metrics.jsonl")),
+             "mtimes": {s: _mtime(out, s) for s in ("data", "pretrain", "reward")}}
+    code = cli.main(["lifecycle", "--tiny", "--out-dir", out])
+    return {"out": out, "first": first, "code": code}
+
+
+def test_a_failing_stage_names_itself_and_keeps_the_earlier_ones(life, capsys):
+    first = life["first"]
+    assert first["code"] == 2
+    assert first["complete"] == list(lifecycle.STAGES[:lifecycle.STAGES.index("dpo")])
+    assert first["dpo_files"]               # it had run: only the marker is missing
+
+
+def test_the_rerun_resumes_at_the_interrupted_stage(life):
+    out = life["out"]
+    assert life["code"] == 0
+    assert all(lifecycle.is_complete(out, s) for s in lifecycle.STAGES)
+    for stage, mtime in life["first"]["mtimes"].items():     # finished stages were not re-run
+        assert _mtime(out, stage) == mtime, stage
+
+
+def test_the_report_has_every_stage_and_finite_scores(life):
+    out = life["out"]
+    with open(os.path.join(out, "report", "report.json"), encoding="utf-8") as f:
+        report = json.load(f)
+    stages = [row["stage"] for row in report["rows"]]
+    assert stages == list(lifecycle.STAGES[:-1]) + [f"grpo {q}" for q in lifecycle.QUANTIZED]
+    scored = [row for row in report["rows"] if row["scores"]]
+    assert [row["stage"] for row in scored] == list(lifecycle.MODEL_STAGES) + ["grpo int8", "grpo int4"]
+    for row in scored:
+        assert set(row["scores"]) == set(lifecycle.SCORE_COLUMNS)
+        for name, score in row["scores"].items():
+            assert math.isfinite(score["value"]), (row["stage"], name)
+            assert score["se"] is None or math.isfinite(score["se"])
+    for row in report["rows"][:-2]:
+        assert row["seconds"] > 0 and row["peak_rss_mib"] > 0
+    assert report["chance"]["mc_acc"] == 0.25
+    for stage in ("pretrain", "sft", "reward", "dpo", "ppo", "grpo"):
+        assert os.path.getsize(os.path.join(out, "report", f"{stage}.png")) > 1000
+    assert len(report["served"]) >= 1 and all(isinstance(r["answer"], str) for r in report["served"])
+    text = open(os.path.join(out, "report", "report.md"), encoding="utf-8").read()
+    for stage in stages:
+        assert f"| {stage} |" in text
+    assert set(report["samples"]) == set(lifecycle.MODEL_STAGES) | {"grpo int8", "grpo int4"}
+
+
+def test_the_report_numbers_are_the_results_files_numbers(life):
+    out = life["out"]
+    with open(os.path.join(out, "report", "report.json"), encoding="utf-8") as f:
+        rows = {row["stage"]: row for row in json.load(f)["rows"]}
+    for stage in lifecycle.STAGES[:-1]:
+        result = lifecycle.read_result(out, stage)
+        for key in ("seconds", "peak_rss_mib", "tokens", "parameters", "loss"):
+            assert rows[stage][key] == result.get(key), (stage, key)
+    for stage in lifecycle.MODEL_STAGES:
+        with open(os.path.join(out, "eval", f"{stage}.json"), encoding="utf-8") as f:
+            assert rows[stage]["scores"] == json.load(f)["scores"]
+    for scheme in lifecycle.QUANTIZED:
+        with open(os.path.join(out, "quantize", f"{scheme}.json"), encoding="utf-8") as f:
+            assert rows[f"grpo {scheme}"]["scores"] == json.load(f)["scores"]
+
+
+def test_from_reruns_that_stage_and_the_later_ones(life):
+    out = life["out"]
+    before = {s: _mtime(out, s) for s in lifecycle.STAGES}
+    assert cli.main(["lifecycle", "--tiny", "--out-dir", out, "--from", "report"]) == 0
+    assert _mtime(out, "report") != before["report"]
+    assert all(_mtime(out, s) == before[s] for s in lifecycle.STAGES[:-1])
+
+
+def test_another_size_in_the_same_directory_is_refused(life, capsys):
+    assert cli.main(["lifecycle", "--quick", "--out-dir", life["out"]]) == 2
+    err = capsys.readouterr().err
+    assert "holds a tiny lifecycle" in err and err.count("\n") == 1
+
+
+def test_unknown_stage_is_a_parser_error(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["lifecycle", "--from", "nonsense"])
+    assert "invalid choice" in capsys.readouterr().err
