@@ -144,7 +144,7 @@ def test_sigterm_finishes_the_in_flight_stream(tmp_path):
         assert not reader.is_alive()
         assert lines[-1] == "data: [DONE]", lines[-3:]
         assert json.loads(lines[-2][6:])["choices"][0]["finish_reason"] in ("length", "stop")
-        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)    # uvicorn re-raises the signal once drained
+        assert proc.wait(timeout=60) == 0       # drained: a clean exit, not death by the re-raised signal
         with pytest.raises(httpx.HTTPError):
             httpx.get(base + "/health", timeout=2)
     finally:

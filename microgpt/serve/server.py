@@ -2,9 +2,12 @@
 
 Binds 127.0.0.1 unless --host says otherwise: a model server on every interface is a choice
 to make on purpose. On SIGTERM uvicorn stops taking connections and lets the in-flight
-requests finish (streams included), then the app's shutdown drains the engine.
+requests finish (streams included), then the app's shutdown drains the engine, and the
+process exits 0.
 """
+import signal
 import sys
+import threading
 
 from ..errors import ConfigError
 
@@ -39,5 +42,15 @@ def serve(run_dir, host="127.0.0.1", port=8000, api_key=None, max_batch=32, max_
     import uvicorn
     print(f"microgpt serve: http://{host}:{port}/ (model {app.state.model_name}); Ctrl-C or SIGTERM stops it",
           file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=120)
+    # uvicorn replaces the SIGTERM handler while it runs and, once it has drained, re-raises the
+    # signal to the handler it found: with the default one the process would die by the signal
+    # (status -15) after a clean shutdown. A handler that does nothing makes the drain exit 0.
+    # (Signal handlers belong to the main thread; elsewhere uvicorn installs none either.)
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None) if main else None
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=120)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     return 0
