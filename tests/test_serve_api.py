@@ -7,12 +7,14 @@ import socket
 import time
 
 import httpx
+import numpy as np
 import openai
 import pytest
 
 from microgpt.inference.engine import Engine
 from microgpt.inference.sampling import SamplingConfig
 from microgpt.serve.app import create_app
+from microgpt.tensor import no_grad
 from microgpt.tokenizer import chat
 from serve_helpers import serve_in_thread, tiny_model, wait_until
 
@@ -118,6 +120,32 @@ def test_parameters_stop_seed_n_logprobs(served):
     assert [x.index for x in a.choices] == [0, 1, 2]
     r = c.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0, logprobs=1)
     assert all(lp <= 0 for lp in r.choices[0].logprobs.token_logprobs)
+
+
+def test_top_logprobs_are_the_models_best_tokens(served):
+    """completions' logprobs=k and chat's top_logprobs=k: the k best log-probabilities of each
+    position, best first, against the model's own log-softmax (GPT.forward) at the first one."""
+    base, model, tok, _ = served
+    c = _client(base)
+    with no_grad():
+        z = model(np.array([tok.encode("Hi")]))[0].numpy()[0, -1].astype(np.float64)
+    want = np.sort(z - z.max() - np.log(np.exp(z - z.max()).sum()))[::-1][:3]
+    r = c.completions.create(model="tiny", prompt="Hi", max_tokens=4, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    assert len(lp.top_logprobs) == len(lp.token_logprobs) == len(lp.tokens)
+    np.testing.assert_allclose(sorted(lp.top_logprobs[0].values(), reverse=True), want[:len(lp.top_logprobs[0])],
+                               atol=1e-4)
+    for top, chosen in zip(lp.top_logprobs, lp.token_logprobs):
+        assert 1 <= len(top) <= 3 and max(top.values()) == pytest.approx(chosen)   # greedy: the best
+    chat = c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "Hi"}], max_tokens=3,
+                                     temperature=0, logprobs=True, top_logprobs=2)
+    for entry in chat.choices[0].logprobs.content:
+        values = [t.logprob for t in entry.top_logprobs]
+        assert len(values) == 2 and values == sorted(values, reverse=True)
+        assert values[0] == pytest.approx(entry.logprob)
+    with pytest.raises(openai.BadRequestError) as e:
+        c.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "x"}], top_logprobs=2)
+    assert e.value.body["param"] == "top_logprobs"
 
 
 def test_errors_are_openai_error_objects(served):

@@ -12,7 +12,8 @@ Routes:
     GET  /                      the chat page (page.html)
 
 Parameters: max_tokens, temperature, top_p, top_k (ours), stop (up to 4 strings), seed, n,
-presence_penalty, frequency_penalty, logprobs, stream (+ stream_options.include_usage); the
+presence_penalty, frequency_penalty, logprobs (completions: logprobs=k; chat: logprobs +
+top_logprobs=k, the k best tokens of each position), stream (+ stream_options.include_usage); the
 rest of OpenAI's fields are accepted and ignored. `stream: true` sends server-sent events,
 `data: {chunk}` per piece of text and `data: [DONE]` at the end.
 
@@ -123,11 +124,23 @@ class Params:
             if logprobs is not None and not isinstance(logprobs, bool):
                 raise BadRequest("logprobs must be true or false", "logprobs")
             self.logprobs = bool(logprobs)
+            self.top_logprobs = _integer(body, "top_logprobs", 0, 0, 20)
+            if "top_logprobs" in body and body["top_logprobs"] is not None and not self.logprobs:
+                raise BadRequest("top_logprobs needs logprobs: true", "top_logprobs")
         else:
             if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int)
                                          or not 0 <= logprobs <= 5):
                 raise BadRequest("logprobs must be an integer in [0, 5]", "logprobs")
             self.logprobs = logprobs is not None
+            self.top_logprobs = logprobs or 0           # completions: logprobs=k asks for the k best
+
+
+def _best_by_text(tokenizer, top):
+    """{text: logprob} of [(token, logprob)] best first, keeping the best of tokens that decode alike."""
+    out = {}
+    for token, logprob in top:
+        out.setdefault(tokenizer.decode([token]), logprob)
+    return out
 
 
 # --- one choice's text ---------------------------------------------------------------------------
@@ -137,7 +150,7 @@ class Choice:
         from ..tokenizer import StreamDecoder
         self.decoder, self.stops = StreamDecoder(tokenizer), stops
         self.hold = max((len(s) for s in stops), default=1) - 1
-        self.text, self.sent, self.ids, self.logprobs = "", 0, [], []
+        self.text, self.sent, self.ids, self.logprobs, self.tops = "", 0, [], [], []
         self.finish_reason = None
 
     def feed(self, event, stop_ids):
@@ -145,6 +158,7 @@ class Choice:
         if event.token is not None and event.token not in stop_ids:
             self.ids.append(event.token)
             self.logprobs.append(event.logprob)
+            self.tops.append(event.top or [])
             self.text += self.decoder.feed(event.token)
             for s in self.stops:
                 at = self.text.find(s)
@@ -317,7 +331,7 @@ def create_app(model, tokenizer, model_name="microgpt", api_key=None, max_batch=
         max_tokens = params.max_tokens if params.max_tokens is not None else room
         return [EngineRequest(f"{rid}-{i}", list(prompt_ids), max_tokens, params.sampling,
                               None if params.seed is None else (params.seed + i) % (1 << 63), stop_ids,
-                              params.presence, params.frequency, params.logprobs)
+                              params.presence, params.frequency, params.logprobs, params.top_logprobs)
                 for i in range(params.n)]
 
     mailbox = [None]                   # the Mailbox of the loop serving this app
@@ -348,10 +362,14 @@ def create_app(model, tokenizer, model_name="microgpt", api_key=None, max_batch=
 
     def logprobs_of(choice, chat):
         if chat:
-            return {"content": [{"token": tokenizer.decode([t]), "logprob": lp, "bytes": None, "top_logprobs": []}
-                                for t, lp in zip(choice.ids, choice.logprobs)]}
+            return {"content": [{"token": tokenizer.decode([t]), "logprob": lp, "bytes": None,
+                                 "top_logprobs": [{"token": tokenizer.decode([b]), "logprob": blp, "bytes": None}
+                                                  for b, blp in top]}
+                                for t, lp, top in zip(choice.ids, choice.logprobs, choice.tops)]}
+        # completions: one {text: logprob} per position (tokens that decode alike share a key)
         return {"tokens": [tokenizer.decode([t]) for t in choice.ids], "token_logprobs": choice.logprobs,
-                "top_logprobs": None, "text_offset": None}
+                "top_logprobs": [_best_by_text(tokenizer, top) for top in choice.tops],
+                "text_offset": None}
 
     async def run(request, body, chat):
         params = Params(body, chat)

@@ -30,7 +30,8 @@ its greedy text does not depend on the other requests (tests/test_serve_schedule
 Penalties (OpenAI's definitions): logit[j] -= presence * (count[j] > 0) + frequency * count[j],
 count over the tokens generated so far; then sampling.sample (repetition penalty, temperature,
 top-k, top-p). logprobs: the log-softmax of the final (penalized, pre-temperature) logits at
-the chosen token, cheap since the logits are on the host anyway.
+the chosen token, and with top_logprobs = k the k largest of them, cheap since the logits are
+on the host anyway.
 
 The scheduler is single-threaded; serve/engine_loop.py runs it on a thread of its own.
 """
@@ -59,6 +60,7 @@ class Request:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logprobs: bool = False
+    top_logprobs: int = 0           # with logprobs: also the k most likely tokens of each position
 
 
 @dataclass
@@ -67,6 +69,7 @@ class TokenEvent:
     token: Optional[int]            # None for an event that only finishes the request
     finish_reason: Optional[str]    # "stop" (a stop id), "length", "context", or None
     logprob: Optional[float] = None
+    top: Optional[list] = None      # [(token, logprob)] of the top_logprobs best, best first
 
 
 class _Sequence:
@@ -223,10 +226,16 @@ class Scheduler:
             ids, counts = np.unique(np.array(seq.generated), return_counts=True)
             z[ids] -= req.presence_penalty + req.frequency_penalty * counts
         token = int(sample(z[None], seq.rng, req.sampling, [seq.tokens])[0])
-        logprob = None
+        logprob, top = None, None
         if req.logprobs:
-            shifted = z - z.max()
-            logprob = float(shifted[token] - math.log(np.exp(shifted).sum()))
+            log_probs = z - z.max()
+            log_probs -= math.log(np.exp(log_probs).sum())
+            logprob = float(log_probs[token])
+            k = min(req.top_logprobs, log_probs.size)
+            if k > 0:
+                best = np.argpartition(-log_probs, k - 1)[:k]
+                best = best[np.lexsort((best, -log_probs[best]))]       # best first; ties by id
+                top = [(int(t), float(log_probs[t])) for t in best]
         seq.generated.append(token)
         self.tokens_generated += 1
         if seq.first_token_at is None:
@@ -238,7 +247,7 @@ class Scheduler:
             reason = "length"
         elif len(seq.tokens) >= self.context:
             reason = "context"
-        return TokenEvent(req.request_id, token, reason, logprob)
+        return TokenEvent(req.request_id, token, reason, logprob, top)
 
     def _finish(self, seq):
         self.running.remove(seq)
