@@ -568,8 +568,13 @@ def free_port():
 
 
 def stage_serve(ctx, wait_s=120.0):
-    import httpx
-    import openai
+    try:
+        import httpx
+        import openai
+        import uvicorn  # noqa: F401  (the server's; checked here, before it is started)
+    except ImportError as exc:
+        raise LifecycleError(f"stage serve needs the serve extra and the openai client "
+                             f"({exc.name} is missing): pip install -e '.[serve]' openai") from None
     model_dir = ctx.path("quantize", "int8")
     port = free_port()
     command = ["serve", model_dir, "--port", str(port), "--model-name", "life", "--max-batch", "4",
