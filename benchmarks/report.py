@@ -406,6 +406,43 @@ def distributed(results):
              "unsharded AdamW", machine_label(data), link("distributed.md"))]
 
 
+@entry
+def finetune(results):
+    data = load("finetune.json", results)
+    step, mem, packed = (row(data, n) for n in ("lora step", "lora peak memory", "sft packed vs padded"))
+
+    def met(r):
+        return f"**{x(r['ratio'])}**" if r["passed"] else f"{x(r['ratio'])}, **misses** {x(r['target'], 1)}"
+    return [(f"LoRA step (r 8 on q,v), \"small\" shape, B 16 x T 256, {step['threads']} threads",
+             f"{met(step)} tokens/s ({step['ours']:.0f} vs {step['peer']:.0f}, medians of {step['rounds']} "
+             f"rounds; within a round {span([step['ratio_min'], step['ratio_max']])})",
+             "PEFT + PyTorch eager", machine_label(data, _load(step)), link("finetune.md")),
+            ("peak memory of that LoRA training (each side in its own process)",
+             f"{x(mem['ours'] / mem['peer'])} of PEFT's ({mem['ours']:.0f} vs {mem['peer']:.0f} MiB; "
+             f"target <= 1.0x{'' if mem['passed'] else ', **missed**'})",
+             "PEFT + PyTorch eager", machine_label(data, _load(mem)), link("finetune.md")),
+            ("SFT on a length-skewed set, packed rows (document-masked) vs padded rows",
+             f"{met(packed)} useful tokens/s ({packed['ours']:.0f} vs {packed['peer']:.0f}; rows "
+             f"{packed['fill_packed']:.0%} vs {packed['fill_padded']:.0%} real tokens)",
+             "ours, padded", machine_label(data, _load(packed)), link("finetune.md"))]
+
+
+
+@entry
+def alignment(results):
+    data = load("align.json", results)
+    roll = rows_where(data, lambda r: r["name"].startswith("rollout tokens/s"))[0]
+    dpo = rows_where(data, lambda r: r["name"].startswith("dpo step"))[0]
+
+    def met(r, target):                 # the targets: rollouts >= 2x, a DPO step >= 1.0x
+        return f"**{x(r['ratio'])}**" if r["ratio"] >= target else f"{x(r['ratio'])}, **misses** {x(target, 1)}"
+    return [("PPO/GRPO rollouts, 16 prompts x 64 new tokens, batched greedy, demo shape (4L×96C)",
+             f"{met(roll, 2.0)} tokens/s ({roll['ours']:.0f} vs {roll['peer']:.0f})",
+             "HF transformers batched generate", machine_label(data), link("align.md")),
+            ("a DPO step, 8 pairs x 40 tokens (forward, response log-probs, loss, backward, AdamW)",
+             f"{met(dpo, 1.0)} ({dpo['ours']:.0f} vs {dpo['peer']:.0f} ms)",
+             "PyTorch eager on the HF model", machine_label(data), link("align.md"))]
+
 def check_demo(data, path="demo.json"):
     for key, kind in DEMO_FIELDS.items():
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
