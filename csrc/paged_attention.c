@@ -38,11 +38,46 @@
 /* max that keeps a NaN, as numpy.max does */
 static float max_keep_nan(float m, float s) { return s > m || s != s ? s : m; }
 
-static float dot(const float* a, const float* b, int64_t n)
+/* q . k over HS: 16 lanes of partial sums (lane l sums d = l, l + 16, ...), added by halving,
+ * then the last HS % 16 terms one by one. A strictly serial sum (one add after another, which
+ * is all the compiler may emit without reassociating) waits out the add latency 64 times per
+ * key at HS = 64: a quarter of a 32-row decode step at context 140. The order is fixed by HS,
+ * so a row's bits still do not depend on its batch. */
+typedef float f32x16 __attribute__((vector_size(64), aligned(4)));
+typedef float f32x8 __attribute__((vector_size(32), aligned(4)));
+
+static inline __attribute__((always_inline)) float dot(const float* a, const float* b, int64_t n)
 {
-    float sum = 0.0f;
-    for (int64_t d = 0; d < n; d++) sum += a[d] * b[d];
+    int64_t n_vec = n - n % 16;
+    f32x16 acc = {0};
+    for (int64_t d = 0; d < n_vec; d += 16) acc += *(const f32x16*)(a + d) * *(const f32x16*)(b + d);
+    f32x8 lo = {acc[0], acc[1], acc[2], acc[3], acc[4], acc[5], acc[6], acc[7]};
+    f32x8 hi = {acc[8], acc[9], acc[10], acc[11], acc[12], acc[13], acc[14], acc[15]};
+    f32x8 h = lo + hi;
+    float sum = ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]));
+    for (int64_t d = n_vec; d < n; d++) sum += a[d] * b[d];
     return sum;
+}
+
+/* One (query, head) pair: the two passes described above. */
+MG_CLONES static void attend_pair(float* oi, float* row, const float* qi, const float* k_cache, const float* v_cache,
+                                  const int64_t* table, int64_t seen, int64_t kv, int64_t NKV, int64_t BS,
+                                  int64_t HS, float sqrt_hs)
+{
+    float m = -INFINITY, sum = 0.0f;
+    for (int64_t j = 0; j < seen; j++) {                  /* S_j and their max */
+        const float* kj = k_cache + ((table[j / BS] * NKV + kv) * BS + j % BS) * HS;
+        row[j] = dot(qi, kj, HS) / sqrt_hs;
+        m = max_keep_nan(m, row[j]);
+    }
+    for (int64_t j = 0; j < seen; j++) sum += expf(row[j] - m);
+    const float lse = m + logf(sum);
+    memset(oi, 0, (size_t)HS * sizeof *oi);
+    for (int64_t j = 0; j < seen; j++) {                  /* out = sum_j P_j v_j */
+        const float p = expf(row[j] - lse);
+        const float* vj = v_cache + ((table[j / BS] * NKV + kv) * BS + j % BS) * HS;
+        for (int64_t d = 0; d < HS; d++) oi[d] += p * vj[d];
+    }
 }
 
 void paged_cache_write(float* k_cache, float* v_cache, const float* k, const float* v,
@@ -82,23 +117,9 @@ int paged_attention_forward(float* out, float* work, int64_t work_len, const flo
         const int64_t n = pair / NH, h = pair % NH, kv = h / group;
         const int64_t seen = positions[n] + 1;
         const int64_t* table = block_tables + n * MB;
-        const float* qi = q + (n * NH + h) * HS;
         float* row = work + (int64_t)omp_get_thread_num() * MB * BS;
-        float m = -INFINITY, sum = 0.0f;
-        for (int64_t j = 0; j < seen; j++) {                  /* S_j and their max */
-            const float* kj = k_cache + ((table[j / BS] * NKV + kv) * BS + j % BS) * HS;
-            row[j] = dot(qi, kj, HS) / sqrt_hs;
-            m = max_keep_nan(m, row[j]);
-        }
-        for (int64_t j = 0; j < seen; j++) sum += expf(row[j] - m);
-        const float lse = m + logf(sum);
-        float* oi = out + (n * NH + h) * HS;
-        memset(oi, 0, (size_t)HS * sizeof *oi);
-        for (int64_t j = 0; j < seen; j++) {                  /* out = sum_j P_j v_j */
-            const float p = expf(row[j] - lse);
-            const float* vj = v_cache + ((table[j / BS] * NKV + kv) * BS + j % BS) * HS;
-            for (int64_t d = 0; d < HS; d++) oi[d] += p * vj[d];
-        }
+        attend_pair(out + (n * NH + h) * HS, row, q + (n * NH + h) * HS, k_cache, v_cache, table, seen, kv, NKV,
+                    BS, HS, sqrt_hs);
     }
     return 0;
 }
