@@ -61,11 +61,12 @@ class Engine:
     equal what the server (serve/scheduler.py) gives the same request. batch_invariant=False
     is for callers that only need *a* correct sample and score it again afterwards, as RL
     rollouts do (finetune/ppo.py recomputes every log-prob with the training forward): the
-    lockstep rows then share one decode.Decoder, whose linear calls take all B rows at once
-    (each weight read once per step instead of once per LINEAR_ROWS rows) and whose attention
-    runs over the contiguous (B, NH, T, HS) cache (the kernel's blocked loops, not one dot
-    product per key through a block table). At 16 rows that is about twice as fast
-    (benchmarks/bench_align.py); the cost is that a row's rounding can depend on B."""
+    lockstep rows then share one decode.Decoder, whose linear calls take the packed GEMM for
+    all B rows (the paged path streams each weight row past the rows, linear_rows_forward) and
+    whose attention runs over the contiguous (B, NH, T, HS) cache (the kernel's blocked loops,
+    not one dot product per key through a block table). At 16 rows that was about twice as
+    fast (benchmarks/bench_align.py) while the paged path still read the weights once per 4
+    rows; the cost is that a row's rounding can depend on B."""
 
     def __init__(self, model, tokenizer=None, fast=True, batch_invariant=True):
         self.model = model
