@@ -110,3 +110,31 @@ def test_unknown_stage_is_a_parser_error(capsys):
     with pytest.raises(SystemExit):
         cli.main(["lifecycle", "--from", "nonsense"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("scheme", ["int8", "int4"])
+def test_a_quantized_model_decodes_through_the_engine(scheme):
+    """The lifecycle's quantize and serve stages decode a quantized model with the paged
+    Engine, whose decode rows go through linear_rows_forward (a1d8818): DecodeBackend must run
+    the quantized kernel there too. Oracle: greedy decoding by full forward passes."""
+    import numpy as np
+
+    from microgpt.inference.engine import Engine
+    from microgpt.inference.sampling import SamplingConfig
+    from microgpt.nn.gpt import GPT, GPTConfig
+    from microgpt.quantize.model import quantize_model
+    from microgpt.tensor import no_grad
+    from microgpt.tokenizer import Tokenizer
+    tokenizer = Tokenizer.train(["abc def ghi " * 40], vocab_size=262)
+    model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=32, n_layer=2, n_head=2,
+                          n_embd=64, family="llama", bias=False), seed=0)
+    quantize_model(model, scheme, group=32 if scheme == "int4" else None)
+    model.eval()
+    prompt = tokenizer.encode("abc def")
+    got = Engine(model, tokenizer).generate_ids([prompt], 6, SamplingConfig(temperature=0.0), 0)[0].ids
+    ids = list(prompt)
+    with no_grad():
+        for _ in range(6):
+            logits, _ = model(np.array([ids], np.int64))
+            ids.append(int(logits.numpy()[0, -1].argmax()))
+    assert list(got) == ids[len(prompt):]

@@ -113,6 +113,13 @@ class DecodeBackend:
             return w.linear(self._be, x, b)
         return self._be.linear_forward(x, w, b, w_in_out)
 
+    def linear_rows_forward(self, x, w, b=None, w_in_out=False):
+        """The paged decoder's streaming path (decode rows, LM head): the quantized kernel also
+        here, which reads each quantized weight once for all the rows of the call."""
+        if type(w) is QuantizedWeight:
+            return w.linear(self._be, x, b)
+        return self._be.linear_rows_forward(x, w, b, w_in_out)
+
 
 def is_quantized(model):
     return any(type(m) is QuantizedLinear for _, m in model.named_modules())
