@@ -536,7 +536,10 @@ def _add_finetune(sub):
     p.add_argument("--lora-alpha", type=_float(0.0, low_open=True), default=16.0, help="default 16")
     p.add_argument("--lora-targets", default="q,v", help="some of q,k,v,o,up,down,gate (default q,v)")
     p.add_argument("--lora-dropout", type=_float(0.0, 1.0, high_open=True), default=0.0)
-    p.add_argument("--qlora", action="store_true", help="the frozen base of the blocks in int8")
+    p.add_argument("--qlora", nargs="?", const="int8", default="", choices=("int8", "int4"),
+                   help="the frozen base of the blocks quantized: int8 (alone: int8) or int4")
+    p.add_argument("--qlora-group", type=_int(0), default=0, metavar="G",
+                   help="inputs per scale of the quantized base (default: int8 a row, int4 32)")
     p.add_argument("--packing", action="store_true",
                    help="several conversations per row, document-masked attention")
     p.add_argument("--overflow", choices=("truncate", "drop"), default="truncate",

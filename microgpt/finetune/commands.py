@@ -12,7 +12,7 @@ import sys
 from ..errors import ConfigError
 
 SFT_FLAGS = ("val_data", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "qlora",
-             "packing", "overflow")
+             "qlora_group", "packing", "overflow")
 
 
 def run_sft(args, overrides):

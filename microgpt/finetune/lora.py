@@ -27,8 +27,9 @@ live in one fused matrix, attn.c_attn, which any of them selects (PEFT's GPT-2 t
 "c_attn" is the same); o -> attn.c_proj, up -> mlp.c_fc, down -> mlp.c_proj; gate does not
 exist there. A target list that selects no layer is a ConfigError.
 
-QLoRA (qlora.py): the frozen base weight stored as int8 with a scale per output row and
-dequantized on the fly; the adapter above is unchanged.
+QLoRA (qlora.py): the frozen base weight held as the compression issue's QuantizedWeight
+(int8 or int4, microgpt/quantize/) and run by ops.quantized_linear; the adapter above is
+unchanged.
 """
 import math
 
@@ -38,7 +39,6 @@ from .. import ops
 from ..errors import ConfigError
 from ..nn.layers import Dropout, Linear
 from ..nn.module import Module, Parameter
-from ..tensor import Tensor
 
 TARGETS = ("q", "k", "v", "o", "up", "down", "gate")
 LLAMA_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
@@ -72,16 +72,16 @@ class LoRALinear(Module):
         self.rank, self.alpha, self.use_rslora = rank, float(alpha), bool(use_rslora)
         self.scaling = self.alpha / (math.sqrt(rank) if use_rslora else rank)
         self.merged = False
-        self.quantized = None            # qlora.Int8Weight when the base is stored in int8
+        self.quantized = None            # a quantize.layers.QuantizedWeight under QLoRA (qlora.py)
 
     @property
     def in_features(self):
         return self.lora_A.weight.shape[1]
 
     def base_forward(self, x):
-        if self.quantized is not None:
-            weight = Tensor.wrap(self.quantized.dequantize(x.backend, x.dtype))    # (out, in)
-            return ops.linear(x, weight, self.bias)
+        if self.quantized is not None:           # the int8 / int4 kernel; dx flows through it
+            q = self.quantized
+            return ops.quantized_linear(x, q.w_q, q.w_scale, q.bits, q.group, self.bias)
         return ops.linear(x, self.weight, self.bias, self.weight_layout == "in_out")
 
     def forward(self, x):
@@ -97,8 +97,8 @@ class LoRALinear(Module):
 
     def merge(self):
         if self.quantized is not None:
-            raise ConfigError("cannot merge an adapter into an int8 base in place; "
-                              "dequantize first (qlora.dequantize_model)")
+            raise ConfigError("cannot merge an adapter into a quantized base in place; load the "
+                              "float base and apply the adapter there (sft.load_finetuned)")
         if not self.merged:
             self._add(self.delta())
             self.merged = True

@@ -14,7 +14,7 @@ SFTTrainer is train/trainer.py's Trainer with four things replaced, through its 
             vocabulary grown when the tokenizer needed <|im_start|>/<|im_end|>
             (finetune/vocab.py); full fine-tuning trains every parameter, --lora-rank > 0
             wraps the targets (finetune/lora.py) and trains the adapters only, --qlora
-            stores the frozen base of the blocks in int8
+            int8|int4 stores the frozen base of the blocks quantized (finetune/qlora.py)
   evaluate  mean masked loss over the held-out conversations (val_data, else a val_fraction
             of the training file drawn by seed), and bits per byte of the assistant's text
   samples   the model's replies to the first held-out prompts, stopped at <|im_end|>
@@ -25,8 +25,9 @@ it; a LoRA run adds its adapter in PEFT's format (adapter_config.json and
 adapter_model.safetensors, finetune/peft_io.py) beside it, which `microgpt chat` applies
 (load_chat_model) and PEFT loads. trainer_state.json holds the SFT options and their hash,
 the loaders' (epoch, position) and the RNG states, so resume_sft continues bit for bit.
-(A QLoRA run stores its base as float and quantizes it again on resume: the int8 codes of
-the same floats are the same, so this too resumes exactly.)
+(A QLoRA run's model.safetensors holds the base as the floats its codes stand for, the
+model the adapters were trained over, and qlora_base.safetensors the codes themselves, which
+a resume loads back: this too resumes exactly.)
 """
 import dataclasses
 import hashlib
@@ -55,15 +56,27 @@ class SFTOptions:
     lora_alpha: float = 16.0
     lora_targets: str = "q,v"
     lora_dropout: float = 0.0
-    qlora: bool = False                # int8 base under the adapters (needs lora_rank > 0)
+    qlora: str = ""                    # "" | int8 | int4: the base under the adapters
+    qlora_group: int = 0               # inputs per scale; 0 = int8 one per row, int4 32
     packing: bool = False              # several conversations per row, document-masked
     overflow: str = "truncate"         # a conversation longer than the context: truncate | drop
 
     def __post_init__(self):
         if not isinstance(self.lora_rank, int) or self.lora_rank < 0:
             raise ConfigError(f"lora_rank must be an integer >= 0, got {self.lora_rank!r}")
+        if self.qlora is True:             # `--qlora` alone, and runs of before int4: int8
+            self.qlora = "int8"
+        elif self.qlora is False or self.qlora is None:
+            self.qlora = ""
+        if self.qlora not in ("",) + qlora.SCHEMES:
+            raise ConfigError(f"--qlora takes int8 or int4, got {self.qlora!r}")
+        if not isinstance(self.qlora_group, int) or self.qlora_group < 0:
+            raise ConfigError(f"qlora_group must be an integer >= 0, got {self.qlora_group!r}")
+        if self.qlora_group and not self.qlora:
+            raise ConfigError("--qlora-group sets the scales of a quantized base; give --qlora too")
         if self.qlora and not self.lora_rank:
-            raise ConfigError("--qlora trains LoRA adapters over an int8 base; give --lora-rank too")
+            raise ConfigError(f"--qlora trains LoRA adapters over an {self.qlora} base; "
+                              f"give --lora-rank too")
         if self.overflow not in chat_data.OVERFLOW:
             raise ConfigError(f"overflow must be truncate or drop, got {self.overflow!r}")
         if not 0.0 <= self.lora_dropout < 1.0:
@@ -76,6 +89,11 @@ class SFTOptions:
 
 def options_hash(options):
     payload = {k: getattr(options, k) for k in SFTOptions.__dataclass_fields__}
+    # runs made before int4 hashed qlora as a bool (True: int8, one scale per row) and had
+    # no qlora_group: the same options hash as they did, so those runs still resume
+    if payload["qlora_group"] == 0:
+        del payload["qlora_group"]
+        payload["qlora"] = {"": False, "int8": True}.get(payload["qlora"], payload["qlora"])
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -132,11 +150,11 @@ class SFTTrainer(Trainer):
                 tokens.train_token_rows(model, self.new_token_ids)
                 self.log(f"LoRA: the new tokens' embedding and LM-head rows "
                          f"{self.new_token_ids} train too (PEFT's trainable_token_indices)")
-            if o.qlora:                        # checkpoints keep the floats the codes came from
-                self._float_base = lora_lib.base_state(model)
-                before, after = qlora.quantize_model(model)
-                self.log(f"QLoRA: the blocks' frozen weights in int8, {before / 2**20:.1f} -> "
-                         f"{after / 2**20:.1f} MiB")
+            if o.qlora:
+                before, after = qlora.quantize_model(model, o.qlora, o.qlora_group or None)
+                self.log(f"QLoRA: the blocks' frozen weights in {o.qlora}"
+                         f"{f' (groups of {o.qlora_group})' if o.qlora_group else ''}, "
+                         f"{before / 2**20:.1f} -> {after / 2**20:.1f} MiB")
         self.model, self.gpt_config = model.train(), model.config
         if c.device != "cpu":
             self.model.to(c.device)
@@ -248,20 +266,19 @@ class SFTTrainer(Trainer):
         if not self.options.lora_rank:
             return self.model.state_dict()
         weights = lora_lib.base_state(self.model)
-        for name, layer in lora_lib.lora_layers(self.model):
-            if layer.quantized is not None:        # QLoRA: the float base it was quantized from
-                weights[f"{name}.weight"] = self._float_base[f"{name}.weight"]
-        for name, module in self.model.named_modules():
-            if isinstance(module, qlora.Int8Linear):
-                weights[f"{name}weight"] = self._float_base[f"{name}weight"]
+        weights.update(qlora.float_weights(self.model))     # QLoRA: W~ (module docstring)
         return weights
 
     def checkpoint_files(self):
         if not self.options.lora_rank:
             return {}
         model, base = self.model, self.config.init_from
-        return {peft_io.CONFIG_FILE: lambda p: peft_io.write_adapter_config(model, p, base),
-                peft_io.WEIGHTS_FILE: lambda p: peft_io.write_adapter_weights(model, p)}
+        files = {peft_io.CONFIG_FILE: lambda p: peft_io.write_adapter_config(model, p, base),
+                 peft_io.WEIGHTS_FILE: lambda p: peft_io.write_adapter_weights(model, p)}
+        if self.options.qlora:
+            from ..quantize.model import write_tensors
+            files[qlora.CODES_FILE] = lambda p: write_tensors(p, qlora.code_tensors(model))
+        return files
 
     def extra_trainer_state(self):
         return {"sft": self.options.to_dict(), "sft_hash": self.options.hash,
@@ -273,8 +290,14 @@ class SFTTrainer(Trainer):
             _, adapter = peft_io.read_adapter(path)
             checkpoint.weights = {**checkpoint.weights, **adapter}
             if self.options.qlora:             # the model is quantized: load its adapters only
+                from ..quantize.model import read_tensors
                 params = dict(self.model.named_parameters())
                 checkpoint.weights = {k: v for k, v in checkpoint.weights.items() if k in params}
+                codes = os.path.join(path, qlora.CODES_FILE)
+                if not os.path.isfile(codes):
+                    raise CheckpointError(f"{path}: a QLoRA checkpoint without {qlora.CODES_FILE}; "
+                                          f"resume from another checkpoint")
+                qlora.load_codes(self.model, read_tensors(codes), path)
         return super().restore(checkpoint, path)
 
 
