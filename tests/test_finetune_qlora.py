@@ -151,8 +151,8 @@ def test_cli_refuses_bad_qlora_flags_in_one_line(tmp_path, base32, capsys, argv,
         code = main(["finetune", "sft", "--init-from", base32, "--data", chat_file(tmp_path),
                      "--lora-rank", "2", "--out-dir", str(tmp_path / "run"), "--block-size", "64",
                      "--max-steps", "1", "--progress", "false", *argv])
-    except SystemExit as exit:                                   # argparse's own refusal
-        code = exit.code
+    except SystemExit as stop:                                   # argparse's own refusal
+        code = stop.code
     err = capsys.readouterr().err
     assert code == 2 and match in err
     assert not (tmp_path / "run").exists()
