@@ -318,6 +318,27 @@ def loading(results):
     return out
 
 
+def _met(r, digits=2):
+    """"**3.10x**" when a row of eval.json meets its target, else "0.90x, **misses** 1.0x"."""
+    return f"**{x(r['ratio'], digits)}**" if r["passed"] else f"{x(r['ratio'], digits)}, **misses** {x(r['target'], 1)}"
+
+
+@entry
+def evaluation(results):
+    data = load("eval.json", results)
+    m = data["machine"]
+    label = machine_label(data, span([m["load_average_start"][0], m["load_average"][0]], 1, ""))
+    mc = row(data, "eval mc examples/s")
+    text = [row(data, name) for name in ("bleu", "chrf", "rouge", "rouge stemmed")]
+    return [(f"scoring a multiple-choice task ({mc['examples']} generated 4-choice examples, demo-shape model, "
+             f"batch {mc['batch_size']}, {mc['threads']} threads), the whole call, same acc and acc_norm",
+             f"{_met(mc)} examples/s ({mc['ours']:.0f} vs {mc['peer']:.0f}); inside the scoring call "
+             f"{x(mc['scoring_ratio'])}", "lm-eval `hf` backend (simple_evaluate)", label, link("eval.md")),
+            ("BLEU / chrF / ROUGE-1/2/L / ROUGE stemmed over 10k generated sentence pairs, scores equal to 1e-9",
+             " / ".join(_met(r) for r in text) + " faster", "sacrebleu / sacrebleu / rouge-score", label,
+             link("eval.md"))]
+
+
 def _gpu(results, section, test):
     data = load("gpu.json", results)
     return data, [r for r in data["rows"] if r["section"] == section and test(r)]
