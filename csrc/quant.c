@@ -7,18 +7,27 @@
  *           out as GGUF's Q4_0 (byte j of a block: element j low, element j + 16 high), so a
  *           Q4_0 tensor is these bytes with its fp16 scales pulled out. group 32, 64 or 128.
  *
- * Why dequantize-in-registers and not integer dot products. Batch-1 decoding reads every weight
- * once per token and does 2 flops with it: the kernel is bound by memory bandwidth, not by
- * arithmetic (a 768 x 3072 matrix is 9.4 MB in float32, 2.4 MB in int8, 1.2 MB in int4; at
- * ~10-20 GB/s a core reads it in ~0.5 ms, 0.12 ms, 0.06 ms). So the gain is the bytes, and it is
- * all had by widening the weights in registers (int8 -> int32 -> float, FMA with the float32
- * activations). The alternative, quantizing the activations to int8 per token and using
- * integer dot products (AVX-512 VNNI vpdpbusd, llama.cpp's way), multiplies 4x more values per
- * instruction, but that only matters once arithmetic is the bound (prefill), it adds the
- * activations' rounding error on top of the weights' (the result no longer equals "dequantize,
- * then multiply" to float rounding, which is what the tests hold every rung to), and for
- * prefill we already have a better tool: dequantize W once and run matmul.c's packed GEMM
- * (the binding, backends/cpu_quant.py, does that above 8 rows).
+ * Why integer dot products for decoding (the production path), after dequantize-in-registers.
+ * Batch-1 decoding reads every weight once per token and does 2 flops with it, so the first
+ * argument is that it is bound by memory bandwidth (a 768 x 3072 matrix is 9.4 MB in float32,
+ * 2.4 MB in int8, 1.2 MB in int4) and that widening the weights in registers (int8 -> int32 ->
+ * float, FMA with float32 activations: v2-v5) is free. Measured, it is not: the int4 rungs took
+ * ~93 ps a weight against int8's 60 for half the bytes (benchmarks/results/quantize.md), because
+ * per 32 weights they spend a load, masks, shifts, two widenings and two int -> float
+ * conversions before two FMAs: at ~1-2 bytes a cycle of arithmetic the core, not memory, is
+ * the bound. v4/v5 remove one cause (each group folded into one running total: a dependency
+ * chain of one FMA per 32 weights) by forming every block's product on its own, 4 totals.
+ * v6/v7 remove the other: the activation row is rounded to int8 once per call (GGUF Q8_0's
+ * rule, per 32-block d = max|x| / 127; every output channel reuses it), and a block of weights
+ * meets it in integer multiply-adds, 32 (maddubs + madd, AVX2) or 64 (vpdpbusd, AVX-512 VNNI)
+ * products an instruction, summed exactly in int32, no conversions but one per block. This is
+ * llama.cpp's Q8_0 / Q4_0 arithmetic. The price is the activations' rounding: the result is no
+ * longer "dequantize, then multiply" to float rounding but that of the rounded activations
+ * (reference.py's linear_q*_forward_intdot, which the tests hold v6/v7 to exactly), an error of
+ * at most d / 2 per activation, ~2^-8 of its block's largest: the recorded run checks that
+ * greedy tokens and llama.cpp agreement barely move. Prefill keeps the float path (the binding,
+ * backends/cpu_quant.py, dequantizes W once and runs matmul.c's packed GEMM above 8 rows),
+ * so training, eval and perplexity see no activation rounding.
  *
  * The ladder (every rung: out (N, OC) = x (N, C) @ W^T + b, any N, b may be NULL):
  *   v1_naive    the definition, scalar C, one thread: per row, per group, sum x * q, times d
@@ -28,14 +37,23 @@
  *               unpacked by masks and shifts into the block's 32 values; the output channels
  *               shared among the OpenMP threads (each weight row is read by one thread, once)
  *   v3_avx512   v2 with 16 lanes: one block of 32 int4 values = 2 vectors
- *   linear_q8_forward / linear_q4_forward: the best rung this CPU supports (threads.c's
- *   microgpt_simd_level, which tests can lower), the portable loop threaded when it has none.
- * Summation order differs between rungs (lanes, then groups), so they agree with the reference
+ *   v4_blocks_avx2 / v5_blocks_avx512   at groups of 32 (and int4's 64, 128) each block's
+ *               product on its own, folded into 4 running totals in turn (4 short chains)
+ *   v6_intdot_avx2  activations to int8 per 32-block, maddubs/madd integer block products
+ *   v7_intdot_vnni  v6 with vpdpbusd, two blocks a 512-bit vector (v6 on a CPU without VNNI)
+ *   linear_q8_forward / linear_q4_forward: the integer-dot rung this CPU supports (threads.c's
+ *   microgpt_simd_level, which tests can lower; VNNI from cpuid), the same arithmetic in
+ *   portable C, threaded, where there is no SIMD. Shapes the 32-blocks do not tile (int8 per
+ *   channel at C % 32 != 0) take the float rungs.
+ * Summation order differs between rungs (lanes, then groups), so they agree with their reference
  * to float rounding, not bit for bit.
  */
 #include <omp.h>
 #include "common.h"
 #include "microgpt.h"
+#include <float.h>
+#include <math.h>
+#include <stdlib.h>
 
 #if defined(__GNUC__) && defined(__x86_64__)
 #include <immintrin.h>
@@ -76,6 +94,60 @@ static float dot_q4_scalar(const float* x, const void* qv, const float* d, int64
     return total;
 }
 
+/* the integer-dot rungs' definition (v6 / v7 below): one row of activations quantized to int8
+ * per 32-block (xq, scale dx[b]) against one weight row; each block's products summed exactly
+ * in int32, then scaled by dx[b] * (the block's weight scale) */
+typedef float (*row_idot)(const int8_t* xq, const float* dx, const void* q, const float* d, int64_t group,
+                          int64_t C);
+
+static float idot_q8_scalar(const int8_t* xq, const float* dx, const void* qv, const float* d, int64_t group,
+                            int64_t C) {
+    const int8_t* q = (const int8_t*)qv;
+    float total = 0.0f;
+    for (int64_t b = 0; b < C / QBLOCK; b++) {
+        int32_t s = 0;
+        for (int k = 0; k < QBLOCK; k++) s += (int32_t)xq[b * QBLOCK + k] * q[b * QBLOCK + k];
+        total += (float)s * (dx[b] * d[b / (group / QBLOCK)]);
+    }
+    return total;
+}
+
+static float idot_q4_scalar(const int8_t* xq, const float* dx, const void* qv, const float* d, int64_t group,
+                            int64_t C) {
+    const uint8_t* q = (const uint8_t*)qv;
+    float total = 0.0f;
+    for (int64_t b = 0; b < C / QBLOCK; b++) {
+        const uint8_t* qb = q + b * (QBLOCK / 2);
+        const int8_t* xb = xq + b * QBLOCK;
+        int32_t s = 0;
+        for (int j = 0; j < QBLOCK / 2; j++)
+            s += xb[j] * ((int)(qb[j] & 0x0F) - 8) + xb[j + QBLOCK / 2] * ((int)(qb[j] >> 4) - 8);
+        total += (float)s * (dx[b] * d[b / (group / QBLOCK)]);
+    }
+    return total;
+}
+
+/* x (N, C) -> xq int8 (N, C), dx (N, C/32): per 32-block d = max|x| / 127, q = rint(x * (1/d))
+ * (Q8_0's rule; backends/reference.py's quantize_activations_q8 is the same arithmetic).
+ * A block so small that 1 / d overflows (max|x| < ~1e-36) is taken as zero (d = 0).
+ * rint by the 1.5 * 2^23 trick: adding it leaves no fraction bits, so the FPU rounds to nearest
+ * even, as np.rint; exact for |v| <= 127.5, and it is plain arithmetic the compiler vectorizes. */
+static void quantize_activations_q8(int8_t* xq, float* dx, const float* x, int64_t N, int64_t C) {
+    const float magic = 12582912.0f;
+    for (int64_t blk = 0; blk < N * (C / QBLOCK); blk++) {
+        const float* xb = x + blk * QBLOCK;
+        float amax = 0.0f;
+        for (int k = 0; k < QBLOCK; k++) amax = fmaxf(amax, fabsf(xb[k]));
+        float d = amax / 127.0f, inv = d > 0.0f ? 1.0f / d : 0.0f;
+        if (inv > FLT_MAX) d = inv = 0.0f;      /* |x| < ~3e-39: 1 / d overflows; the block is 0 */
+        dx[blk] = d;
+        for (int k = 0; k < QBLOCK; k++) {
+            volatile float shifted = xb[k] * inv + magic;   /* volatile: keep the two roundings apart */
+            xq[blk * QBLOCK + k] = (int8_t)(int)(shifted - magic);
+        }
+    }
+}
+
 #ifdef QX86
 /* ---- AVX2 + FMA ---------------------------------------------------------------------------- */
 __attribute__((target("avx2,fma")))
@@ -93,7 +165,7 @@ static inline __m256 widen8_avx2(const int8_t* q) {
 }
 
 __attribute__((target("avx2,fma")))
-static float dot_q8_avx2(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
+static float dot_q8_grouped_avx2(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
     const int8_t* q = (const int8_t*)qv;
     __m256 total = _mm256_setzero_ps();
     float tail_total = 0.0f;
@@ -119,6 +191,39 @@ static float dot_q8_avx2(const float* x, const void* qv, const float* d, int64_t
     return hsum256(total) + tail_total;
 }
 
+/* Short groups (Q8_0's and Q4_0's 32) need another loop shape. Summing a group into fresh
+ * accumulators and then folding it into one running total (total += d * sum) puts one FMA per
+ * group on a single dependency chain: at 32 weights a group that is 4 cycles of latency per 32
+ * weights, more than the loads and widening cost, so the loop runs at the chain's pace (measured:
+ * the int4 kernel slower than the int8 one per weight, though it reads half the bytes). So for
+ * groups of 32 each block's dot product is formed on its own (independent of every other block)
+ * and folded, times its scale, into one of 4 running totals in turn: 4 chains, each 1/4 as long.
+ * The sum is reordered (per block, then 4 interleaved totals) but is the same sum to rounding. */
+__attribute__((target("avx2,fma")))
+static inline __m256 block_q8_avx2(const float* x, const int8_t* q) {
+    __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x), widen8_avx2(q));
+    p = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), widen8_avx2(q + 8), p);
+    p = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), widen8_avx2(q + 16), p);
+    return _mm256_fmadd_ps(_mm256_loadu_ps(x + 24), widen8_avx2(q + 24), p);
+}
+
+__attribute__((target("avx2,fma")))
+static float dot_q8_g32_avx2(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
+    (void)group;
+    const int8_t* q = (const int8_t*)qv;
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    int64_t blocks = C / QBLOCK, b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = _mm256_fmadd_ps(block_q8_avx2(x + b * 32, q + b * 32), _mm256_set1_ps(d[b]), t0);
+        t1 = _mm256_fmadd_ps(block_q8_avx2(x + b * 32 + 32, q + b * 32 + 32), _mm256_set1_ps(d[b + 1]), t1);
+        t2 = _mm256_fmadd_ps(block_q8_avx2(x + b * 32 + 64, q + b * 32 + 64), _mm256_set1_ps(d[b + 2]), t2);
+        t3 = _mm256_fmadd_ps(block_q8_avx2(x + b * 32 + 96, q + b * 32 + 96), _mm256_set1_ps(d[b + 3]), t3);
+    }
+    for (; b < blocks; b++)
+        t0 = _mm256_fmadd_ps(block_q8_avx2(x + b * 32, q + b * 32), _mm256_set1_ps(d[b]), t0);
+    return hsum256(_mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+}
+
 /* 16 bytes of a Q4_0 block -> its 32 values as 16 int8 (low nibbles: elements 0..15) and 16
  * int8 (high nibbles: 16..31), each minus 8 */
 __attribute__((target("avx2,fma")))
@@ -130,7 +235,7 @@ static inline void unpack_block_sse(const uint8_t* qb, __m128i* low, __m128i* hi
 }
 
 __attribute__((target("avx2,fma")))
-static float dot_q4_avx2(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
+static float dot_q4_grouped_avx2(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
     const uint8_t* q = (const uint8_t*)qv;
     __m256 total = _mm256_setzero_ps();
     for (int64_t g0 = 0; g0 < C; g0 += group) {
@@ -152,6 +257,46 @@ static float dot_q4_avx2(const float* x, const void* qv, const float* d, int64_t
     return hsum256(total);
 }
 
+/* one Q4_0 block (16 bytes at qb, 32 inputs at x): its dot product, unscaled */
+__attribute__((target("avx2,fma")))
+static inline __m256 block_q4_avx2(const float* x, const uint8_t* qb) {
+    __m128i low, high;
+    unpack_block_sse(qb, &low, &high);
+    __m256 p = _mm256_mul_ps(_mm256_loadu_ps(x), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(low)));
+    p = _mm256_fmadd_ps(_mm256_loadu_ps(x + 8), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(low, 8))), p);
+    p = _mm256_fmadd_ps(_mm256_loadu_ps(x + 16), _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(high)), p);
+    return _mm256_fmadd_ps(_mm256_loadu_ps(x + 24),
+                           _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(high, 8))), p);
+}
+
+/* every block its own product, 4 running totals (see dot_q8_g32_avx2); a group of 32 << shift
+ * inputs shares one scale, so block b's scale is d[b >> shift] */
+__attribute__((target("avx2,fma")))
+static float dot_q4_blocks_avx2(const float* x, const uint8_t* q, const float* d, int shift, int64_t C) {
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    int64_t blocks = C / QBLOCK, b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = _mm256_fmadd_ps(block_q4_avx2(x + b * 32, q + b * 16), _mm256_set1_ps(d[b >> shift]), t0);
+        t1 = _mm256_fmadd_ps(block_q4_avx2(x + b * 32 + 32, q + b * 16 + 16), _mm256_set1_ps(d[(b + 1) >> shift]), t1);
+        t2 = _mm256_fmadd_ps(block_q4_avx2(x + b * 32 + 64, q + b * 16 + 32), _mm256_set1_ps(d[(b + 2) >> shift]), t2);
+        t3 = _mm256_fmadd_ps(block_q4_avx2(x + b * 32 + 96, q + b * 16 + 48), _mm256_set1_ps(d[(b + 3) >> shift]), t3);
+    }
+    for (; b < blocks; b++)
+        t0 = _mm256_fmadd_ps(block_q4_avx2(x + b * 32, q + b * 16), _mm256_set1_ps(d[b >> shift]), t0);
+    return hsum256(_mm256_add_ps(_mm256_add_ps(t0, t1), _mm256_add_ps(t2, t3)));
+}
+#endif
+
+/* log2(group / 32) when group / 32 is a power of two (32, 64, 128 ...), else -1 */
+static inline int block_shift(int64_t group) {
+    int64_t per = group / QBLOCK;
+    if (per < 1 || group % QBLOCK || (per & (per - 1))) return -1;
+    int shift = 0;
+    while ((1 << shift) < per) shift++;
+    return shift;
+}
+
+#ifdef QX86
 /* ---- AVX-512 --------------------------------------------------------------------------------- */
 __attribute__((target("avx512f")))
 static inline __m512 widen16_avx512(const int8_t* q) {
@@ -159,7 +304,7 @@ static inline __m512 widen16_avx512(const int8_t* q) {
 }
 
 __attribute__((target("avx512f")))
-static float dot_q8_avx512(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
+static float dot_q8_grouped_avx512(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
     const int8_t* q = (const int8_t*)qv;
     __m512 total = _mm512_setzero_ps();
     float tail_total = 0.0f;
@@ -186,7 +331,7 @@ static float dot_q8_avx512(const float* x, const void* qv, const float* d, int64
 }
 
 __attribute__((target("avx512f")))
-static float dot_q4_avx512(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
+static float dot_q4_grouped_avx512(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
     const uint8_t* q = (const uint8_t*)qv;
     const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
     __m512 total = _mm512_setzero_ps();
@@ -202,6 +347,212 @@ static float dot_q4_avx512(const float* x, const void* qv, const float* d, int64
         total = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(d[g0 / group]), total);
     }
     return _mm512_reduce_add_ps(total);
+}
+/* the AVX-512 forms of the block loops above (16 lanes: a block is 2 vectors) */
+__attribute__((target("avx512f")))
+static inline __m512 block_q8_avx512(const float* x, const int8_t* q) {
+    return _mm512_fmadd_ps(_mm512_loadu_ps(x + 16), widen16_avx512(q + 16),
+                           _mm512_mul_ps(_mm512_loadu_ps(x), widen16_avx512(q)));
+}
+
+__attribute__((target("avx512f")))
+static float dot_q8_g32_avx512(const float* x, const void* qv, const float* d, int64_t group, int64_t C) {
+    (void)group;
+    const int8_t* q = (const int8_t*)qv;
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    int64_t blocks = C / QBLOCK, b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = _mm512_fmadd_ps(block_q8_avx512(x + b * 32, q + b * 32), _mm512_set1_ps(d[b]), t0);
+        t1 = _mm512_fmadd_ps(block_q8_avx512(x + b * 32 + 32, q + b * 32 + 32), _mm512_set1_ps(d[b + 1]), t1);
+        t2 = _mm512_fmadd_ps(block_q8_avx512(x + b * 32 + 64, q + b * 32 + 64), _mm512_set1_ps(d[b + 2]), t2);
+        t3 = _mm512_fmadd_ps(block_q8_avx512(x + b * 32 + 96, q + b * 32 + 96), _mm512_set1_ps(d[b + 3]), t3);
+    }
+    for (; b < blocks; b++)
+        t0 = _mm512_fmadd_ps(block_q8_avx512(x + b * 32, q + b * 32), _mm512_set1_ps(d[b]), t0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(t0, t1), _mm512_add_ps(t2, t3)));
+}
+
+__attribute__((target("avx512f")))
+static inline __m512 block_q4_avx512(const float* x, const uint8_t* qb) {
+    const __m128i mask = _mm_set1_epi8(0x0F), eight = _mm_set1_epi8(8);
+    __m128i bytes = _mm_loadu_si128((const __m128i*)qb);
+    __m128i low = _mm_sub_epi8(_mm_and_si128(bytes, mask), eight);
+    __m128i high = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), eight);
+    return _mm512_fmadd_ps(_mm512_loadu_ps(x + 16), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(high)),
+                           _mm512_mul_ps(_mm512_loadu_ps(x), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(low))));
+}
+
+__attribute__((target("avx512f")))
+static float dot_q4_blocks_avx512(const float* x, const uint8_t* q, const float* d, int shift, int64_t C) {
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0, t2 = t0, t3 = t0;
+    int64_t blocks = C / QBLOCK, b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = _mm512_fmadd_ps(block_q4_avx512(x + b * 32, q + b * 16), _mm512_set1_ps(d[b >> shift]), t0);
+        t1 = _mm512_fmadd_ps(block_q4_avx512(x + b * 32 + 32, q + b * 16 + 16), _mm512_set1_ps(d[(b + 1) >> shift]), t1);
+        t2 = _mm512_fmadd_ps(block_q4_avx512(x + b * 32 + 64, q + b * 16 + 32), _mm512_set1_ps(d[(b + 2) >> shift]), t2);
+        t3 = _mm512_fmadd_ps(block_q4_avx512(x + b * 32 + 96, q + b * 16 + 48), _mm512_set1_ps(d[(b + 3) >> shift]), t3);
+    }
+    for (; b < blocks; b++)
+        t0 = _mm512_fmadd_ps(block_q4_avx512(x + b * 32, q + b * 16), _mm512_set1_ps(d[b >> shift]), t0);
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(t0, t1), _mm512_add_ps(t2, t3)));
+}
+
+/* v4 / v5's row dots: the block loops where the group allows, else the grouped loops */
+static float dot_q8_blocks8(const float* x, const void* q, const float* d, int64_t group, int64_t C) {
+    return group == QBLOCK ? dot_q8_g32_avx2(x, q, d, group, C) : dot_q8_grouped_avx2(x, q, d, group, C);
+}
+
+static float dot_q4_blocks8(const float* x, const void* q, const float* d, int64_t group, int64_t C) {
+    int shift = block_shift(group);
+    return shift >= 0 ? dot_q4_blocks_avx2(x, (const uint8_t*)q, d, shift, C) : dot_q4_grouped_avx2(x, q, d, group, C);
+}
+
+static float dot_q8_blocks16(const float* x, const void* q, const float* d, int64_t group, int64_t C) {
+    return group == QBLOCK ? dot_q8_g32_avx512(x, q, d, group, C) : dot_q8_grouped_avx512(x, q, d, group, C);
+}
+
+static float dot_q4_blocks16(const float* x, const void* q, const float* d, int64_t group, int64_t C) {
+    int shift = block_shift(group);
+    return shift >= 0 ? dot_q4_blocks_avx512(x, (const uint8_t*)q, d, shift, C)
+                      : dot_q4_grouped_avx512(x, q, d, group, C);
+}
+
+/* ---- v6 / v7: integer dot products against int8 activations --------------------------------
+ * One block of 32 weights (int8, or int4 unpacked to int8 q - 8) against the same 32 activations
+ * quantized to int8: the 32 products summed exactly in int32, then one float multiply-add by
+ * (activation scale x weight scale). u8 x s8 instructions (maddubs, dpbusd) multiply an unsigned
+ * by a signed operand, so the signs move onto the weights: |a| * (w * sign a) = a * w. maddubs
+ * adds pairs into int16: |a|, |w| <= 127 give at most 2 * 127^2 = 32258 < 32767, no saturation. */
+__attribute__((target("avx2,fma")))
+static inline __m256 block_int_avx2(const int8_t* xq, __m256i w, __m256 scale, __m256 acc) {
+    __m256i a = _mm256_loadu_si256((const __m256i*)xq);
+    __m256i pairs = _mm256_maddubs_epi16(_mm256_abs_epi8(a), _mm256_sign_epi8(w, a));
+    __m256i sums = _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));      /* 8 x int32 */
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
+}
+
+/* one Q4_0 block's 16 bytes -> its 32 values q - 8 as int8, in element order */
+__attribute__((target("avx2,fma")))
+static inline __m256i unpack_block_avx2(const uint8_t* qb) {
+    __m128i low, high;
+    unpack_block_sse(qb, &low, &high);
+    return _mm256_set_m128i(high, low);
+}
+
+/* xq, dx: the activation row quantized per 32-block; block b's weight scale is d[b / per_group],
+ * a shift when per_group is a power of two (a 64-bit division per block costs more than the
+ * block's whole integer product: measured, it made the integer rungs no faster than v5) */
+#define WSCALE(b) (shift >= 0 ? d[(b) >> shift] : d[(b) / per_group])
+__attribute__((target("avx2,fma")))
+static float idot_q8_avx2(const int8_t* xq, const float* dx, const void* qv, const float* d, int64_t group,
+                          int64_t C) {
+    const int8_t* q = (const int8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = group == C ? 62 : block_shift(group);     /* per channel: every b >> 62 is 0 */
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0;
+    for (; b + 2 <= blocks; b += 2) {
+        t0 = block_int_avx2(xq + b * 32, _mm256_loadu_si256((const __m256i*)(q + b * 32)),
+                            _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+        t1 = block_int_avx2(xq + b * 32 + 32, _mm256_loadu_si256((const __m256i*)(q + b * 32 + 32)),
+                            _mm256_set1_ps(dx[b + 1] * WSCALE((b + 1))), t1);
+    }
+    for (; b < blocks; b++)
+        t0 = block_int_avx2(xq + b * 32, _mm256_loadu_si256((const __m256i*)(q + b * 32)),
+                            _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+    return hsum256(_mm256_add_ps(t0, t1));
+}
+
+__attribute__((target("avx2,fma")))
+static float idot_q4_avx2(const int8_t* xq, const float* dx, const void* qv, const float* d, int64_t group,
+                          int64_t C) {
+    const uint8_t* q = (const uint8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = group == C ? 62 : block_shift(group);     /* per channel: every b >> 62 is 0 */
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0;
+    for (; b + 2 <= blocks; b += 2) {
+        t0 = block_int_avx2(xq + b * 32, unpack_block_avx2(q + b * 16), _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+        t1 = block_int_avx2(xq + b * 32 + 32, unpack_block_avx2(q + b * 16 + 16),
+                            _mm256_set1_ps(dx[b + 1] * WSCALE((b + 1))), t1);
+    }
+    for (; b < blocks; b++)
+        t0 = block_int_avx2(xq + b * 32, unpack_block_avx2(q + b * 16), _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+    return hsum256(_mm256_add_ps(t0, t1));
+}
+
+/* AVX-512 VNNI: two blocks a vector; vpdpbusd multiplies 64 u8 x s8 pairs and adds each 4 into
+ * an int32 lane in one instruction (lanes 0-7: block b, 8-15: block b + 1), no int16 step.
+ * AVX-512 has no sign_epi8: the weights are negated under the activations' sign mask. */
+#define VNNI_TARGET "avx2,fma,avx512f,avx512bw,avx512vnni"
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 pair_int_vnni(const int8_t* xq, __m512i w, __m512 scale, __m512 acc) {
+    __m512i a = _mm512_loadu_si512((const void*)xq);
+    __m512i signed_w = _mm512_mask_sub_epi8(w, _mm512_movepi8_mask(a), _mm512_setzero_si512(), w);
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(a), signed_w);
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 pair_scale(float s0, float s1) {
+    return _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(s0), _mm512_set1_ps(s1));
+}
+
+/* two Q4_0 blocks' 32 bytes -> their 64 values q - 8, in element order: the nibbles come out as
+ * [b low, b+1 low | b high, b+1 high] by 128-bit lanes, and one lane shuffle puts b's first */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512i unpack_pair_vnni(const uint8_t* qb) {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i bytes = _mm256_loadu_si256((const __m256i*)qb);
+    __m256i low = _mm256_and_si256(bytes, mask), high = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    both = _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
+    return _mm512_sub_epi8(both, _mm512_set1_epi8(8));
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float idot_q8_vnni(const int8_t* xq, const float* dx, const void* qv, const float* d, int64_t group,
+                          int64_t C) {
+    const int8_t* q = (const int8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = group == C ? 62 : block_shift(group);     /* per channel: every b >> 62 is 0 */
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = pair_int_vnni(xq + b * 32, _mm512_loadu_si512((const void*)(q + b * 32)),
+                           pair_scale(dx[b] * WSCALE(b), dx[b + 1] * WSCALE((b + 1))), t0);
+        t1 = pair_int_vnni(xq + b * 32 + 64, _mm512_loadu_si512((const void*)(q + b * 32 + 64)),
+                           pair_scale(dx[b + 2] * WSCALE((b + 2)), dx[b + 3] * WSCALE((b + 3))), t1);
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < blocks; b++)
+        tail = block_int_avx2(xq + b * 32, _mm256_loadu_si256((const __m256i*)(q + b * 32)),
+                              _mm256_set1_ps(dx[b] * WSCALE(b)), tail);
+    return total + hsum256(tail);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float idot_q4_vnni(const int8_t* xq, const float* dx, const void* qv, const float* d, int64_t group,
+                          int64_t C) {
+    const uint8_t* q = (const uint8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = group == C ? 62 : block_shift(group);     /* per channel: every b >> 62 is 0 */
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = pair_int_vnni(xq + b * 32, unpack_pair_vnni(q + b * 16),
+                           pair_scale(dx[b] * WSCALE(b), dx[b + 1] * WSCALE((b + 1))), t0);
+        t1 = pair_int_vnni(xq + b * 32 + 64, unpack_pair_vnni(q + b * 16 + 32),
+                           pair_scale(dx[b + 2] * WSCALE((b + 2)), dx[b + 3] * WSCALE((b + 3))), t1);
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < blocks; b++)
+        tail = block_int_avx2(xq + b * 32, unpack_block_avx2(q + b * 16), _mm256_set1_ps(dx[b] * WSCALE(b)), tail);
+    return total + hsum256(tail);
+}
+
+static int has_vnni(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+           && __builtin_cpu_supports("avx512vnni");
 }
 #endif
 
@@ -232,32 +583,127 @@ static void quant_forward(float* out, const float* x, const uint8_t* w_q, int64_
 QUANT_RUNG(linear_q8_forward, v1_naive, dot_q8_scalar, C, 0)
 QUANT_RUNG(linear_q4_forward, v1_naive, dot_q4_scalar, C / 2, 0)
 #ifdef QX86
-QUANT_RUNG(linear_q8_forward, v2_avx2, dot_q8_avx2, C, 1)
-QUANT_RUNG(linear_q4_forward, v2_avx2, dot_q4_avx2, C / 2, 1)
-QUANT_RUNG(linear_q8_forward, v3_avx512, dot_q8_avx512, C, 1)
-QUANT_RUNG(linear_q4_forward, v3_avx512, dot_q4_avx512, C / 2, 1)
+QUANT_RUNG(linear_q8_forward, v2_avx2, dot_q8_grouped_avx2, C, 1)
+QUANT_RUNG(linear_q4_forward, v2_avx2, dot_q4_grouped_avx2, C / 2, 1)
+QUANT_RUNG(linear_q8_forward, v3_avx512, dot_q8_grouped_avx512, C, 1)
+QUANT_RUNG(linear_q4_forward, v3_avx512, dot_q4_grouped_avx512, C / 2, 1)
+QUANT_RUNG(linear_q8_forward, v4_blocks_avx2, dot_q8_blocks8, C, 1)
+QUANT_RUNG(linear_q4_forward, v4_blocks_avx2, dot_q4_blocks8, C / 2, 1)
+QUANT_RUNG(linear_q8_forward, v5_blocks_avx512, dot_q8_blocks16, C, 1)
+QUANT_RUNG(linear_q4_forward, v5_blocks_avx512, dot_q4_blocks16, C / 2, 1)
 #else   /* no x86 SIMD: the rungs exist (one ABI everywhere) and run the portable loop */
 QUANT_RUNG(linear_q8_forward, v2_avx2, dot_q8_scalar, C, 1)
 QUANT_RUNG(linear_q4_forward, v2_avx2, dot_q4_scalar, C / 2, 1)
 QUANT_RUNG(linear_q8_forward, v3_avx512, dot_q8_scalar, C, 1)
 QUANT_RUNG(linear_q4_forward, v3_avx512, dot_q4_scalar, C / 2, 1)
+QUANT_RUNG(linear_q8_forward, v4_blocks_avx2, dot_q8_scalar, C, 1)
+QUANT_RUNG(linear_q4_forward, v4_blocks_avx2, dot_q4_scalar, C / 2, 1)
+QUANT_RUNG(linear_q8_forward, v5_blocks_avx512, dot_q8_scalar, C, 1)
+QUANT_RUNG(linear_q4_forward, v5_blocks_avx512, dot_q4_scalar, C / 2, 1)
 #endif
 
-/* production: the best rung for this CPU; the portable loop threaded where there is no SIMD */
+/* The integer-dot driver: quantize the N activation rows once (a few us; every output channel
+ * reuses them), then quant_forward's loop with an integer row dot. Shapes the 32-blocks do not
+ * tile (C or group not a multiple of 32: only int8 per channel at odd C) run `fallback`, the
+ * float rung, as does an allocation failure. Returns nothing; out as quant_forward's. */
+static void quant_forward_int(float* out, const float* x, const uint8_t* w_q, int64_t row_bytes,
+                              const float* w_scale, const float* b, int64_t group, int64_t N, int64_t C,
+                              int64_t OC, row_idot dot, row_dot fallback) {
+    int8_t* xq = NULL;
+    float* dx = NULL;
+    if (C % QBLOCK == 0 && group % QBLOCK == 0 && N > 0) {
+        xq = (int8_t*)malloc((size_t)(N * C));
+        dx = (float*)malloc(sizeof(float) * (size_t)(N * (C / QBLOCK)));
+    }
+    if (!xq || !dx) {
+        free(xq);
+        free(dx);
+        quant_forward(out, x, w_q, row_bytes, w_scale, b, group, N, C, OC, fallback, 1);
+        return;
+    }
+    quantize_activations_q8(xq, dx, x, N, C);
+    int64_t groups = C / group, blocks = C / QBLOCK;
+    #pragma omp parallel for schedule(static) if (N * OC * C >= MG_PAR_MIN)
+    for (int64_t o = 0; o < OC; o++) {
+        const uint8_t* row = w_q + o * row_bytes;
+        const float* d = w_scale + o * groups;
+        float bias = b ? b[o] : 0.0f;
+        for (int64_t n = 0; n < N; n++) out[n * OC + o] = bias + dot(xq + n * C, dx + n * blocks, row, d, group, C);
+    }
+    free(xq);
+    free(dx);
+}
+
+#ifdef QX86
+#define IDOT_AVX2_Q8 idot_q8_avx2
+#define IDOT_AVX2_Q4 idot_q4_avx2
+#define FLOAT_AVX2_Q8 dot_q8_blocks8
+#define FLOAT_AVX2_Q4 dot_q4_blocks8
+#else
+#define IDOT_AVX2_Q8 idot_q8_scalar
+#define IDOT_AVX2_Q4 idot_q4_scalar
+#define FLOAT_AVX2_Q8 dot_q8_scalar
+#define FLOAT_AVX2_Q4 dot_q4_scalar
+#endif
+
+void linear_q8_forward_v6_intdot_avx2(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                      const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+    quant_forward_int(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, IDOT_AVX2_Q8, FLOAT_AVX2_Q8);
+}
+
+void linear_q4_forward_v6_intdot_avx2(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                      const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+    quant_forward_int(out, x, w_q, C / 2, w_scale, b, group, N, C, OC, IDOT_AVX2_Q4, FLOAT_AVX2_Q4);
+}
+
+/* v7 needs AVX-512 VNNI (+BW); on a CPU without it, it is v6 */
+void linear_q8_forward_v7_intdot_vnni(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                      const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+#ifdef QX86
+    if (has_vnni()) {
+        quant_forward_int(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, idot_q8_vnni,
+                          dot_q8_blocks16);
+        return;
+    }
+#endif
+    linear_q8_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+}
+
+void linear_q4_forward_v7_intdot_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                      const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+#ifdef QX86
+    if (has_vnni()) {
+        quant_forward_int(out, x, w_q, C / 2, w_scale, b, group, N, C, OC, idot_q4_vnni, dot_q4_blocks16);
+        return;
+    }
+#endif
+    linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+}
+
+int quant_has_vnni(void) {
+#ifdef QX86
+    return has_vnni();
+#else
+    return 0;
+#endif
+}
+
+/* production: the integer-dot rung this CPU supports (v7 with VNNI, else v6), and the same
+ * arithmetic in portable C (threaded) where there is no SIMD, so every path rounds alike */
 void linear_q8_forward(float* out, const float* x, const int8_t* w_q, const float* w_scale,
                        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
-    if (level >= 2) linear_q8_forward_v3_avx512(out, x, w_q, w_scale, b, group, N, C, OC);
-    else if (level == 1) linear_q8_forward_v2_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
-    else quant_forward(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, dot_q8_scalar, 1);
+    if (level >= 2) linear_q8_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+    else if (level == 1) linear_q8_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+    else quant_forward_int(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, idot_q8_scalar, dot_q8_scalar);
 }
 
 void linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
                        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
-    if (level >= 2) linear_q4_forward_v3_avx512(out, x, w_q, w_scale, b, group, N, C, OC);
-    else if (level == 1) linear_q4_forward_v2_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
-    else quant_forward(out, x, (const uint8_t*)w_q, C / 2, w_scale, b, group, N, C, OC, dot_q4_scalar, 1);
+    if (level >= 2) linear_q4_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+    else if (level == 1) linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+    else quant_forward_int(out, x, w_q, C / 2, w_scale, b, group, N, C, OC, idot_q4_scalar, dot_q4_scalar);
 }
 
 /* ---- dequantization: W as float32 (the prefill path and the input gradient use it) ---------- */

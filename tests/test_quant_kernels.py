@@ -16,9 +16,18 @@ needs_c = pytest.mark.skipif(not cpu.AVAILABLE, reason="C kernels not built")
 
 def _supported(rung):
     want = cpu.cpu_quant.RUNGS[rung] if cpu.AVAILABLE else "scalar"
+    if want == "vnni":              # v7 falls back to v6 without VNNI: it runs wherever AVX2 does
+        want = "avx512" if cpu.cpu_quant.has_vnni() else "avx2"
     order = ["scalar", "avx2", "avx512"]
     best = order.index(cpu.simd_path()) if cpu.AVAILABLE else 0
     return order.index(want) <= best
+
+
+def _reference(kernel, rung=None):
+    """The float rungs' reference (dequantize, then multiply), or the integer-dot rungs' (the
+    activations rounded to int8 per 32-block first, reference.py's *_intdot)."""
+    intdot = rung is None or rung in cpu.cpu_quant.INTDOT_RUNGS
+    return getattr(ref, kernel + ("_intdot" if intdot else ""))
 
 
 def _weights(rng, oc, c, scheme, group):
@@ -45,8 +54,8 @@ def test_each_rung_matches_the_reference(rung, scheme, shape, with_bias):
     x = rng.standard_normal((n, c)).astype(np.float32)
     b = rng.standard_normal(oc).astype(np.float32) if with_bias else None
     kernel = "linear_q8_forward" if scheme == "int8" else "linear_q4_forward"
-    expected = getattr(ref, kernel)(x.astype(np.float64), w_q, w_scale.astype(np.float64),
-                                    None if b is None else b.astype(np.float64), group)
+    expected = _reference(kernel, rung)(x.astype(np.float64), w_q, w_scale.astype(np.float64),
+                                        None if b is None else b.astype(np.float64), group)
     got = cpu.cpu_quant.rung(kernel, rung)(x, w_q, w_scale, b, group)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5 * np.sqrt(c))
 
@@ -59,7 +68,9 @@ def test_the_production_kernel_and_its_gemm_hand_off(scheme, group, rows):
     w_q, w_scale = _weights(rng, 19, 96, scheme, group)
     x = rng.standard_normal((rows, 96)).astype(np.float32)
     kernel = "linear_q8_forward" if scheme == "int8" else "linear_q4_forward"
-    expected = getattr(ref, kernel)(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, group)
+    # up to 8 rows: the integer-dot rung (activations rounded to int8); more: float32 GEMM
+    spec = _reference(kernel) if rows <= cpu.cpu_quant.GEMV_MAX_ROWS else getattr(ref, kernel)
+    expected = spec(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, group)
     np.testing.assert_allclose(getattr(cpu, kernel)(x, w_q, w_scale, None, group), expected, rtol=1e-5, atol=1e-4)
     x3 = x.reshape(1, rows, 96)                       # leading axes flatten
     assert getattr(cpu, kernel)(x3, w_q, w_scale, None, group).shape == (1, rows, 19)
@@ -108,6 +119,92 @@ def test_bad_arguments_are_refused_before_c():
         cpu.linear_q8_forward(x, w_q, w_scale, None, 32)          # uint8 where int8 belongs
     with pytest.raises(ShapeError):
         cpu.linear_q4_forward(x, w_q, w_scale, np.ones(5, np.float32), 32)
+
+
+# --- the integer-dot rungs' own checks -------------------------------------------------------
+
+def test_the_activation_rounding_is_q8_0s():
+    """reference.quantize_activations_q8 is GGUF's Q8_0 rule: per 32-block |q| <= 127, the block's
+    largest |x| maps to exactly +-127, and every value is within half a step d / 2."""
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((3, 96)) * rng.uniform(0.01, 10, (3, 1))).astype(np.float32)
+    x[1, 32:64] = 0.0                                            # an all-zero block: d = 0, q = 0
+    q, d = ref.quantize_activations_q8(x)
+    assert q.dtype == np.int8 and d.shape == (3, 3) and np.abs(q).max() == 127
+    assert d[1, 1] == 0 and not q[1, 32:64].any()
+    back = q.reshape(3, 3, 32) * d[..., None]
+    assert np.all(np.abs(back - x.reshape(3, 3, 32)) <= d[..., None] / 2 * (1 + 1e-5))
+    assert np.all(np.abs(q.reshape(3, 3, 32)).max(-1)[d > 0] == 127)
+
+
+@needs_c
+@pytest.mark.parametrize("rung", ["v6_intdot_avx2", "v7_intdot_vnni"])
+def test_the_integer_rungs_round_exactly_as_the_reference(rung):
+    """Ties and awkward magnitudes: halves of a step (rint's ties to even), a block of equal
+    values, denormal-small blocks; the kernel's result must still be the reference's to float
+    rounding (one activation rounded differently would move it by ~d * |w| >> the tolerance)."""
+    if not _supported(rung):
+        pytest.skip(f"this CPU lacks {rung}")
+    rng = np.random.default_rng(6)
+    c = 256
+    x = np.empty((4, c), np.float32)
+    x[0] = (np.arange(c) % 64 - 31.5) / 2                       # many exact x.5 steps
+    x[1] = 3.0
+    x[2] = rng.standard_normal(c).astype(np.float32) * 1e-38
+    x[3] = rng.standard_normal(c).astype(np.float32)
+    for scheme, kernel, group in (("int8", "linear_q8_forward", 32), ("int4", "linear_q4_forward", 64)):
+        w_q, w_scale = _weights(rng, 13, c, scheme, group)
+        expected = _reference(kernel, rung)(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, group)
+        got = cpu.cpu_quant.rung(kernel, rung)(x, w_q, w_scale, None, group)
+        for row in range(4):
+            np.testing.assert_allclose(got[row], expected[row], rtol=1e-5, atol=1e-6 * np.abs(expected[row]).max())
+
+
+@needs_c
+def test_the_integer_rounding_stays_within_its_bound_of_the_float_product():
+    """The integer-dot result differs from "dequantize, then multiply" only by the activations'
+    rounding: |error| <= sum_c |W[o, c]| * d(block of c) / 2."""
+    rng = np.random.default_rng(7)
+    w_q, w_scale = _weights(rng, 31, 384, "int4", 32)
+    x = rng.standard_normal((2, 384)).astype(np.float32)
+    exact = ref.linear_q4_forward(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, 32)
+    _, d = ref.quantize_activations_q8(x)
+    w = np.abs(ref.dequantize_q4(w_q, w_scale.astype(np.float64), 32))
+    bound = (np.repeat(d, 32, axis=1).astype(np.float64) / 2) @ w.T
+    got = cpu.linear_q4_forward(x, w_q, w_scale, None, 32)
+    assert np.all(np.abs(got - exact) <= bound * 1.001 + 1e-6)
+    assert np.abs(got - exact).max() > 0                     # it is rounded: not the float path
+
+
+@needs_c
+def test_the_prepared_kernel_checks_the_weight_once_and_x_every_call():
+    """quantize/layers.py's fast path (cpu_quant.prepared): the same result as the checked kernel,
+    the same errors for a bad x or b, and odd inputs (float64, a strided view) still right."""
+    from microgpt.errors import DTypeError, ShapeError
+    from microgpt.quantize.layers import DecodeBackend, QuantizedWeight
+    rng = np.random.default_rng(8)
+    w_q, w_scale = _weights(rng, 9, 64, "int4", 32)
+    qw = QuantizedWeight(w_q, w_scale, 4, 32)
+    be = DecodeBackend(cpu)
+    b = rng.standard_normal(9).astype(np.float32)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    np.testing.assert_array_equal(be.linear_forward(x, qw, b), cpu.linear_q4_forward(x, w_q, w_scale, b, 32))
+    assert qw._fast is not None and qw._fast[3] is not None
+    wide = rng.standard_normal((3, 128)).astype(np.float32)[:, ::2]          # not contiguous: refused
+    with pytest.raises(ShapeError, match="C-contiguous"):
+        be.linear_forward(wide, qw, None)
+    with pytest.raises(DTypeError):                      # float64 x, float32 scales: as the checked kernel
+        be.linear_forward(x.astype(np.float64), qw, b)
+    many = rng.standard_normal((20, 64)).astype(np.float32)                  # the GEMM hand-off
+    np.testing.assert_allclose(be.linear_forward(many, qw, b), cpu.linear_q4_forward(many, w_q, w_scale, b, 32),
+                               rtol=1e-6, atol=1e-6)
+    with pytest.raises(ShapeError):
+        be.linear_forward(np.ones((1, 63), np.float32), qw, None)
+    with pytest.raises(ShapeError):
+        be.linear_forward(x, qw, np.ones(5, np.float32))
+    qw.w_q = w_q.copy()                                  # a new array: prepared again, not stale
+    np.testing.assert_array_equal(be.linear_forward(x, qw, b), cpu.linear_q4_forward(x, w_q, w_scale, b, 32))
+    assert qw._fast[1] is qw.w_q
 
 
 def test_the_cuda_binding_on_the_mock(monkeypatch):

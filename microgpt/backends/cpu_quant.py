@@ -98,8 +98,50 @@ def linear_q4_forward(x, w_q, w_scale, b, group):
                    x, w_q, w_scale, b, group, 4)
 
 
+
+def prepared(kernel, w_q, w_scale, group):
+    """linear_q8_forward / linear_q4_forward (kernel: the name) with its weight checked once:
+    fn(x, b) -> out, or None where the weight takes another path (float64 scales). Decoding
+    calls each weight ~25 times a token; the full argument checks of the kernel cost ~18 us a
+    call against its ~75 us of work on the "small" shape, so the weight's checks and cffi
+    pointers are made here once (quantize/layers.py's QuantizedWeight keeps fn beside its
+    arrays). Each call checks only x and b, cheaply; anything unusual about them (another dtype,
+    a view that is not contiguous, a wrong width) goes to the fully checked kernel, which
+    computes it or raises the error a user would get without this path."""
+    bits = 8 if "q8" in kernel else 4
+    oc, c, group = _quant_check(kernel, w_q, w_scale, group, bits)
+    if w_scale.dtype != np.float32 or not (w_q.flags.c_contiguous and w_scale.flags.c_contiguous):
+        return None
+    checked = linear_q8_forward if bits == 8 else linear_q4_forward
+    dequant = dequantize_q8 if bits == 8 else dequantize_q4
+    c_fn = getattr(lib, kernel)
+    w_ptr, d_ptr = _bytes(w_q, "int8_t[]" if bits == 8 else "uint8_t[]"), _fp(w_scale)
+    f32, ndarray = np.float32, np.ndarray
+
+    def run(x, b):
+        if (type(x) is not ndarray or x.dtype != f32 or not x.ndim or x.shape[-1] != c
+                or not x.flags.c_contiguous
+                or (b is not None and (type(b) is not ndarray or b.dtype != f32 or b.shape != (oc,)
+                                       or not b.flags.c_contiguous))):
+            return checked(x, w_q, w_scale, b, group)
+        rows = x.size // c if c else 0
+        if rows > GEMV_MAX_ROWS:
+            return cpu_matmul.linear_forward(x, dequant(w_q, w_scale, group), b)
+        out = np.empty(x.shape[:-1] + (oc,), dtype=f32)
+        c_fn(_fp(out), _fp(x), w_ptr, d_ptr, _opt(b), group, rows, c, oc)
+        return out
+    return run
+
 # The rungs, callable one by one (tests and benchmarks); each needs its instruction set.
-RUNGS = {"v1_naive": "scalar", "v2_avx2": "avx2", "v3_avx512": "avx512"}
+# v6 / v7 round the activations to int8 first: their reference is reference.py's *_intdot.
+RUNGS = {"v1_naive": "scalar", "v2_avx2": "avx2", "v3_avx512": "avx512", "v4_blocks_avx2": "avx2",
+         "v5_blocks_avx512": "avx512", "v6_intdot_avx2": "avx2", "v7_intdot_vnni": "vnni"}
+INTDOT_RUNGS = ("v6_intdot_avx2", "v7_intdot_vnni")
+
+
+def has_vnni():
+    """Whether v7_intdot_vnni runs AVX-512 VNNI here (without it, it is v6)."""
+    return bool(lib.quant_has_vnni())
 
 
 def rung(kernel, name):

@@ -584,6 +584,43 @@ def linear_q4_forward(x, w_q, w_scale, b, group):
     return linear_forward(x, dequantize_q4(w_q, w_scale, group).astype(x.dtype), b)
 
 
+
+# The integer-dot kernels (quant.c's v6 / v7, the production decoding path) first round the
+# activations as GGUF's Q8_0 does, per 32-block of a row: d = max|x| / 127, q = rint(x / d) in
+# [-127, 127] (float32 arithmetic, x * (1 / d), rint to nearest even, exactly as quant.c; a block
+# so small that 1 / d overflows is zero), then
+# multiply integers. Their result is this reference: the product of the rounded activations
+# with the dequantized weights. Rows whose C (or a group) is not a multiple of 32 are not
+# rounded (those kernels take the float path).
+def quantize_activations_q8(x):
+    """x (..., C), C a multiple of 32 -> (q int8 (..., C), d float32 (..., C / 32))."""
+    blocks = np.asarray(x, dtype=np.float32).reshape(*x.shape[:-1], x.shape[-1] // 32, 32)
+    d = np.abs(blocks).max(axis=-1) / np.float32(127)
+    inv = np.zeros_like(d)
+    with np.errstate(over="ignore"):
+        np.divide(np.float32(1), d, out=inv, where=d > 0)
+    tiny = ~np.isfinite(inv)                    # max|x| < ~1e-36: 1 / d overflows; the block is 0
+    d[tiny], inv[tiny] = 0, 0
+    q = np.rint(blocks * inv[..., None]).astype(np.int8)
+    return q.reshape(x.shape), d
+
+
+def _rounded_activations(x, group):
+    c = x.shape[-1]
+    if c % 32 or group % 32:
+        return x
+    q, d = quantize_activations_q8(x)
+    blocks = q.reshape(*x.shape[:-1], c // 32, 32).astype(x.dtype) * d[..., None].astype(x.dtype)
+    return blocks.reshape(x.shape)
+
+
+def linear_q8_forward_intdot(x, w_q, w_scale, b, group):
+    return linear_q8_forward(_rounded_activations(x, group), w_q, w_scale, b, group)
+
+
+def linear_q4_forward_intdot(x, w_q, w_scale, b, group):
+    return linear_q4_forward(_rounded_activations(x, group), w_q, w_scale, b, group)
+
 # --- mixture of experts: rows routed to experts (nn/moe.py) -------------------------------------
 # A router sends each of N tokens to k of E experts. The N * k (token, expert) pairs, sorted by
 # expert, are the R = N * k "rows" of the expert layers: row r is a copy of token token_index[r]

@@ -23,13 +23,14 @@ from . import formats
 
 class QuantizedWeight:
     """The int8 / int4 form of one (OC, C) weight matrix: w_q, w_scale (float32), bits, group."""
-    __slots__ = ("w_q", "w_scale", "bits", "group", "out_features", "in_features")
+    __slots__ = ("w_q", "w_scale", "bits", "group", "out_features", "in_features", "_fast")
 
     def __init__(self, w_q, w_scale, bits, group):
         self.w_q, self.w_scale = w_q, np.ascontiguousarray(w_scale, dtype=np.float32)
         self.bits, self.group = int(bits), int(group)
         self.out_features = w_q.shape[0]
         self.in_features = w_q.shape[1] * (1 if self.bits == 8 else 2)
+        self._fast = None      # (kernel, w_q, w_scale, fn): the C kernel with this weight checked once
 
     @property
     def scheme(self):
@@ -49,7 +50,24 @@ class QuantizedWeight:
 
     def linear(self, be, x, b):
         kernel = be.linear_q8_forward if self.bits == 8 else be.linear_q4_forward
+        fast = self._fast
+        if fast is None or fast[0] is not kernel or fast[1] is not self.w_q or fast[2] is not self.w_scale:
+            fast = self._fast = (kernel, self.w_q, self.w_scale, _prepare(kernel, self))
+        if fast[3] is not None:
+            return fast[3](x, b)
         return kernel(x, self.w_q, self.w_scale, b, self.group)
+
+
+def _prepare(kernel, qweight):
+    """The C backend's kernel with qweight's arrays checked once (cpu_quant.prepared), when
+    kernel is that backend's; None (call kernel itself) for every other backend."""
+    try:
+        from ..backends import cpu_quant
+    except ImportError:            # the C extension is not built
+        return None
+    name = {cpu_quant.linear_q8_forward: "linear_q8_forward",
+            cpu_quant.linear_q4_forward: "linear_q4_forward"}.get(kernel)
+    return None if name is None else cpu_quant.prepared(name, qweight.w_q, qweight.w_scale, qweight.group)
 
 
 class QuantizedLinear(Module):
