@@ -271,3 +271,27 @@ def test_exact_match_is_the_eval_harness_judgement(base_run):
     judged = [exact_or_contains(got, [expected]) for _, expected, got in rows]
     assert accuracy == sum(judged) / len(rows)
     assert [float(e.strip() == g.strip()) for _, e, g in rows] == judged
+
+
+def test_eval_scores_the_adapted_model_of_a_lora_run(tmp_path, base_run):
+    """`microgpt eval` on a LoRA run: the adapter applied (load_finetuned), not its frozen base."""
+    from microgpt.cli import main
+    from microgpt.eval.perplexity import perplexity
+    from microgpt.finetune.sft import load_finetuned
+    from microgpt.train.checkpoint import load_model
+    summary = finetune(sft_config(tmp_path, base_run, "lora", lr=3e-2), SFTOptions(lora_rank=4),
+                       log=lambda *a: None)
+    text = tmp_path / "text.txt"
+    text.write_text("What is two plus two? Four. Say hello. Hello.\n" * 4)
+    report = tmp_path / "report.json"
+    assert main(["eval", summary["checkpoint"], "--perplexity", str(text), "--report",
+                 str(report)]) == 0
+    scored = json.loads(report.read_text())["perplexity"]["perplexity"]
+
+    def ppl(model, tok):
+        ids = tok.encode(text.read_text(), allowed_special="all")
+        return perplexity(model, ids, tok.eot_id, len(text.read_bytes()))["perplexity"]
+    adapted, base = ppl(*load_finetuned(summary["checkpoint"])[:2]), \
+        ppl(*load_model(summary["checkpoint"])[:2])
+    assert abs(adapted - base) > 1e-3 * base                  # the adapter changes the model
+    assert scored == pytest.approx(adapted, rel=1e-6)

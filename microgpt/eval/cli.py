@@ -46,7 +46,8 @@ def _write(args, report, table):
 def run(args):
     if args.run_dir == "score" and not os.path.isdir("score"):
         return run_score(args)
-    from ..train.checkpoint import load_model, resolve
+    from ..finetune.sft import load_finetuned   # a LoRA run: its adapter applied
+    from ..train.checkpoint import resolve
     from . import runner, tasks as tasks_mod
     if not args.tasks and not args.perplexity:
         raise ConfigError("nothing to evaluate: give --tasks FORMAT=PATH (or a task file) and/or "
@@ -68,7 +69,7 @@ def run(args):
     for task in task_list:                   # every file read and checked before the model loads
         tasks_mod.shot_pool(task, runner.load_examples(task))
     checkpoint = resolve(args.run_dir)
-    model, tokenizer, _ = load_model(checkpoint, args.device)
+    model, tokenizer, _ = load_finetuned(checkpoint, args.device)
     report = runner.evaluate(model, tokenizer, task_list, batch_size=args.batch_size,
                              truncate=not args.no_truncate, bootstrap=args.bootstrap,
                              max_new_tokens=args.max_new_tokens, contamination=contamination)
