@@ -464,6 +464,22 @@ def alignment(results):
              f"{met(dpo, 1.0)} ({dpo['ours']:.0f} vs {dpo['peer']:.0f} ms)",
              "PyTorch eager on the HF model", machine_label(data), link("align.md"))]
 
+@entry
+def mixture_of_experts(results):
+    data = load("moe.json", results)
+    layer = rows_where(data, lambda r: r["name"].startswith("moe grouped vs loop"))[0]
+    step = rows_where(data, lambda r: r["name"].startswith("moe step"))[0]
+    label = machine_label(data, span([layer["load_before"][0], data["machine"]["load_average"][0]], 1, ""))
+    return [("MoE layer fwd+bwd, 8 experts x 512 hidden, top-2, C 384, 4096 tokens: grouped kernels "
+             f"(permute, grouped matmul, combine), {layer['threads']} threads",
+             f"{_vs(layer, layer['target'])} faster ({layer['ours']:.0f} vs {layer['peer']:.0f} ms)",
+             "ours, per-expert Python loop", label, link("moe.md")),
+            (f"MoE training step, \"small\" made MoE (6L×384C, every MLP 8 experts x 512, top-2), B 16 x T 256, "
+             f"{step['threads']} threads",
+             f"{_vs(step, step['target'])} tokens/s ({step['ours']:.0f} vs {step['peer']:.0f}; losses within "
+             f"{sci(step['max_dloss'])})", "PyTorch eager, top-k MoE in torch ops", label, link("moe.md"))]
+
+
 def check_demo(data, path="demo.json"):
     for key, kind in DEMO_FIELDS.items():
         if not isinstance(data.get(key), kind) or isinstance(data.get(key), bool):
