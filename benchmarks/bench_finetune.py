@@ -14,6 +14,14 @@ Rows (targets from issue 13; ratio > 1 means ours is better):
                        process over building that side's model + adapter + optimizer and
                        training; each side in a process of its own, so neither counts the
                        other. ratio = peer / ours. Target: ours <= 1.0x PEFT's (ratio >= 1).
+  qlora int8 step      tokens/s of that LoRA step over a base stored in int8 (one scale per
+  qlora int4 step      row) / int4 (groups of 32) by finetune/qlora.py (the quantize/ kernels),
+                       vs the same step over the fp32 base ("lora step"'s ours); ratio =
+                       qlora / fp32. No target (issue 13 asked for the memory measured).
+  qlora int8 peak memory   peak RSS growth as in "lora peak memory", QLoRA vs the fp32-base
+  qlora int4 peak memory   LoRA in processes of their own; ratio = fp32 / qlora (> 1: QLoRA
+                       smaller). The rows also record the blocks' weight bytes (fp32 vs
+                       codes + fp16 scales). No target: measurements.
   sft packed vs padded useful (non-padding) tokens/s of our full SFT step on a length-skewed
                        set of conversations (80% of 16-48 tokens, 20% of 128-255): packed
                        rows of 256 with document masking vs rows padded to the batch's
@@ -27,6 +35,9 @@ within each round's pair as its spread. OMP_WAIT_POLICY=PASSIVE for both, as in
 bench_generate.py (idle OpenMP workers of one library must not spin on the other's cores).
 
     python benchmarks/bench_finetune.py [--quick] [--json FILE] [--rounds N] [--threads N]
+                                        [--only lora|qlora|packed]
+--only runs one group of rows; with --json, the file's other rows are kept (a re-run of
+only those rows replaces them).
 """
 import gc
 import json
@@ -76,12 +87,16 @@ def prepare(tmp):
     return os.path.join(tmp, "base"), os.path.join(tmp, "adapter")
 
 
-def build_ours(base_dir, adapter_dir):
-    from microgpt.finetune import lora, peft_io
+def build_ours(base_dir, adapter_dir, scheme=None):
+    from microgpt.finetune import lora, peft_io, qlora
     from microgpt.nn import GPT
     from microgpt.train.optim import AdamW
     model = GPT(small_config(), seed=0)              # the weights export_hf wrote (seed 0)
     peft_io.load_adapter(model, adapter_dir)
+    if scheme is not None:                           # QLoRA: the blocks' frozen weights quantized
+        group = None if scheme == "int8" else 32
+        WEIGHT_BYTES["fp32"], WEIGHT_BYTES[scheme] = qlora.quantize_model(model, scheme, group)
+        gc.collect()                                 # the float weights are gone
     opt = AdamW(lora.trainable_parameters(model), weight_decay=0.0, betas=BETAS, eps=EPS)
 
     def step(idx, targets):
@@ -114,7 +129,10 @@ def build_peer(base_dir, adapter_dir):
     return step
 
 
-BUILDERS = {"ours": build_ours, "peer": build_peer}
+WEIGHT_BYTES = {}          # filled by a QLoRA build: the blocks' weights, fp32 vs quantized
+BUILDERS = {"ours": build_ours, "peer": build_peer,
+            "qlora-int8": lambda b, a: build_ours(b, a, "int8"),
+            "qlora-int4": lambda b, a: build_ours(b, a, "int4")}
 
 
 def set_threads(n):
@@ -153,7 +171,7 @@ def probe(side, base_dir, adapter_dir, warmup, steps, threads):
         if i >= warmup:
             seconds.append(time.perf_counter() - start)
     return {"seconds": seconds, "losses": losses, "load": load,
-            "peak_bytes": (_rss_kib("VmHWM") - base) * 1024}
+            "peak_bytes": (_rss_kib("VmHWM") - base) * 1024, "weight_bytes": WEIGHT_BYTES}
 
 
 def run_probe(side, base_dir, adapter_dir, warmup, steps, threads):
@@ -202,6 +220,52 @@ def lora_rows(base_dir, adapter_dir, rounds, warmup, steps, threads):
                      "ours_samples": values["ours"], "peer_samples": values["peer"],
                      "shape": f"llama 6L x 384C, 6 heads, V 8192, B {BATCH} x T {TIME}, "
                               f"LoRA r {RANK} alpha {ALPHA:g} on q,v"})
+    return rows
+
+
+def qlora_rows(base_dir, adapter_dir, rounds, warmup, steps, threads):
+    """fp32-base LoRA vs QLoRA int8 / int4, one process per side per round, interleaved."""
+    sides = ("ours", "qlora-int8", "qlora-int4")
+    rate, peak, loads = {s: [] for s in sides}, {s: [] for s in sides}, []
+    weight_bytes, dloss = {}, {s: 0.0 for s in sides[1:]}
+    for r in range(rounds):
+        out = {side: run_probe(side, base_dir, adapter_dir, warmup, steps, threads) for side in sides}
+        for side in sides:
+            rate[side].append(BATCH * TIME / statistics.median(out[side]["seconds"]))
+            peak[side].append(out[side]["peak_bytes"] / 2**20)
+            loads.append(out[side]["load"])
+            weight_bytes.update(out[side]["weight_bytes"])
+        for side in sides[1:]:          # same batches: the losses differ by quantization only
+            gap = max(abs(a - b) for a, b in zip(out[side]["losses"], out["ours"]["losses"]))
+            dloss[side] = max(dloss[side], gap)
+        print(f"  qlora round {r + 1}/{rounds}: " + ", ".join(
+            f"{side} {rate[side][-1]:.0f} tokens/s {peak[side][-1]:.0f} MiB" for side in sides)
+            + f", load {loads[-1]:.2f}", flush=True)
+    rows = []
+    for scheme in ("int8", "int4"):
+        side = f"qlora-{scheme}"
+        for values, unit, name in ((rate, "tokens/s", f"qlora {scheme} step"),
+                                   (peak, "MiB", f"qlora {scheme} peak memory")):
+            ours, ours_min, ours_max = spread(values[side])
+            peer, peer_min, peer_max = spread(values["ours"])
+            paired = [a / b if unit == "tokens/s" else b / a
+                      for a, b in zip(values[side], values["ours"])]
+            rows.append({"name": name, "unit": unit, "ours": ours, "ours_min": ours_min,
+                         "ours_max": ours_max, "peer_name": "ours, LoRA over the fp32 base",
+                         "peer": peer, "peer_min": peer_min, "peer_max": peer_max,
+                         "ratio": ours / peer if unit == "tokens/s" else peer / ours,
+                         "ratio_min": min(paired), "ratio_max": max(paired), "target": None,
+                         "passed": None, "rounds": rounds, "warmup_steps": warmup,
+                         "timed_steps": steps, "threads": threads,
+                         "max_dloss_vs_fp32": dloss[side],
+                         "weight_bytes_fp32": weight_bytes["fp32"],
+                         "weight_bytes_quantized": weight_bytes[scheme],
+                         "group": "row" if scheme == "int8" else 32,
+                         "load_min": min(loads), "load_max": max(loads),
+                         "ours_samples": values[side], "peer_samples": values["ours"],
+                         "shape": f"llama 6L x 384C, 6 heads, V 8192, B {BATCH} x T {TIME}, "
+                                  f"LoRA r {RANK} alpha {ALPHA:g} on q,v; blocks' frozen "
+                                  f"weights {scheme}"})
     return rows
 
 
@@ -287,17 +351,28 @@ def main():
         parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
         parser.add_argument("--rounds", type=int, default=None,
                             help="alternations of the two sides (default 5, --quick 1)")
+        parser.add_argument("--only", choices=("lora", "qlora", "packed"), default=None,
+                            help="run one group of rows (with --json: keep the file's others)")
     args = harness.parse_args(__doc__.splitlines()[0], extra)
     rounds = args.rounds or (1 if args.quick else 5)
     warmup, steps = (1, 1) if args.quick else (1, 4)
     set_threads(args.threads)
     print(f"threads: {args.threads}, rounds: {rounds}, OMP_WAIT_POLICY: "
           f"{os.environ.get('OMP_WAIT_POLICY')}", flush=True)
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
-        base_dir, adapter_dir = prepare(tmp)
-        rows += lora_rows(base_dir, adapter_dir, rounds, warmup, steps, args.threads)
-    rows.append(packed_row(rounds, 2 if args.quick else 6, args.threads))
+    rows, only = [], args.only
+    if only in (None, "lora", "qlora"):
+        with tempfile.TemporaryDirectory(prefix="bench_finetune_") as tmp:
+            base_dir, adapter_dir = prepare(tmp)
+            if only in (None, "lora"):
+                rows += lora_rows(base_dir, adapter_dir, rounds, warmup, steps, args.threads)
+            if only in (None, "qlora"):
+                rows += qlora_rows(base_dir, adapter_dir, rounds, warmup, steps, args.threads)
+    if only in (None, "packed"):
+        rows.append(packed_row(rounds, 2 if args.quick else 6, args.threads))
+    if only and args.json and os.path.isfile(args.json):     # keep the rows not re-run
+        with open(args.json) as f:
+            kept = [r for r in json.load(f)["rows"] if r["name"] not in {r["name"] for r in rows}]
+        rows = kept + rows
     for row in rows:
         print(harness._format_row(row), flush=True)
     harness.report(rows, args, title=f"fine-tuning: LoRA step vs PEFT + PyTorch eager, packed vs "
