@@ -165,7 +165,8 @@ int paged_attention_forward(float* out, float* work, int64_t work_len, const flo
  * q + 8 two per byte by Q4_0's 32-element blocks (byte j: element j low, j + 16 high), group a
  * multiple of 32. out (N, OC) = x (N, C) @ W^T + b (b may be NULL). Rungs: v1_naive (scalar, one
  * thread), v2_avx2, v3_avx512 (threaded), v4/v5 block loops, v6/v7 integer dots on int8-quantized
- * activations (v7: AVX-512 VNNI); the production name runs the best integer-dot rung this CPU has. */
+ * activations (v7: AVX-512 VNNI). linear_q*_forward runs the best float rung this CPU has;
+ * linear_q*_forward_intdot (decoding) the best integer-dot rung (activations rounded to int8). */
 void linear_q8_forward_v1_naive(float* out, const float* x, const int8_t* w_q, const float* w_scale,
                                 const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
 void linear_q8_forward_v2_avx2(float* out, const float* x, const int8_t* w_q, const float* w_scale,
@@ -195,6 +196,10 @@ void linear_q4_forward_v5_blocks_avx512(float* out, const float* x, const uint8_
 void linear_q4_forward_v6_intdot_avx2(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
         const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
 void linear_q4_forward_v7_intdot_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q8_forward_intdot(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q4_forward_intdot(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
         const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
 int quant_has_vnni(void);   /* 1 when linear_*_forward_v7_intdot_vnni runs VNNI (else it is v6) */
 void linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale,

@@ -7,7 +7,7 @@
  *           out as GGUF's Q4_0 (byte j of a block: element j low, element j + 16 high), so a
  *           Q4_0 tensor is these bytes with its fp16 scales pulled out. group 32, 64 or 128.
  *
- * Why integer dot products for decoding (the production path), after dequantize-in-registers.
+ * Why integer dot products for decoding (the decoder's path), after dequantize-in-registers.
  * Batch-1 decoding reads every weight once per token and does 2 flops with it, so the first
  * argument is that it is bound by memory bandwidth (a 768 x 3072 matrix is 9.4 MB in float32,
  * 2.4 MB in int8, 1.2 MB in int4) and that widening the weights in registers (int8 -> int32 ->
@@ -41,10 +41,12 @@
  *               product on its own, folded into 4 running totals in turn (4 short chains)
  *   v6_intdot_avx2  activations to int8 per 32-block, maddubs/madd integer block products
  *   v7_intdot_vnni  v6 with vpdpbusd, two blocks a 512-bit vector (v6 on a CPU without VNNI)
- *   linear_q8_forward / linear_q4_forward: the integer-dot rung this CPU supports (threads.c's
- *   microgpt_simd_level, which tests can lower; VNNI from cpuid), the same arithmetic in
- *   portable C, threaded, where there is no SIMD. Shapes the 32-blocks do not tile (int8 per
- *   channel at C % 32 != 0) take the float rungs.
+ *   linear_q8_forward_intdot / linear_q4_forward_intdot (decoding): the integer-dot rung this
+ *   CPU supports (threads.c's microgpt_simd_level, which tests can lower; VNNI from cpuid), the
+ *   same arithmetic in portable C, threaded, where there is no SIMD. Shapes the 32-blocks do
+ *   not tile (int8 per channel at C % 32 != 0) take the float rungs.
+ *   linear_q8_forward / linear_q4_forward (the op: forward passes, eval, training): the best
+ *   float rung, v5 / v4, so that ops.quantized_linear stays "dequantize, then multiply".
  * Summation order differs between rungs (lanes, then groups), so they agree with their reference
  * to float rounding, not bit for bit.
  */
@@ -688,22 +690,43 @@ int quant_has_vnni(void) {
 #endif
 }
 
-/* production: the integer-dot rung this CPU supports (v7 with VNNI, else v6), and the same
- * arithmetic in portable C (threaded) where there is no SIMD, so every path rounds alike */
-void linear_q8_forward(float* out, const float* x, const int8_t* w_q, const float* w_scale,
-                       const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+/* The decoding entry points (quantize/layers.py's QuantizedWeight calls them through
+ * backends/cpu_quant.py's prepared kernel): the integer-dot rung this CPU supports (v7 with
+ * VNNI, else v6), and the same arithmetic in portable C, threaded, where there is no SIMD, so
+ * every path rounds alike. */
+void linear_q8_forward_intdot(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                              const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
     if (level >= 2) linear_q8_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
     else if (level == 1) linear_q8_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
     else quant_forward_int(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, idot_q8_scalar, dot_q8_scalar);
 }
 
-void linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
-                       const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+void linear_q4_forward_intdot(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                              const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
     if (level >= 2) linear_q4_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
     else if (level == 1) linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
     else quant_forward_int(out, x, w_q, C / 2, w_scale, b, group, N, C, OC, idot_q4_scalar, dot_q4_scalar);
+}
+
+/* linear_q*_forward, the op (ops.quantized_linear: model forward, eval, training): "dequantize,
+ * then multiply" exactly, on the best float rung (v5 / v4 block loops), the portable loop
+ * threaded where there is no SIMD */
+void linear_q8_forward(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                       const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+    int level = microgpt_simd_level();
+    if (level >= 2) linear_q8_forward_v5_blocks_avx512(out, x, w_q, w_scale, b, group, N, C, OC);
+    else if (level == 1) linear_q8_forward_v4_blocks_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+    else quant_forward(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, dot_q8_scalar, 1);
+}
+
+void linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                       const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+    int level = microgpt_simd_level();
+    if (level >= 2) linear_q4_forward_v5_blocks_avx512(out, x, w_q, w_scale, b, group, N, C, OC);
+    else if (level == 1) linear_q4_forward_v4_blocks_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+    else quant_forward(out, x, (const uint8_t*)w_q, C / 2, w_scale, b, group, N, C, OC, dot_q4_scalar, 1);
 }
 
 /* ---- dequantization: W as float32 (the prefill path and the input gradient use it) ---------- */

@@ -68,9 +68,7 @@ def test_the_production_kernel_and_its_gemm_hand_off(scheme, group, rows):
     w_q, w_scale = _weights(rng, 19, 96, scheme, group)
     x = rng.standard_normal((rows, 96)).astype(np.float32)
     kernel = "linear_q8_forward" if scheme == "int8" else "linear_q4_forward"
-    # up to 8 rows: the integer-dot rung (activations rounded to int8); more: float32 GEMM
-    spec = _reference(kernel) if rows <= cpu.cpu_quant.GEMV_MAX_ROWS else getattr(ref, kernel)
-    expected = spec(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, group)
+    expected = getattr(ref, kernel)(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, group)
     np.testing.assert_allclose(getattr(cpu, kernel)(x, w_q, w_scale, None, group), expected, rtol=1e-5, atol=1e-4)
     x3 = x.reshape(1, rows, 96)                       # leading axes flatten
     assert getattr(cpu, kernel)(x3, w_q, w_scale, None, group).shape == (1, rows, 19)
@@ -104,6 +102,28 @@ def test_every_rung_agrees_with_the_forced_lesser_paths():
     assert cpu.simd_path() == best and "scalar" in results
     for got in results.values():
         np.testing.assert_allclose(got, results["scalar"], rtol=1e-5, atol=1e-5)
+
+
+@needs_c
+@pytest.mark.parametrize("scheme,group", [("int8", 32), ("int8", 96), ("int4", 32), ("int4", 64)])
+def test_the_decoding_entry_is_the_integer_rung_on_every_path(scheme, group):
+    """linear_q*_forward_intdot (what the decoder runs) on the forced scalar / AVX2 / AVX-512
+    paths: each the integer-dot reference (activations rounded to int8), the portable C too."""
+    rng = np.random.default_rng(10)
+    w_q, w_scale = _weights(rng, 23, 192, scheme, group)
+    x = rng.standard_normal((3, 192)).astype(np.float32)
+    kernel = "linear_q8_forward" if scheme == "int8" else "linear_q4_forward"
+    expected = _reference(kernel)(x.astype(np.float64), w_q, w_scale.astype(np.float64), None, group)
+    fn = cpu.cpu_quant.prepared(kernel, w_q, w_scale, group)
+    ran = 0
+    try:
+        for path in ("scalar", "avx2", "avx512"):
+            if cpu.lib.microgpt_set_simd_path(path.encode()):
+                np.testing.assert_allclose(fn(x, None), expected, rtol=1e-5, atol=1e-5, err_msg=path)
+                ran += 1
+    finally:
+        cpu.lib.microgpt_set_simd_path(b"")
+    assert ran >= 1
 
 
 @needs_c
@@ -171,7 +191,7 @@ def test_the_integer_rounding_stays_within_its_bound_of_the_float_product():
     _, d = ref.quantize_activations_q8(x)
     w = np.abs(ref.dequantize_q4(w_q, w_scale.astype(np.float64), 32))
     bound = (np.repeat(d, 32, axis=1).astype(np.float64) / 2) @ w.T
-    got = cpu.linear_q4_forward(x, w_q, w_scale, None, 32)
+    got = cpu.cpu_quant.prepared("linear_q4_forward", w_q, w_scale, 32)(x, None)
     assert np.all(np.abs(got - exact) <= bound * 1.001 + 1e-6)
     assert np.abs(got - exact).max() > 0                     # it is rounded: not the float path
 
@@ -188,7 +208,8 @@ def test_the_prepared_kernel_checks_the_weight_once_and_x_every_call():
     be = DecodeBackend(cpu)
     b = rng.standard_normal(9).astype(np.float32)
     x = rng.standard_normal((3, 64)).astype(np.float32)
-    np.testing.assert_array_equal(be.linear_forward(x, qw, b), cpu.linear_q4_forward(x, w_q, w_scale, b, 32))
+    intdot = ref.linear_q4_forward_intdot(x.astype(np.float64), w_q, w_scale.astype(np.float64), b, 32)
+    np.testing.assert_allclose(be.linear_forward(x, qw, b), intdot, rtol=1e-5, atol=1e-5)
     assert qw._fast is not None and qw._fast[3] is not None
     wide = rng.standard_normal((3, 128)).astype(np.float32)[:, ::2]          # not contiguous: refused
     with pytest.raises(ShapeError, match="C-contiguous"):
@@ -203,7 +224,7 @@ def test_the_prepared_kernel_checks_the_weight_once_and_x_every_call():
     with pytest.raises(ShapeError):
         be.linear_forward(x, qw, np.ones(5, np.float32))
     qw.w_q = w_q.copy()                                  # a new array: prepared again, not stale
-    np.testing.assert_array_equal(be.linear_forward(x, qw, b), cpu.linear_q4_forward(x, w_q, w_scale, b, 32))
+    np.testing.assert_allclose(be.linear_forward(x, qw, b), intdot, rtol=1e-5, atol=1e-5)
     assert qw._fast[1] is qw.w_q
 
 

@@ -49,9 +49,9 @@ def test_quantized_forward_is_the_dequantized_models_forward(family, scheme, gro
 @pytest.mark.parametrize("kernels", ["float", "production"])
 def test_decoding_uses_the_quantized_kernels_and_matches_forward(family, scheme, kernels, monkeypatch):
     """float: the quantized kernels replaced by their float definition (reference.py), so decoding
-    must equal the full forward pass (float32 GEMMs above 8 rows) to float rounding. production:
-    up to 8 rows the C kernels round the activations to int8 per 32-block (quant.c's integer-dot
-    rungs), which moves a logit by ~2^-8 of the activations' scale: within 1e-2 here, same argmax."""
+    must equal the full forward pass to float rounding. production: on the C backend the decoder
+    rounds the activations to int8 per 32-block (quant.c's integer-dot entry, up to 8 rows), which
+    moves a logit by ~2^-8 of the activations' scale: within 1e-2 here, same argmax."""
     model = _model(family)
     quantize_model(model, scheme, 32, head=True)
     assert Decoder.supports(model)

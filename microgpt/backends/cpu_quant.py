@@ -1,13 +1,14 @@
 """The C backend's weight-only quantized linear layers (csrc/quant.c), through cffi.
 
     linear_q8_forward / linear_q4_forward   out = x @ W^T + b, W stored in int8 / int4
+    prepared                                the decoder's form: integer dots, weight checked once
     dequantize_q8 / dequantize_q4           W itself, float32
 
 Which kernel runs for a product of N rows (every leading axis of x flattened):
   N <= GEMV_MAX_ROWS (decoding)   quant.c's matrix-vector rung for this CPU: each weight row is
                                   read once, as 1 or 0.5 bytes per weight, and dequantized in
-                                  registers; decoding is bound by the bytes it reads, so fewer
-                                  bytes are the whole gain.
+                                  registers (the float block rungs v5 / v4); prepared() below,
+                                  the decoder's path, multiplies integers instead (v7 / v6).
   more rows (prefill, training)   dequantize W once into a float32 matrix, then the packed,
                                   threaded GEMM of matmul.c: one pass over W (1/N of the product's
                                   work) buys the GEMM's register blocking, which the
@@ -100,8 +101,11 @@ def linear_q4_forward(x, w_q, w_scale, b, group):
 
 
 def prepared(kernel, w_q, w_scale, group):
-    """linear_q8_forward / linear_q4_forward (kernel: the name) with its weight checked once:
-    fn(x, b) -> out, or None where the weight takes another path (float64 scales). Decoding
+    """The decoder's form of linear_q8_forward / linear_q4_forward (kernel: the name), with its
+    weight checked once: fn(x, b) -> out, or None where the weight takes another path (float64
+    scales). Up to GEMV_MAX_ROWS rows it runs quant.c's integer-dot entry (linear_q*_forward_intdot:
+    the activations rounded to int8 per 32-block, as llama.cpp's Q8_0 / Q4_0 decoding; the
+    reference is reference.py's linear_q*_forward_intdot); more rows, the float GEMM. Decoding
     calls each weight ~25 times a token; the full argument checks of the kernel cost ~18 us a
     call against its ~75 us of work on the "small" shape, so the weight's checks and cffi
     pointers are made here once (quantize/layers.py's QuantizedWeight keeps fn beside its
@@ -114,7 +118,7 @@ def prepared(kernel, w_q, w_scale, group):
         return None
     checked = linear_q8_forward if bits == 8 else linear_q4_forward
     dequant = dequantize_q8 if bits == 8 else dequantize_q4
-    c_fn = getattr(lib, kernel)
+    c_fn = getattr(lib, kernel + "_intdot")
     w_ptr, d_ptr = _bytes(w_q, "int8_t[]" if bits == 8 else "uint8_t[]"), _fp(w_scale)
     f32, ndarray = np.float32, np.ndarray
 
