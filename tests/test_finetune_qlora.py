@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 
 from microgpt.finetune import lora, qlora
-from microgpt.finetune.sft import SFTOptions, finetune, load_chat_model, resume_sft
+from microgpt.finetune.sft import SFTOptions, finetune
 from microgpt.quantize import formats
 from microgpt.quantize.layers import QuantizedLinear
 from test_finetune_lora import V, peft_model, relative, with_adapter
-from test_finetune_sft import chat_file, losses_of, sft_config
+from test_finetune_sft import assert_resumes_bit_exact, chat_file, losses_of, sft_config
 
 CASES = [("llama", "q,v", "int8", None), ("llama", "q,k,v,o,up,down,gate", "int4", 32),
          ("gpt2", "q,o", "int4", 32), ("gpt2", "q,o,up,down", "int8", 32)]
@@ -88,21 +88,11 @@ def base32(tmp_path_factory):
 
 @pytest.mark.parametrize("scheme, group", [("int8", 0), ("int4", 32)])
 def test_qlora_run_trains_and_resumes_bit_exact(tmp_path, base32, scheme, group):
-    quiet = lambda *a: None                                  # noqa: E731
     options = SFTOptions(lora_rank=4, lora_targets="q,v,down", qlora=scheme, qlora_group=group)
-    data = {"data": chat_file(tmp_path)}
-    straight = finetune(sft_config(tmp_path, base32, "straight", **data), options, log=quiet)
-    assert straight["finished"] and np.isfinite(straight["val_loss"])
+    straight = assert_resumes_bit_exact(tmp_path, base32, options, data=chat_file(tmp_path))
+    assert np.isfinite(straight["val_loss"])
     losses = [loss for _, loss in losses_of(tmp_path / "straight")]
     assert losses[-1] < losses[0]                             # the adapters learn
-    finetune(sft_config(tmp_path, base32, "split", **data), options, log=quiet, stop_at_step=3)
-    resumed = resume_sft(str(tmp_path / "split"), log=quiet)
-    assert resumed["steps"] == 6
-    assert losses_of(tmp_path / "split") == losses_of(tmp_path / "straight")
-    a, _, _ = load_chat_model(straight["checkpoint"])
-    b, _, _ = load_chat_model(resumed["checkpoint"])
-    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
-        assert np.array_equal(x, y), name
     # the checkpoint's float base is the W~ the adapters trained over
     from microgpt.quantize.model import read_tensors
     from microgpt.train.checkpoint import load_model

@@ -160,10 +160,16 @@ def base_run(tmp_path_factory):
                                                               lora_dropout=0.1)],
                          ids=["full", "lora"])
 def test_resume_is_bit_exact(tmp_path, base_run, options):
+    assert_resumes_bit_exact(tmp_path, base_run, options)
+
+
+def assert_resumes_bit_exact(tmp_path, base, options, **overrides):
+    """A 6-step run straight, and stopped at 3 then resumed: same losses, same final model.
+    Returns the straight run's summary."""
     quiet = lambda *a: None                                  # noqa: E731
-    straight = finetune(sft_config(tmp_path, base_run, "straight"), options, log=quiet)
+    straight = finetune(sft_config(tmp_path, base, "straight", **overrides), options, log=quiet)
     assert straight["finished"]
-    finetune(sft_config(tmp_path, base_run, "split"), options, log=quiet, stop_at_step=3)
+    finetune(sft_config(tmp_path, base, "split", **overrides), options, log=quiet, stop_at_step=3)
     resumed = resume_sft(str(tmp_path / "split"), log=quiet)
     assert resumed["steps"] == 6
     assert losses_of(tmp_path / "split") == losses_of(tmp_path / "straight")
@@ -171,6 +177,7 @@ def test_resume_is_bit_exact(tmp_path, base_run, options):
     b, _, _ = load_chat_model(resumed["checkpoint"])
     for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
         assert np.array_equal(x, y), name
+    return straight
 
 
 def test_lora_run_writes_a_peft_adapter_and_trains_only_it(tmp_path, base_run):
