@@ -3,6 +3,7 @@ message, see the streamed answer appear, press Stop on a long one; a screenshot 
 test's tmp directory (SERVE_SCREENSHOT=path saves another copy, as the README's was made)."""
 import os
 import shutil
+import time
 
 import pytest
 
@@ -40,10 +41,17 @@ def test_the_page_streams_an_answer_and_stops(tmp_path):
                 page.screenshot(path=os.environ["SERVE_SCREENSHOT"])
             # a long answer, stopped: the server cancels the sequence and frees its blocks
             page.fill("#max_tokens", "900")
+            # an answer longer than the window: the log scrolls, the input row and Stop stay put
+            stop_at = page.locator("#stop").bounding_box()
+            page.eval_on_selector(".msg.assistant", "e => { e.textContent = 'many words '.repeat(3000); }")
+            assert page.eval_on_selector("#log", "e => e.scrollHeight > 2 * e.clientHeight"), "the log does not scroll"
+            assert page.locator("#stop").bounding_box() == stop_at, "a long answer pushed the Stop button away"
+            scheduler = app.state.engine.scheduler
+            step = scheduler.step                  # a step of the tiny model takes well under 1 ms:
+            scheduler.step = lambda: (time.sleep(0.01), step())[1]    # slow it so Stop finds it running
             page.fill("#input", "Tell me everything")
             page.press("#input", "Enter")
             page.wait_for_function("document.querySelector('#stop').disabled === false", timeout=10_000)
-            scheduler = app.state.engine.scheduler
             wait_until(lambda: scheduler.num_running == 1, what="the long answer runs")
             wait_until(lambda: len(page.inner_text(".msg.assistant >> nth=1")) > 5, what="it streams")
             page.click("#stop")
