@@ -1,10 +1,12 @@
 """Serving: `microgpt serve` under concurrent streaming clients vs the same requests one by one.
 
-The server is the real one (serve/app.py on uvicorn, in this process on a free 127.0.0.1 port)
-over a GPT-2 of the "small" preset's shape (6 layers, 384 channels, 6 heads, context 256) with
-random weights and a BPE tokenizer of 8192 ids trained on microgpt's own sources (nothing is
-downloaded). Every request is a streaming /v1/completions call with a 16-token prompt, greedy,
-128 new tokens at most; the clients are httpx streams on an asyncio loop in this process.
+The server is the real one (serve/app.py on uvicorn, in a process of its own, a `spawn` child of
+this one, on a free 127.0.0.1 port) over a GPT-2 of the "small" preset's shape (6 layers, 384
+channels, 6 heads, context 256) with random weights and a BPE tokenizer of 8192 ids trained on
+microgpt's own sources (nothing is downloaded). Every request is a streaming /v1/completions call
+with a 16-token prompt, greedy, 128 new tokens at most; the clients are httpx streams on an asyncio
+loop in this process, as a real client would be another process: the same load generator for both
+sides of every row.
 
 Rows:
   serve concurrency 32 vs sequential   aggregate generated tokens/s of 32 clients at once ("ours")
@@ -21,8 +23,8 @@ Rows:
                                        exported to GGUF F32 (microgpt export-gguf), alternated; target
                                        >= 1.0x; skipped when llama_cpp.server does not import
 Greedy outputs are identical at every concurrency (checked first), so both sides make the
-same tokens. Both sides share the process and its 2 cores with the clients; llama.cpp's server
-is a process of its own, measured by the same clients while ours sits idle.
+same tokens. Server and clients are two processes sharing the 2 cores; llama.cpp's server is a
+process of its own too, measured by the same clients while ours sits idle.
 
     flock /tmp/bench.lock python benchmarks/bench_serve.py [--quick] [--json FILE]
 """
@@ -74,28 +76,74 @@ def free_port():
 
 
 class Server:
-    def __init__(self, app):
-        import uvicorn
-        self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        import httpx
-        for _ in range(400):
-            try:
-                if httpx.get(self.base + "/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.05)
-        raise RuntimeError("the server did not start")
+    """The server in a process of its own (a `spawn` child): real clients are other processes, and
+    clients in the server's process would take turns with it at the GIL on the same 2 cores.
+
+    The child builds the model and the tokenizer, serves on a free 127.0.0.1 port and answers
+    this process's few questions about its engine (the prompts, the KV pool's peak, a GGUF
+    export) over a pipe; the load generator (every client, both sides) stays in this process."""
+
+    def __init__(self, quick, n):
+        import multiprocessing
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.proc = context.Process(target=serve_in_child, args=(child, quick, n), daemon=True)
+        self.proc.start()
+        if not self.conn.poll(600):
+            self.proc.kill()
+            raise RuntimeError("the server did not start")
+        self.port, self.prompts, self.static_kv_bytes = self.conn.recv()
 
     @property
     def base(self):
         return f"http://127.0.0.1:{self.port}"
 
+    def ask(self, *command):
+        self.conn.send(command)
+        return self.conn.recv()
+
     def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        try:
+            self.ask("stop")
+        finally:
+            self.proc.join(timeout=30)
+            if self.proc.is_alive():
+                self.proc.kill()
+
+
+def serve_in_child(conn, quick, n):
+    """The server process: uvicorn on a thread, this pipe's commands on the main thread."""
+    import uvicorn
+    app, tok = build(quick)
+    engine = app.state.engine
+    rng = np.random.default_rng(0)
+    prompts = [tok.decode(rng.integers(300, tok.vocab_size - 16, PROMPT).tolist()) for _ in range(n)]
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    cfg = engine.scheduler.model.config
+    static = n * cfg.block_size * 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_size * 4
+    conn.send((port, prompts, static))
+    cache = engine.scheduler.cache
+    while True:
+        command = conn.recv()
+        if command[0] == "reset_peak":
+            cache.pool.peak_used = 0
+            conn.send(None)
+        elif command[0] == "peak":
+            conn.send(cache.pool.peak_used * cache.bytes_per_block)
+        elif command[0] == "export":
+            from microgpt.interop.gguf_export import export_gguf
+            export_gguf(engine.scheduler.model, tok, command[1], "f32")
+            conn.send(engine.scheduler.model.config.block_size)
+        elif command[0] == "stop":
+            server.should_exit = True
+            thread.join(timeout=30)
+            conn.send(None)
+            return
 
 
 async def one(client, base, prompt):
@@ -170,7 +218,7 @@ class LlamaCppServer:
     """llama-cpp-python's server on a GGUF F32 export of the model, or None without it."""
 
     @classmethod
-    def start(cls, model, tok, workdir):
+    def start(cls, ours, workdir):
         try:
             import llama_cpp.server.app  # noqa: F401
         except ImportError as exc:
@@ -180,13 +228,12 @@ class LlamaCppServer:
 
         import httpx
 
-        from microgpt.interop.gguf_export import export_gguf
         path = os.path.join(workdir, "small-f32.gguf")
-        export_gguf(model, tok, path, "f32")
+        block_size = ours.ask("export", path)           # the serving process holds the model
         self = cls()
         self.port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", path, "--n_ctx",
-                                      str(model.config.block_size), "--n_threads", "2", "--n_threads_batch", "2",
+                                      str(block_size), "--n_threads", "2", "--n_threads_batch", "2",
                                       "--host", "127.0.0.1", "--port", str(self.port), "--model_alias", "small"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for _ in range(1200):
@@ -213,12 +260,9 @@ def percentile(values, q):
 
 def main():
     args = harness.parse_args(__doc__.splitlines()[0])
-    app, tok = build(args.quick)
-    engine = app.state.engine
-    rng = np.random.default_rng(0)
     n = 16 if args.quick else 32
-    prompts = [tok.decode(rng.integers(300, tok.vocab_size - 16, PROMPT).tolist()) for _ in range(n)]
-    server = Server(app)
+    server = Server(args.quick, n)
+    prompts = server.prompts
     try:
         top = f"c{n}"
         samples = {"c1": [], "c8": [], top: []}
@@ -245,7 +289,7 @@ def main():
         assert tokens_seen[top] == tokens_seen["c1"] == tokens_seen["c8"], "greedy text differs with concurrency"
         for k in samples:
             samples[k].clear()
-        engine.scheduler.cache.pool.peak_used = 0
+        server.ask("reset_peak")
         rounds = 2 if args.quick else 5
         conc, seq = [], []
         for _ in range(rounds):
@@ -256,12 +300,10 @@ def main():
             seq.append((t / wall, load))
             _, c8 = run(server.base, prompts, 8)
             record("c8", c8)
-        peak = engine.scheduler.cache.pool.peak_used * engine.scheduler.cache.bytes_per_block
-        cfg = engine.scheduler.model.config
-        static = n * cfg.block_size * 2 * cfg.n_layer * cfg.n_kv_head * cfg.head_size * 4
+        peak, static = server.ask("peak"), server.static_kv_bytes
         import tempfile
         with tempfile.TemporaryDirectory() as workdir:
-            llama = LlamaCppServer.start(engine.scheduler.model, tok, workdir)
+            llama = LlamaCppServer.start(server, workdir)
             llama_rows = []
             if llama is not None:
                 try:
