@@ -143,13 +143,6 @@ int attention_backward_v2_flash(float* dq, float* dk, float* dv, float* delta, c
 /* adamw.cu: one step, in place on param, m and v; step counts from 1 */
 int adamw_update(float* param, const float* grad, float* m, float* v, float lr, float beta1, float beta2,
                  float eps, float weight_decay, int64_t step, int64_t n);
-/* paged_attention.cu: k_cache, v_cache (NB, NKV, BS, HS); k, v (N, NKV, HS); slots (N); q, out (N, NH, HS);
-   block_tables (N, MB); query n at position positions[n] sees keys 0 .. positions[n] (MB * BS <= 12288) */
-int paged_cache_write(int* bad, float* k_cache, float* v_cache, const float* k, const float* v,
-                      const int64_t* slots, int64_t N, int64_t NKV, int64_t NB, int64_t BS, int64_t HS);
-int paged_attention_forward(float* out, int* bad, const float* q, const float* k_cache, const float* v_cache,
-                            const int64_t* block_tables, const int64_t* positions, int64_t N, int64_t NH,
-                            int64_t NKV, int64_t NB, int64_t BS, int64_t MB, int64_t HS);
 
 /* quant.cu: weight-only quantized linear layers (the twins of csrc/quant.c: same formats);
    out (N, OC) = x (N, C) @ W^T + b with W[o, c] = w_scale[o, c / group] * q[o, c], b may be NULL */

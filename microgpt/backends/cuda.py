@@ -56,8 +56,8 @@ __all__ = [
     "embedding_forward", "embedding_backward",
     "layer_norm_forward", "layer_norm_backward", "rms_norm_forward", "rms_norm_backward",
     "rope_forward", "rope_backward", "attention_forward", "attention_backward", "adamw_update",
-    "dequantize_q8", "dequantize_q4", "linear_q8_forward", "linear_q4_forward",
     "paged_cache_write", "paged_attention_forward",
+    "dequantize_q8", "dequantize_q4", "linear_q8_forward", "linear_q4_forward",
     "moe_permute_forward", "moe_permute_backward", "grouped_matmul_forward", "grouped_matmul_backward",
     "moe_combine_forward", "moe_combine_backward",
 ]
