@@ -394,25 +394,12 @@ def stage_reward(ctx):
     ctx.microgpt("reward", "finetune", "pairs", "--init-from", sft, "--data",
                  ctx.path("data", "synth", "train.jsonl"), "--out", pairs, "--limit",
                  k["pair_prompts"], "--samples", 4, "--wrong-per-prompt", 2, "--perturbed", 1)
-    n_pairs, dropped = _drop_special_text(pairs)
     ctx.microgpt("reward", "finetune", "reward", "--init-from", sft, "--data", pairs,
                  "--out-dir", run, "--lr", 1e-4)
     records = _records(run)
-    return {"run_dir": run, "pairs": n_pairs, "pairs_dropped_special_text": dropped,
+    return {"run_dir": run, "pairs": len(_read_jsonl(pairs)),
             "parameters": _parameters(run) + k["n_embd"] + 1,       # + the scalar head
             "loss": _last(records, "loss"), "pair_accuracy": _last(records, "val_accuracy")}
-
-
-def _drop_special_text(pairs):
-    """Drop the pairs whose sampled answer spells a special token as text ('<|im_start|>'):
-    `finetune pairs` keeps a small model's stray special-token text in the rejected answer,
-    and `finetune reward` / `dpo` refuse such a turn. Returns (kept, dropped)."""
-    rows = _read_jsonl(pairs)
-    kept = [r for r in rows if "<|" not in json.dumps(r, ensure_ascii=False)]
-    with atomic_write(pairs, "w", encoding="utf-8") as f:
-        for row in kept:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    return len(kept), len(rows) - len(kept)
 
 
 def stage_dpo(ctx):

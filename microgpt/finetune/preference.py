@@ -17,6 +17,13 @@ For the synthetic tasks (finetune/synth.py) the answer is a function of the prom
 solve() verifies a response (the rule reward of GRPO), and make_pairs() builds pairs: chosen
 = the verified answer, rejected = one of the policy's own wrong samples (a prompt whose
 samples are all right gives no pair). For user data there is only the file.
+
+A sampled reply ends at its first special token. A small policy sometimes samples
+<|im_start|> mid-reply (it starts a new turn instead of closing its own) or spells a special
+token's text with ordinary tokens; no turn's content may hold either (the chat template
+refuses it, tokenizer/chat.py). So every special id is a stop id of the sampler, and
+reply_text() keeps the text before the first special token's text: the reply the policy
+gave before it left its turn. A reply with nothing before it gives no pair.
 """
 import json
 import re
@@ -206,6 +213,16 @@ def distractors(answer, prompt):
     return out
 
 
+def reply_text(tokenizer, ids):
+    """A sampled reply's content: its ids up to the first special id, decoded, cut at the first
+    special token's text spelled by ordinary tokens, stripped."""
+    specials = set(tokenizer.special_tokens.values())
+    end = next((k for k, i in enumerate(ids) if i in specials), len(ids))
+    text = tokenizer.decode(list(ids[:end]))
+    cut = min((text.find(s) for s in tokenizer.special_tokens if s in text), default=len(text))
+    return text[:cut].strip()
+
+
 def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, temperature=1.0,
                wrong_per_prompt=1, perturbed=0):
     """[(prompt messages, chosen, rejected)]: chosen the verified answer; rejected up to
@@ -217,7 +234,7 @@ def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, t
     from ..inference.sampling import SamplingConfig
     from ..tokenizer.chat import stop_token_ids
     engine = Engine(model, tokenizer, batch_invariant=False)   # samples only; see Engine
-    stops = stop_token_ids(tokenizer)
+    stops = sorted(set(stop_token_ids(tokenizer)) | set(tokenizer.special_tokens.values()))
     rows = []
     rng = np.random.default_rng(seed)
     ids = [encode_chat(tokenizer, p, add_generation_prompt=True)[0] for p, _ in prompts]
@@ -228,7 +245,7 @@ def make_pairs(model, tokenizer, prompts, samples=4, max_new_tokens=8, seed=0, t
         truth = solve(messages[-1]["content"]) or answer
         wrong = []
         for out in outs[k * samples:(k + 1) * samples]:
-            text = tokenizer.decode([i for i in out.ids if i not in stops]).strip()
+            text = reply_text(tokenizer, out.ids)
             if text and text != truth and text not in wrong and len(wrong) < wrong_per_prompt:
                 wrong.append(text)
         near = []
