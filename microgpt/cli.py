@@ -476,7 +476,7 @@ def _add_eval(sub):
               description="Score a model on local task files (MMLU CSVs, choice JSONL such as "
                           "ARC/HellaSwag/PIQA, GSM8K JSONL, prompt/answer JSONL) and/or the "
                           "perplexity of a text, exactly as lm-eval scores them. `microgpt eval "
-                          "score --hyp FILE --ref FILE` computes BLEU and ROUGE of two "
+                          "score --hyp FILE --ref FILE` computes BLEU, chrF and ROUGE of two "
                           "line-aligned files without a model.")
     e.add_argument("run_dir", metavar="RUN", help="a run, checkpoint or Hugging Face directory; "
                                                  "or the word `score`")
