@@ -80,6 +80,9 @@ setup(
         ],
         # Serving: an OpenAI-compatible HTTP server (`microgpt serve`).
         "serve": ["fastapi>=0.100", "uvicorn>=0.23"],
+        # `microgpt lifecycle`: its serve stage starts the server and asks it through the
+        # openai client (httpx polls /health).
+        "lifecycle": ["fastapi>=0.100", "uvicorn>=0.23", "openai>=1.0", "httpx>=0.24"],
         # Distributed training over MPI (`mpirun -n N microgpt train ...`).
         "mpi": ["mpi4py>=3.1"],
         "plot": ["matplotlib>=3.5"],   # a run-time dependency now; kept for old install lines

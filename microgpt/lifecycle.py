@@ -1,5 +1,6 @@
 """`microgpt lifecycle`: the whole life of an LLM in one command, and its report card.
 
+    pip install -e '.[lifecycle]'     # the serve stage's server and client (setup.py)
     microgpt lifecycle [--quick] [--out-dir runs/life] [--device cpu|cuda] [--from STAGE]
 
 Raw text becomes a served, aligned, quantized model through the commands a reader would
@@ -86,6 +87,11 @@ SIZES = {
                  eval_examples=200, gen_examples=100, gen_tokens=32, serve_requests=4),
 }
 HELDOUT_SHARE = 0.05             # of the cleaned documents, never trained on
+# What the serve stage imports (the server: fastapi, uvicorn; its client: openai, httpx), all
+# in setup.py's `lifecycle` extra. Checked before the first stage: the serve stage runs last,
+# and finding a package missing there would waste every stage before it.
+RUNTIME_PACKAGES = ("fastapi", "uvicorn", "openai", "httpx")
+EXTRA = "pip install -e '.[lifecycle]'"
 
 
 class LifecycleError(MicrogptError, RuntimeError):
@@ -160,6 +166,9 @@ def run_lifecycle(out_dir="runs/life", size="full", device="cpu", start=None, lo
         raise LifecycleError(f"--from {start}: not a stage; stages are {', '.join(STAGES)}")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise LifecycleError(f"--out-dir {out_dir} exists and is not a directory")
+    rerun = start is not None and STAGES.index(start) <= STAGES.index("serve")
+    if rerun or not is_complete(out_dir, "serve"):
+        _check_runtime_packages()
     os.makedirs(out_dir, exist_ok=True)
     _check_same_size(out_dir, size)
     if start is not None:
@@ -199,6 +208,14 @@ def run_lifecycle(out_dir="runs/life", size="full", device="cpu", start=None, lo
         f"{ctx.path('report', 'report.md')}")
     with open(ctx.path("report", "report.json"), encoding="utf-8") as f:
         return json.load(f)
+
+
+def _check_runtime_packages():
+    import importlib.util
+    missing = [name for name in RUNTIME_PACKAGES if importlib.util.find_spec(name) is None]
+    if missing:
+        raise LifecycleError(f"the serve stage needs {', '.join(missing)} (not installed); "
+                             f"install the lifecycle extra: {EXTRA}")
 
 
 def _check_same_size(out_dir, size):
@@ -560,8 +577,8 @@ def stage_serve(ctx, wait_s=120.0):
         import openai
         import uvicorn  # noqa: F401  (the server's; checked here, before it is started)
     except ImportError as exc:
-        raise LifecycleError(f"stage serve needs the serve extra and the openai client "
-                             f"({exc.name} is missing): pip install -e '.[serve]' openai") from None
+        raise LifecycleError(f"stage serve needs {exc.name} (not installed); install the "
+                             f"lifecycle extra: {EXTRA}") from None
     model_dir = ctx.path("quantize", "int8")
     port = free_port()
     command = ["serve", model_dir, "--port", str(port), "--model-name", "life", "--max-batch", "4",

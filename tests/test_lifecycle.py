@@ -106,6 +106,32 @@ def test_another_size_in_the_same_directory_is_refused(life, capsys):
     assert "holds a tiny lifecycle" in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("missing", ["openai", "fastapi", "uvicorn"])
+def test_a_missing_serve_dependency_is_one_line_before_any_stage(tmp_path, monkeypatch, capsys,
+                                                                 missing):
+    """The serve stage comes last; without its packages the run must stop at the start, not
+    after every other stage has run, and say which extra installs them."""
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == missing else find_spec(name, *a))
+    out = tmp_path / "run"
+    assert cli.main(["lifecycle", "--tiny", "--out-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and missing in err and "pip install -e '.[lifecycle]'" in err
+    assert not out.exists()                  # nothing was run, nothing was made
+
+
+def test_the_lifecycle_extra_holds_what_the_serve_stage_imports():
+    import ast
+    setup = open(os.path.join(os.path.dirname(__file__), "..", "setup.py"), encoding="utf-8").read()
+    call = next(node for node in ast.walk(ast.parse(setup)) if isinstance(node, ast.Call)
+                and getattr(node.func, "id", None) == "setup")
+    extras = ast.literal_eval(next(k.value for k in call.keywords if k.arg == "extras_require"))
+    names = {requirement.split(">")[0].split("=")[0] for requirement in extras["lifecycle"]}
+    assert set(lifecycle.RUNTIME_PACKAGES) <= names
+
+
 def test_unknown_stage_is_a_parser_error(capsys):
     with pytest.raises(SystemExit):
         cli.main(["lifecycle", "--from", "nonsense"])
