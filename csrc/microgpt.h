@@ -75,6 +75,12 @@ void cross_entropy_forward(float* losses, float* lse, const float* logits, const
 void cross_entropy_backward(float* dlogits, const float* dlosses, const float* logits,
                             const int64_t* targets, const float* lse, int64_t ignore_index,
                             int64_t N, int64_t V);
+/* distillation's KL(softmax(teacher / T) || softmax(student / T)) per row; lse (N) of both / T */
+void kl_div_forward(float* losses, float* student_lse, float* teacher_lse, const float* student,
+                    const float* teacher, float temperature, int64_t N, int64_t V);
+void kl_div_backward(float* dstudent, const float* dlosses, const float* student, const float* teacher,
+                     const float* student_lse, const float* teacher_lse, float temperature, int64_t N,
+                     int64_t V);
 
 /* ---- normalization (norm.c) --------------------------------------------------------------- */
 /* rows of (N, C); w, b (C); b and db may be NULL; mean, rstd (N) */

@@ -106,6 +106,10 @@ int cross_entropy_forward(float* losses, float* lse, int* bad, const float* logi
                           int64_t ignore_index, int64_t N, int64_t V);
 int cross_entropy_backward(float* dlogits, const float* dlosses, const float* logits, const int64_t* targets,
                            const float* lse, int64_t ignore_index, int64_t N, int64_t V);
+int kl_div_forward(float* losses, float* student_lse, float* teacher_lse, const float* student, const float* teacher,
+                   float temperature, int64_t N, int64_t V);
+int kl_div_backward(float* dstudent, const float* dlosses, const float* student, const float* teacher,
+                    const float* student_lse, const float* teacher_lse, float temperature, int64_t N, int64_t V);
 
 /* embedding.cu */
 int embedding_forward(float* out, int* bad, const int64_t* ids, const float* weight, int64_t N, int64_t V, int64_t C);

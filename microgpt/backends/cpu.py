@@ -192,35 +192,45 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
 
 
 # --- distillation's KL ---------------------------------------------------------------------------
-# No C kernel: checked here, computed by the reference in float32 too. It would not pay much:
-# the op is ~20 elementwise operations per logit (forward and backward), next to 2 C per logit
-# for each LM-head product that made or consumes its inputs (the student's forward and two
-# backward products, the teacher's forward: 8 C, 380 at the demo student's C = 48), so a fused
-# C pass could save a few per cent of a distillation step (an estimate; not measured).
+# csrc/crossentropy.c: per row two logsumexps (of student / T and teacher / T) in one pass for
+# the maxima and one for the sums, threaded over rows; the backward rebuilds both softmaxes
+# from them. float64 goes to the reference.
 
 def _kl_check(op, student, teacher, temperature):
-    check.floats(op, student=student, teacher=teacher)
+    is32 = check.floats(op, student=student, teacher=teacher)
     if student.ndim != 2:
         raise ShapeError(f"{op}: student logits must be (N, V), got shape {student.shape}")
     check.shape(op, "teacher", teacher, student.shape)
     temperature = check.real(op, "temperature", temperature)
     if temperature <= 0:
         raise ShapeError(f"{op}: temperature must be > 0, got {temperature}")
-    return temperature
+    return temperature, is32
 
 
 def kl_div_forward(student, teacher, temperature):
-    temperature = _kl_check("kl_div_forward", student, teacher, temperature)
-    return _ref.kl_div_forward(student, teacher, temperature)
+    temperature, is32 = _kl_check("kl_div_forward", student, teacher, temperature)
+    if not is32:
+        return _ref.kl_div_forward(student, teacher, temperature)
+    N, V = student.shape
+    losses, student_lse, teacher_lse = (np.empty(N, dtype=student.dtype) for _ in range(3))
+    lib.kl_div_forward(_fp(losses), _fp(student_lse), _fp(teacher_lse), _fp(student), _fp(teacher),
+                       temperature, N, V)
+    return losses, student_lse, teacher_lse
 
 
 def kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature):
     op = "kl_div_backward"
-    temperature = _kl_check(op, student, teacher, temperature)
+    temperature, is32 = _kl_check(op, student, teacher, temperature)
     check.floats(op, dlosses=dlosses, student=student, student_lse=student_lse, teacher_lse=teacher_lse)
     for name, x in (("dlosses", dlosses), ("student_lse", student_lse), ("teacher_lse", teacher_lse)):
         check.shape(op, name, x, student.shape[:1])
-    return _ref.kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature)
+    if not is32:
+        return _ref.kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature)
+    N, V = student.shape
+    dstudent = np.empty_like(student)
+    lib.kl_div_backward(_fp(dstudent), _fp(dlosses), _fp(student), _fp(teacher), _fp(student_lse),
+                        _fp(teacher_lse), temperature, N, V)
+    return dstudent
 
 
 # --- embedding -----------------------------------------------------------------------------------

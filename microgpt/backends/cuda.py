@@ -13,8 +13,8 @@ Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
                        itself: every contract name, AVAILABLE / UNAVAILABLE_REASON / NAME,
                        and a few CUDA-only helpers
 Every function has the name, signature and meaning of its twin in reference.py; arrays
-stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy,
-in rare getitem cases, and in kl_div, which has no kernel yet; the index checks of
+stay on the GPU for a whole training step (host copies happen only in asarray/to_numpy
+and in rare getitem cases; the index checks of
 embedding/cross-entropy are read lazily at the next copy to the host, see
 cuda_runtime.check_flag).
 
@@ -145,30 +145,43 @@ def cross_entropy_backward(dlosses, logits, targets, lse, ignore_index):
     return dlogits
 
 
-# Distillation's KL has no CUDA kernel yet: the binding runs the reference on host copies of
-# the two (N, V) logit arrays, which breaks "arrays stay on the GPU" for this one op (two
-# transfers of N x V floats a step). A kernel would follow cross_entropy's: one block per row.
-def kl_div_forward(student, teacher, temperature):
-    from . import reference
+# Distillation's KL (cuda/crossentropy.cu): one block per row, as cross_entropy's.
+def _kl_arrays(name, student, teacher, temperature):
+    if not float(temperature) > 0 or not math.isfinite(float(temperature)):
+        raise ShapeError(f"{name}: temperature must be finite and > 0, got {temperature}")
     student, teacher = on_device(student), on_device(teacher)
-    require_f32("kl_div_forward", student, teacher)
+    require_f32(name, student, teacher)
     if student.ndim != 2 or teacher.shape != student.shape:
-        raise ShapeError(f"kl_div_forward: student and teacher logits must be (N, V) of one shape, got "
+        raise ShapeError(f"{name}: student and teacher logits must be (N, V) of one shape, got "
                          f"{student.shape} and {teacher.shape}")
-    out = reference.kl_div_forward(to_numpy(student), to_numpy(teacher), float(temperature))
-    return tuple(asarray(a, np.float32) for a in out)
+    return student, teacher
+
+
+def kl_div_forward(student, teacher, temperature):
+    student, teacher = _kl_arrays("kl_div_forward", student, teacher, temperature)
+    n, v = student.shape
+    losses, student_lse, teacher_lse = (empty((n,), np.float32) for _ in range(3))
+    if n:
+        call("kl_div_forward", losses.ptr, student_lse.ptr, teacher_lse.ptr, student.ptr, teacher.ptr,
+             float(temperature), n, v)
+    return losses, student_lse, teacher_lse
 
 
 def kl_div_backward(dlosses, student, teacher, student_lse, teacher_lse, temperature):
-    from . import reference
-    arrays = [on_device(a) for a in (dlosses, student, teacher, student_lse, teacher_lse)]
-    require_f32("kl_div_backward", *arrays)
-    if arrays[1].ndim != 2 or arrays[2].shape != arrays[1].shape or any(
-            a.shape != arrays[1].shape[:1] for a in (arrays[0], arrays[3], arrays[4])):
-        raise ShapeError(f"kl_div_backward: logits (N, V) and rows (N,) expected, got "
-                         f"{[a.shape for a in arrays]}")
-    host = [to_numpy(a) for a in arrays]
-    return asarray(reference.kl_div_backward(*host, float(temperature)), np.float32)
+    student, teacher = _kl_arrays("kl_div_backward", student, teacher, temperature)
+    n, v = student.shape
+    dlosses, student_lse, teacher_lse = (on_device(a) for a in (dlosses, student_lse, teacher_lse))
+    require_f32("kl_div_backward", dlosses, student_lse, teacher_lse)
+    if student_lse.shape != (n,) or teacher_lse.shape != (n,):
+        raise ShapeError(f"kl_div_backward: student_lse and teacher_lse must be ({n},), got "
+                         f"{student_lse.shape} and {teacher_lse.shape}")
+    if dlosses.shape != (n,):
+        dlosses = broadcast_to(dlosses, (n,))
+    dstudent = empty((n, v), np.float32)
+    if n:
+        call("kl_div_backward", dstudent.ptr, dlosses.ptr, student.ptr, teacher.ptr, student_lse.ptr,
+             teacher_lse.ptr, float(temperature), n, v)
+    return dstudent
 
 
 # --- embedding -----------------------------------------------------------------------------------------

@@ -292,7 +292,8 @@ def kl_div_forward(student, teacher, temperature):
     # Distillation's soft loss, one row n of V logits each: with z = student / T, u = teacher / T,
     #   q = softmax(z), p = softmax(u),  kl_n = KL(p || q) = sum_v p_v (log p_v - log q_v)
     # and log p = u - lse(u), log q = z - lse(z). A teacher logit of -inf has p_v = 0, whose
-    # term is 0 (the limit of p log p), chosen with np.where: 0 * (-inf) would be NaN.
+    # term is 0 (the limit of p log p), chosen with np.where: 0 * (-inf) would be NaN. The test
+    # is p == 0, not p > 0: a NaN p (a NaN teacher logit) fails both, and must keep its NaN.
     # Returns (losses (N,), student_lse (N,), teacher_lse (N,)): the backward rebuilds p and q
     # from the two row logsumexps, so nothing of size N x V is kept between the passes.
     z, u = student / temperature, teacher / temperature
@@ -300,7 +301,9 @@ def kl_div_forward(student, teacher, temperature):
     log_p = u - teacher_lse[:, None]
     log_q = z - student_lse[:, None]
     p = np.exp(log_p)
-    losses = np.sum(np.where(p > 0, p * (log_p - log_q), 0), axis=-1)
+    with np.errstate(invalid="ignore"):       # the 0 * (-inf) that np.where then drops
+        terms = p * (log_p - log_q)
+    losses = np.sum(np.where(p == 0, 0, terms), axis=-1)
     return losses.astype(student.dtype), student_lse.astype(student.dtype), teacher_lse.astype(student.dtype)
 
 
