@@ -34,6 +34,10 @@ listed, so a new option cannot silently decode differently from GPT.forward):
 import numpy as np
 
 from .. import backends
+try:
+    from ..backends import cpu_decode
+except ImportError:             # the C extension is not built: the checked backends only
+    cpu_decode = None
 from ..quantize.layers import DecodeBackend, QuantizedLinear, is_quantized
 from ..nn import (GPT, MLP, Block, CausalSelfAttention, Embedding, KVCache, LayerNorm, Linear,
                   RMSNorm, SwiGLU)
@@ -85,6 +89,13 @@ class Decoder:
     def __init__(self, model):
         self.model, self.config = model, model.config
         self.be = backends.get(model.device)
+        # model.device / model.dtype walk every parameter; once here, not at every step
+        self.device, self.dtype = model.device, model.dtype
+        # the C backend without per-call argument checks (backends/cpu_decode.py): the weights are
+        # checked once, below and in rows_linear; None on any other backend or dtype
+        self.kernels = cpu_decode.for_decoder(self.be, self.dtype) if cpu_decode is not None else None
+        if self.kernels is not None:
+            self.be = self.kernels
         if is_quantized(model):
             self.be = DecodeBackend(self.be)
         self.gpt2 = self.config.family == "gpt2"
@@ -98,8 +109,6 @@ class Decoder:
             self.wte = model.model.embed_tokens.weight.data
             self.norm_f = (model.model.norm.weight.data, model.model.norm.eps)
         self.lm_head = model.lm_head.weight.data
-        # model.device / model.dtype walk every parameter; once here, not at every step
-        self.device, self.dtype = model.device, model.dtype
 
     def _layer_weights(self, block):
         if self.gpt2:

@@ -48,6 +48,7 @@ import numpy as np
 
 from .. import backends
 from ..errors import ConfigError
+from ..quantize.layers import QuantizedWeight
 from .decode import Decoder
 
 I64 = np.dtype(np.int64)
@@ -195,6 +196,7 @@ class PagedDecoder(Decoder):
         self._rows = 0                    # lockstep rows added by step()
         self._num_prefill = 0
         self._position = 0
+        self._bind_streamed()
         if not self.gpt2:
             self.cos, self.sin = model.rotary.slice(0, self.config.block_size, model.device, model.dtype)
 
@@ -216,8 +218,29 @@ class PagedDecoder(Decoder):
     def _streamed(self, x, *wb):
         """x (N, C) through the streaming path, all N rows in one call: linear_rows_forward
         streams each weight row once for every row (not once per LINEAR_ROWS of them), and
-        gives each row the bits of a one-row call."""
+        gives each row the bits of a one-row call. On the C backend each weight's call was
+        bound once (_bind_streamed: its checks and pointers made at build), the same kernel."""
+        fn = self._stream.get(id(wb[0]))
+        if fn is not None:
+            return fn(x)
         return self.be.linear_rows_forward(x, *wb)
+
+    def _bind_streamed(self):
+        """{id(weight): fn(x)} for every weight the streaming path takes, where the backend binds
+        a weight once (backends/cpu_decode.py's rows_linear; a quantized weight's own prepared
+        kernel); empty elsewhere, and _streamed calls the backend each time."""
+        self._stream = {}
+        if self.kernels is None:
+            return
+        raw = self.kernels
+        weights = [wb for w in self.layers for wb in w.values()          # _wb's (w, b, w_in_out)
+                   if type(wb) is tuple and len(wb) == 3 and type(wb[2]) is bool]
+        weights.append((self.lm_head, None, False))
+        for w, b, w_in_out in weights:
+            if type(w) is QuantizedWeight:
+                self._stream[id(w)] = lambda x, w=w, b=b: w.linear(raw, x, b)
+            elif type(w) is np.ndarray:
+                self._stream[id(w)] = raw.rows_linear(w, b, w_in_out)
 
     def _packed(self, x, *wb):
         """x (N, C) through the GEMM path: padded with zero rows to LINEAR_ROWS + 1 if shorter."""
