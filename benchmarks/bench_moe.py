@@ -22,6 +22,15 @@ Rows (targets from issue 17, fixed before the first full run; ratio > 1 means ou
                        Switch aux loss), torch.optim.AdamW. Both sides train on the same
                        batches; their losses must agree within 1e-3 at every step. Target >= 1.0x.
 
+A third row, `moe roofline` (no target), bounds the first: ours is the layer's nine expert
+products (gate, up, down forward; dx and dw of each backward) as nine dense GEMMs over all R
+rows with one weight each (the C backend's linear_forward / linear_backward, matmul.c's
+threaded GEMM at its best shape), the time a grouped kernel would take if grouping cost
+nothing and every other op of the layer were free; peer is the same per-expert loop as the
+first row. Its ratio (loop / floor) is the best `moe grouped vs loop` any grouped kernel could
+reach in that run, and its GFLOP/s the GEMM rate that sets it. FLOPs of one layer call:
+9 x 2 R C H (the router's 3 x 2 N C E is < 0.3% of it, left out).
+
 Both rows run in one process, sides alternated by the harness (no memory is measured);
 OMP_WAIT_POLICY=PASSIVE so the idle OpenMP workers of one library do not spin on the other's
 cores (as bench_finetune.py).
@@ -91,6 +100,35 @@ def layer_case(tokens, repeats):
                 raise RuntimeError("the grouped layer and its loop rung disagree")
     return harness.Case(f"moe grouped vs loop (C 384, 8 experts x 512, top-2, {tokens} tokens, fwd+bwd)",
                         grouped, loop, peer_name="ours, per-expert Python loop", unit="ms", check=check,
+                        repeats=repeats, warmup=1)
+
+
+def layer_flops(tokens):
+    """Multiply-add FLOPs of the layer's expert products, forward + backward: 9 x 2 R C H."""
+    rows = tokens * MOE["n_experts_per_token"]
+    return 9 * 2 * rows * SMALL["n_embd"] * MOE["moe_hidden"]
+
+
+def roofline_case(tokens, loop, repeats):
+    """The layer's nine expert products as dense GEMMs over all R rows (see the docstring)."""
+    from microgpt.backends import cpu
+    rows, c, h = tokens * MOE["n_experts_per_token"], SMALL["n_embd"], MOE["moe_hidden"]
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((rows, c)).astype(np.float32)
+    w_gate, w_up = (rng.standard_normal((h, c)).astype(np.float32) for _ in range(2))
+    w_down = rng.standard_normal((c, h)).astype(np.float32)
+    d_out = rng.standard_normal((rows, c)).astype(np.float32)
+
+    def floor():
+        gate = cpu.linear_forward(x, w_gate, None)
+        up = cpu.linear_forward(x, w_up, None)
+        cpu.linear_forward(gate, w_down, None)            # the down projection of the hidden rows
+        d_hidden = cpu.linear_backward(d_out, gate, w_down, False)[0]
+        cpu.linear_backward(d_hidden, x, w_gate, False)
+        cpu.linear_backward(d_hidden, x, w_up, False)
+        return up
+    return harness.Case(f"moe roofline (the layer's 9 expert products as dense GEMMs, {tokens} tokens)",
+                        floor, loop, peer_name="ours, per-expert Python loop", unit="ms",
                         repeats=repeats, warmup=1)
 
 
@@ -248,20 +286,30 @@ def main():
     set_threads(args.threads)
     print(f"threads: {args.threads}, OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY')}", flush=True)
     repeats = 2 if args.quick else 5
-    layer = layer_case(512 if args.quick else 4096, repeats)
+    tokens = 512 if args.quick else 4096
+    layer = layer_case(tokens, repeats)
+    roofline = roofline_case(tokens, layer.peer, repeats)
     step, losses = step_case(QUICK if args.quick else SMALL, 2 if args.quick else 16, 1, repeats)
     load_before = harness.load_average()
-    rows = harness.run_cases([layer, step], args, title=f"mixture of experts ({args.threads} threads)")
+    rows = harness.run_cases([layer, roofline, step], args, title=f"mixture of experts ({args.threads} threads)")
     gap = max(abs(a - b) for a, b in zip(losses["ours"], losses["peer"]))
-    targets = {"moe grouped": 3.0, "moe step": 1.0}
+    targets = {"moe grouped": 3.0, "moe step": 1.0, "moe roofline": None}
     for row in rows:
         row["target"] = next(v for k, v in targets.items() if row["name"].startswith(k))
-        row["passed"] = row["ratio"] >= row["target"]
         row["threads"] = args.threads
         row["load_before"] = load_before
+        if row["name"].startswith(("moe grouped", "moe roofline")):     # ms of layer_flops(tokens)
+            row["flops"] = layer_flops(tokens)
+            row["ours_gflops"] = row["flops"] / row["ours"] / 1e6
+            row["peer_gflops"] = row["flops"] / row["peer"] / 1e6
         if row["name"].startswith("moe step"):
             row["max_dloss"] = gap
             row["steps_compared"] = min(len(losses["ours"]), len(losses["peer"]))
+        if row["target"] is None:
+            print(f"{row['name']}: {row['ours_gflops']:.0f} GFLOP/s, so at best {row['ratio']:.2f}x "
+                  f"over the loop ({row['peer_gflops']:.0f} GFLOP/s)", flush=True)
+            continue
+        row["passed"] = row["ratio"] >= row["target"]
         print(f"{row['name']}: {row['ratio']:.2f}x, target {row['target']}x: "
               f"{'passed' if row['passed'] else 'MISSED'}", flush=True)
     print(f"moe step: max |loss ours - loss torch| over {min(map(len, losses.values()))} steps {gap:.2e}")

@@ -49,4 +49,17 @@ static inline int64_t mg_min(int64_t a, int64_t b) { return a < b ? a : b; }
 
 int microgpt_simd_level(void);      /* threads.c: 0 scalar, 1 avx2, 2 avx512 (matmul's path) */
 
+/* matmul.c's packed-GEMM parts, for kernel files that drive the five loops themselves (moe.c
+ * packs each expert's weight once per call). Layouts as matmul.c's v3 comment: a packed A
+ * sliver is MR x kc, ap[k * MR + i]; a packed B sliver kc x NR, bp[k * NR + j]; both zero
+ * past the matrix edge. The micro-kernel computes c (MR x NR, row stride ldc) [+]= ap^T bp. */
+#define MG_GEMM_KC 384      /* matmul.c's KC: the depth of one packed pass */
+typedef void (*mg_micro_kernel)(int64_t kc, const float* ap, const float* bp, float* c, int64_t ldc, int acc);
+typedef struct { mg_micro_kernel kernel; int MR, NR; } mg_gemm_kernel;
+mg_gemm_kernel mg_gemm_choose_kernel(void);      /* this CPU's micro-kernel and its MR x NR */
+void mg_gemm_pack_a(float* ap, const float* a, int trans_a, int64_t M, int64_t K, int64_t i0, int64_t k0,
+                    int64_t kc, int MR);
+void mg_gemm_pack_b(float* bp, const float* b, int trans_b, int64_t N, int64_t K, int64_t j0, int64_t k0,
+                    int64_t kc, int NR);
+
 #endif /* MICROGPT_COMMON_H */

@@ -90,6 +90,7 @@ void matmul_forward_v2_blocked(float* out, const float* a, const float* b, const
  * The micro-kernel then reads both with unit stride, and edge tiles need no special case. */
 #define KC 384          /* depth of one pass: an A sliver (12 x 384 floats = 18 KiB) fits L1 */
 #define NC 3072         /* columns of one packed B panel (384 x 3072 floats = 4.5 MiB, in L3) */
+_Static_assert(KC == MG_GEMM_KC, "common.h's MG_GEMM_KC must be KC");
 
 static void pack_a(float* ap, const float* a, int trans_a, int64_t M, int64_t K,
                    int64_t i0, int64_t k0, int64_t kc, int MR) {
@@ -280,6 +281,22 @@ static kernel_choice choose_kernel(void) {
     if (level == 1) return (kernel_choice){kernel_avx2_6x16, 6, 16};
 #endif
     return (kernel_choice){kernel_scalar_4x8, 4, 8};
+}
+
+/* the same parts for other kernel files (common.h declares them) */
+mg_gemm_kernel mg_gemm_choose_kernel(void) {
+    kernel_choice ch = choose_kernel();
+    return (mg_gemm_kernel){ch.kernel, ch.MR, ch.NR};
+}
+
+void mg_gemm_pack_a(float* ap, const float* a, int trans_a, int64_t M, int64_t K, int64_t i0, int64_t k0,
+                    int64_t kc, int MR) {
+    pack_a(ap, a, trans_a, M, K, i0, k0, kc, MR);
+}
+
+void mg_gemm_pack_b(float* bp, const float* b, int trans_b, int64_t N, int64_t K, int64_t j0, int64_t k0,
+                    int64_t kc, int NR) {
+    pack_b(bp, b, trans_b, N, K, j0, k0, kc, NR);
 }
 
 /* ---- v3/v4: the five loops --------------------------------------------------------------------

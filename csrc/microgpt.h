@@ -218,7 +218,8 @@ void dequantize_q4(float* w, const uint8_t* w_q, const float* w_scale, int64_t g
  * token_index (R): the token each row copies; offsets (E + 1): expert e owns rows
  * offsets[e] .. offsets[e+1] - 1 (maybe none); w (E, OC, C), one (OC, C) matrix per expert.
  * Rungs of the grouped matmul: v1_loop (per expert, the threaded GEMM), v2_tiled (one task
- * list of (expert, row block) shared by the threads); the production name is v2. */
+ * list of (expert, row block) shared by the threads), v3_packed (each expert's operand packed
+ * once per call, dw threaded over output tiles); the production name is v3. */
 void moe_permute_forward(float* out, const float* x, const int64_t* token_index, int64_t N, int64_t R,
                          int64_t C);
 void moe_permute_backward(float* dx, const float* dout, const int64_t* token_index, int64_t N, int64_t R,
@@ -227,12 +228,16 @@ void grouped_matmul_forward_v1_loop(float* out, const float* x, const float* w, 
                                     int64_t R, int64_t E, int64_t C, int64_t OC);
 void grouped_matmul_forward_v2_tiled(float* out, const float* x, const float* w, const int64_t* offsets,
                                      int64_t R, int64_t E, int64_t C, int64_t OC);
+void grouped_matmul_forward_v3_packed(float* out, const float* x, const float* w, const int64_t* offsets,
+                                      int64_t R, int64_t E, int64_t C, int64_t OC);
 void grouped_matmul_forward(float* out, const float* x, const float* w, const int64_t* offsets,
                             int64_t R, int64_t E, int64_t C, int64_t OC);
 void grouped_matmul_backward_v1_loop(float* dx, float* dw, const float* dout, const float* x, const float* w,
                                      const int64_t* offsets, int64_t R, int64_t E, int64_t C, int64_t OC);
 void grouped_matmul_backward_v2_tiled(float* dx, float* dw, const float* dout, const float* x, const float* w,
                                       const int64_t* offsets, int64_t R, int64_t E, int64_t C, int64_t OC);
+void grouped_matmul_backward_v3_packed(float* dx, float* dw, const float* dout, const float* x, const float* w,
+                                       const int64_t* offsets, int64_t R, int64_t E, int64_t C, int64_t OC);
 void grouped_matmul_backward(float* dx, float* dw, const float* dout, const float* x, const float* w,
                              const int64_t* offsets, int64_t R, int64_t E, int64_t C, int64_t OC);
 void moe_combine_forward(float* out, const float* y, const float* weights, const int64_t* token_index,

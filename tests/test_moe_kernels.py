@@ -173,3 +173,66 @@ def test_the_cuda_binding_on_the_mock(monkeypatch, n, k, e, load):
     np.testing.assert_allclose(host(dweights), want_dw, **tol)
     with pytest.raises(ShapeError, match="offsets must rise"):
         cuda.grouped_matmul_forward(dev(rows), dev(w), np.zeros(e + 1, np.int64))
+
+
+# v3_packed at sizes that take its threaded path (R x K x N >= 2^20) and its panel loops: a
+# depth over one packed panel (C 400 > 384; an expert with over 384 rows for dw), N off the
+# micro-kernel's width, row blocks cut at odd counts; loads with idle experts and one expert
+# holding every row.
+V3_PLANS = {
+    "uneven": [0, 1, 397, 0, 77, 500, 3],       # rows per expert: idle ones, odd counts, > KC
+    "all on one": [0, 0, 0, 978, 0],
+    "even": [123] * 8,
+}
+
+
+def _plan_from_counts(counts):
+    return np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+
+def _with_threads(n, fn):
+    from microgpt.backends import cpu
+    before = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(n)
+        return fn()
+    finally:
+        cpu.set_num_threads(before)
+
+
+@pytest.mark.parametrize("load", list(V3_PLANS))
+@pytest.mark.parametrize("c,oc", [(400, 130), (96, 512)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_v3_packed_matches_the_reference_on_uneven_loads(load, c, oc, threads):
+    offsets = _plan_from_counts(V3_PLANS[load])
+    e, r = len(V3_PLANS[load]), int(offsets[-1])
+    rng = np.random.default_rng(r + c)
+    x = rng.standard_normal((r, c)).astype(np.float32)
+    w = rng.standard_normal((e, oc, c)).astype(np.float32)
+    dout = rng.standard_normal((r, oc)).astype(np.float32)
+    fwd = cpu_moe.rung("grouped_matmul_forward", "v3_packed")
+    bwd = cpu_moe.rung("grouped_matmul_backward", "v3_packed")
+    out = _with_threads(threads, lambda: fwd(x, w, offsets))
+    dx, dw = _with_threads(threads, lambda: bwd(dout, x, w, offsets))
+    x64, w64, d64 = x.astype(np.float64), w.astype(np.float64), dout.astype(np.float64)
+    want_dx, want_dw = ref.grouped_matmul_backward(d64, x64, w64, offsets)
+    tol = dict(rtol=1e-4, atol=1e-4 * np.sqrt(max(c, oc, r)))
+    np.testing.assert_allclose(out, ref.grouped_matmul_forward(x64, w64, offsets), **tol)
+    np.testing.assert_allclose(dx, want_dx, **tol)
+    np.testing.assert_allclose(dw, want_dw, **tol)
+    assert np.all(dw[np.diff(offsets) == 0] == 0)
+
+
+def test_v3_packed_gives_the_same_bits_on_1_and_2_threads_and_on_every_call():
+    offsets = _plan_from_counts(V3_PLANS["uneven"])
+    r = int(offsets[-1])
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((r, 400)).astype(np.float32)
+    w = rng.standard_normal((len(V3_PLANS["uneven"]), 130, 400)).astype(np.float32)
+    dout = rng.standard_normal((r, 130)).astype(np.float32)
+    fwd = cpu_moe.rung("grouped_matmul_forward", "v3_packed")
+    bwd = cpu_moe.rung("grouped_matmul_backward", "v3_packed")
+    runs = [_with_threads(n, lambda: [fwd(x, w, offsets), *bwd(dout, x, w, offsets)]) for n in (1, 2, 2)]
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)

@@ -10,9 +10,11 @@ dtypes, contiguity, shapes and the plan itself (ids in range, offsets nondecreas
 to R) before any pointer reaches C. float64 inputs take the reference path, as everywhere in
 this backend.
 
-The grouped matmul has two rungs (csrc/moe.c): v1_loop, the per-expert loop over the
-threaded GEMM, and v2_tiled, one task list of (expert, row block) products shared by the
-threads; production is v2. RUNGS and rung() expose them one by one for tests and benchmarks.
+The grouped matmul has three rungs (csrc/moe.c): v1_loop, the per-expert loop over the
+threaded GEMM; v2_tiled, one task list of (expert, row block) products shared by the threads;
+v3_packed, each expert's operand packed once per call and shared by its tasks, dw threaded
+over output tiles; production is v3. RUNGS and rung() expose them one by one for tests and
+benchmarks.
 """
 import numpy as np
 
@@ -150,7 +152,7 @@ def moe_combine_backward(dout, y, weights, token_index):
 
 
 # The grouped matmul's rungs, callable one by one (tests and benchmarks).
-RUNGS = ("v1_loop", "v2_tiled")
+RUNGS = ("v1_loop", "v2_tiled", "v3_packed")
 
 
 def rung(kernel, name):
