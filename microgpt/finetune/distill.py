@@ -11,7 +11,11 @@ s is (q_T - p_T) / T, and for large T, q_T - p_T ~ (s - t) / (T V), so the soft 
 gradient shrinks like 1 / T^2; multiplying by T^2 keeps its weight against the CE term the
 same whatever T is chosen. T > 1 spreads the teacher's mass over the runner-up tokens (which
 tokens are *almost* right is what a one-hot target cannot tell). The KL is one fused op
-(ops_fused.kl_div): its backward rebuilds both softmaxes from two row logsumexps.
+(ops_fused.kl_div), a C kernel on the CPU (csrc/crossentropy.c: per row, the two logsumexps of
+s / T and t / T in one pass for the maxima and one for the sums) and a CUDA one on the GPU: the
+teacher's logits go to it as they come from the teacher's forward, and its backward rebuilds
+both softmaxes from the two row logsumexps, so nothing of size tokens x V is kept between the
+passes but the two logit arrays themselves.
 
 Teacher logits are computed on the fly, under no_grad and in eval mode, for every micro-batch.
 The alternative, caching the teacher's top-k logits once, was rejected: it stores
