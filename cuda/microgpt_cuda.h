@@ -97,6 +97,16 @@ int matmul_forward_batched(float* out, const float* a, const float* b, const flo
                            int64_t batch, int64_t stride_out, int64_t stride_a, int64_t stride_b,
                            int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
 
+/* matmul_bf16.cu: bf16 arrays are uint16_t bit patterns; conversions (round to nearest even) and
+   the tensor-core product out (M, N) float32 = op(a) @ op(b) + bias with bf16 a, b and float32
+   accumulation (op as for matmul_forward; all four transpose combinations); the production alias */
+int f32_to_bf16(uint16_t* out, const float* x, int64_t n);
+int bf16_to_f32(float* out, const uint16_t* x, int64_t n);
+int matmul_bf16_v1_mma(float* out, const uint16_t* a, const uint16_t* b, const float* bias,
+                       int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+int matmul_bf16(float* out, const uint16_t* a, const uint16_t* b, const float* bias,
+                int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
+
 /* softmax.cu, crossentropy.cu: rows of (N, C) / (N, V) */
 int softmax_forward(float* out, const float* x, int64_t N, int64_t C);
 int softmax_backward(float* dx, const float* dout, const float* out, int64_t N, int64_t C);

@@ -208,6 +208,40 @@ class MockLib:
     matmul_forward_v3_smem = matmul_forward_v4_regblock = matmul_forward_v5_vectorized = _plain_layout_rung
     matmul_forward_v7_bf16_tc = _plain_layout_rung
 
+    # matmul_bf16.cu: bf16 values are uint16 bit patterns
+    @staticmethod
+    def _bf16_round(x):
+        """float32 -> bf16 bits, round to nearest, ties to even; NaN stays a (quiet) NaN."""
+        bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+        rounded = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+        nan = np.isnan(np.asarray(x, np.float32))
+        rounded[nan] = (bits[nan] >> np.uint32(16)) | np.uint32(0x40)
+        return rounded.astype(np.uint16)
+
+    @staticmethod
+    def _bf16_value(bits):
+        return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+    def f32_to_bf16(self, out, x, n):
+        view(out, n, np.uint16)[:] = MockLib._bf16_round(view(x, n))
+        return 0
+
+    def bf16_to_f32(self, out, x, n):
+        view(out, n)[:] = MockLib._bf16_value(view(x, n, np.uint16))
+        return 0
+
+    def matmul_bf16_v1_mma(self, out, a, b, bias, M, N, K, trans_a, trans_b):
+        """The kernel's arithmetic: exact products of the bf16 values, summed in float32."""
+        A = MockLib._bf16_value(view(a, M * K, np.uint16)).reshape((K, M) if trans_a else (M, K))
+        B = MockLib._bf16_value(view(b, K * N, np.uint16)).reshape((N, K) if trans_b else (K, N))
+        product = (A.T if trans_a else A) @ (B.T if trans_b else B)          # float32 @ float32
+        if bias != ffi.NULL:
+            product = product + view(bias, N)
+        view(out, M * N)[:] = product.reshape(-1)
+        return 0
+
+    matmul_bf16 = matmul_bf16_v1_mma
+
     # softmax.cu, crossentropy.cu
     def _rows(fn):
         def launcher(self, out, x, N, C):

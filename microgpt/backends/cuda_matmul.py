@@ -15,7 +15,9 @@ with the transposes, the bias and the batch strides chosen here:
 
 Which rung runs is switchable for comparison (the tests run both): MATMUL, from the
 environment MICROGPT_CUDA_MATMUL, is "v6_warptile" (production) or "v2_coalesced" (the simple
-fallback), the two rungs of matmul_forward_batched. float32 only.
+fallback), the two rungs of matmul_forward_batched. float32 arrays in and out; inside
+cuda_bf16.matmul_precision("bf16") every product here runs on the bf16 tensor-core kernel
+instead (operands rounded to bf16, float32 accumulation and result: see cuda_bf16.py).
 """
 import math
 import os
@@ -23,7 +25,7 @@ import os
 import numpy as np
 
 from ..errors import ShapeError
-from . import cuda_runtime as rt
+from . import cuda_bf16, cuda_runtime as rt
 from .cuda_create import zeros
 from .cuda_reduce import sum as sum_axes
 from .cuda_reduce import sum_to_shape
@@ -35,8 +37,14 @@ MATMUL_RUNGS = ("v6_warptile", "v2_coalesced")
 _GEMM_BATCH = 65535     # gridDim.z: at most this many products per launch
 
 
-def _gemm(out, a, b, bias, m, n, k, transa, transb, batch=1, sa=0, sb=0, sc=0):
-    """out[z] = op(a[z]) @ op(b[z]) (+ bias) with the chosen rung; z split into grid-sized chunks."""
+def _gemm(out, a, b, bias, m, n, k, transa, transb, batch=1, sa=0, sb=0, sc=0, weight=None):
+    """out[z] = op(a[z]) @ op(b[z]) (+ bias) with the chosen rung; z split into grid-sized chunks.
+    Inside cuda_bf16.matmul_precision("bf16") the operands go to bf16 (weight: "a" or "b",
+    the operand that is a layer's weight, converted once per scope) and the tensor cores."""
+    if cuda_bf16.active():
+        a16, b16 = cuda_bf16.operand(a, weight == "a"), cuda_bf16.operand(b, weight == "b")
+        cuda_bf16.gemm(out, a16, b16, bias, m, n, k, transa, transb, batch, sa, sb, sc)
+        return
     if MATMUL not in MATMUL_RUNGS:
         raise ShapeError(f"MICROGPT_CUDA_MATMUL={MATMUL!r}: choose one of {', '.join(MATMUL_RUNGS)}")
     if max(m, n, k) >= 2 ** 31:
@@ -145,7 +153,7 @@ def linear_forward(x, w, b, w_in_out=False):
         return out
     if c == 0:
         return broadcast_to(b, out.shape) if b is not None else zeros(out.shape, np.float32)
-    _gemm(out, x, w, b, rows, oc, c, 0, 0 if w_in_out else 1)
+    _gemm(out, x, w, b, rows, oc, c, 0, 0 if w_in_out else 1, weight="b")
     return out
 
 
@@ -183,12 +191,16 @@ def linear_backward(dout, x, w, has_bias, w_in_out=False):
     dw = empty(w.shape, np.float32)
     if rows == 0 or oc == 0 or c == 0:
         dx, dw = zeros(x.shape, np.float32), zeros(w.shape, np.float32)
-    elif w_in_out:
-        _gemm(dx, dout, w, None, rows, c, oc, 0, 1)
-        _gemm(dw, x, dout, None, c, oc, rows, 1, 0)
     else:
-        _gemm(dx, dout, w, None, rows, c, oc, 0, 0)
-        _gemm(dw, dout, x, None, oc, c, rows, 1, 0)
+        dout_op, x_op = dout, x
+        if cuda_bf16.active():              # each converted once for its two products
+            dout_op, x_op = cuda_bf16.to_bf16(dout), cuda_bf16.to_bf16(x)
+        if w_in_out:
+            _gemm(dx, dout_op, w, None, rows, c, oc, 0, 1, weight="b")
+            _gemm(dw, x_op, dout_op, None, c, oc, rows, 1, 0)
+        else:
+            _gemm(dx, dout_op, w, None, rows, c, oc, 0, 0, weight="b")
+            _gemm(dw, dout_op, x_op, None, oc, c, rows, 1, 0)
     db = None
     if has_bias:
         db = sum_axes(view(dout, (rows, oc)), (0,), False) if rows else zeros((oc,), np.float32)

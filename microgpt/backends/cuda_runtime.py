@@ -34,8 +34,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = os.environ.get("MICROGPT_CUDA_LIB", os.path.join(HERE, "_microgpt_cuda.so"))
 CDEF_FILES = (os.path.join(HERE, "_microgpt_cuda.cdef"),
               os.path.join(os.path.dirname(os.path.dirname(HERE)), "cuda", "microgpt_cuda.h"))
-# int8 / uint8: the weights of quantized layers (cuda.py linear_q8_forward ...)
-DTYPES = (np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.int8), np.dtype(np.uint8))
+# int8 / uint8: the weights of quantized layers (cuda.py linear_q8_forward ...); uint16: bf16
+# bit patterns, the operands of the tensor-core products (cuda_bf16.py)
+DTYPES = (np.dtype(np.float32), np.dtype(np.int64), np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.uint16))
 POISON = os.environ.get("MICROGPT_CUDA_POISON", "0") == "1"
 
 ffi = lib = None
