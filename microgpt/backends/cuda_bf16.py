@@ -26,6 +26,20 @@ weight's DeviceArray and emptied when a scope is entered or left,
 so an optimizer update, which happens outside the scope, is never hidden by a stale copy.
 Outside a scope nothing changes: float32 products, float32 kernels.
 
+The loss-parity bound (fixed before any GPU run, used by tests/test_cuda_bf16_train.py and
+benchmarks/gpu_check.py): every step's loss within LOSS_GAP_BOUND = 2u = 2^-7 of the float32
+run's, relative (0.085 nats at GPT-2's initial ln 50304 = 10.8). Where that size comes from:
+at equal weights a row's loss moves by (p - onehot(y)) . dz, dz the logits' error; each
+product on the path adds a norm-wise relative error of about sqrt(2/3) u (the RMS of the
+bound of tests/test_cuda_bf16.py), independent errors add in quadrature, so GPT-2's 49
+products give rho ~ 7 sqrt(2/3) u ~ 0.02 on the logits, and the mean over N = 8192 rows of
+errors of random sign is ~ rho s_z / sqrt(N) ~ 1e-4 (s_z ~ 0.6 the RMS logit at init). Over
+the steps the runs' weights part: AdamW moves each weight by about lr sign(g), and bf16
+gradients flip the sign of the smallest components, as rounding alone did between our
+float32 run and PyTorch's (3.9e-3 at the loss spike of step 9, benchmarks/results/gpu.md).
+2u allows about 20 times that: the two losses agree to within two units of bf16's own
+resolution at that loss.
+
 On the device a bf16 array is a DeviceArray of dtype uint16 holding the bit patterns
 (NumPy has no bf16 type); to_bf16 / to_float32 convert (round to nearest even; exact).
 """
@@ -38,6 +52,8 @@ from . import cuda_runtime as rt
 from .cuda_runtime import DeviceArray, call, empty, on_device, require_f32
 
 BF16 = np.dtype(np.uint16)            # the storage of bf16 values: their 16 bits
+UNIT_ROUNDOFF = 2.0 ** -8             # u: bf16 keeps 8 significant bits
+LOSS_GAP_BOUND = 2 * UNIT_ROUNDOFF    # per step, relative to the float32 run's loss (see above)
 PRECISIONS = ("float32", "bf16")
 _state = {"precision": "float32", "weights": {}}
 

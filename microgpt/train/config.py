@@ -176,6 +176,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     out_dir: str = "runs/demo"
     device: str = "cpu"
+    dtype: str = "float32"           # bf16: the matmuls' operands in bf16 (cuda only)
     progress: bool = True
 
     def __post_init__(self):
@@ -196,6 +197,9 @@ class TrainConfig:
         if self.n_experts and self.n_experts_per_token > self.n_experts:
             raise ConfigError(f"n_experts_per_token ({self.n_experts_per_token}, the top-k) must be <= "
                               f"n_experts ({self.n_experts}): each token picks k distinct experts")
+        if self.dtype == "bf16" and self.device != "cuda":
+            raise ConfigError(f"dtype bf16 runs on the tensor cores of --device cuda; the {self.device} "
+                              f"kernels compute in float32: add --device cuda, or drop --dtype bf16")
         if self.min_lr > self.lr:
             raise ConfigError(f"need min_lr <= lr, got lr={self.lr} min_lr={self.min_lr}")
         if self.warmup_steps > self.max_steps:
@@ -231,7 +235,7 @@ FIELD_BOUNDS = {
     "temperature": Bounds(0.0), "repetition_penalty": Bounds(0.0, low_open=True),
     "router_aux_loss_coef": Bounds(0.0), "router_z_loss_coef": Bounds(0.0),
 }
-FIELD_CHOICES = {"family": ("gpt2", "llama"), "device": ("cpu", "cuda")}
+FIELD_CHOICES = {"family": ("gpt2", "llama"), "device": ("cpu", "cuda"), "dtype": ("float32", "bf16")}
 
 
 # The fields a model given by init_from fixes: its architecture, as TrainConfig spells it.
@@ -313,7 +317,7 @@ RUN_CONTROL_FIELDS = {"eval_interval", "eval_batches", "sample_interval", "sampl
 # Fields added after checkpoints were first written: at their defaults they stay out of the
 # hash, so a checkpoint of an older version (which lacks them) still resumes.
 ADDED_FIELDS = {"n_experts", "n_experts_per_token", "n_shared_experts", "moe_every", "moe_hidden",
-                "moe_norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef"}
+                "moe_norm_topk_prob", "router_aux_loss_coef", "router_z_loss_coef", "dtype"}
 
 
 def config_hash(config):
@@ -471,6 +475,8 @@ _HELP_NOTES = {
     "data": "'builtin' or comma-separated paths",
     "tokenizer": "'' = train a BPE of --vocab-size",
     "n_kv_head": "0 = n_head",
+    "dtype": "bf16 = mixed precision on --device cuda (bf16 matmul operands, float32 weights, "
+             "optimizer, statistics and checkpoints)",
     "n_experts": "0 = dense; > 0 makes the model a mixture of experts",
     "moe_hidden": "0 = the dense MLP's hidden size",
     "grad_clip": "0 = no clipping",

@@ -32,6 +32,13 @@ stores all three states (plus AdamW's moments and step count), so `resume` conti
 for bit: the losses and weights after N + N resumed steps equal those of 2N straight ones.
 Evaluation and sampling never touch those states (eval mode, their own Generators).
 
+Mixed precision (`dtype = "bf16"`, `--dtype bf16`, on `--device cuda` only): each step's
+forward and backward (and evaluation) run inside backends/cuda_bf16.py's matmul_precision
+scope, so the matrix products take bf16 copies of their operands (a weight's copy made once
+a step) and accumulate in float32 on the tensor cores; the weights, AdamW's moments, the
+norms, softmax, the loss, the gradients and the checkpoints stay float32, and no loss
+scaling is needed (bf16 has float32's exponent range).
+
 Continuing from a model (`init_from`, `microgpt train --init-from PATH`: a run, a
 checkpoint or a Hugging Face directory). The model is loaded as it is (train/checkpoint.py's
 load_model: its architecture, weights and tokenizer), its tokenizer tokenizes the data,
@@ -262,21 +269,22 @@ class Trainer:
         c = self.config
         lr = lr_at(self.step, c.lr, c.min_lr, c.warmup_steps, c.max_steps)
         losses, bad = [], None
-        for _ in range(c.grad_accum):
-            batch = self.train_loader.next_batch()
-            if bad is not None:
-                continue                       # keep the data stream aligned, skip the work
-            try:
-                loss = self.batch_loss(batch)
-            except RouterError as exc:
-                raise self._router_diverged(exc) from exc
-            self._note_router()
-            value = loss.item()
-            if not math.isfinite(value):
-                bad = f"loss is {value}"
-                continue
-            loss.backward()
-            losses.append(value)
+        with self.matmul_precision():          # forward and backward; the update stays float32
+            for _ in range(c.grad_accum):
+                batch = self.train_loader.next_batch()
+                if bad is not None:
+                    continue                   # keep the data stream aligned, skip the work
+                try:
+                    loss = self.batch_loss(batch)
+                except RouterError as exc:
+                    raise self._router_diverged(exc) from exc
+                self._note_router()
+                value = loss.item()
+                if not math.isfinite(value):
+                    bad = f"loss is {value}"
+                    continue
+                loss.backward()
+                losses.append(value)
         norm = float("nan")
         if bad is None:
             norm = grad_norm(self.optimizer_params())
@@ -294,6 +302,15 @@ class Trainer:
         self.tokens_seen += c.tokens_per_step
         return {"step": self.step, "loss": float(np.mean(losses)), "lr": lr,
                 "grad_norm": mean_norm}
+
+    def matmul_precision(self):
+        """The scope of a step's forward and backward (and of evaluation): with --dtype bf16 the
+        cuda backend's matrix products take bf16 operands (backends/cuda_bf16.py), everything
+        else (weights, AdamW, norms, softmax, the loss, checkpoints) stays float32."""
+        if self.config.dtype == "float32":
+            return contextlib.nullcontext()
+        from ..backends import cuda_bf16
+        return cuda_bf16.matmul_precision(self.config.dtype)
 
     def batch_loss(self, batch):
         """The loss of one micro-batch (a hook: fine-tuning's batches carry a loss mask)."""
@@ -345,7 +362,7 @@ class Trainer:
         total_nats, total_tokens, total_bytes = 0.0, 0, 0
         self.model.eval()
         try:
-            with no_grad():
+            with no_grad(), self.matmul_precision():
                 for _ in range(batches):
                     x, y = self.val_loader.next_batch()
                     nbytes = self.byte_lengths[y]
