@@ -656,7 +656,9 @@ def _add_compress(sub):
     p.add_argument("--group", type=_int(1), default=None,
                    help="inputs per scale (int8 default: the whole row; int4 default 32); must divide "
                         "each layer's inputs (no padding), int4 groups a multiple of 32")
-    p.add_argument("--head", action="store_true", help="quantize the LM head too (default: float32)")
+    p.add_argument("--head", nargs="?", const="same", default="default", choices=("default", "fp32", "int8", "same"),
+                   help="the LM head: fp32, int8 (group 32, = Q8_0) or same (the blocks' scheme; a bare "
+                        "--head); default: int8 in an int4 model, fp32 in an int8 one")
     p.add_argument("--out", default=None, help="the new directory (default RUN-SCHEME[-gGROUP])")
     p = _leaf(sub, "prune", _run_prune, help="prune a model's Linear weights (magnitude or 2:4)",
               description="Zero the smallest weights of every Linear of the blocks: per layer by "

@@ -1,5 +1,6 @@
 """`microgpt quantize` end to end on a small saved model; bad input
 is one line and exit status 2, with nothing written."""
+import copy
 import json
 
 import numpy as np
@@ -42,3 +43,16 @@ def test_bad_requests_exit_2_and_write_nothing(model_dir, tmp_path, capsys, monk
     assert cli.main(["quantize", str(d), "--scheme", "int8", "--group", "48", "--out", str(tmp_path / "q")]) == 2
     assert "does not divide" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("flag,head", [([], "int8"), (["--head", "fp32"], False), (["--head"], "int4"),
+                                       (["--head", "int8"], "int8")])
+def test_quantize_head_choice(model_dir, tmp_path, capsys, monkeypatch, flag, head):
+    d, model = model_dir
+    from microgpt.train import checkpoint
+    monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu": (copy.deepcopy(model), None, {}))
+    out = tmp_path / "q"
+    assert cli.main(["quantize", str(d), "--scheme", "int4", "--out", str(out)] + flag) == 0
+    assert f"LM head {head or 'fp32'}" in capsys.readouterr().out
+    loaded, _, _ = load_quantized(str(out))
+    assert loaded.quantization["head"] == head

@@ -134,3 +134,50 @@ def test_bad_requests_are_refused_and_leave_the_model_alone():
     quantize_model(model, "int8")
     with pytest.raises(formats.QuantizeError, match="already quantized"):
         quantize_model(model, "int4", 32)
+
+
+@pytest.mark.parametrize("scheme,head,want", [
+    ("int4", "default", (8, 32)), ("int8", "default", None), ("int4", "fp32", None), ("int4", False, None),
+    ("int4", "int8", (8, 32)), ("int8", "int8", (8, 32)), ("int4", "same", (4, 64)), ("int4", True, (4, 64))])
+def test_the_lm_head_by_choice_int8_by_default_in_an_int4_model(scheme, head, want):
+    model = _model("gpt2")                       # tied: the head is quantized as a copy
+    table = model.transformer.wte.weight.numpy().copy()
+    config = quantize_model(model, scheme, 64, head=head)
+    got = None if type(model.lm_head) is not QuantizedLinear else (model.lm_head.qweight.bits,
+                                                                   model.lm_head.qweight.group)
+    assert got == want
+    assert config["head"] == (False if want is None else ("int8" if want[0] == 8 else "int4"))
+    assert ("lm_head" in config["layers"]) == (want is not None)
+    np.testing.assert_array_equal(model.transformer.wte.weight.numpy(), table)   # the embedding untouched
+    if want is not None:        # quantized from the embedding's values: int8's (int4's) bound per group
+        bits, group = want
+        w = table.reshape(table.shape[0], -1, group)
+        m = np.abs(w).max(axis=2, keepdims=True)
+        # int8: half a step of d = m / 127 (+ the fp16 rounding of d: 127 * 2^-11 steps); int4
+        # (Q4_0: d = m / 8, the far side clipped at 7): one step
+        bound = m / 127 * 0.57 if bits == 8 else m / 8 * 1.01
+        err = np.abs(model.lm_head.qweight.dequantize().reshape(w.shape) - w)
+        assert (err <= bound + 1e-7).all()
+
+
+def test_an_unknown_head_choice_is_refused_and_changes_nothing():
+    model = _model("gpt2")
+    with pytest.raises(formats.QuantizeError, match="LM head"):
+        quantize_model(model, "int4", 32, head="int2")
+    assert not any(type(m) is QuantizedLinear for _, m in model.named_modules())
+
+
+def test_an_int4_export_writes_the_int8_head_as_q8_0_and_a_float_head_as_f32(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    from microgpt.interop.gguf_export import export_gguf
+    from microgpt.tokenizer import Tokenizer
+    tok = Tokenizer.train(["def f(x):\n    return x + 1\n" * 40], 256 + 20)
+    types = {}
+    for head in ("default", "fp32"):
+        model = _model("gpt2")
+        quantize_model(model, "int4", 32, head=head)
+        path = export_gguf(model, tok, str(tmp_path / f"{head}.gguf"), "q4_0")
+        reader = gguf.GGUFReader(path)
+        types[head] = {t.name: t.tensor_type.name for t in reader.tensors}
+    assert types["default"]["output.weight"] == "Q8_0" and types["default"]["blk.0.ffn_up.weight"] == "Q4_0"
+    assert types["fp32"]["output.weight"] == "F32"

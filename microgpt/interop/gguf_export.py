@@ -24,9 +24,11 @@ same thing: rows (2, HS/2) of a head become (HS/2, 2).
 Types: f32 and f16 write every matrix in that type (norms and biases stay F32, as llama.cpp
 requires); q8_0 and q4_0 write the blocks' Linear weights in GGUF's Q8_0 / Q4_0 blocks (34 / 18
 bytes per 32 weights: an fp16 scale, then the values; formats.py's int8 group 32 / int4 group
-32 are the same numbers), the embeddings and LM head in F32, so the file computes exactly what
-our own quantized model computes. A model quantized already (quantize_model) is written as it
-is when its layers are in the matching format, else refused (quantize the float model).
+32 are the same numbers), the embeddings in F32, the LM head in F32 or, when the model's head
+is quantized at group 32 (an int4 model's default head is int8 group 32), in its own Q8_0 /
+Q4_0 blocks, so the file computes exactly what our own quantized model computes. A model
+quantized already (quantize_model) is written as it is when its layers are in the matching
+format, else refused (quantize the float model).
 Refused, naming what: a family other than gpt2 / llama, qk_norm or q/k/v biases on Llama
 (architectures llama.cpp names differently), rope scaling.
 """
@@ -213,8 +215,14 @@ def export_gguf(model, tokenizer, path, ftype="f32"):
                 _tensor(writer, gguf, p + theirs + ".weight", _matrix(ours), ftype)
         _vector(writer, "output_norm.weight", m.norm.weight)
     head = _matrix(model.lm_head)
-    head = head.dequantize() if hasattr(head, "w_q") else head
-    writer.add_tensor("output.weight", np.ascontiguousarray(head, np.float32))
+    if hasattr(head, "w_q") and head.group == 32 and ftype in ("q8_0", "q4_0"):
+        # a quantized head (int4 models' default: int8 group 32) in its own block type, so the
+        # file holds the bytes our model decodes with (llama.cpp's quantizer also keeps the
+        # output tensor above Q4_0 in its Q4_0 files)
+        _tensor(writer, gguf, "output.weight", head, "q8_0" if head.bits == 8 else "q4_0")
+    else:
+        head = head.dequantize() if hasattr(head, "w_q") else head
+        writer.add_tensor("output.weight", np.ascontiguousarray(head, np.float32))
     _tokenizer(writer, gguf, tokenizer, config.vocab_size)
     try:
         writer.write_header_to_file()

@@ -267,7 +267,16 @@ def import_gguf(path, dequantize=False, tokenizer=True):
         put("model.embed_tokens.weight", "token_embd.weight")
         put("model.norm.weight", "output_norm.weight")
     if not config.tie_embeddings:
-        put("lm_head.weight", "output.weight")
+        kind = f.type_name("output.weight")
+        if kind in BLOCK_TYPES and not dequantize:      # a quantized head (an int4 export's Q8_0): kept so
+            if f.shape("output.weight") != (config.vocab_size, config.n_embd):
+                raise GGUFError(f"{path}: tensor output.weight has shape {f.shape('output.weight')}, the model "
+                                f"expects {(config.vocab_size, config.n_embd)}")
+            w_q, w_scale = f.blocks("output.weight")
+            model.lm_head = QuantizedLinear(QuantizedWeight(w_q, w_scale, BLOCK_TYPES[kind][0], 32), None)
+            quantized.append("lm_head")
+        else:
+            put("lm_head.weight", "output.weight")
     missing = sorted(set(params) - set(state) - {n + ".weight" for n in quantized})
     if missing:
         raise GGUFError(f"{path}: no tensor for {', '.join(missing[:3])}")
@@ -280,8 +289,10 @@ def import_gguf(path, dequantize=False, tokenizer=True):
             q = _module_at(model, name).qweight
             layers[name] = {"bits": q.bits, "group": q.group, "in": q.in_features, "out": q.out_features}
         schemes = sorted({scheme[spec["bits"]] for spec in layers.values()})
+        head = layers.get("lm_head")
         model.quantization = {"format": "microgpt-quantized", "version": 1, "scheme": "+".join(schemes),
-                              "group": 32, "head": False, "layers": layers, "source": "gguf"}
+                              "group": 32, "head": scheme[head["bits"]] if head else False, "layers": layers,
+                              "source": "gguf"}
     info = {"architecture": arch, "types": {name: f.type_name(name) for name in f.tensors},
             "quantized": quantized}
     return model.eval(), (_tokenizer(f) if tokenizer else None), info

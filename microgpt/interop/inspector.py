@@ -397,6 +397,11 @@ def _quantization_config(report):
         report.problem("config", exc)
 
 
+def _head_words(head):
+    """quantization.json's "head": False (float), the head's scheme, or True (older files)."""
+    return head if isinstance(head, str) else ("quantized" if head else "float")
+
+
 def _quantization_words(q):
     layers = q.get("layers", {})
     kinds = {}
@@ -408,7 +413,7 @@ def _quantization_words(q):
     full = sum(4 * spec["out"] * spec["in"] for spec in layers.values())
     return (f"{q.get('scheme')}, {len(layers)} Linear layers ("
             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
-            + f"), LM head {'quantized' if q.get('head') else 'float'}; "
+            + f"), LM head {_head_words(q.get('head'))}; "
             + (f"{full / 2**20:.2f} -> {held / 2**20:.2f} MiB ({full / held:.2f}x smaller)" if held else "no layers"))
 
 

@@ -1,7 +1,8 @@
 """The compression commands behind the CLI: `microgpt quantize` and `microgpt export-gguf`.
 
-    microgpt quantize RUN --scheme int8|int4 [--group 32] [--head] [--out DIR]
-        RUN's newest checkpoint, its Linear layers quantized (model.py), written to DIR
+    microgpt quantize RUN --scheme int8|int4 [--group 32] [--head fp32|int8|same] [--out DIR]
+        RUN's newest checkpoint, its Linear layers quantized (model.py; the LM head by default
+        int8 group 32 in an int4 model, float32 in an int8 one), written to DIR
         (default: RUN-int8 / RUN-int4-g32 beside it); `generate DIR` runs it.
     microgpt export-gguf RUN --type f32|f16|q8_0|q4_0 --out FILE
         the model (float, or quantized with matching Q8_0 / Q4_0 layers) as a GGUF file.
@@ -26,6 +27,7 @@ def run_quantize(args):
     held, full = weight_bytes(model)
     print(f"{len(config['layers'])} Linear layers -> {args.scheme}"
           + (f" group {args.group}" if args.group else "")
+          + f" (LM head {config['head'] or 'fp32'})"
           + f": {full / 2**20:.1f} -> {held / 2**20:.1f} MiB ({full / held:.2f}x smaller); wrote {out}")
     return 0
 

@@ -1,7 +1,7 @@
 """Quantizing a whole GPT, and the quantized checkpoint: safetensors + a JSON config.
 
-    quantize_model(model, "int4", group=32, head=False)   swaps every Linear of the blocks (and
-                                                          with head=True the LM head) for a
+    quantize_model(model, "int4", group=32)               swaps every Linear of the blocks (and
+                                                          the LM head, by `head` below) for a
                                                           QuantizedLinear, in place
     save_quantized(model, out_dir, source_dir)            writes the directory below
     load_quantized(path)                                  -> (GPT, Tokenizer, generation dict)
@@ -16,7 +16,21 @@ hands it here when quantization.json is present):
     quantization.json     {"format": "microgpt-quantized", "version": 1, "scheme", "group",
                           "head", "layers": {NAME: {"bits", "group", "in", "out"}}}
 The embedding stays float32 (a lookup reads one row a token: its size costs memory, not
-time); the tied LM head of GPT-2 stays float32 unless head=True, which then quantizes a copy.
+time). The LM head (a tied head: a quantized copy, the embedding untouched), by `head`:
+    "default"   int4 models: int8 group 32 (= GGUF Q8_0); int8 models: float32
+    "fp32"      float32 (False means the same)
+    "int8"      int8 group 32 (per output channel where 32 does not divide C)
+    "same"      the blocks' scheme and group (True means the same)
+Why int4 models get an int8 head by default. Decoding reads every weight once a token, and
+the head is a large share of them in small models: 8192 x 384 of the "small" preset is 12.6 MB
+in float32, as much as the six int4 blocks' 6 MB twice over, so a float head left int4
+decoding short of its 2x over fp32 however fast the blocks ran (benchmarks/results/quantize.md
+measures both heads). The head is also the layer whose rounding moves the logits directly,
+which is why llama.cpp's own quantizer keeps the output tensor at a higher precision (Q6_K /
+Q8_0) in its Q4_0 files; int8 rounds it ~16x finer than int4 for 4x fewer bytes than float32,
+and the GGUF export writes it as Q8_0 so llama.cpp computes the same head. int8 models keep
+a float head by default: their head costs 2x the int8 bytes, not 4-8x, and the int8 rows
+stay what they were measured as.
 
 Refused, with nothing written or changed: a model that is already quantized, a group that
 does not fit a layer (formats.check_group names the layer), an unknown scheme.
@@ -39,38 +53,62 @@ FORMAT = "microgpt-quantized"
 COPIED = ("config.json", "tokenizer.bpe", "generation_config.json")
 
 
-def _linears(model, head):
-    """(parent module, attribute, dotted name) of every Linear to quantize."""
+HEADS = ("default", "fp32", "int8", "same")
+HEAD_GROUP = 32               # an int8 head's group: GGUF Q8_0's block
+
+
+def _linears(model):
+    """(parent module, attribute, dotted name) of every Linear (the LM head is "lm_head")."""
     found = []
     for prefix, module in model.named_modules():
         for attr, child in list(vars(module).items()):
             if type(child) is Linear:
-                name = prefix + attr
-                if name == "lm_head" and not head:
-                    continue
-                found.append((module, attr, name))
+                found.append((module, attr, prefix + attr))
     return found
 
 
-def quantize_model(model, scheme, group=None, head=False):
+def head_scheme(scheme, group, head, in_features):
+    """(scheme, group) of the LM head for quantize_model's `head` (module docstring), or None
+    for a float32 head."""
+    if head is True:
+        head = "same"
+    elif head is False or head is None:
+        head = "fp32"
+    if head not in HEADS:
+        raise formats.QuantizeError(f"unknown LM head choice {head!r}: choose one of {', '.join(HEADS)}")
+    if head == "default":
+        head = "int8" if scheme == "int4" else "fp32"
+    if head == "fp32":
+        return None
+    if head == "same":
+        return scheme, group
+    return "int8", HEAD_GROUP if in_features % HEAD_GROUP == 0 else None
+
+
+def quantize_model(model, scheme, group=None, head="default"):
     """Swap the model's Linear layers for QuantizedLinear (see the module docstring); returns
-    the quantization config dict, also kept as model.quantization."""
+    the quantization config dict, also kept as model.quantization (its "head": False for a
+    float head, else the head's scheme)."""
     formats.bits_of(scheme)
     if is_quantized(model):
         raise formats.QuantizeError("the model is already quantized; quantize the float checkpoint it came from")
-    targets = _linears(model, head)
-    groups = {}
+    targets, plan = _linears(model), {}
     for module, attr, name in targets:                      # every check first: all or nothing
-        groups[name] = formats.check_group(scheme, group, _in_features(getattr(module, attr)), name)
+        c = _in_features(getattr(module, attr))
+        spec = (scheme, group) if name != "lm_head" else head_scheme(scheme, group, head, c)
+        if spec is not None:
+            plan[name] = (spec[0], formats.check_group(spec[0], spec[1], c, name))
     layers = {}
     for module, attr, name in targets:
-        q = QuantizedLinear.from_linear(getattr(module, attr), scheme, groups[name])
+        if name not in plan:
+            continue
+        q = QuantizedLinear.from_linear(getattr(module, attr), *plan[name])
         setattr(module, attr, q)
         layers[name] = {"bits": q.qweight.bits, "group": q.qweight.group, "in": q.in_features,
                         "out": q.out_features}
     model.mark_initialized(f"{name}.weight" for name in layers)
-    model.quantization = {"format": FORMAT, "version": 1, "scheme": scheme, "group": group, "head": bool(head),
-                          "layers": layers}
+    model.quantization = {"format": FORMAT, "version": 1, "scheme": scheme, "group": group,
+                          "head": plan["lm_head"][0] if "lm_head" in plan else False, "layers": layers}
     return model.quantization
 
 
