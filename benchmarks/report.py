@@ -359,20 +359,22 @@ def quantization(results):
     out = []
     for shape, what in QUANT_SHAPES.items():
         i8, i4 = row(data, f"decode int8 vs fp32, {shape}"), row(data, f"decode int4 vs fp32, {shape}")
+        i4f = row(data, f"decode int4 head fp32 vs fp32, {shape}")
         pre = row(data, f"prefill 512 int8 vs fp32, {shape}")
-        out.append((f"batch-1 decoding, 128 tokens, 2 threads, {what}: ours int8 / int4 (g32) vs ours fp32",
+        out.append((f"batch-1 decoding, 128 tokens, 2 threads, {what}: ours int8 / int4 (g32, head int8) vs ours fp32",
                     f"int8 {_vs(i8, 1.5)}, int4 {_vs(i4, 2.0)} tokens/s ({i8['ours']:.0f} / {i4['ours']:.0f} vs "
-                    f"{i8['peer']:.0f}); prefill 512 int8 {x(pre['ratio'])} the fp32 speed", "ours fp32", label,
-                    link("quantize.md")))
-        cells = [f"{t.upper()} {_vs(r, 1.0)} ({r['ours']:.0f} vs {r['peer']:.0f})"
-                 for t in ("f32", "q8_0", "q4_0") for r in [row(data, f"decode vs llama.cpp {t}, {shape}")]]
+                    f"{i8['peer']:.0f}); int4 with the head fp32 {x(i4f['ratio'])}; prefill 512 int8 "
+                    f"{x(pre['ratio'])} the fp32 speed", "ours fp32", label, link("quantize.md")))
+        cells = [f"{t.upper().replace(' HEAD F32', ' head F32')} {_vs(r, 1.0)} ({r['ours']:.0f} vs {r['peer']:.0f})"
+                 for t in ("f32", "q8_0", "q4_0", "q4_0 head f32")
+                 for r in [row(data, f"decode vs llama.cpp {t}, {shape}")]]
         out.append((f"batch-1 decoding vs llama.cpp, same model and precision (our GGUF export), {what}, 2 threads",
                     "; ".join(cells) + " tokens/s", "llama-cpp-python", label, link("quantize.md")))
     q = data["quality"]
     v = q["variants"]
     cells = [f"{name} {'+' if v[name]['increase_percent'] >= 0 else ''}{v[name]['increase_percent']:.2f} %"
              + ("" if v[name].get("met", True) else " (**misses** +" + f"{v[name]['target_percent']:.1f} %)")
-             for name in ("int8", "int4 g32", "int4 g64", "int4 g128")]
+             for name in ("int8", "int4 g32", "int4 g32 head fp32", "int4 g64", "int4 g128")]
     agree = q.get("llama_cpp", {})
     out.append((f"quantized val perplexity vs fp32 ({v['fp32']['perplexity']:.2f}), a trained 4L×128C GPT-2",
                 "; ".join(cells) + f"; weight memory {x(v['int8']['memory_ratio'])} / "
@@ -494,6 +496,22 @@ def demo(results):
              f"{data['wall_seconds']:.0f} s, {kilo(data['tokens_per_second'])} tokens/s, val "
              f"{data['final_val_loss']:.2f} nats ({data['final_val_bits_per_byte']:.2f} bits/byte)",
              "—", machine_label(data), link("demo.md"))]
+
+
+@entry
+def lifecycle(results):
+    """lifecycle.json: one `microgpt lifecycle` run per size, runs.full and runs.quick."""
+    data = load("lifecycle.json", results)
+    full, quick = data["runs"]["full"], data["runs"]["quick"]
+    share = lambda run: next(r["seconds"] for r in run["report"]["rows"] if r["stage"] == "pretrain") \
+        / run["wall_seconds"]                                                  # noqa: E731
+    loads = f"{full['load_avg_1min']['start']:.1f}–{full['load_avg_1min']['end']:.1f} / " \
+            f"{quick['load_avg_1min']['start']:.1f}–{quick['load_avg_1min']['end']:.1f}"
+    return [("the whole life (`microgpt lifecycle`, 12 stages from raw text to a served int8 model), "
+             "default / `--quick` size",
+             f"**{full['wall_seconds']:.0f} s** / **{quick['wall_seconds']:.0f} s** wall (goals < 3600 s / "
+             f"≤ 600 s); pre-training {share(full):.0%} / {share(quick):.0%} of it",
+             "—", machine_label(data, loads), link("lifecycle.md"))]
 
 
 def table(results=RESULTS):

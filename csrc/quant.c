@@ -604,6 +604,17 @@ QUANT_RUNG(linear_q8_forward, v5_blocks_avx512, dot_q8_scalar, C, 1)
 QUANT_RUNG(linear_q4_forward, v5_blocks_avx512, dot_q4_scalar, C / 2, 1)
 #endif
 
+/* When the integer-dot driver forks. MG_PAR_MIN (common.h: 128 Ki values) was set for float
+ * kernels; an integer-dot weight costs ~0.06 ns of one core (int4 "small" layers: 384 x 384 in
+ * ~10 us), so at that threshold a decoding product of 150-600 Ki weights (10-40 us of work)
+ * paid a parallel region for it: waking the sleeping worker (OMP_WAIT_POLICY=PASSIVE, what the
+ * decoder runs under) costs ~10 us on an idle 2-core VM and more under load, where the worker
+ * waits for a core. Measured on the "small" shape at 2 threads, 2 threads were slower than 1
+ * for every layer under load. So the integer rungs fork from 1 Mi weights (~60 us of work, a
+ * region's cost several times over): GPT-2-124M's 768 x 2304 / 3072 layers and the LM heads
+ * are threaded, the "small" preset's layers run on one core. */
+#define QUANT_INT_PAR_MIN (1L << 20)
+
 /* The integer-dot driver: quantize the N activation rows once (a few us; every output channel
  * reuses them), then quant_forward's loop with an integer row dot. Shapes the 32-blocks do not
  * tile (C or group not a multiple of 32: only int8 per channel at odd C) run `fallback`, the
@@ -625,7 +636,7 @@ static void quant_forward_int(float* out, const float* x, const uint8_t* w_q, in
     }
     quantize_activations_q8(xq, dx, x, N, C);
     int64_t groups = C / group, blocks = C / QBLOCK;
-    #pragma omp parallel for schedule(static) if (N * OC * C >= MG_PAR_MIN)
+    #pragma omp parallel for schedule(static) if (N * OC * C >= QUANT_INT_PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
         const uint8_t* row = w_q + o * row_bytes;
         const float* d = w_scale + o * groups;
