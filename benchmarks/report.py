@@ -505,8 +505,8 @@ def lifecycle(results):
     full, quick = data["runs"]["full"], data["runs"]["quick"]
     share = lambda run: next(r["seconds"] for r in run["report"]["rows"] if r["stage"] == "pretrain") \
         / run["wall_seconds"]                                                  # noqa: E731
-    loads = f"{full['load_avg_1min']['start']:.1f}–{full['load_avg_1min']['end']:.1f} / " \
-            f"{quick['load_avg_1min']['start']:.1f}–{quick['load_avg_1min']['end']:.1f}"
+    loads = " / ".join(f"{min(r['load_avg_1min'].values()):.1f}–{max(r['load_avg_1min'].values()):.1f}"
+                       for r in (full, quick))
     return [("the whole life (`microgpt lifecycle`, 12 stages from raw text to a served int8 model), "
              "default / `--quick` size",
              f"**{full['wall_seconds']:.0f} s** / **{quick['wall_seconds']:.0f} s** wall (goals < 3600 s / "

@@ -138,6 +138,55 @@ def test_unknown_stage_is_a_parser_error(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+# --- the recorded runs: benchmarks/results/lifecycle.json and the README's trimmed card ----------
+
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+CARD_NAMES = {"ppo": "ppo (reward model)", "grpo": "grpo (rule)"}
+
+
+def trimmed_card(run):
+    """The README's trimmed report card of one recorded run (lifecycle.json's "quick" or
+    "full"): a markdown table, every figure formatted from the run's report.json."""
+    rows = {row["stage"]: row for row in run["report"]["rows"]}
+
+    def share(score, se=True):
+        text = f"{score['value']:.2f}"
+        return text + (f" ± {score['se']:.2f}" if se and score["se"] else "")
+
+    lines = ["| model | time (s) | perplexity | exact match | multiple choice | BLEU |",
+             "|---|---|---|---|---|---|"]
+    for stage in lifecycle.MODEL_STAGES:
+        s = rows[stage]["scores"]
+        lines.append(f"| {CARD_NAMES.get(stage, stage)} | {rows[stage]['seconds']:.0f} | "
+                     f"{s['perplexity']['value']:.3g} | {share(s['exact_match'])} | "
+                     f"{share(s['mc_acc'])} | {share(s['bleu'])} |")
+    q = [rows[f"grpo {scheme}"]["scores"] for scheme in lifecycle.QUANTIZED]
+    cell = lambda name, fmt: " / ".join(fmt(x[name]) for x in q)       # noqa: E731
+    lines.append(f"| grpo {' / '.join(lifecycle.QUANTIZED)} | {rows['quantize']['seconds']:.0f} | "
+                 f"{cell('perplexity', lambda x: format(x['value'], '.3g'))} | "
+                 f"{cell('exact_match', lambda x: share(x, False))} | "
+                 f"{cell('mc_acc', lambda x: share(x, False))} | "
+                 f"{cell('bleu', lambda x: share(x, False))} |")
+    chance = run["report"]["chance"]
+    lines.append(f"| chance | | {chance['perplexity']:.0f} | {chance['exact_match']:.2f} | "
+                 f"{chance['mc_acc']:.2f} | |")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_readme_card_is_the_recorded_runs():
+    with open(os.path.join(ROOT, "benchmarks", "results", "lifecycle.json"), encoding="utf-8") as f:
+        recorded = json.load(f)
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme[readme.index("## The whole life in one command"):]
+    section = section[:section.index("\n## ", 1)]
+    for size in ("quick", "full"):
+        run = recorded["runs"][size]
+        assert run["report"]["size"] == size
+        expected = trimmed_card(run)
+        assert expected in section, f"README's {size} card should read:\n{expected}"
+
+
 @pytest.mark.parametrize("scheme", ["int8", "int4"])
 def test_a_quantized_model_decodes_through_the_engine(scheme):
     """The lifecycle's quantize and serve stages decode a quantized model with the paged
