@@ -10,8 +10,9 @@
 #   benchmarks/gpu_check.sh [OUTDIR]       (default: $OUT if set, else benchmarks/results/gpu_run)
 #   benchmarks/gpu_check.sh --dry          parse, import every Python entry point, collect the
 #                                          tests, print the plan; no GPU, nothing measured
-#   benchmarks/gpu_check.sh --prebuild     build the library here for sm_90 and stamp its
-#                                          sources, so a device run can skip the build
+#   benchmarks/gpu_check.sh --prebuild     build the library here for sm_90 into build/cuda/
+#                                          with a stamp of its sources, so a device run that
+#                                          carries build/cuda can skip the build
 #   GPU_CHECK_SECTIONS="bf16gemm step matmul attention"   benchmark parts, in this order
 #                                          (also: train, gpu_check.py's older float32 step)
 #   GPU_CHECK_BUDGET_S=540                 the whole run's budget; a part gets what is left
@@ -19,8 +20,7 @@
 #   MICROGPT_CUDA_ARCHS=90                 build targets (default 90 here: one arch, faster)
 #
 # Device call (the carried paths exist once --prebuild and the wheel download have run here):
-#   carry: .whl microgpt/backends/_microgpt_cuda.so microgpt/backends/_microgpt_cuda.cdef
-#          microgpt/backends/_cpu.abi3.so build/cuda_sources.sha256
+#   carry: .whl build/cuda microgpt/backends/_cpu.abi3.so
 #   command: bash benchmarks/gpu_check.sh        timeout_s 600
 # cffi and pycparser are not on the device image: their wheels travel in .whl/ (or .wheels/),
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -40,7 +40,8 @@ export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MICROGPT_CUDA_ARCHS=${MICROGPT_CUDA_ARCHS:-90}
 SECTIONS=${GPU_CHECK_SECTIONS:-bf16gemm step matmul attention}
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
-STAMP=build/cuda_sources.sha256
+PREBUILT=build/cuda/_microgpt_cuda.so           # gpu_check.sh --prebuild puts a build here
+STAMP=build/cuda/sources.sha256
 GPU_TESTS="tests/test_cuda_kernels.py tests/test_cuda_binding.py tests/test_cuda_model.py tests/test_cuda_bf16.py
            tests/test_cuda_bf16_train.py tests/test_paged_attention.py"
 SPECIAL_TESTS="tests/test_kernel_special_values.py"
@@ -86,8 +87,9 @@ if [[ $MODE == dry ]]; then
 fi
 
 if [[ $MODE == prebuild ]]; then
-    python3 -m microgpt.backends.cuda_build || exit 1
-    mkdir -p build && sources_hash > "$STAMP" && echo "stamped $STAMP for sm_$MICROGPT_CUDA_ARCHS"
+    mkdir -p build/cuda
+    python3 -m microgpt.backends.cuda_build --out "$PREBUILT" || exit 1
+    sources_hash > "$STAMP" && echo "stamped $STAMP for sm_$MICROGPT_CUDA_ARCHS"
     exit 0
 fi
 
@@ -105,11 +107,14 @@ nvidia-smi -L || echo "nvidia-smi: no GPU listed"
 
 echo "== build =="
 start=$(date +%s)
-if [[ -f microgpt/backends/_microgpt_cuda.so && -f $STAMP && "$(cat $STAMP)" == "$(sources_hash)" ]] &&
-   python3 -c "from microgpt.backends import cuda_runtime as rt; assert rt.AVAILABLE, rt.UNAVAILABLE_REASON" \
+if [[ -f $PREBUILT && -f $STAMP && "$(cat $STAMP)" == "$(sources_hash)" ]] &&
+   MICROGPT_CUDA_LIB=$PWD/$PREBUILT python3 -c \
+       "from microgpt.backends import cuda_runtime as rt; assert rt.AVAILABLE, rt.UNAVAILABLE_REASON" \
        >"$OUTDIR/build.log" 2>&1; then
-    echo "carried library matches the sources and loads: no build" | tee -a "$OUTDIR/build.log"
+    export MICROGPT_CUDA_LIB=$PWD/$PREBUILT
+    echo "carried library $PREBUILT matches the sources and loads: no build" | tee -a "$OUTDIR/build.log"
 else
+    echo "no carried library of these sources that loads here: building" | tee -a "$OUTDIR/build.log"
     timeout "$(limit_for 240)" python3 -m microgpt.backends.cuda_build >"$OUTDIR/build.log" 2>&1 ||
         { tail -30 "$OUTDIR/build.log"; echo "BUILD FAILED"; exit 1; }
 fi

@@ -9,6 +9,8 @@ path before microgpt's own dependencies exist.
     python -m microgpt.backends.cuda_build            build for sm_80 and sm_90
     python -m microgpt.backends.cuda_build --check    compile every .cu (one arch, -c only,
                                                       warnings as errors): the CI gate
+    python -m microgpt.backends.cuda_build --out F    the library at F (cdef beside it); load
+                                                      it with MICROGPT_CUDA_LIB=F
 Environment: MICROGPT_CUDA=0 skips the build; MICROGPT_CUDA_ARCHS="80 90" picks targets;
 NVCC names the compiler. Objects compile in parallel; the library is written atomically.
 """
@@ -89,28 +91,31 @@ def check(arch="90"):
     return len(objs)
 
 
-def build(archs=None, verbose=True):
-    """Build the library and its cdef file; returns the library path."""
+def build(archs=None, verbose=True, out=None):
+    """Build the library and its cdef file; returns the library path. out: another path for
+    the library (its cdef beside it, same stem), as gpu_check.sh --prebuild uses."""
     nvcc = nvcc_path()
     if nvcc is None:
         raise BuildError("nvcc not found")
     archs = archs or os.environ.get("MICROGPT_CUDA_ARCHS", " ".join(DEFAULT_ARCHS)).split()
+    library = out or LIBRARY
+    cdef_file = CDEF_FILE if out is None else os.path.splitext(out)[0] + ".cdef"
     cdef = read_cdef()
     with tempfile.TemporaryDirectory() as tmp:
         objs = _compile_all(nvcc, archs, tmp)
         tmp_lib = os.path.join(tmp, "lib.so")
         _run([nvcc, "-shared", *_gencode(archs), *objs, "-o", tmp_lib])
-        staged = LIBRARY + ".tmp"
+        staged = library + ".tmp"
         shutil.copyfile(tmp_lib, staged)
-        os.replace(staged, LIBRARY)
-    with open(CDEF_FILE + ".tmp", "w") as f:
+        os.replace(staged, library)
+    with open(cdef_file + ".tmp", "w") as f:
         f.write(cdef)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(CDEF_FILE + ".tmp", CDEF_FILE)
+    os.replace(cdef_file + ".tmp", cdef_file)
     if verbose:
-        print(f"microgpt: built {LIBRARY} for sm_{', sm_'.join(archs)}")
-    return LIBRARY
+        print(f"microgpt: built {library} for sm_{', sm_'.join(archs)}")
+    return library
 
 
 def build_if_possible():
@@ -133,13 +138,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="compile-check every .cu, one arch, -c only")
     parser.add_argument("--arch", action="append", help="target such as 90 (repeatable)")
+    parser.add_argument("--out", help="write the library here instead of beside this file")
     args = parser.parse_args(argv)
     try:
         if args.check:
             count = check((args.arch or ["90"])[0])
             print(f"microgpt: {count} CUDA sources compile cleanly (warnings as errors)")
         else:
-            build(args.arch)
+            build(args.arch, out=args.out)
     except BuildError as exc:
         print(exc, file=sys.stderr)
         return 1

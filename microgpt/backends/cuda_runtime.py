@@ -32,7 +32,8 @@ except ImportError:   # pragma: no cover - cffi is a runtime dependency
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 LIBRARY = os.environ.get("MICROGPT_CUDA_LIB", os.path.join(HERE, "_microgpt_cuda.so"))
-CDEF_FILES = (os.path.join(HERE, "_microgpt_cuda.cdef"),
+# the cdef written beside the library (cuda_build.py), else the header's CDEF block
+CDEF_FILES = (os.path.splitext(LIBRARY)[0] + ".cdef",
               os.path.join(os.path.dirname(os.path.dirname(HERE)), "cuda", "microgpt_cuda.h"))
 # int8 / uint8: the weights of quantized layers (cuda.py linear_q8_forward ...); uint16: bf16
 # bit patterns, the operands of the tensor-core products (cuda_bf16.py)
