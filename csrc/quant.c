@@ -41,8 +41,12 @@
  *               product on its own, folded into 4 running totals in turn (4 short chains)
  *   v6_intdot_avx2  activations to int8 per 32-block, maddubs/madd integer block products
  *   v7_intdot_vnni  v6 with vpdpbusd, two blocks a 512-bit vector (v6 on a CPU without VNNI)
+ *   v8_unsigned_vnni  int4: the stored nibbles (q + 8, unsigned) straight into vpdpbusd (or
+ *               maddubs), minus 8 x each activation block's sum, computed once per call: no
+ *               sign moves per weight block (the comment above v8's code); int8: v7
  *   linear_q8_forward_intdot / linear_q4_forward_intdot (decoding): the integer-dot rung this
- *   CPU supports (threads.c's microgpt_simd_level, which tests can lower; VNNI from cpuid), the
+ *   CPU supports (int8: v7 / v6; int4: v8, VNNI or AVX2) (threads.c's microgpt_simd_level,
+ *   which tests can lower; VNNI from cpuid), the
  *   same arithmetic in portable C, threaded, where there is no SIMD. Shapes the 32-blocks do
  *   not tile (int8 per channel at C % 32 != 0) take the float rungs.
  *   linear_q8_forward / linear_q4_forward (the op: forward passes, eval, training): the best
@@ -556,6 +560,90 @@ static int has_vnni(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
            && __builtin_cpu_supports("avx512vnni");
 }
+
+/* ---- v8: int4 as unsigned nibbles -----------------------------------------------------------
+ * v6 / v7 turn each nibble into q - 8 and then, because u8 x s8 instructions want an unsigned
+ * operand, move the activations' signs onto the weights (abs, sign / mask-negate): per block
+ * four operations that depend on the weights, so they run for every output channel. But a
+ * stored nibble u = q + 8 is already unsigned, and
+ *     sum_k a_k q_k = sum_k a_k u_k - 8 * sum_k a_k,
+ * where sum_k a_k (s_b, the block's activation sum) depends on the activations only: computed
+ * once per call, as the activations' rounding is. So the weights go into the instruction as
+ * they are (u8), the activations as they are (s8), and the correction enters as the
+ * accumulator's starting value: corr holds -s_b in each of the 8 int32 lanes a block's sum is
+ * spread over (8 lanes x -s_b = -8 s_b), laid out block after block so that a pair of blocks
+ * is one 512-bit load. The integer sum is exactly v6/v7's (|u a| <= 15 * 127: no overflow in
+ * maddubs' int16 pairs, 2 * 1905), so v8 computes the same numbers. int8 weights are signed:
+ * the same move would need each weight block's own sum, so the int8 v8 rung is v7's. */
+__attribute__((target("avx2,fma")))
+static inline __m256i nibbles_block_avx2(const uint8_t* qb) {        /* u, element order */
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    __m128i bytes = _mm_loadu_si128((const __m128i*)qb);
+    return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(bytes, 4), mask), _mm_and_si128(bytes, mask));
+}
+
+__attribute__((target("avx2,fma")))
+static inline __m256 ublock_avx2(const int8_t* xq, const int32_t* corr, const uint8_t* qb, __m256 scale,
+                                 __m256 acc) {
+    __m256i pairs = _mm256_maddubs_epi16(nibbles_block_avx2(qb), _mm256_loadu_si256((const __m256i*)xq));
+    __m256i sums = _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
+                                    _mm256_loadu_si256((const __m256i*)corr));
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
+}
+
+__attribute__((target("avx2,fma")))
+static float udot_q4_avx2(const int8_t* xq, const float* dx, const int32_t* corr, const void* qv, const float* d,
+                          int64_t group, int64_t C) {
+    const uint8_t* q = (const uint8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = block_shift(group);
+    __m256 t0 = _mm256_setzero_ps(), t1 = t0;
+    for (; b + 2 <= blocks; b += 2) {
+        t0 = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+        t1 = ublock_avx2(xq + b * 32 + 32, corr + b * 8 + 8, q + b * 16 + 16,
+                         _mm256_set1_ps(dx[b + 1] * WSCALE((b + 1))), t1);
+    }
+    for (; b < blocks; b++)
+        t0 = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+    return hsum256(_mm256_add_ps(t0, t1));
+}
+
+/* two blocks' 32 bytes -> their 64 nibbles u in element order (unpack_pair_vnni without the - 8) */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512i nibbles_pair_vnni(const uint8_t* qb) {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    __m256i bytes = _mm256_loadu_si256((const __m256i*)qb);
+    __m256i low = _mm256_and_si256(bytes, mask), high = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask);
+    __m512i both = _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+    return _mm512_shuffle_i64x2(both, both, _MM_SHUFFLE(3, 1, 2, 0));
+}
+
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 upair_vnni(const int8_t* xq, const int32_t* corr, const uint8_t* qb, __m512 scale, __m512 acc) {
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void*)corr), nibbles_pair_vnni(qb),
+                                       _mm512_loadu_si512((const void*)xq));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float udot_q4_vnni(const int8_t* xq, const float* dx, const int32_t* corr, const void* qv, const float* d,
+                          int64_t group, int64_t C) {
+    const uint8_t* q = (const uint8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = block_shift(group);
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = upair_vnni(xq + b * 32, corr + b * 8, q + b * 16,
+                        pair_scale(dx[b] * WSCALE(b), dx[b + 1] * WSCALE((b + 1))), t0);
+        t1 = upair_vnni(xq + b * 32 + 64, corr + b * 8 + 16, q + b * 16 + 32,
+                        pair_scale(dx[b + 2] * WSCALE((b + 2)), dx[b + 3] * WSCALE((b + 3))), t1);
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < blocks; b++)
+        tail = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, _mm256_set1_ps(dx[b] * WSCALE(b)), tail);
+    return total + hsum256(tail);
+}
 #endif
 
 /* ---- the driver every rung shares: output channels across threads, rows inside --------------
@@ -693,6 +781,58 @@ void linear_q4_forward_v7_intdot_vnni(float* out, const float* x, const uint8_t*
     linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
 }
 
+/* v8's driver: quant_forward_int's, plus each activation block's correction (v8's comment) */
+typedef float (*row_udot)(const int8_t* xq, const float* dx, const int32_t* corr, const void* q, const float* d,
+                          int64_t group, int64_t C);
+
+static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, const float* w_scale, const float* b,
+                             int64_t group, int64_t N, int64_t C, int64_t OC, row_udot dot) {
+    int64_t blocks = C / QBLOCK, groups = C / group;
+    int8_t* xq = (int8_t*)malloc((size_t)(N * C));
+    float* dx = (float*)malloc(sizeof(float) * (size_t)(N * blocks));
+    int32_t* corr = (int32_t*)malloc(sizeof(int32_t) * (size_t)(N * blocks * 8));
+    if (!xq || !dx || !corr || N == 0) {
+        free(xq);
+        free(dx);
+        free(corr);
+        if (N > 0) linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+        return;
+    }
+    quantize_activations_q8(xq, dx, x, N, C);
+    for (int64_t blk = 0; blk < N * blocks; blk++) {
+        int32_t sum = 0;
+        for (int k = 0; k < QBLOCK; k++) sum += xq[blk * QBLOCK + k];
+        for (int lane = 0; lane < 8; lane++) corr[blk * 8 + lane] = -sum;
+    }
+    #pragma omp parallel for schedule(static) if (N * OC * C >= QUANT_INT_PAR_MIN)
+    for (int64_t o = 0; o < OC; o++) {
+        const uint8_t* row = w_q + o * (C / 2);
+        const float* d = w_scale + o * groups;
+        float bias = b ? b[o] : 0.0f;
+        for (int64_t n = 0; n < N; n++)
+            out[n * OC + o] = bias + dot(xq + n * C, dx + n * blocks, corr + n * blocks * 8, row, d, group, C);
+    }
+    free(xq);
+    free(dx);
+    free(corr);
+}
+
+/* v8: int4 with unsigned nibbles (VNNI, else the AVX2 maddubs form; v6 where there is no x86
+ * SIMD); int8: v7 */
+void linear_q8_forward_v8_unsigned_vnni(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+    linear_q8_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+}
+
+void linear_q4_forward_v8_unsigned_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+#ifdef QX86
+    quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC, has_vnni() ? udot_q4_vnni : udot_q4_avx2);
+#else
+    linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+#endif
+}
+
 int quant_has_vnni(void) {
 #ifdef QX86
     return has_vnni();
@@ -716,9 +856,15 @@ void linear_q8_forward_intdot(float* out, const float* x, const int8_t* w_q, con
 void linear_q4_forward_intdot(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
                               const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
-    if (level >= 2) linear_q4_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
-    else if (level == 1) linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
-    else quant_forward_int(out, x, w_q, C / 2, w_scale, b, group, N, C, OC, idot_q4_scalar, dot_q4_scalar);
+#ifdef QX86
+    if (level >= 1) {       /* v8: AVX-512 VNNI where the level allows and the CPU has it, else AVX2 */
+        quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC,
+                         level >= 2 && has_vnni() ? udot_q4_vnni : udot_q4_avx2);
+        return;
+    }
+#endif
+    (void)level;
+    quant_forward_int(out, x, w_q, C / 2, w_scale, b, group, N, C, OC, idot_q4_scalar, dot_q4_scalar);
 }
 
 /* linear_q*_forward, the op (ops.quantized_linear: model forward, eval, training): "dequantize,
