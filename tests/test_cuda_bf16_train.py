@@ -16,7 +16,6 @@ from microgpt.cli import main
 from microgpt.errors import ConfigError
 from microgpt.train.config import TrainConfig
 from microgpt.train.optim import AdamW
-from train_helpers import losses, tiny_config
 
 
 @pytest.fixture(params=["mock", pytest.param("gpu", marks=[
@@ -79,6 +78,7 @@ def test_trainer_runs_bf16_and_checkpoints_float32(tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "_loaded", dict(backends._loaded))
     from microgpt.train.checkpoint import load_model
     from microgpt.train.trainer import train as run_training
+    from train_helpers import losses, tiny_config          # here: the other tests need no tokenizer core
     fp32 = run_training(tiny_config(tmp_path, out="fp32", max_steps=4))
     mock.calls.clear()
     bf16 = run_training(tiny_config(tmp_path, out="bf16", device="cuda", dtype="bf16", max_steps=4))
