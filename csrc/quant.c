@@ -591,20 +591,22 @@ static inline __m256 ublock_avx2(const int8_t* xq, const int32_t* corr, const ui
     return _mm256_fmadd_ps(_mm256_cvtepi32_ps(sums), scale, acc);
 }
 
+/* dxv: the activation scales laid out as corr (dx[b] in each of block b's 8 lanes), so the
+ * product's scale dx[b] * d[b] is one load and one multiply by the weight scale */
+#define USCALE8(b) _mm256_mul_ps(_mm256_loadu_ps(dxv + (b) * 8), _mm256_set1_ps(WSCALE(b)))
 __attribute__((target("avx2,fma")))
-static float udot_q4_avx2(const int8_t* xq, const float* dx, const int32_t* corr, const void* qv, const float* d,
+static float udot_q4_avx2(const int8_t* xq, const float* dxv, const int32_t* corr, const void* qv, const float* d,
                           int64_t group, int64_t C) {
     const uint8_t* q = (const uint8_t*)qv;
     int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
     int shift = block_shift(group);
     __m256 t0 = _mm256_setzero_ps(), t1 = t0;
     for (; b + 2 <= blocks; b += 2) {
-        t0 = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
-        t1 = ublock_avx2(xq + b * 32 + 32, corr + b * 8 + 8, q + b * 16 + 16,
-                         _mm256_set1_ps(dx[b + 1] * WSCALE((b + 1))), t1);
+        t0 = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, USCALE8(b), t0);
+        t1 = ublock_avx2(xq + b * 32 + 32, corr + b * 8 + 8, q + b * 16 + 16, USCALE8(b + 1), t1);
     }
     for (; b < blocks; b++)
-        t0 = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, _mm256_set1_ps(dx[b] * WSCALE(b)), t0);
+        t0 = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, USCALE8(b), t0);
     return hsum256(_mm256_add_ps(t0, t1));
 }
 
@@ -625,8 +627,22 @@ static inline __m512 upair_vnni(const int8_t* xq, const int32_t* corr, const uin
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
 }
 
+/* a pair's weight scales [d[b] x 8, d[b + 1] x 8]: at group 32 the two adjacent floats in one
+ * 64-bit load, spread by one permute (pair_scale's two broadcasts and a blend, v7, cost more);
+ * at a group of 64 or more both blocks share one scale: a broadcast */
 __attribute__((target(VNNI_TARGET)))
-static float udot_q4_vnni(const int8_t* xq, const float* dx, const int32_t* corr, const void* qv, const float* d,
+static inline __m512 pair_weight_scale(const float* d, int64_t b, int shift, int64_t per_group) {
+    if (shift == 0) {
+        const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+        __m128 two = _mm_castpd_ps(_mm_load_sd((const double*)(d + b)));
+        return _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(two));
+    }
+    if (shift > 0) return _mm512_set1_ps(d[b >> shift]);
+    return pair_scale(d[b / per_group], d[(b + 1) / per_group]);
+}
+
+__attribute__((target(VNNI_TARGET)))
+static float udot_q4_vnni(const int8_t* xq, const float* dxv, const int32_t* corr, const void* qv, const float* d,
                           int64_t group, int64_t C) {
     const uint8_t* q = (const uint8_t*)qv;
     int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
@@ -634,14 +650,15 @@ static float udot_q4_vnni(const int8_t* xq, const float* dx, const int32_t* corr
     __m512 t0 = _mm512_setzero_ps(), t1 = t0;
     for (; b + 4 <= blocks; b += 4) {
         t0 = upair_vnni(xq + b * 32, corr + b * 8, q + b * 16,
-                        pair_scale(dx[b] * WSCALE(b), dx[b + 1] * WSCALE((b + 1))), t0);
+                        _mm512_mul_ps(_mm512_loadu_ps(dxv + b * 8), pair_weight_scale(d, b, shift, per_group)), t0);
         t1 = upair_vnni(xq + b * 32 + 64, corr + b * 8 + 16, q + b * 16 + 32,
-                        pair_scale(dx[b + 2] * WSCALE((b + 2)), dx[b + 3] * WSCALE((b + 3))), t1);
+                        _mm512_mul_ps(_mm512_loadu_ps(dxv + b * 8 + 16), pair_weight_scale(d, b + 2, shift, per_group)),
+                        t1);
     }
     float total = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
     __m256 tail = _mm256_setzero_ps();
     for (; b < blocks; b++)
-        tail = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, _mm256_set1_ps(dx[b] * WSCALE(b)), tail);
+        tail = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, USCALE8(b), tail);
     return total + hsum256(tail);
 }
 #endif
@@ -782,7 +799,7 @@ void linear_q4_forward_v7_intdot_vnni(float* out, const float* x, const uint8_t*
 }
 
 /* v8's driver: quant_forward_int's, plus each activation block's correction (v8's comment) */
-typedef float (*row_udot)(const int8_t* xq, const float* dx, const int32_t* corr, const void* q, const float* d,
+typedef float (*row_udot)(const int8_t* xq, const float* dxv, const int32_t* corr, const void* q, const float* d,
                           int64_t group, int64_t C);
 
 static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, const float* w_scale, const float* b,
@@ -791,18 +808,23 @@ static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, con
     int8_t* xq = (int8_t*)malloc((size_t)(N * C));
     float* dx = (float*)malloc(sizeof(float) * (size_t)(N * blocks));
     int32_t* corr = (int32_t*)malloc(sizeof(int32_t) * (size_t)(N * blocks * 8));
-    if (!xq || !dx || !corr || N == 0) {
+    float* dxv = (float*)malloc(sizeof(float) * (size_t)(N * blocks * 8));
+    if (!xq || !dx || !corr || !dxv || N == 0) {
         free(xq);
         free(dx);
         free(corr);
+        free(dxv);
         if (N > 0) linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
         return;
     }
     quantize_activations_q8(xq, dx, x, N, C);
-    for (int64_t blk = 0; blk < N * blocks; blk++) {
+    for (int64_t blk = 0; blk < N * blocks; blk++) {       /* per activation block: -sum, scale x 8 lanes */
         int32_t sum = 0;
         for (int k = 0; k < QBLOCK; k++) sum += xq[blk * QBLOCK + k];
-        for (int lane = 0; lane < 8; lane++) corr[blk * 8 + lane] = -sum;
+        for (int lane = 0; lane < 8; lane++) {
+            corr[blk * 8 + lane] = -sum;
+            dxv[blk * 8 + lane] = dx[blk];
+        }
     }
     #pragma omp parallel for schedule(static) if (N * OC * C >= QUANT_INT_PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
@@ -810,11 +832,12 @@ static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, con
         const float* d = w_scale + o * groups;
         float bias = b ? b[o] : 0.0f;
         for (int64_t n = 0; n < N; n++)
-            out[n * OC + o] = bias + dot(xq + n * C, dx + n * blocks, corr + n * blocks * 8, row, d, group, C);
+            out[n * OC + o] = bias + dot(xq + n * C, dxv + n * blocks * 8, corr + n * blocks * 8, row, d, group, C);
     }
     free(xq);
     free(dx);
     free(corr);
+    free(dxv);
 }
 
 /* v8: int4 with unsigned nibbles (VNNI, else the AVX2 maddubs form; v6 where there is no x86

@@ -38,7 +38,8 @@ def _weights(rng, oc, c, scheme, group):
 # (N rows, C inputs, OC outputs, group): odd channel counts for int8 per-channel, tails below 8
 # / 16 lanes, one row and a few, groups of every int4 size
 INT8_SHAPES = [(1, 37, 5, 37), (3, 64, 7, 32), (1, 768, 33, 768), (5, 96, 3, 32), (2, 130, 17, 130), (1, 1, 1, 1)]
-INT4_SHAPES = [(1, 32, 1, 32), (3, 64, 7, 64), (1, 768, 33, 32), (4, 256, 9, 128), (2, 160, 5, 32)]
+INT4_SHAPES = [(1, 32, 1, 32), (3, 64, 7, 64), (1, 768, 33, 32), (4, 256, 9, 128), (2, 160, 5, 32),
+               (1, 192, 5, 96)]   # group 96: 3 blocks a scale, not a power of two (a division)
 
 
 @needs_c
