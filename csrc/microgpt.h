@@ -171,8 +171,9 @@ int paged_attention_forward(float* out, float* work, int64_t work_len, const flo
  * q + 8 two per byte by Q4_0's 32-element blocks (byte j: element j low, j + 16 high), group a
  * multiple of 32. out (N, OC) = x (N, C) @ W^T + b (b may be NULL). Rungs: v1_naive (scalar, one
  * thread), v2_avx2, v3_avx512 (threaded), v4/v5 block loops, v6/v7 integer dots on int8-quantized
- * activations (v7: AVX-512 VNNI). linear_q*_forward runs the best float rung this CPU has;
- * linear_q*_forward_intdot (decoding) the best integer-dot rung (activations rounded to int8). */
+ * activations (v7: AVX-512 VNNI), v8 (int4 as unsigned nibbles minus 8 x the activation block
+ * sums; int8 with its activation-side work hoisted). linear_q*_forward runs the best float rung
+ * this CPU has; linear_q*_forward_intdot (decoding) the best integer-dot rung (v8 / v6). */
 void linear_q8_forward_v1_naive(float* out, const float* x, const int8_t* w_q, const float* w_scale,
                                 const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
 void linear_q8_forward_v2_avx2(float* out, const float* x, const int8_t* w_q, const float* w_scale,

@@ -43,9 +43,11 @@
  *   v7_intdot_vnni  v6 with vpdpbusd, two blocks a 512-bit vector (v6 on a CPU without VNNI)
  *   v8_unsigned_vnni  int4: the stored nibbles (q + 8, unsigned) straight into vpdpbusd (or
  *               maddubs), minus 8 x each activation block's sum, computed once per call: no
- *               sign moves per weight block (the comment above v8's code); int8: v7
+ *               sign moves per weight block (the comment above v8's code); int8: |a|, the sign
+ *               masks and the lane-laid scales made once per call (VNNI). Both take a pair's
+ *               scale in one multiply of two loads instead of two broadcasts and a blend
  *   linear_q8_forward_intdot / linear_q4_forward_intdot (decoding): the integer-dot rung this
- *   CPU supports (int8: v7 / v6; int4: v8, VNNI or AVX2) (threads.c's microgpt_simd_level,
+ *   CPU supports (int8: v8 with VNNI, else v6; int4: v8, VNNI or AVX2) (threads.c's microgpt_simd_level,
  *   which tests can lower; VNNI from cpuid), the
  *   same arithmetic in portable C, threaded, where there is no SIMD. Shapes the 32-blocks do
  *   not tile (int8 per channel at C % 32 != 0) take the float rungs.
@@ -641,6 +643,35 @@ static inline __m512 pair_weight_scale(const float* d, int64_t b, int shift, int
     return pair_scale(d[b / per_group], d[(b + 1) / per_group]);
 }
 
+/* int8 on v8: the weights are signed, so the activations' signs still move onto them per
+ * block (mask-negate), but what depends on the activations alone is done once per call: |a|
+ * (xa), the sign masks of each pair of blocks (64 bits), and the lane-laid scales (dxv) */
+__attribute__((target(VNNI_TARGET)))
+static float udot_q8_vnni(const int8_t* xq, const uint8_t* xa, const uint64_t* signs, const float* dxv,
+                          const void* qv, const float* d, int64_t group, int64_t C) {
+    const int8_t* q = (const int8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = group == C ? 62 : block_shift(group);     /* per channel: every b >> 62 is 0 */
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0;
+    for (; b + 4 <= blocks; b += 4) {
+        for (int half = 0; half < 2; half++) {
+            int64_t p = b + 2 * half;
+            __m512i w = _mm512_loadu_si512((const void*)(q + p * 32));
+            __m512i signed_w = _mm512_mask_sub_epi8(w, (__mmask64)signs[p / 2], _mm512_setzero_si512(), w);
+            __m512i sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_loadu_si512((const void*)(xa + p * 32)),
+                                               signed_w);
+            __m512 scale = _mm512_mul_ps(_mm512_loadu_ps(dxv + p * 8), pair_weight_scale(d, p, shift, per_group));
+            if (half == 0) t0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, t0);
+            else t1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, t1);
+        }
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < blocks; b++)
+        tail = block_int_avx2(xq + b * 32, _mm256_loadu_si256((const __m256i*)(q + b * 32)), USCALE8(b), tail);
+    return total + hsum256(tail);
+}
+
 __attribute__((target(VNNI_TARGET)))
 static float udot_q4_vnni(const int8_t* xq, const float* dxv, const int32_t* corr, const void* qv, const float* d,
                           int64_t group, int64_t C) {
@@ -840,11 +871,62 @@ static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, con
     free(dxv);
 }
 
+#ifdef QX86
+/* int8 v8's driver: quant_forward_int's, plus |a|, the pairs' sign masks and dxv (above) */
+static void quant_forward_q8v8(float* out, const float* x, const int8_t* w_q, const float* w_scale, const float* b,
+                               int64_t group, int64_t N, int64_t C, int64_t OC) {
+    int64_t blocks = C / QBLOCK, groups = C / group, pairs = (blocks + 1) / 2;
+    int8_t* xq = (int8_t*)malloc((size_t)(N * C));
+    uint8_t* xa = (uint8_t*)malloc((size_t)(N * C));
+    float* dx = (float*)malloc(sizeof(float) * (size_t)(N * blocks));
+    float* dxv = (float*)malloc(sizeof(float) * (size_t)(N * blocks * 8));
+    uint64_t* signs = (uint64_t*)calloc((size_t)(N * pairs), sizeof(uint64_t));
+    if (!xq || !xa || !dx || !dxv || !signs || N == 0 || C % QBLOCK || group % QBLOCK) {
+        free(xq);
+        free(xa);
+        free(dx);
+        free(dxv);
+        free(signs);
+        if (N > 0) linear_q8_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+        return;
+    }
+    quantize_activations_q8(xq, dx, x, N, C);
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t k = 0; k < C; k++) {
+            int8_t v = xq[n * C + k];
+            xa[n * C + k] = (uint8_t)(v < 0 ? -v : v);
+            if (v < 0) signs[n * pairs + k / 64] |= 1ULL << (k % 64);
+        }
+    for (int64_t blk = 0; blk < N * blocks; blk++)
+        for (int lane = 0; lane < 8; lane++) dxv[blk * 8 + lane] = dx[blk];
+    #pragma omp parallel for schedule(static) if (N * OC * C >= QUANT_INT_PAR_MIN)
+    for (int64_t o = 0; o < OC; o++) {
+        const int8_t* row = w_q + o * C;
+        const float* d = w_scale + o * groups;
+        float bias = b ? b[o] : 0.0f;
+        for (int64_t n = 0; n < N; n++)
+            out[n * OC + o] = bias + udot_q8_vnni(xq + n * C, xa + n * C, signs + n * pairs, dxv + n * blocks * 8, row, d,
+                                                  group, C);
+    }
+    free(xq);
+    free(xa);
+    free(dx);
+    free(dxv);
+    free(signs);
+}
+#endif
+
 /* v8: int4 with unsigned nibbles (VNNI, else the AVX2 maddubs form; v6 where there is no x86
- * SIMD); int8: v7 */
+ * SIMD); int8: the activation-side work of v7 hoisted out of the weight loop (VNNI; else v6) */
 void linear_q8_forward_v8_unsigned_vnni(float* out, const float* x, const int8_t* w_q, const float* w_scale,
                                         const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
-    linear_q8_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+#ifdef QX86
+    if (has_vnni()) {
+        quant_forward_q8v8(out, x, w_q, w_scale, b, group, N, C, OC);
+        return;
+    }
+#endif
+    linear_q8_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
 }
 
 void linear_q4_forward_v8_unsigned_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
@@ -865,13 +947,13 @@ int quant_has_vnni(void) {
 }
 
 /* The decoding entry points (quantize/layers.py's QuantizedWeight calls them through
- * backends/cpu_quant.py's prepared kernel): the integer-dot rung this CPU supports (v7 with
- * VNNI, else v6), and the same arithmetic in portable C, threaded, where there is no SIMD, so
- * every path rounds alike. */
+ * backends/cpu_quant.py's prepared kernel): the integer-dot rung this CPU supports (v8 with
+ * VNNI; else v6 for int8 and v8's AVX2 form for int4), and the same arithmetic in portable C,
+ * threaded, where there is no SIMD, so every path rounds alike (the same exact integer sums). */
 void linear_q8_forward_intdot(float* out, const float* x, const int8_t* w_q, const float* w_scale,
                               const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
-    if (level >= 2) linear_q8_forward_v7_intdot_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+    if (level >= 2) linear_q8_forward_v8_unsigned_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
     else if (level == 1) linear_q8_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
     else quant_forward_int(out, x, (const uint8_t*)w_q, C, w_scale, b, group, N, C, OC, idot_q8_scalar, dot_q8_scalar);
 }

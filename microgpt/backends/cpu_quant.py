@@ -8,7 +8,7 @@ Which kernel runs for a product of N rows (every leading axis of x flattened):
   N <= GEMV_MAX_ROWS (decoding)   quant.c's matrix-vector rung for this CPU: each weight row is
                                   read once, as 1 or 0.5 bytes per weight, and dequantized in
                                   registers (the float block rungs v5 / v4); prepared() below,
-                                  the decoder's path, multiplies integers instead (v7 / v6).
+                                  the decoder's path, multiplies integers instead (v8 / v6).
   more rows (prefill, training)   dequantize W once into a float32 matrix, then the packed,
                                   threaded GEMM of matmul.c: one pass over W (1/N of the product's
                                   work) buys the GEMM's register blocking, which the
