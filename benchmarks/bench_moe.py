@@ -31,6 +31,11 @@ first row. Its ratio (loop / floor) is the best `moe grouped vs loop` any groupe
 reach in that run, and its GFLOP/s the GEMM rate that sets it. FLOPs of one layer call:
 9 x 2 R C H (the router's 3 x 2 N C E is < 0.3% of it, left out).
 
+The grouped matmul's C rungs raced on the layer's nine products, beside the same products
+as dense GEMMs (printed, not written to results; results/moe.md quotes its run):
+
+    python benchmarks/bench_moe.py --rungs [--threads N]
+
 Both rows run in one process, sides alternated by the harness (no memory is measured);
 OMP_WAIT_POLICY=PASSIVE so the idle OpenMP workers of one library do not spin on the other's
 cores (as bench_finetune.py).
@@ -130,6 +135,59 @@ def roofline_case(tokens, loop, repeats):
     return harness.Case(f"moe roofline (the layer's 9 expert products as dense GEMMs, {tokens} tokens)",
                         floor, loop, peer_name="ours, per-expert Python loop", unit="ms",
                         repeats=repeats, warmup=1)
+
+
+def race_rungs(tokens, calls=7):
+    """Median / min ms and GFLOP/s of the layer's nine expert products through each grouped
+    rung (csrc/moe.c) and as dense GEMMs, the rungs and the dense side alternated."""
+    import statistics
+    import time
+    from microgpt.backends import cpu, cpu_moe
+    rows, c, h, e = tokens * MOE["n_experts_per_token"], SMALL["n_embd"], MOE["moe_hidden"], MOE["n_experts"]
+    rng = np.random.default_rng(0)
+    offsets = np.concatenate([[0], np.cumsum(rng.multinomial(rows, np.ones(e) / e))]).astype(np.int64)
+    x = rng.standard_normal((rows, c)).astype(np.float32)
+    w_gate, w_up = (rng.standard_normal((e, h, c)).astype(np.float32) for _ in range(2))
+    w_down = rng.standard_normal((e, c, h)).astype(np.float32)
+    d_out = rng.standard_normal((rows, c)).astype(np.float32)
+
+    def grouped(name):
+        fwd = cpu_moe.rung("grouped_matmul_forward", name)
+        bwd = cpu_moe.rung("grouped_matmul_backward", name)
+
+        def products():
+            gate = fwd(x, w_gate, offsets)
+            fwd(x, w_up, offsets)
+            fwd(gate, w_down, offsets)
+            d_hidden = bwd(d_out, gate, w_down, offsets)[0]
+            bwd(d_hidden, x, w_gate, offsets)
+            bwd(d_hidden, x, w_up, offsets)
+        return products
+
+    def dense():
+        gate = cpu.linear_forward(x, w_gate[0], None)
+        cpu.linear_forward(x, w_up[0], None)
+        cpu.linear_forward(gate, w_down[0], None)
+        d_hidden = cpu.linear_backward(d_out, gate, w_down[0], False)[0]
+        cpu.linear_backward(d_hidden, x, w_gate[0], False)
+        cpu.linear_backward(d_hidden, x, w_up[0], False)
+
+    sides = {"dense GEMMs": dense, **{name: grouped(name) for name in cpu_moe.RUNGS}}
+    times = {name: [] for name in sides}
+    for fn in sides.values():
+        fn()                                                    # warm-up
+    for _ in range(calls):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    flops = layer_flops(tokens)
+    print(f"the layer's 9 expert products, {tokens} tokens ({flops / 1e9:.2f} GFLOP), {calls} calls each, "
+          f"load average at the end {harness.load_average()}")
+    for name, seconds in times.items():
+        median = statistics.median(seconds)
+        print(f"  {name:<12} median {median * 1e3:7.1f} ms  min {min(seconds) * 1e3:7.1f} ms  "
+              f"{flops / median / 1e9:6.1f} GFLOP/s")
 
 
 # --- moe step ------------------------------------------------------------------------------
@@ -282,9 +340,13 @@ def main():
 
     def extra(parser):
         parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+        parser.add_argument("--rungs", action="store_true", help="race the grouped matmul's C rungs only")
     args = harness.parse_args(__doc__.splitlines()[0], extra)
     set_threads(args.threads)
     print(f"threads: {args.threads}, OMP_WAIT_POLICY: {os.environ.get('OMP_WAIT_POLICY')}", flush=True)
+    if args.rungs:
+        race_rungs(512 if args.quick else 4096)
+        return
     repeats = 2 if args.quick else 5
     tokens = 512 if args.quick else 4096
     layer = layer_case(tokens, repeats)
