@@ -60,11 +60,13 @@ def test_top_k_above_the_expert_count_is_a_config_error():
 def test_dense_config_hash_is_unchanged_by_the_moe_fields():
     # a checkpoint written before the MoE fields existed still resumes: the hash of a dense
     # config is computed without them
-    config = make_config("demo")
-    old = {k: v for k, v in config.to_dict().items() if not k.startswith(("n_experts", "n_shared", "moe_",
-                                                                             "router_"))}
+    # (nor by the fields added after them, such as dtype: ADDED_FIELDS lists them all)
     import hashlib
-    from microgpt.train.config import RUN_CONTROL_FIELDS
+    from microgpt.train.config import ADDED_FIELDS, RUN_CONTROL_FIELDS
+    config = make_config("demo")
+    moe = {k for k in config.to_dict() if k.startswith(("n_experts", "n_shared", "moe_", "router_"))}
+    assert len(moe) == 8 and moe <= ADDED_FIELDS
+    old = {k: v for k, v in config.to_dict().items() if k not in ADDED_FIELDS}
     payload = {k: v for k, v in old.items() if k not in RUN_CONTROL_FIELDS}
     assert config_hash(config) == hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     assert config_hash(make_config("demo", None, {"n_experts": 4})) != config_hash(config)
