@@ -107,6 +107,15 @@ int matmul_bf16_v1_mma(float* out, const uint16_t* a, const uint16_t* b, const f
 int matmul_bf16(float* out, const uint16_t* a, const uint16_t* b, const float* bias,
                 int64_t M, int64_t N, int64_t K, int trans_a, int trans_b);
 
+/* attention_bf16.cu: attention_forward's meaning from bf16 q, k, v (uint16_t bits), float32 out and lse,
+   on the tensor cores; HS = 64 and 16-byte aligned q, k, v only (else cudaErrorNotSupported) */
+int attention_bf16_forward_v1_mma(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                  const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq,
+                                  int64_t Tk, int64_t HS);
+int attention_bf16_forward(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                           const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
+                           int64_t HS);
+
 /* softmax.cu, crossentropy.cu: rows of (N, C) / (N, V) */
 int softmax_forward(float* out, const float* x, int64_t N, int64_t C);
 int softmax_backward(float* dx, const float* dout, const float* out, int64_t N, int64_t C);

@@ -242,6 +242,23 @@ class MockLib:
 
     matmul_bf16 = matmul_bf16_v1_mma
 
+    # attention_bf16.cu: the reference on the bf16 values, P rounded to bf16 before P V as the kernel does
+    def attention_bf16_forward_v1_mma(self, out, lse, q, k, v, segment_ids, B, NH, NKV, Tq, Tk, HS):
+        if HS != 64 or NH % NKV:
+            return 801                                   # cudaErrorNotSupported, as the kernel answers
+        qs = MockLib._bf16_value(view(q, B * NH * Tq * HS, np.uint16)).reshape(B, NH, Tq, HS).astype(np.float64)
+        ks, vs = (ref._expand_kv(MockLib._bf16_value(view(p, B * NKV * Tk * HS, np.uint16))
+                                 .reshape(B, NKV, Tk, HS).astype(np.float64), NH) for p in (k, v))
+        visible = ref._visible(Tq, Tk, MockLib._segments(segment_ids, B, Tk))
+        scores = np.where(visible, qs @ np.swapaxes(ks, -1, -2) / np.sqrt(HS), -np.inf)
+        ls = ref._logsumexp(scores)
+        probs = MockLib._bf16_value(MockLib._bf16_round(np.exp(scores - ls[..., None]).astype(np.float32)))
+        view(out, B * NH * Tq * HS)[:] = (probs.astype(np.float64) @ vs).reshape(-1)
+        view(lse, B * NH * Tq)[:] = ls.reshape(-1)
+        return 0
+
+    attention_bf16_forward = attention_bf16_forward_v1_mma
+
     # softmax.cu, crossentropy.cu
     def _rows(fn):
         def launcher(self, out, x, N, C):

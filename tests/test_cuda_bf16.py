@@ -214,3 +214,27 @@ def test_precision_must_be_known():
     with pytest.raises(Exception, match="bf16"):
         with cuda_bf16.matmul_precision("fp8"):
             pass
+
+
+# --- attention forward on the tensor cores ---------------------------------------------------------
+
+@pytest.mark.parametrize("b,nh,nkv,tq,tk", [(1, 1, 1, 1, 1), (2, 4, 2, 70, 70), (1, 2, 1, 33, 130),
+                                            (2, 2, 2, 129, 129), (1, 3, 1, 64, 64), (1, 2, 2, 200, 257)])
+def test_attention_bf16_forward_against_the_reference(cu, b, nh, nkv, tq, tk):
+    """out within 2u of the reference on the bf16-rounded inputs (P is rounded to bf16 for the
+    P V product, each weight by at most u: the GEMM's argument with one rounded operand), lse
+    within float32 summation error (the scores are exact products of bf16 values)."""
+    rng = np.random.default_rng(b * 100 + tq + tk)
+    q = rng.standard_normal((b, nh, tq, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((b, nkv, tk, 64)).astype(np.float32) for _ in range(2))
+    for segments in ([None, rng.integers(0, 3, (b, tk)).cumsum(axis=1) // 20] if tq == tk else [None]):
+        out, lse = cu.attention_bf16_forward(*(cu.asarray(x, np.float32) for x in (q, k, v)), segments)
+        want_out, want_lse = ref.attention_forward(bf16_values(q), bf16_values(k), bf16_values(v), segments)
+        assert rel_err(cu.to_numpy(out), want_out) < TOL_INPUTS
+        assert rel_err(cu.to_numpy(lse), want_lse) < TOL_ACCUM
+
+
+def test_attention_bf16_forward_needs_head_size_64(cu):
+    x = cu.asarray(np.ones((1, 1, 4, 32)), np.float32)
+    with pytest.raises(Exception, match="64"):
+        cu.attention_bf16_forward(x, x, x)

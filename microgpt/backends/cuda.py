@@ -9,6 +9,7 @@ Layout of the binding (sources in cuda/, the C ABI in cuda/microgpt_cuda.h):
   cuda_index.py        getitem and getitem_backward
   cuda_matmul.py       matmul and linear
   cuda_moe.py          mixture of experts: row permutation, grouped matmul, weighted combine
+  cuda_bf16.py         bf16 mixed precision: conversions, the tensor-core products, the scope
   cuda.py              (this file) the fused transformer kernels, and the backend module
                        itself: every contract name, AVAILABLE / UNAVAILABLE_REASON / NAME,
                        and a few CUDA-only helpers
@@ -29,7 +30,7 @@ import os
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
-from . import cuda_runtime as rt
+from . import cuda_bf16, cuda_runtime as rt
 from .cuda_create import asarray, full, to_numpy, zeros
 from .cuda_elementwise import (accumulate, add, div, exp, gelu_backward, gelu_forward, log, mul, neg, pow_scalar,
                                relu_backward, relu_forward, silu_backward, silu_forward, sqrt, sub, tanh)
@@ -44,6 +45,7 @@ from .cuda_shape import broadcast_to, concatenate, permute, reshape
 
 __all__ = [
     "NAME", "AVAILABLE", "UNAVAILABLE_REASON", "DeviceArray", "device_name", "synchronize", "grad_norm", "memory_stats",
+    "attention_bf16_forward",
     # the contract (backends/__init__.py KERNELS), in its order
     "asarray", "to_numpy", "zeros", "full", "accumulate",
     "add", "sub", "mul", "div", "neg", "pow_scalar", "exp", "log", "sqrt", "tanh",
@@ -355,6 +357,22 @@ def attention_backward(dout, q, k, v, out, lse, segment_ids=None):
         call("attention_backward_v2_flash", dq.ptr, dk.ptr, dv.ptr, delta.ptr, dout.ptr, q.ptr, k.ptr, v.ptr,
              out.ptr, lse.ptr, seg_ptr, b, nh, nkv, tq, tk, hs)
     return dq, dk, dv
+
+
+def attention_bf16_forward(q, k, v, segment_ids=None):
+    """(out, lse) float32 of attention_forward from q, k, v rounded to bf16, on the tensor cores
+    (cuda/attention_bf16.cu; HS = 64). CUDA-only, and not used by the training step yet (no
+    backward on tensor cores so far): benchmarks/bench_gpu_bf16.py races it against SDPA."""
+    q, k, v = on_device(q), on_device(k), on_device(v)
+    b, nh, nkv, tq, tk, hs = _attention_sizes("attention_bf16_forward", q, k, v)
+    if hs != 64:
+        raise ShapeError(f"attention_bf16_forward: head size 64 only, got {hs}")
+    _seg, seg_ptr = _segments("attention_bf16_forward", segment_ids, b, tq, tk)   # _seg holds the memory
+    out, lse = empty(q.shape, np.float32), empty(q.shape[:3], np.float32)
+    if out.size:
+        q16, k16, v16 = cuda_bf16.to_bf16(q), cuda_bf16.to_bf16(k), cuda_bf16.to_bf16(v)
+        call("attention_bf16_forward", out.ptr, lse.ptr, q16.ptr, k16.ptr, v16.ptr, seg_ptr, b, nh, nkv, tq, tk, hs)
+    return out, lse
 
 
 # --- paged KV cache (paged_attention.cu) -----------------------------------------------------------------

@@ -128,3 +128,4 @@ def gemm(out, a16, b16, bias, m, n, k, trans_a, trans_b, batch=1, sa=0, sb=0, sc
     for z in range(batch):                     # one launch a product (batched products are rare here)
         call("matmul_bf16", cast("float*", out.addr + 4 * z * sc), cast("uint16_t*", a16.addr + 2 * z * sa),
              cast("uint16_t*", b16.addr + 2 * z * sb), bias_ptr, m, n, k, int(trans_a), int(trans_b))
+
