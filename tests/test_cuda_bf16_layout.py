@@ -179,3 +179,66 @@ def test_without_the_swizzle_the_reads_would_conflict():
     256-byte rows 1 (a 4-way and an 8-way conflict)."""
     assert len(set(bank_groups([r * BK for r in range(8)]))) == 2
     assert len(set(bank_groups([r * BM for r in range(8)]))) == 1
+
+
+# --- cuda/attention_bf16.cu: 64 x 64 tiles of 128-byte rows, and P repacked in registers --------
+
+D = 64
+
+
+def fa_offset(row, x):
+    return row * D + ((((x >> 3) ^ row) & 7) << 3) + (x & 7)
+
+
+def fa_tile(rows):
+    """A (64, 64) block as fa_load_tile stores it (chunk f: row f / 8, columns (f % 8) * 8 ...)."""
+    tile = np.full(64 * D, np.nan)
+    for f in range(512):
+        r, x = f >> 3, (f & 7) << 3
+        tile[fa_offset(r, x):fa_offset(r, x) + 8] = rows[r, x:x + 8]
+    assert not np.isnan(tile).any()
+    return tile
+
+
+def test_attention_tiles_are_a_permutation_and_conflict_free():
+    slots = [fa_offset(f >> 3, (f & 7) << 3) for f in range(512)]
+    assert sorted(slots) == list(range(0, 64 * D, 8))
+    for q in range(0, 512, 8):
+        assert len(set(bank_groups(slots[q:q + 8]))) == 8
+    for r0 in range(0, 64, 8):
+        for x in range(0, D, 8):
+            assert len(set(bank_groups([fa_offset(r0 + j, x) for j in range(8)]))) == 8
+
+
+def test_one_warp_of_the_attention_forward_through_the_fragments():
+    """S = Q_w K^T from fragments, P = S repacked from C to A fragments (as the kernel packs it),
+    O = P V through transposed V fragments: equals (Q K^T) V (small integers, exact)."""
+    rng = np.random.default_rng(11)
+    q, k, v = (rng.integers(-3, 4, (64, D)).astype(np.float64) for _ in range(3))
+    qs, ks, vs = fa_tile(q), fa_tile(k), fa_tile(v)
+    warp = 2
+    qf = [ldmatrix_x4(qs, [fa_offset(warp * 16 + (lane & 15), kc * 16 + (lane >> 4) * 8) for lane in range(32)],
+                      False) for kc in range(4)]
+    s = np.zeros((8, 32, 4))
+    for kc in range(4):
+        for np_ in range(4):
+            r = ldmatrix_x4(ks, [fa_offset(np_ * 16 + (lane & 7) + ((lane >> 3) >> 1) * 8,
+                                           kc * 16 + ((lane >> 3) & 1) * 8) for lane in range(32)], False)
+            mma(s[2 * np_], qf[kc], (r[0], r[1]))
+            mma(s[2 * np_ + 1], qf[kc], (r[2], r[3]))
+    o = np.zeros((8, 32, 4))
+    for kc2 in range(4):
+        pa = [s[2 * kc2][:, 0:2], s[2 * kc2][:, 2:4], s[2 * kc2 + 1][:, 0:2], s[2 * kc2 + 1][:, 2:4]]
+        for np_ in range(4):
+            r = ldmatrix_x4(vs, [fa_offset(kc2 * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                           np_ * 16 + ((lane >> 3) >> 1) * 8) for lane in range(32)], True)
+            mma(o[2 * np_], pa, (r[0], r[1]))
+            mma(o[2 * np_ + 1], pa, (r[2], r[3]))
+    got = np.zeros((16, D))
+    for nt in range(8):
+        for lane in range(32):
+            g, t = lane >> 2, lane & 3
+            for e in range(4):
+                got[g + 8 * (e >> 1), nt * 8 + 2 * t + (e & 1)] = o[nt, lane, e]
+    rows = q[warp * 16:warp * 16 + 16]
+    np.testing.assert_array_equal(got, (rows @ k.T) @ v)
