@@ -13,9 +13,14 @@
  *   moe_combine_forward     out[n] = sum_{r: t_r = n} weights[r] y[r]   (the weighted scatter back)
  *   moe_combine_backward    dy[r] = weights[r] dout[t_r],  dweights[r] = dout[t_r] . y[r]
  *
- * Scatters without atomics: a scatter-add over rows is split by columns, each thread owning
- * a band of channels of every output row, so no two threads write one value and the sum
- * order (r ascending) is fixed: results do not depend on the thread count.
+ * Scatters without atomics: a scatter-add over rows is turned into a gather. A counting sort
+ * of token_index lists each token's rows (r ascending); then each output row is one thread's,
+ * out[n] = ((0 + s_r1 y[r1]) + s_r2 y[r2]) + ..., summed in a row of L1 and written once. No
+ * two threads write one value and the sum order (r ascending) is fixed: results do not depend
+ * on the thread count. (The first version split the columns into one band per thread, every
+ * thread adding into every output row in place: the same sums, about twice the time, as
+ * each add read and wrote a row that had left the cache. It stays as the fallback when the
+ * index list cannot be allocated.)
  *
  * The grouped matmul's ladder:
  *   v1_loop    the plain loop: for each expert, the threaded GEMM of matmul.c over its rows.
@@ -53,9 +58,10 @@ void moe_permute_forward(float* out, const float* x, const int64_t* token_index,
         memcpy(out + r * C, x + token_index[r] * C, (size_t)C * sizeof(float));
 }
 
-/* out (N, C) += rows of src, each scaled (scale NULL: 1), at token_index; out zeroed first */
-static void scatter_rows(float* out, const float* src, const float* scale, const int64_t* token_index,
-                         int64_t N, int64_t R, int64_t C) {
+/* out (N, C) = sum of the rows of src, each scaled (scale NULL: 1), at token_index: the
+ * column-band version (see the header) */
+static void scatter_rows_by_bands(float* out, const float* src, const float* scale, const int64_t* token_index,
+                                  int64_t N, int64_t R, int64_t C) {
     memset(out, 0, (size_t)(N * C) * sizeof(float));
     int64_t bands = R * C >= MG_PAR_MIN ? BANDS_FOR(C) : 1;
     #pragma omp parallel for schedule(static) num_threads(bands) if (bands > 1)
@@ -69,6 +75,36 @@ static void scatter_rows(float* out, const float* src, const float* scale, const
                 o[c] += s * y[c];
         }
     }
+}
+
+/* the same sums, as gathers: each token's rows from a counting sort of token_index */
+static void scatter_rows(float* out, const float* src, const float* scale, const int64_t* token_index,
+                         int64_t N, int64_t R, int64_t C) {
+    int64_t* first = malloc((size_t)(N + 1 + R) * sizeof(int64_t));
+    if (!first) {
+        scatter_rows_by_bands(out, src, scale, token_index, N, R, C);
+        return;
+    }
+    int64_t* rows_of = first + N + 1;       /* token n's rows: rows_of[first[n] .. first[n+1]) */
+    memset(first, 0, (size_t)(N + 1) * sizeof(int64_t));
+    for (int64_t r = 0; r < R; r++) first[token_index[r] + 1]++;
+    for (int64_t n = 0; n < N; n++) first[n + 1] += first[n];
+    for (int64_t r = 0; r < R; r++) rows_of[first[token_index[r]]++] = r;      /* first[n]: n's end */
+    for (int64_t n = N; n > 0; n--) first[n] = first[n - 1];                   /* back to starts */
+    first[0] = 0;
+    #pragma omp parallel for schedule(static) if (R * C >= MG_PAR_MIN)
+    for (int64_t n = 0; n < N; n++) {
+        float* restrict o = out + n * C;
+        memset(o, 0, (size_t)C * sizeof(float));
+        for (int64_t j = first[n]; j < first[n + 1]; j++) {
+            int64_t r = rows_of[j];
+            float s = scale ? scale[r] : 1.0f;
+            const float* restrict y = src + r * C;
+            #pragma omp simd
+            for (int64_t c = 0; c < C; c++) o[c] += s * y[c];
+        }
+    }
+    free(first);
 }
 
 void moe_permute_backward(float* dx, const float* dout, const int64_t* token_index, int64_t N, int64_t R,

@@ -123,6 +123,24 @@ def test_c_scatters_do_not_depend_on_the_thread_count():
     np.testing.assert_array_equal(one, two)
 
 
+def test_c_scatters_sum_each_tokens_rows_in_row_order():
+    # the documented order: out[n] = ((0 + s y[r1]) + s y[r2]) + ... over n's rows r ascending,
+    # which np.add.at in float32 (unbuffered, in index order) also computes: equal bits. The
+    # plan has tokens with no rows, one row and many rows.
+    rng = np.random.default_rng(9)
+    n, c = 300, 389
+    token_index = np.concatenate([rng.integers(0, n // 2, 700), np.full(40, n - 1)]).astype(np.int64)
+    rng.shuffle(token_index)
+    rows = rng.standard_normal((token_index.size, c)).astype(np.float32)
+    weights = rng.random(token_index.size).astype(np.float32)
+    want = np.zeros((n, c), np.float32)
+    np.add.at(want, token_index, rows)
+    np.testing.assert_array_equal(cpu_moe.moe_permute_backward(rows, token_index, n), want)
+    want = np.zeros((n, c), np.float32)
+    np.add.at(want, token_index, rows * weights[:, None])
+    np.testing.assert_array_equal(cpu_moe.moe_combine_forward(rows, weights, token_index, n), want)
+
+
 def test_a_bad_plan_is_refused_before_c():
     x = np.ones((4, 3), np.float32)
     w = np.ones((2, 5, 3), np.float32)
