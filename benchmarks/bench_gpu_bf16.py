@@ -3,7 +3,7 @@ GPT-2-124M training step in float32 and in bf16 mixed precision against PyTorch.
 
 Run by benchmarks/gpu_check.sh, one section a process (rows merged by gpu_check.py --merge):
 
-    python benchmarks/bench_gpu_bf16.py --sections gemm --rows FILE
+    python benchmarks/bench_gpu_bf16.py --sections gemm,attention --rows FILE
     python benchmarks/bench_gpu_bf16.py --sections step --rows FILE
     python benchmarks/bench_gpu_bf16.py --dry        imports everything, prints the plan (no GPU)
 
@@ -16,6 +16,10 @@ Sections (each fails alone: an error becomes its row):
         checked against the float64 product of the same bf16 values (only float32 summation
         error is left: flagged WRONG above 1e-4). Rows `gpu bf16 gemm <case>` and the summary
         `gpu bf16 gemm` (the smallest ratio). Target >= 0.7x cuBLAS at every shape.
+  attention  attention_bf16_forward (cuda/attention_bf16.cu) vs torch SDPA on bf16 q, k, v
+        (causal, B 8, NH 12, HS 64, T 1024 / 2048 / 4096), forward only: our bf16 attention
+        has no backward yet, so issue 19's fwd+bwd target is not measured. Checked at the
+        first T against float64 on one batch element (out within 2u, lse within 1e-5).
   step  GPT-2-124M (12 layers, 12 heads, 768 channels, context 1024, vocab 50304), B = 8,
         AdamW lr 3e-4, 20 steps from the same initial weights on the same two batches
         alternated, four runs: ours float32, ours --dtype bf16 (backends/cuda_bf16.py), PyTorch
@@ -29,6 +33,9 @@ Sections (each fails alone: an error becomes its row):
                           (tests/test_cuda_model.py: the cuda and cpu float32 runs agree to
                           1e-4; 20 CPU steps of this model would take minutes of device time)
           loss autocast   PyTorch's own bf16-vs-float32 gap, for scale (no target)
+        With --profile FILE, one more step of each run goes through torch.profiler (CUDA
+        activity: every kernel of the process, ours included) and FILE gets each run's
+        kernels by device time: issue 19's "profile first" table.
 Timing: CUDA events around each GEMM, median of repeats after a warm-up; a training step by
 the host clock (it ends in loss.item(), a synchronization), median over steps 3..20.
 """
@@ -59,6 +66,7 @@ GEMM_CASES = [
     ("4096^3", 4096, 4096, 4096, 0, 0),
 ]
 GEMM_TARGET = 0.7
+PROFILE = []                # markdown lines of the profiled steps (--profile FILE writes them)
 STEP_TARGETS = {"fp32": 1.0, "bf16": 0.9}
 
 
@@ -109,11 +117,79 @@ def gemm_section(torch, rt, cases, budget_s=0.5):
         note="bits equal to torch's" if same else "BITS DIFFER from torch's rounding")
 
 
+# --- attention forward -----------------------------------------------------------------------------
+
+@guarded("bf16")
+def attention_section(torch, rt, batch, heads, lengths, budget_s=0.5):
+    """attention_bf16_forward vs SDPA in bf16 (flash backend where torch has it), forward only."""
+    import torch.nn.functional as F
+
+    def ptr(kind, t):
+        return rt.ffi.cast(kind, t.data_ptr())
+    for t in lengths:
+        gen = torch.Generator(device="cuda").manual_seed(t)
+        q, k, v = (torch.randn(batch, heads, t, 64, device="cuda", generator=gen).to(torch.bfloat16)
+                   for _ in range(3))
+        out = torch.full((batch, heads, t, 64), float("nan"), device="cuda")
+        lse = torch.empty(batch, heads, t, device="cuda")
+
+        def ours():
+            rt.call("attention_bf16_forward", ptr("float*", out), ptr("float*", lse), ptr("uint16_t*", q),
+                    ptr("uint16_t*", k), ptr("uint16_t*", v), rt.ffi.NULL, batch, heads, heads, t, t, 64)
+
+        note = ""
+        if t == lengths[0]:
+            ours()
+            torch.cuda.synchronize()
+            qd, kd, vd = (x[:1].double() for x in (q, k, v))
+            scores = (qd @ kd.transpose(-1, -2)) / 8.0
+            scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool, device="cuda").tril(), float("-inf"))
+            err = rel_err(out[:1], scores.softmax(-1) @ vd)
+            err_lse = rel_err(lse[:1], scores.logsumexp(-1))
+            ok = err < 2 * 2.0 ** -8 and err_lse < 1e-5
+            note = f"err out {err:.1e}, lse {err_lse:.1e}{'' if ok else ' WRONG'}"
+        ours_ms = time_ms(torch, ours, budget_s=budget_s)
+        peer_ms = time_ms(torch, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), budget_s=budget_s)
+        row("bf16", f"gpu bf16 attention fwd B{batch} NH{heads} HS64 T{t}", ours_ms, peer_ms, "ms",
+            note=note or "forward only (the target of issue 19 is fwd+bwd >= 0.8x: no bf16 backward yet)")
+
+
 # --- step -----------------------------------------------------------------------------------------
 
-def train_ours(config, batches, steps, lr, dtype, budget_s=60.0):
+def kernel_table(torch, prof, label, top=15):
+    """Markdown lines: the `top` kernels of one profiled step by device time."""
+    kernels = []
+    for evt in prof.key_averages():
+        if not str(getattr(evt, "device_type", "")).endswith("CUDA"):
+            continue
+        us = next((getattr(evt, a) for a in ("self_device_time_total", "self_cuda_time_total", "device_time_total",
+                                             "cuda_time_total") if getattr(evt, a, None)), 0.0)
+        kernels.append((us, evt.count, evt.key))
+    kernels.sort(reverse=True)
+    total = sum(us for us, _, _ in kernels) or 1.0
+    lines = [f"### {label}: {total / 1e3:.1f} ms of kernels in one step, {len(kernels)} kernels", "",
+             "| kernel | calls | ms | share |", "|---|---|---|---|"]
+    for us, count, name in kernels[:top]:
+        name = name.replace("|", "/")
+        lines.append(f"| `{name[:90]}` | {count} | {us / 1e3:.2f} | {100 * us / total:.1f} % |")
+    return lines + [""]
+
+
+def profiled(torch, step, label):
+    """Run step() once under torch.profiler (CUDA activity: every kernel of the process, ours
+    launched through cffi included) and return its kernel_table."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    return kernel_table(torch, prof, label)
+
+
+def train_ours(config, batches, steps, lr, dtype, budget_s=60.0, profile_with=None):
     """microgpt's GPT on cuda in `dtype`: (initial state_dict, losses, seconds per step). Stops
-    early (fewer steps; the other runs then take as many) if the steps outrun budget_s."""
+    early (fewer steps; the other runs then take as many) if the steps outrun budget_s. With
+    profile_with (torch), one more step runs under the profiler: its table is appended to
+    PROFILE."""
     from microgpt import GPT
     from microgpt.backends import cuda_bf16
     from microgpt.train.optim import AdamW
@@ -136,11 +212,21 @@ def train_ours(config, batches, steps, lr, dtype, budget_s=60.0):
         print(f"  ours {dtype} step {step}: loss {losses[-1]:.5f}, {seconds[-1] * 1e3:.0f} ms", flush=True)
         if sum(seconds) > budget_s and step >= 2:
             break
+    if profile_with is not None:
+        def one_step():
+            idx, targets = batches[0]
+            with cuda_bf16.matmul_precision(dtype):
+                _, loss = model(idx, targets=targets)
+                loss.backward()
+            opt.step(lr)
+            opt.zero_grad()
+        PROFILE.extend(profiled(profile_with, one_step, f"ours {dtype}"))
     return state, losses, seconds
 
 
-def train_torch(torch, config, state, batches, steps, lr, autocast, device="cuda"):
-    """The PyTorch peer (gpu_train_peer.py) from the same weights, float32 or under autocast bf16."""
+def train_torch(torch, config, state, batches, steps, lr, autocast, device="cuda", profile=False):
+    """The PyTorch peer (gpu_train_peer.py) from the same weights, float32 or under autocast bf16
+    (with profile, one more step's kernel table goes to PROFILE)."""
     import contextlib
 
     from gpu_train_peer import TorchGPT2, make_optimizer
@@ -163,9 +249,14 @@ def train_torch(torch, config, state, batches, steps, lr, autocast, device="cuda
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
         seconds.append(time.perf_counter() - start)
-    del model, opt
-    if device == "cuda":
-        torch.cuda.empty_cache()
+    if profile:
+        def one_step():
+            with scope():
+                loss = model(data[0][0], data[0][1])
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        PROFILE.extend(profiled(torch, one_step, "PyTorch " + ("autocast bf16" if autocast else "eager fp32")))
     return losses, seconds
 
 
@@ -179,16 +270,18 @@ def bf16_gaps(bf16, fp32):
 
 
 @guarded("step")
-def step_section(torch, config, batch, steps, lr):
+def step_section(torch, config, batch, steps, lr, profile=False):
     from microgpt.backends import cuda
     batches = make_batches(config.vocab_size, batch, config.block_size)
-    state, fp32, fp32_s = train_ours(config, batches, steps, lr, "float32")
+    prof = torch if profile else None
+    state, fp32, fp32_s = train_ours(config, batches, steps, lr, "float32", profile_with=prof)
     cuda.rt.POOL.release_cache()
-    _, bf16, bf16_s = train_ours(config, batches, len(fp32), lr, "bf16")
+    _, bf16, bf16_s = train_ours(config, batches, len(fp32), lr, "bf16", profile_with=prof)
     cuda.rt.POOL.release_cache()
     steps = min(len(fp32), len(bf16))
-    peer32, peer32_s = train_torch(torch, config, state, batches, steps, lr, autocast=False)
-    peer16, peer16_s = train_torch(torch, config, state, batches, steps, lr, autocast=True)
+    peer32, peer32_s = train_torch(torch, config, state, batches, steps, lr, autocast=False, profile=profile)
+    torch.cuda.empty_cache()                     # the float32 peer's memory back before the next run
+    peer16, peer16_s = train_torch(torch, config, state, batches, steps, lr, autocast=True, profile=profile)
     tokens = batch * config.block_size
     skip = min(2, steps - 1)
 
@@ -230,13 +323,15 @@ def gpt2_config(quick):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", default="gemm,step", help="comma-separated: gemm, step")
+    parser.add_argument("--sections", default="gemm,attention,step", help="comma-separated: gemm, attention, step")
     parser.add_argument("--rows", help="write the rows to FILE (gpu_check.py --merge reports them)")
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test on a GPU")
+    parser.add_argument("--profile", help="profile one extra step of each run of the step section; kernel "
+                                          "tables to FILE (markdown)")
     parser.add_argument("--dry", action="store_true", help="import everything and print the plan; no GPU needed")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
-    unknown = set(sections) - {"gemm", "step"}
+    unknown = set(sections) - {"gemm", "attention", "step"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
     import torch
@@ -252,15 +347,23 @@ def main(argv=None):
     if not torch.cuda.is_available() or not cuda.AVAILABLE:
         why = "torch sees no GPU" if not torch.cuda.is_available() else f"cuda backend: {cuda.UNAVAILABLE_REASON}"
         for sec in sections:
-            row("bf16" if sec == "gemm" else "step", "not run", error=why)
+            row("step" if sec == "step" else "bf16", "not run", error=why)
     else:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         if "gemm" in sections:
             cases = [c for c in GEMM_CASES if not args.quick or max(c[1:4]) <= 8192][:4 if args.quick else None]
             gemm_section(torch, rt, cases)
+        if "attention" in sections:
+            attention_section(torch, rt, 2 if args.quick else 8, 12, (256,) if args.quick else (1024, 2048, 4096))
         if "step" in sections:
-            step_section(torch, config, 2 if args.quick else 8, 5 if args.quick else 20, 3e-4)
+            step_section(torch, config, 2 if args.quick else 8, 5 if args.quick else 20, 3e-4,
+                         profile=bool(args.profile))
+    if args.profile and PROFILE:
+        from microgpt.fileio import atomic_write
+        with atomic_write(args.profile) as f:
+            f.write("\n".join(["# One GPT-2-124M training step, kernel by kernel (torch.profiler, CUDA activity)",
+                               "", *PROFILE]))
     if args.rows:
         import json
 

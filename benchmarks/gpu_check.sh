@@ -29,7 +29,8 @@
 # and are installed into a temporary folder first. A carried build whose stamp does not match
 # the sources, or that does not load there, is rebuilt.
 #
-# Writes OUTDIR/build.log, tests.log, special_values.log, gpu_check.json, gpu.md (the rows of
+# Writes OUTDIR/build.log, tests.log, special_values.log, profile.md (one step's kernels, ours
+# and PyTorch's), gpu_check.json, gpu.md (the rows of
 # every part merged after each one, so a later hang keeps the earlier figures) and prints the
 # table last.
 set -uo pipefail
@@ -58,13 +59,13 @@ limit_for() {
 }
 
 part_cap() {   # seconds each benchmark part may take
-    case $1 in bf16gemm) echo 60;; step) echo 150;; matmul) echo 50;; attention) echo 60;; train) echo 120;; *) echo 60;; esac
+    case $1 in bf16gemm) echo 75;; step) echo 150;; matmul) echo 50;; attention) echo 60;; train) echo 120;; *) echo 60;; esac
 }
 
 part_cmd() {   # the command of a benchmark part, writing its rows to $2
     case $1 in
-        bf16gemm) echo "python3 benchmarks/bench_gpu_bf16.py --sections gemm --rows $2";;
-        step) echo "python3 benchmarks/bench_gpu_bf16.py --sections step --rows $2";;
+        bf16gemm) echo "python3 benchmarks/bench_gpu_bf16.py --sections gemm,attention --rows $2";;
+        step) echo "python3 benchmarks/bench_gpu_bf16.py --sections step --rows $2 --profile $OUTDIR/profile.md";;
         matmul|attention|train) echo "python3 benchmarks/gpu_check.py --sections $1 --rows $2";;
         *) return 1;;
     esac

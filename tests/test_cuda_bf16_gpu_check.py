@@ -62,3 +62,20 @@ def test_training_loops_of_the_step_section(monkeypatch):
     np.testing.assert_allclose(fp32, peer32, rtol=0, atol=1e-4)     # same model, same float32 arithmetic
     assert bench_gpu_bf16.bf16_gaps(bf16, fp32)[0]
     assert bench_gpu_bf16.bf16_gaps(peer16, peer32)[0]               # PyTorch's bf16 keeps the bound too
+
+
+def test_kernel_table_keeps_device_kernels_by_time():
+    import types
+
+    import bench_gpu_bf16
+
+    def event(key, device, us, count):
+        return types.SimpleNamespace(key=key, device_type=f"DeviceType.{device}", self_device_time_total=us,
+                                     count=count)
+    prof = types.SimpleNamespace(key_averages=lambda: [event("aten::mm", "CPU", 900.0, 3),
+                                                       event("gemm|small", "CUDA", 250.0, 4),
+                                                       event("matmul_bf16_kernel", "CUDA", 750.0, 12)])
+    lines = bench_gpu_bf16.kernel_table(None, prof, "ours bf16")
+    assert lines[0].startswith("### ours bf16: 1.0 ms of kernels in one step, 2 kernels")
+    assert lines[4] == "| `matmul_bf16_kernel` | 12 | 0.75 | 75.0 % |"
+    assert lines[5] == "| `gemm/small` | 4 | 0.25 | 25.0 % |"
