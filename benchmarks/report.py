@@ -359,14 +359,18 @@ def quantization(results):
     out = []
     for shape, what in QUANT_SHAPES.items():
         i8, i4 = row(data, f"decode int8 vs fp32, {shape}"), row(data, f"decode int4 vs fp32, {shape}")
-        i4f = row(data, f"decode int4 head fp32 vs fp32, {shape}")
+        # records before the int8 head became int4's default have no "head fp32" rows
+        both = any(r.get("name") == f"decode int4 head fp32 vs fp32, {shape}" for r in data.get("rows", []))
         pre = row(data, f"prefill 512 int8 vs fp32, {shape}")
-        out.append((f"batch-1 decoding, 128 tokens, 2 threads, {what}: ours int8 / int4 (g32, head int8) vs ours fp32",
+        head = f"int4 with the head fp32 {x(row(data, f'decode int4 head fp32 vs fp32, {shape}')['ratio'])}; " \
+            if both else ""
+        out.append((f"batch-1 decoding, 128 tokens, 2 threads, {what}: ours int8 / int4 (g32"
+                    + (", head int8" if both else "") + ") vs ours fp32",
                     f"int8 {_vs(i8, 1.5)}, int4 {_vs(i4, 2.0)} tokens/s ({i8['ours']:.0f} / {i4['ours']:.0f} vs "
-                    f"{i8['peer']:.0f}); int4 with the head fp32 {x(i4f['ratio'])}; prefill 512 int8 "
-                    f"{x(pre['ratio'])} the fp32 speed", "ours fp32", label, link("quantize.md")))
+                    f"{i8['peer']:.0f}); {head}prefill 512 int8 {x(pre['ratio'])} the fp32 speed", "ours fp32", label,
+                    link("quantize.md")))
         cells = [f"{t.upper().replace(' HEAD F32', ' head F32')} {_vs(r, 1.0)} ({r['ours']:.0f} vs {r['peer']:.0f})"
-                 for t in ("f32", "q8_0", "q4_0", "q4_0 head f32")
+                 for t in ("f32", "q8_0", "q4_0") + (("q4_0 head f32",) if both else ())
                  for r in [row(data, f"decode vs llama.cpp {t}, {shape}")]]
         out.append((f"batch-1 decoding vs llama.cpp, same model and precision (our GGUF export), {what}, 2 threads",
                     "; ".join(cells) + " tokens/s", "llama-cpp-python", label, link("quantize.md")))
@@ -374,7 +378,7 @@ def quantization(results):
     v = q["variants"]
     cells = [f"{name} {'+' if v[name]['increase_percent'] >= 0 else ''}{v[name]['increase_percent']:.2f} %"
              + ("" if v[name].get("met", True) else " (**misses** +" + f"{v[name]['target_percent']:.1f} %)")
-             for name in ("int8", "int4 g32", "int4 g32 head fp32", "int4 g64", "int4 g128")]
+             for name in ("int8", "int4 g32", "int4 g32 head fp32", "int4 g64", "int4 g128") if name in v]
     agree = q.get("llama_cpp", {})
     out.append((f"quantized val perplexity vs fp32 ({v['fp32']['perplexity']:.2f}), a trained 4L×128C GPT-2",
                 "; ".join(cells) + f"; weight memory {x(v['int8']['memory_ratio'])} / "
