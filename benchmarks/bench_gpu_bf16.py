@@ -45,6 +45,8 @@ import statistics
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
@@ -313,6 +315,50 @@ def step_section(torch, config, batch, steps, lr, profile=False):
         print(f"losses {name}:", " ".join(f"{x:.5f}" for x in values))
 
 
+# --- every bf16 kernel once, small (for compute-sanitizer) -------------------------------------------
+
+def kernels_once():
+    """Each bf16 kernel on small awkward shapes through the cuda backend, checked against NumPy;
+    gpu_check.sh runs this under compute-sanitizer (memcheck: out-of-bounds accesses; racecheck:
+    shared-memory hazards of the cp.async / ldmatrix pipelines). Returns the number of failures."""
+    from microgpt.backends import cuda, cuda_bf16, reference as ref
+    from microgpt.backends import cuda_runtime as rt
+
+    def bf16(x):                                  # x rounded to bf16, as float64 (round to nearest even)
+        bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+
+    rng = np.random.default_rng(0)
+    failures = 0
+    for m, n, k in ((130, 72, 264), (256, 128, 96), (129, 131, 40)):
+        for ta in (0, 1):
+            for tb in (0, 1):
+                a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)
+                b = rng.standard_normal((n, k) if tb else (k, n)).astype(np.float32)
+                out = rt.empty((m, n), np.float32)
+                a16, b16 = (cuda_bf16.to_bf16(cuda.asarray(x, np.float32)) for x in (a, b))
+                cuda_bf16.gemm(out, a16, b16, None, m, n, k, ta, tb)
+                want = (bf16(a).T if ta else bf16(a)) @ (bf16(b).T if tb else bf16(b))
+                err = np.linalg.norm(cuda.to_numpy(out) - want) / np.linalg.norm(want)
+                ok = err < 1e-5
+                failures += not ok
+                print(f"gemm {m}x{n}x{k} trans {ta}{tb}: err {err:.1e} {'ok' if ok else 'WRONG'}")
+    q = rng.standard_normal((1, 2, 130, 64)).astype(np.float32)
+    kv = [rng.standard_normal((1, 1, 130, 64)).astype(np.float32) for _ in range(2)]
+    for segments in (None, np.repeat([[0, 1]], 65, axis=1)):
+        out, lse = cuda.attention_bf16_forward(*(cuda.asarray(x, np.float32) for x in (q, *kv)), segments)
+        want, want_lse = ref.attention_forward(bf16(q), bf16(kv[0]), bf16(kv[1]), segments)
+        err = np.linalg.norm(cuda.to_numpy(out) - want) / np.linalg.norm(want)
+        err_lse = np.linalg.norm(cuda.to_numpy(lse) - want_lse) / np.linalg.norm(want_lse)
+        ok = err < 2 * 2.0 ** -8 and err_lse < 1e-5
+        failures += not ok
+        print(f"attention_bf16_forward segments {segments is not None}: err {err:.1e} lse {err_lse:.1e} "
+              f"{'ok' if ok else 'WRONG'}")
+    cuda.synchronize()
+    return failures
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 def gpt2_config(quick):
@@ -328,12 +374,18 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke test on a GPU")
     parser.add_argument("--profile", help="profile one extra step of each run of the step section; kernel "
                                           "tables to FILE (markdown)")
+    parser.add_argument("--kernels-once", action="store_true",
+                        help="each bf16 kernel once on small shapes, checked (for compute-sanitizer); no torch")
     parser.add_argument("--dry", action="store_true", help="import everything and print the plan; no GPU needed")
     args = parser.parse_args(argv)
     sections = [s for s in args.sections.split(",") if s]
     unknown = set(sections) - {"gemm", "attention", "step"}
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
+    if args.kernels_once:
+        failures = kernels_once()
+        print(f"kernels once: {failures} failed")
+        return 1 if failures else 0
     import torch
     import gpu_train_peer  # noqa: F401 - the peer model imports (torch.nn)
     from microgpt.backends import cuda, cuda_bf16, cuda_runtime as rt

@@ -13,8 +13,10 @@
 #   benchmarks/gpu_check.sh --prebuild     build the library here for sm_90 into build/cuda/
 #                                          with a stamp of its sources, so a device run that
 #                                          carries build/cuda can skip the build
-#   GPU_CHECK_SECTIONS="bf16gemm step matmul attention"   benchmark parts, in this order
-#                                          (also: train, gpu_check.py's older float32 step)
+#   GPU_CHECK_SECTIONS="bf16gemm step matmul attention sanitize"   benchmark parts, in order
+#                                          (sanitize: the bf16 kernels once under compute-sanitizer
+#                                          memcheck and racecheck; also: train, gpu_check.py's
+#                                          older float32 step)
 #   GPU_CHECK_BUDGET_S=540                 the whole run's budget; a part gets what is left
 #   GPU_CHECK_TESTS=0                      skip the tests (a rerun of benchmarks only)
 #   MICROGPT_CUDA_ARCHS=90                 build targets (default 90 here: one arch, faster)
@@ -30,7 +32,7 @@
 # the sources, or that does not load there, is rebuilt.
 #
 # Writes OUTDIR/build.log, tests.log, special_values.log, profile.md (one step's kernels, ours
-# and PyTorch's), gpu_check.json, gpu.md (the rows of
+# and PyTorch's), sanitize.log, gpu_check.json, gpu.md (the rows of
 # every part merged after each one, so a later hang keeps the earlier figures) and prints the
 # table last.
 set -uo pipefail
@@ -40,7 +42,7 @@ case "${1:-}" in --dry) MODE=dry; shift;; --prebuild) MODE=prebuild; shift;; esa
 OUTDIR=${1:-${OUT:-benchmarks/results/gpu_run}}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export MICROGPT_CUDA_ARCHS=${MICROGPT_CUDA_ARCHS:-90}
-SECTIONS=${GPU_CHECK_SECTIONS:-bf16gemm step matmul attention}
+SECTIONS=${GPU_CHECK_SECTIONS:-bf16gemm step matmul attention sanitize}
 BUDGET=${GPU_CHECK_BUDGET_S:-540}
 PREBUILT=build/cuda/_microgpt_cuda.so           # gpu_check.sh --prebuild puts a build here
 STAMP=build/cuda/sources.sha256
@@ -59,7 +61,8 @@ limit_for() {
 }
 
 part_cap() {   # seconds each benchmark part may take
-    case $1 in bf16gemm) echo 75;; step) echo 150;; matmul) echo 50;; attention) echo 60;; train) echo 120;; *) echo 60;; esac
+    case $1 in bf16gemm) echo 75;; step) echo 150;; matmul) echo 50;; attention) echo 60;; train) echo 120;;
+               sanitize) echo 90;; *) echo 60;; esac
 }
 
 part_cmd() {   # the command of a benchmark part, writing its rows to $2
@@ -67,6 +70,7 @@ part_cmd() {   # the command of a benchmark part, writing its rows to $2
         bf16gemm) echo "python3 benchmarks/bench_gpu_bf16.py --sections gemm,attention --rows $2";;
         step) echo "python3 benchmarks/bench_gpu_bf16.py --sections step --rows $2 --profile $OUTDIR/profile.md";;
         matmul|attention|train) echo "python3 benchmarks/gpu_check.py --sections $1 --rows $2";;
+        sanitize) echo "python3 benchmarks/bench_gpu_bf16.py --kernels-once";;   # under compute-sanitizer
         *) return 1;;
     esac
 }
@@ -146,6 +150,17 @@ for section in $SECTIONS; do
         continue
     fi
     echo "-- $section (limit $limit s)"
+    if [[ $section == sanitize ]]; then   # the bf16 kernels once under memcheck, then racecheck
+        sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
+        for tool in memcheck racecheck; do
+            echo "== compute-sanitizer --tool $tool ==" >>"$OUTDIR/sanitize.log"
+            timeout "$(limit_for $(( limit / 2 )))" "$sanitizer" --tool "$tool" --error-exitcode 9 \
+                $(part_cmd sanitize) >>"$OUTDIR/sanitize.log" 2>&1
+            echo "sanitize $tool: exit status $? ($(grep -c 'WRONG' "$OUTDIR/sanitize.log") WRONG lines so far;" \
+                 "$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUTDIR/sanitize.log" | tail -1))"
+        done
+        continue
+    fi
     # shellcheck disable=SC2046
     timeout "$limit" $(part_cmd "$section" "$PARTS/$section.json") || echo "$section: exit status $?"
     python3 benchmarks/gpu_check.py --merge "$PARTS"/*.json --out "$OUTDIR" >/dev/null   # keep results so far

@@ -79,3 +79,12 @@ def test_kernel_table_keeps_device_kernels_by_time():
     assert lines[0].startswith("### ours bf16: 1.0 ms of kernels in one step, 2 kernels")
     assert lines[4] == "| `matmul_bf16_kernel` | 12 | 0.75 | 75.0 % |"
     assert lines[5] == "| `gemm/small` | 4 | 0.25 | 25.0 % |"
+
+
+def test_kernels_once_passes_on_the_mock(monkeypatch):
+    """What gpu_check.sh runs under compute-sanitizer: here through the mock, so its checks and
+    its calls are right before the device runs it."""
+    monkeypatch.setattr(backends, "_loaded", dict(backends._loaded))
+    cuda_mock.install(monkeypatch)
+    import bench_gpu_bf16
+    assert bench_gpu_bf16.kernels_once() == 0
