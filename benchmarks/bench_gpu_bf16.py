@@ -331,7 +331,7 @@ def kernels_once():
 
     rng = np.random.default_rng(0)
     failures = 0
-    for m, n, k in ((130, 72, 264), (256, 128, 96), (129, 131, 40)):
+    for m, n, k in ((130, 72, 264), (256, 128, 96), (129, 131, 40), (96, 80, 2048)):   # the last: split-K
         for ta in (0, 1):
             for tb in (0, 1):
                 a = rng.standard_normal((k, m) if ta else (m, k)).astype(np.float32)

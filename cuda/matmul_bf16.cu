@@ -57,8 +57,10 @@
    in float32, so the result is the float32 product of the bf16-rounded inputs up to
    float32 summation error (the mock computes exactly that in NumPy); the error against
    the unrounded inputs comes from the input rounding, bounded in tests/test_cuda_bf16.py.
-   Not here yet (next rungs): split-K for the weight gradient of a square 768 x 768 layer
-   (36 tiles for 132 SMs), wgmma / TMA on sm_90a, a bf16 output epilogue. */
+     - split-K (below, bf16_splits): a product with too few output tiles to fill the GPU and
+       a long K (the weight gradients) has its K cut into chunks summed by a second kernel.
+   Not here yet (next rungs): wgmma / TMA on sm_90a, a bf16 output epilogue, 4 stages of
+   BK = 64 in dynamic shared memory. */
 #include "common.cuh"
 #include "microgpt_cuda.h"
 #include <cuda_bf16.h>
@@ -170,24 +172,33 @@ __device__ __forceinline__ void load_chunk(uint16_t* tile, const uint16_t* base,
 }
 
 /* TA: a stored (K, M); TB: b stored (N, K). vec_out: out rows may be written as float2. */
+/* kc > 0 (split-K): block z sums k in [z kc, min(K, (z + 1) kc)) into its own (M, N) slice of out
+   (a workspace the split_sum kernel adds up); kc = 0: all of K into out. */
 template <bool TA, bool TB, bool ALIGNED>
 __global__ void __launch_bounds__(BF_THREADS) matmul_bf16_kernel(float* out, const uint16_t* a, const uint16_t* b,
-                                                                 const float* bias, int M, int N, int K, int vec_out) {
+                                                                 const float* bias, int M, int N, int K, int vec_out,
+                                                                 int kc) {
     __shared__ __align__(128) uint16_t as[BF_STAGES][BF_TILE];
     __shared__ __align__(128) uint16_t bs[BF_STAGES][BF_TILE];
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     int wm0 = (warp >> 2) * 64, wn0 = (warp & 3) * 32;          // this warp's 64 x 32 of the tile
     int m0 = blockIdx.y * BF_BM, n0 = blockIdx.x * BF_BN;
-    int64_t lda = TA ? M : K, ldb = TB ? K : N;
-    int steps = (K + BF_BK - 1) / BF_BK;
+    int64_t lda = TA ? M : K, ldb = TB ? K : N;          // leading dimensions: the whole K
+    int k_lo = 0, k_hi = K;
+    if (kc > 0) {
+        k_lo = blockIdx.z * kc;
+        k_hi = min(K, k_lo + kc);
+        out += (int64_t)blockIdx.z * M * N;
+    }
+    int steps = (k_hi - k_lo + BF_BK - 1) / BF_BK;
 
     auto load_step = [&](int step, int stage) {
-        int k0 = step * BF_BK;
+        int k0 = k_lo + step * BF_BK;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            int f = tid + h * BF_THREADS;
-            load_chunk<!TA, ALIGNED>(as[stage], a, lda, M, K, m0, k0, f);   // op(a): k-major unless TA
-            load_chunk<TB, ALIGNED>(bs[stage], b, ldb, N, K, n0, k0, f);    // op(b): k-major iff TB
+            int f = tid + h * BF_THREADS;                // k beyond this block's k_hi reads as 0
+            load_chunk<!TA, ALIGNED>(as[stage], a, lda, M, k_hi, m0, k0, f);   // op(a): k-major unless TA
+            load_chunk<TB, ALIGNED>(bs[stage], b, ldb, N, k_hi, n0, k0, f);    // op(b): k-major iff TB
         }
     };
 
@@ -279,12 +290,49 @@ __global__ void __launch_bounds__(BF_THREADS) matmul_bf16_kernel(float* out, con
 
 template <bool TA, bool TB>
 static void launch_bf16(dim3 grid, bool aligned, float* out, const uint16_t* a, const uint16_t* b, const float* bias,
-                        int M, int N, int K, int vec_out) {
-    if (aligned) matmul_bf16_kernel<TA, TB, true><<<grid, BF_THREADS>>>(out, a, b, bias, M, N, K, vec_out);
-    else matmul_bf16_kernel<TA, TB, false><<<grid, BF_THREADS>>>(out, a, b, bias, M, N, K, vec_out);
+                        int M, int N, int K, int vec_out, int kc) {
+    if (aligned) matmul_bf16_kernel<TA, TB, true><<<grid, BF_THREADS>>>(out, a, b, bias, M, N, K, vec_out, kc);
+    else matmul_bf16_kernel<TA, TB, false><<<grid, BF_THREADS>>>(out, a, b, bias, M, N, K, vec_out, kc);
+}
+
+// out[i] = sum_s ws[s][i] (+ bias[i % N]): the second half of split-K, in a fixed order (deterministic).
+__global__ void bf16_split_sum_kernel(float* out, const float* ws, const float* bias, int64_t MN, int N, int splits) {
+    MG_FOR(i, MN) {
+        float acc = bias ? bias[i % N] : 0.0f;
+        for (int s = 0; s < splits; s++) acc += ws[s * MN + i];
+        out[i] = acc;
+    }
 }
 
 static bool aligned_to(const void* p, uintptr_t bytes) { return ((uintptr_t)p & (bytes - 1)) == 0; }
+
+/* Split-K. A weight gradient has few output tiles and a long K (dW of a 768 x 768 projection:
+   36 tiles of 128 x 128 for 132 SMs that hold 2 blocks each, K = B T = 8192): K is cut into
+   chunks (multiples of BK) computed by separate blocks into a float32 workspace, then summed.
+   Splits: enough to fill 2 blocks per SM, each chunk at least 256 long, at most 16. The
+   workspace is kept and grown as needed (growing synchronizes). */
+static float* g_split_ws = NULL;
+static size_t g_split_ws_bytes = 0;
+static int g_split_sms = 0;
+
+static int bf16_splits(int M, int N, int K, int* kc) {
+    *kc = 0;
+    if (!g_split_sms) {
+        int device = 0;
+        if (cudaGetDevice(&device) != cudaSuccess ||
+            cudaDeviceGetAttribute(&g_split_sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess)
+            g_split_sms = 1;
+    }
+    int64_t tiles = (int64_t)((M + BF_BM - 1) / BF_BM) * ((N + BF_BN - 1) / BF_BN);
+    if (tiles >= 2 * g_split_sms || K < 1024) return 1;
+    int64_t splits = (2 * g_split_sms + tiles - 1) / tiles;
+    if (splits > K / 256) splits = K / 256;
+    if (splits > 16) splits = 16;
+    if (splits <= 1) return 1;
+    int chunk = (int)(((K + splits - 1) / splits + BF_BK - 1) / BF_BK * BF_BK);
+    *kc = chunk;
+    return (K + chunk - 1) / chunk;
+}
 
 extern "C" {
 
@@ -309,13 +357,33 @@ int matmul_bf16_v1_mma(float* out, const uint16_t* a, const uint16_t* b, const f
     // 16-byte chunks stay whole when each operand's contiguous dimension is a multiple of 8
     int64_t contiguous_a = trans_a ? M : K, contiguous_b = trans_b ? K : N;
     bool aligned = contiguous_a % 8 == 0 && contiguous_b % 8 == 0 && aligned_to(a, 16) && aligned_to(b, 16);
-    int vec_out = N % 2 == 0 && aligned_to(out, 8);
-    dim3 grid((unsigned int)((N + BF_BN - 1) / BF_BN), (unsigned int)((M + BF_BM - 1) / BF_BM));
-    int m = (int)M, n = (int)N, k = (int)K;
-    if (!trans_a && !trans_b) launch_bf16<false, false>(grid, aligned, out, a, b, bias, m, n, k, vec_out);
-    else if (!trans_a && trans_b) launch_bf16<false, true>(grid, aligned, out, a, b, bias, m, n, k, vec_out);
-    else if (trans_a && !trans_b) launch_bf16<true, false>(grid, aligned, out, a, b, bias, m, n, k, vec_out);
-    else launch_bf16<true, true>(grid, aligned, out, a, b, bias, m, n, k, vec_out);
+    int m = (int)M, n = (int)N, k = (int)K, kc = 0;
+    int splits = bf16_splits(m, n, k, &kc);
+    float* dst = out;
+    const float* tile_bias = bias;
+    if (splits > 1) {
+        size_t need = sizeof(float) * (size_t)splits * M * N;
+        if (need > g_split_ws_bytes) {
+            if (g_split_ws) MG_CHECK(cudaFree(g_split_ws));
+            g_split_ws = NULL;
+            g_split_ws_bytes = 0;
+            MG_CHECK(cudaMalloc((void**)&g_split_ws, need));
+            g_split_ws_bytes = need;
+        }
+        dst = g_split_ws;
+        tile_bias = NULL;
+    }
+    int vec_out = N % 2 == 0 && aligned_to(dst, 8);
+    dim3 grid((unsigned int)((N + BF_BN - 1) / BF_BN), (unsigned int)((M + BF_BM - 1) / BF_BM), (unsigned int)splits);
+    if (!trans_a && !trans_b) launch_bf16<false, false>(grid, aligned, dst, a, b, tile_bias, m, n, k, vec_out, kc);
+    else if (!trans_a && trans_b) launch_bf16<false, true>(grid, aligned, dst, a, b, tile_bias, m, n, k, vec_out, kc);
+    else if (trans_a && !trans_b) launch_bf16<true, false>(grid, aligned, dst, a, b, tile_bias, m, n, k, vec_out, kc);
+    else launch_bf16<true, true>(grid, aligned, dst, a, b, tile_bias, m, n, k, vec_out, kc);
+    MG_CHECK(cudaGetLastError());
+    if (splits > 1) {
+        int64_t mn = M * N;
+        bf16_split_sum_kernel<<<blocks_for(mn, 256), 256>>>(out, g_split_ws, bias, mn, n, splits);
+    }
     MG_LAUNCHED();
 }
 

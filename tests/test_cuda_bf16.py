@@ -99,8 +99,10 @@ def test_bf16_to_f32_is_exact_for_every_bit_pattern(cu):
 # --- the GEMM --------------------------------------------------------------------------------------
 
 # awkward sizes: tile edges (M, N not multiples of 128), K not a multiple of 32 or of 8
-# (the guarded, element-by-element staging), one row, and aligned GPT-like sizes
-SHAPES = [(1, 1, 1), (7, 5, 3), (129, 131, 40), (64, 200, 48), (130, 72, 264), (256, 128, 96), (33, 257, 1)]
+# (the guarded, element-by-element staging), one row, aligned GPT-like sizes, and few tiles
+# with a long K (split-K on a GPU: aligned and guarded chunks)
+SHAPES = [(1, 1, 1), (7, 5, 3), (129, 131, 40), (64, 200, 48), (130, 72, 264), (256, 128, 96), (33, 257, 1),
+          (64, 200, 2048), (70, 90, 1030)]
 
 
 def gemm_case(cu, rng, m, n, k, trans_a, trans_b, with_bias):
