@@ -22,12 +22,12 @@ linear_forward, linear_backward, matmul_forward and matmul_backward run as above
 trainer's --dtype bf16 wraps each step's forward and backward, and evaluation, in it).
 Inside one such scope the bf16 copy of a weight is made once and reused (a layer's forward
 and its dX product read it, in every micro-batch of the step): the cache is keyed by the
-weight's DeviceArray and emptied when a scope is entered or left,
-so an optimizer update, which happens outside the scope, is never hidden by a stale copy.
+weight's DeviceArray and emptied when a scope is entered or left, so an optimizer update,
+which happens outside the scope, is never hidden by a stale copy.
 Outside a scope nothing changes: float32 products, float32 kernels.
 
 The loss-parity bound (fixed before any GPU run, used by tests/test_cuda_bf16_train.py and
-benchmarks/gpu_check.py): every step's loss within LOSS_GAP_BOUND = 2u = 2^-7 of the float32
+benchmarks/bench_gpu_bf16.py): every step's loss within LOSS_GAP_BOUND = 2u = 2^-7 of the float32
 run's, relative (0.085 nats at GPT-2's initial ln 50304 = 10.8). Where that size comes from:
 at equal weights a row's loss moves by (p - onehot(y)) . dz, dz the logits' error; each
 product on the path adds a norm-wise relative error of about sqrt(2/3) u (the RMS of the
@@ -47,7 +47,7 @@ import contextlib
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import DTypeError, ShapeError
 from . import cuda_runtime as rt
 from .cuda_runtime import DeviceArray, call, empty, on_device, require_f32
 
@@ -68,7 +68,7 @@ def matmul_precision(precision):
     """Run the matrix products of the cuda backend in `precision` ("bf16" or "float32") inside
     the block; the bf16 weight cache is emptied on entry and exit (scopes may nest)."""
     if precision not in PRECISIONS:
-        raise ShapeError(f"matmul precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise DTypeError(f"matmul precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     before = _state["precision"]
     _state["precision"] = precision
     _state["weights"] = {}
@@ -92,7 +92,7 @@ def to_bf16(x):
 def to_float32(x16):
     """uint16 DeviceArray of bf16 bits -> float32 DeviceArray (exact)."""
     if not isinstance(x16, DeviceArray) or x16.dtype != BF16:
-        raise ShapeError("to_float32: expects a uint16 DeviceArray of bf16 bits")
+        raise DTypeError("to_float32: expects a uint16 DeviceArray of bf16 bits")
     out = empty(x16.shape, np.float32)
     if out.size:
         call("bf16_to_f32", rt.ffi.cast("float*", out.addr), rt.ffi.cast("uint16_t*", x16.addr), x16.size)
