@@ -224,6 +224,188 @@ __global__ void __launch_bounds__(FA_THREADS) attention_bf16_forward_kernel(
     }
 }
 
+// ---- backward ------------------------------------------------------------------------------------
+
+// delta[i] = dout_i . out_i (float32), one warp per row of HS = 64
+__global__ void attention_bf16_delta_kernel(float* delta, const float* dout, const float* out, int64_t rows) {
+    int64_t row = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (row >= rows) return;
+    const float* a = dout + row * FA_D;
+    const float* o = out + row * FA_D;
+    float x = a[lane] * o[lane] + a[lane + 32] * o[lane + 32];
+    x = warp_sum(x);
+    if (lane == 0) delta[row] = x;
+}
+
+/* One block per (key tile of 64, query head): 4 warps x 16 keys walk the query tiles that see
+   them. Per query tile, per warp (all m16n8k16, fragments as in the forward):
+       S^T = K_w Q^T,  P^T = 2^(S^T scale log2e - lse log2e) (0 where hidden)
+       dV_w += P^T dO,  dP^T = V_w dO^T,  dS^T = P^T (dP^T - D),  dK_w += dS^T Q
+   then dS^T goes to shared memory (bf16) and each warp adds dQ (16 queries) = dS K scale into
+   dq with float32 atomics (FA-2's order). dK scale and dV are added into dk, dv with atomics
+   at the end (the query heads of a group share them). Q and dO single-buffered. */
+__global__ void __launch_bounds__(FA_THREADS) attention_bf16_backward_kernel(
+        float* dq, float* dk, float* dv, const uint16_t* dout, const uint16_t* q, const uint16_t* k,
+        const uint16_t* v, const float* lse, const float* delta, const int32_t* segment_ids, int NH, int NKV,
+        int Tq, int Tk, float scale, float scale_log2) {
+    __shared__ __align__(128) uint16_t qs[FA_BR * FA_D];
+    __shared__ __align__(128) uint16_t dos[FA_BR * FA_D];
+    __shared__ __align__(128) uint16_t kts[FA_BC * FA_D];
+    __shared__ __align__(128) uint16_t vts[FA_BC * FA_D];
+    __shared__ __align__(128) uint16_t dst_[FA_BC * FA_BR];    // dS^T, [key][query]
+    __shared__ float lse_s[FA_BR], delta_s[FA_BR];
+    __shared__ int seg_s[FA_BR];
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+    int g = lane >> 2, tq = lane & 3, quad = lane >> 3, row8 = lane & 7;
+    int k_tile = blockIdx.x, bh = blockIdx.y, b = bh / NH, h = bh % NH, kvh = h / (NH / NKV);
+    int k0 = k_tile * FA_BC, shift = Tk - Tq;
+    const uint16_t* qb = q + (int64_t)bh * Tq * FA_D;
+    const uint16_t* dob = dout + (int64_t)bh * Tq * FA_D;
+    const uint16_t* kb = k + ((int64_t)b * NKV + kvh) * Tk * FA_D;
+    const uint16_t* vb = v + ((int64_t)b * NKV + kvh) * Tk * FA_D;
+    fa_load_tile(kts, kb, k0, Tk, tid);
+    fa_load_tile(vts, vb, k0, Tk, tid);
+    asm volatile("cp.async.commit_group;\n" ::);
+    asm volatile("cp.async.wait_group 0;\n" ::);
+    __syncthreads();
+    uint32_t kf[4][4], vf[4][4];
+#pragma unroll
+    for (int kc = 0; kc < 4; kc++) {
+        fa_ldmatrix_x4(kf[kc], kts + fa_offset(warp * 16 + (lane & 15), kc * 16 + (lane >> 4) * 8), false);
+        fa_ldmatrix_x4(vf[kc], vts + fa_offset(warp * 16 + (lane & 15), kc * 16 + (lane >> 4) * 8), false);
+    }
+    int keys[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    int seg_k[2] = {0, 0};
+    if (segment_ids)
+        for (int r = 0; r < 2; r++) seg_k[r] = keys[r] < Tk ? segment_ids[(int64_t)b * Tk + keys[r]] : 0;
+    float dka[8][4], dva[8][4];
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dka[nt][e] = dva[nt][e] = 0.0f;
+    int first = max(0, k0 - shift) / FA_BR;                  // the first query tile that sees a key here
+    int q_tiles = (Tq + FA_BR - 1) / FA_BR;
+    for (int qt = first; qt < q_tiles; qt++) {
+        int q0 = qt * FA_BR;
+        fa_load_tile(qs, qb, q0, Tq, tid);
+        fa_load_tile(dos, dob, q0, Tq, tid);
+        asm volatile("cp.async.commit_group;\n" ::);
+        if (tid < FA_BR) {
+            bool in = q0 + tid < Tq;
+            lse_s[tid] = in ? lse[(int64_t)bh * Tq + q0 + tid] * FA_LOG2E : 0.0f;
+            delta_s[tid] = in ? delta[(int64_t)bh * Tq + q0 + tid] : 0.0f;
+            seg_s[tid] = in && segment_ids ? segment_ids[(int64_t)b * Tk + q0 + tid] : 0;
+        }
+        asm volatile("cp.async.wait_group 0;\n" ::);
+        __syncthreads();
+        float st[8][4], dpt[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+        for (int kc = 0; kc < 4; kc++)
+#pragma unroll
+            for (int np = 0; np < 4; np++) {                  // queries np*16 ..: Q^T and dO^T fragments
+                uint32_t r[4], w[4];
+                int off = fa_offset(np * 16 + row8 + (quad >> 1) * 8, kc * 16 + (quad & 1) * 8);
+                fa_ldmatrix_x4(r, qs + off, false);
+                fa_ldmatrix_x4(w, dos + off, false);
+                fa_mma(st[2 * np], kf[kc], r[0], r[1]);
+                fa_mma(st[2 * np + 1], kf[kc], r[2], r[3]);
+                fa_mma(dpt[2 * np], vf[kc], w[0], w[1]);
+                fa_mma(dpt[2 * np + 1], vf[kc], w[2], w[3]);
+            }
+        // P^T and dS^T in place: st[nt][e] is key keys[e / 2], query q0 + nt * 8 + 2 tq + e % 2
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int ql = nt * 8 + 2 * tq + (e & 1), key = keys[e >> 1];
+                bool visible = key < Tk && q0 + ql < Tq && key <= shift + q0 + ql &&
+                               (!segment_ids || seg_s[ql] == seg_k[e >> 1]);
+                float p = visible ? exp2f(st[nt][e] * scale_log2 - lse_s[ql]) : 0.0f;
+                st[nt][e] = p;
+                dpt[nt][e] = visible ? p * (dpt[nt][e] - delta_s[ql]) : 0.0f;
+            }
+#pragma unroll
+        for (int kc2 = 0; kc2 < 4; kc2++) {                   // queries kc2*16 ..: the k dimension now
+            uint32_t pa[4] = {fa_pack(st[2 * kc2][0], st[2 * kc2][1]), fa_pack(st[2 * kc2][2], st[2 * kc2][3]),
+                              fa_pack(st[2 * kc2 + 1][0], st[2 * kc2 + 1][1]),
+                              fa_pack(st[2 * kc2 + 1][2], st[2 * kc2 + 1][3])};
+            uint32_t da[4] = {fa_pack(dpt[2 * kc2][0], dpt[2 * kc2][1]), fa_pack(dpt[2 * kc2][2], dpt[2 * kc2][3]),
+                              fa_pack(dpt[2 * kc2 + 1][0], dpt[2 * kc2 + 1][1]),
+                              fa_pack(dpt[2 * kc2 + 1][2], dpt[2 * kc2 + 1][3])};
+#pragma unroll
+            for (int np = 0; np < 4; np++) {                  // head dims np*16 ..: dO and Q fragments
+                uint32_t r[4], w[4];
+                int off = fa_offset(kc2 * 16 + row8 + (quad & 1) * 8, np * 16 + (quad >> 1) * 8);
+                fa_ldmatrix_x4(r, dos + off, true);
+                fa_ldmatrix_x4(w, qs + off, true);
+                fa_mma(dva[2 * np], pa, r[0], r[1]);
+                fa_mma(dva[2 * np + 1], pa, r[2], r[3]);
+                fa_mma(dka[2 * np], da, w[0], w[1]);
+                fa_mma(dka[2 * np + 1], da, w[2], w[3]);
+            }
+            // dS^T to shared memory: key rows, query columns (the A operand of dQ, transposed)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                int kr = warp * 16 + g + 8 * half;
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+                    *reinterpret_cast<uint32_t*>(&dst_[fa_offset(kr, (2 * kc2 + j) * 8 + 2 * tq)]) =
+                        j == 0 ? da[half] : da[2 + half];
+            }
+        }
+        __syncthreads();
+        // dQ (this warp's 16 queries x 64) = dS (queries x keys) K scale
+        float dqa[8][4];
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dqa[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {                      // keys kk*16 ..
+            uint32_t a[4];
+            fa_ldmatrix_x4(a, dst_ + fa_offset(kk * 16 + row8 + (quad >> 1) * 8, warp * 16 + (quad & 1) * 8), true);
+#pragma unroll
+            for (int np = 0; np < 4; np++) {
+                uint32_t r[4];
+                fa_ldmatrix_x4(r, kts + fa_offset(kk * 16 + row8 + (quad & 1) * 8, np * 16 + (quad >> 1) * 8), true);
+                fa_mma(dqa[2 * np], a, r[0], r[1]);
+                fa_mma(dqa[2 * np + 1], a, r[2], r[3]);
+            }
+        }
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            int row = q0 + warp * 16 + g + 8 * half;
+            if (row >= Tq) continue;
+            float* d = dq + ((int64_t)bh * Tq + row) * FA_D;
+#pragma unroll
+            for (int nt = 0; nt < 8; nt++) {
+                atomicAdd(d + nt * 8 + 2 * tq, dqa[nt][2 * half] * scale);
+                atomicAdd(d + nt * 8 + 2 * tq + 1, dqa[nt][2 * half + 1] * scale);
+            }
+        }
+        __syncthreads();                                      // qs, dos, dst_ are rewritten next
+    }
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        int key = keys[half];
+        if (key >= Tk) continue;
+        int64_t base = (((int64_t)b * NKV + kvh) * Tk + key) * FA_D;
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                atomicAdd(dk + base + nt * 8 + 2 * tq + e, dka[nt][2 * half + e] * scale);
+                atomicAdd(dv + base + nt * 8 + 2 * tq + e, dva[nt][2 * half + e]);
+            }
+    }
+}
+
+
 extern "C" {
 
 int attention_bf16_forward_v1_mma(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
@@ -239,6 +421,31 @@ int attention_bf16_forward_v1_mma(float* out, float* lse, const uint16_t* q, con
                                                         (int)Tk, scale_log2);
     MG_LAUNCHED();
 }
+
+/* dq, dk, dv float32, zeroed here (the kernel adds into them); delta: B*NH*Tq floats of scratch;
+   dout float32 for delta, dout16 its bf16 copy for the products. */
+int attention_bf16_backward_v1_mma(float* dq, float* dk, float* dv, float* delta, const float* dout,
+                                   const uint16_t* dout16, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                   const float* out, const float* lse, const int32_t* segment_ids, int64_t B,
+                                   int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS) {
+    if (HS != FA_D || NKV <= 0 || NH % NKV || Tq > Tk || Tk > INT32_MAX || B * NH > 65535 ||
+        ((uintptr_t)q | (uintptr_t)k | (uintptr_t)v | (uintptr_t)dout16) & 15)
+        return (int)cudaErrorNotSupported;
+    MG_CHECK(cudaMemsetAsync(dq, 0, sizeof(float) * B * NH * Tq * HS));
+    MG_CHECK(cudaMemsetAsync(dk, 0, sizeof(float) * B * NKV * Tk * HS));
+    MG_CHECK(cudaMemsetAsync(dv, 0, sizeof(float) * B * NKV * Tk * HS));
+    if (B <= 0 || NH <= 0 || Tq <= 0) return 0;
+    int64_t rows = B * NH * Tq;
+    attention_bf16_delta_kernel<<<(unsigned int)((rows * 32 + 255) / 256), 256>>>(delta, dout, out, rows);
+    MG_CHECK(cudaGetLastError());
+    dim3 grid((unsigned int)((Tk + FA_BC - 1) / FA_BC), (unsigned int)(B * NH));
+    float scale = 1.0f / sqrtf((float)HS);
+    attention_bf16_backward_kernel<<<grid, FA_THREADS>>>(dq, dk, dv, dout16, q, k, v, lse, delta, segment_ids,
+                                                         (int)NH, (int)NKV, (int)Tq, (int)Tk, scale,
+                                                         scale * FA_LOG2E);
+    MG_LAUNCHED();
+}
+
 
 int attention_bf16_forward(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                            const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,

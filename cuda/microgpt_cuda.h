@@ -115,6 +115,12 @@ int attention_bf16_forward_v1_mma(float* out, float* lse, const uint16_t* q, con
 int attention_bf16_forward(float* out, float* lse, const uint16_t* q, const uint16_t* k, const uint16_t* v,
                            const int32_t* segment_ids, int64_t B, int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk,
                            int64_t HS);
+/* its backward: dq, dk, dv float32 (zeroed, then summed into), delta B*NH*Tq floats of scratch, dout float32
+   and dout16 its bf16 bits, out and lse from the forward */
+int attention_bf16_backward_v1_mma(float* dq, float* dk, float* dv, float* delta, const float* dout,
+                                   const uint16_t* dout16, const uint16_t* q, const uint16_t* k, const uint16_t* v,
+                                   const float* out, const float* lse, const int32_t* segment_ids, int64_t B,
+                                   int64_t NH, int64_t NKV, int64_t Tq, int64_t Tk, int64_t HS);
 
 /* softmax.cu, crossentropy.cu: rows of (N, C) / (N, V) */
 int softmax_forward(float* out, const float* x, int64_t N, int64_t C);

@@ -259,6 +259,23 @@ class MockLib:
 
     attention_bf16_forward = attention_bf16_forward_v1_mma
 
+    def attention_bf16_backward_v1_mma(self, dq, dk, dv, delta, dout, dout16, q, k, v, out, lse, segment_ids, B, NH,
+                                       NKV, Tq, Tk, HS):
+        """The reference backward on the bf16 values (the kernel also rounds P and dS to bf16)."""
+        if HS != 64 or NH % NKV:
+            return 801
+        shape_q, shape_k = (B, NH, Tq, HS), (B, NKV, Tk, HS)
+        g, qs = (MockLib._bf16_value(view(p, math.prod(shape_q), np.uint16)).reshape(shape_q).astype(np.float64)
+                 for p in (dout16, q))
+        ks, vs = (MockLib._bf16_value(view(p, math.prod(shape_k), np.uint16)).reshape(shape_k).astype(np.float64)
+                  for p in (k, v))
+        o, ls = view(out, math.prod(shape_q)).reshape(shape_q), view(lse, B * NH * Tq).reshape(B, NH, Tq)
+        a, b, c = ref.attention_backward(g, qs, ks, vs, o.astype(np.float64), ls.astype(np.float64),
+                                         MockLib._segments(segment_ids, B, Tk))
+        view(dq, a.size)[:], view(dk, b.size)[:], view(dv, c.size)[:] = a.reshape(-1), b.reshape(-1), c.reshape(-1)
+        view(delta, B * NH * Tq)[:] = np.sum(view(dout, math.prod(shape_q)).reshape(shape_q) * o, axis=-1).reshape(-1)
+        return 0
+
     # softmax.cu, crossentropy.cu
     def _rows(fn):
         def launcher(self, out, x, N, C):

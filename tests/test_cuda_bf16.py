@@ -240,3 +240,21 @@ def test_attention_bf16_forward_needs_head_size_64(cu):
     x = cu.asarray(np.ones((1, 1, 4, 32)), np.float32)
     with pytest.raises(Exception, match="64"):
         cu.attention_bf16_forward(x, x, x)
+
+
+@pytest.mark.parametrize("b,nh,nkv,tq,tk", [(1, 1, 1, 1, 1), (2, 4, 2, 70, 70), (1, 2, 1, 33, 130),
+                                            (1, 2, 2, 129, 129), (1, 2, 2, 100, 257)])
+def test_attention_bf16_backward_against_the_reference(cu, b, nh, nkv, tq, tk):
+    """dq, dk, dv within 2u of the reference backward on the bf16-rounded inputs: each is a
+    product with one operand (P or dS) rounded to bf16 in the kernel, the GEMM's argument."""
+    rng = np.random.default_rng(b * 1000 + tq + tk)
+    q = rng.standard_normal((b, nh, tq, 64)).astype(np.float32)
+    k, v = (rng.standard_normal((b, nkv, tk, 64)).astype(np.float32) for _ in range(2))
+    dout = rng.standard_normal(q.shape).astype(np.float32)
+    for segments in ([None, rng.integers(0, 3, (b, tk)).cumsum(axis=1) // 20] if tq == tk else [None]):
+        rq, rk, rv, rd = (bf16_values(x) for x in (q, k, v, dout))
+        out, lse = ref.attention_forward(rq, rk, rv, segments)
+        got = cu.attention_bf16_backward(*(cu.asarray(x, np.float32) for x in (dout, q, k, v, out, lse)), segments)
+        want = ref.attention_backward(rd, rq, rk, rv, out, lse, segments)
+        for name, g, w in zip(("dq", "dk", "dv"), got, want):
+            assert rel_err(cu.to_numpy(g), w) < TOL_INPUTS, name

@@ -242,3 +242,77 @@ def test_one_warp_of_the_attention_forward_through_the_fragments():
                 got[g + 8 * (e >> 1), nt * 8 + 2 * t + (e & 1)] = o[nt, lane, e]
     rows = q[warp * 16:warp * 16 + 16]
     np.testing.assert_array_equal(got, (rows @ k.T) @ v)
+
+
+def test_attention_backward_fragments_of_one_block():
+    """attention_bf16_backward_kernel's data movement for one query tile, with the softmax left
+    out (P^T = S^T, dS^T = dP^T): per warp S^T = K_w Q^T, dV_w = S^T dO, dP^T = V_w dO^T,
+    dK_w = dP^T Q; dS^T through shared memory as the kernel stores it, then each warp's
+    dQ = dS K from transposed fragments. Small integers: exact."""
+    rng = np.random.default_rng(12)
+    q, do, k, v = (rng.integers(-2, 3, (64, D)).astype(np.float64) for _ in range(4))
+    qs, dos, kts, vts = fa_tile(q), fa_tile(do), fa_tile(k), fa_tile(v)
+    dst = np.full(64 * 64, np.nan)
+    dk, dv, dq = np.zeros((64, D)), np.zeros((64, D)), np.zeros((64, D))
+
+    def frags_a(tile, warp):
+        return [ldmatrix_x4(tile, [fa_offset(warp * 16 + (lane & 15), kc * 16 + (lane >> 4) * 8)
+                                   for lane in range(32)], False) for kc in range(4)]
+
+    def scatter(acc, out, row0):
+        for nt in range(8):
+            for lane in range(32):
+                g, t = lane >> 2, lane & 3
+                for e in range(4):
+                    out[row0 + g + 8 * (e >> 1), nt * 8 + 2 * t + (e & 1)] += acc[nt, lane, e]
+
+    for warp in range(4):
+        kf, vf = frags_a(kts, warp), frags_a(vts, warp)
+        st, dpt = np.zeros((8, 32, 4)), np.zeros((8, 32, 4))
+        for kc in range(4):
+            for np_ in range(4):
+                addrs = [fa_offset(np_ * 16 + (lane & 7) + ((lane >> 3) >> 1) * 8, kc * 16 + ((lane >> 3) & 1) * 8)
+                         for lane in range(32)]
+                r, w = ldmatrix_x4(qs, addrs, False), ldmatrix_x4(dos, addrs, False)
+                mma(st[2 * np_], kf[kc], (r[0], r[1]))
+                mma(st[2 * np_ + 1], kf[kc], (r[2], r[3]))
+                mma(dpt[2 * np_], vf[kc], (w[0], w[1]))
+                mma(dpt[2 * np_ + 1], vf[kc], (w[2], w[3]))
+        dka, dva = np.zeros((8, 32, 4)), np.zeros((8, 32, 4))
+        for kc2 in range(4):
+            pa = [st[2 * kc2][:, 0:2], st[2 * kc2][:, 2:4], st[2 * kc2 + 1][:, 0:2], st[2 * kc2 + 1][:, 2:4]]
+            da = [dpt[2 * kc2][:, 0:2], dpt[2 * kc2][:, 2:4], dpt[2 * kc2 + 1][:, 0:2], dpt[2 * kc2 + 1][:, 2:4]]
+            for np_ in range(4):
+                addrs = [fa_offset(kc2 * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, np_ * 16 + ((lane >> 3) >> 1) * 8)
+                         for lane in range(32)]
+                r, w = ldmatrix_x4(dos, addrs, True), ldmatrix_x4(qs, addrs, True)
+                mma(dva[2 * np_], pa, (r[0], r[1]))
+                mma(dva[2 * np_ + 1], pa, (r[2], r[3]))
+                mma(dka[2 * np_], da, (w[0], w[1]))
+                mma(dka[2 * np_ + 1], da, (w[2], w[3]))
+            for lane in range(32):                           # the kernel's dS^T store
+                g, t = lane >> 2, lane & 3
+                for half in range(2):
+                    kr = warp * 16 + g + 8 * half
+                    for j in range(2):
+                        off = fa_offset(kr, (2 * kc2 + j) * 8 + 2 * t)
+                        dst[off:off + 2] = (da[half] if j == 0 else da[2 + half])[lane]
+        scatter(dka, dk, warp * 16)
+        scatter(dva, dv, warp * 16)
+    assert not np.isnan(dst).any(), "dS^T tile not fully written"
+    for warp in range(4):                                    # after the barrier: dQ per warp
+        dqa = np.zeros((8, 32, 4))
+        for kk in range(4):
+            a = ldmatrix_x4(dst, [fa_offset(kk * 16 + (lane & 7) + ((lane >> 3) >> 1) * 8,
+                                            warp * 16 + ((lane >> 3) & 1) * 8) for lane in range(32)], True)
+            for np_ in range(4):
+                r = ldmatrix_x4(kts, [fa_offset(kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                np_ * 16 + ((lane >> 3) >> 1) * 8) for lane in range(32)], True)
+                mma(dqa[2 * np_], a, (r[0], r[1]))
+                mma(dqa[2 * np_ + 1], a, (r[2], r[3]))
+        scatter(dqa, dq, warp * 16)
+    s_t = k @ q.T                       # S^T (keys x queries) = P^T here
+    dp_t = v @ do.T                     # dP^T = dS^T here
+    np.testing.assert_array_equal(dv, s_t @ do)
+    np.testing.assert_array_equal(dk, dp_t @ q)
+    np.testing.assert_array_equal(dq, dp_t.T @ k)

@@ -45,7 +45,7 @@ from .cuda_shape import broadcast_to, concatenate, permute, reshape
 
 __all__ = [
     "NAME", "AVAILABLE", "UNAVAILABLE_REASON", "DeviceArray", "device_name", "synchronize", "grad_norm", "memory_stats",
-    "attention_bf16_forward",
+    "attention_bf16_forward", "attention_bf16_backward",
     # the contract (backends/__init__.py KERNELS), in its order
     "asarray", "to_numpy", "zeros", "full", "accumulate",
     "add", "sub", "mul", "div", "neg", "pow_scalar", "exp", "log", "sqrt", "tanh",
@@ -373,6 +373,26 @@ def attention_bf16_forward(q, k, v, segment_ids=None):
         q16, k16, v16 = cuda_bf16.to_bf16(q), cuda_bf16.to_bf16(k), cuda_bf16.to_bf16(v)
         call("attention_bf16_forward", out.ptr, lse.ptr, q16.ptr, k16.ptr, v16.ptr, seg_ptr, b, nh, nkv, tq, tk, hs)
     return out, lse
+
+
+def attention_bf16_backward(dout, q, k, v, out, lse, segment_ids=None):
+    """(dq, dk, dv) float32 of attention_backward on the tensor cores from bf16 copies of dout,
+    q, k, v (cuda/attention_bf16.cu; HS = 64); out and lse from attention_bf16_forward."""
+    q, k, v = on_device(q), on_device(k), on_device(v)
+    dout, out, lse = on_device(dout), on_device(out), on_device(lse)
+    b, nh, nkv, tq, tk, hs = _attention_sizes("attention_bf16_backward", q, k, v)
+    if hs != 64:
+        raise ShapeError(f"attention_bf16_backward: head size 64 only, got {hs}")
+    if dout.shape != q.shape or out.shape != q.shape or lse.shape != q.shape[:3]:
+        raise ShapeError(f"attention_bf16_backward: dout {dout.shape}, out {out.shape}, lse {lse.shape} "
+                         f"do not fit q {q.shape}")
+    _seg, seg_ptr = _segments("attention_bf16_backward", segment_ids, b, tq, tk)
+    dq, dk, dv = empty(q.shape, np.float32), empty(k.shape, np.float32), empty(v.shape, np.float32)
+    delta = empty(lse.shape, np.float32)
+    dout16, q16, k16, v16 = (cuda_bf16.to_bf16(x) for x in (dout, q, k, v))
+    call("attention_bf16_backward_v1_mma", dq.ptr, dk.ptr, dv.ptr, delta.ptr, dout.ptr, dout16.ptr, q16.ptr,
+         k16.ptr, v16.ptr, out.ptr, lse.ptr, seg_ptr, b, nh, nkv, tq, tk, hs)
+    return dq, dk, dv
 
 
 # --- paged KV cache (paged_attention.cu) -----------------------------------------------------------------
