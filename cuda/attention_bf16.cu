@@ -1,13 +1,15 @@
-/* attention_bf16.cu: causal attention forward on the tensor cores, bf16 q, k, v, float32
-   softmax statistics and output (issue 19; the FlashAttention-2 work split).
+/* attention_bf16.cu: causal attention forward and backward on the tensor cores, bf16 q, k, v,
+   float32 softmax statistics, outputs and gradients (issue 19; the FlashAttention-2 work split).
 
    attention_bf16_forward_v1_mma(out, lse, q, k, v, segment_ids, B, NH, NKV, Tq, Tk, HS)
    computes what attention.cu's attention_forward does (same shapes, causal alignment, grouped
    heads, document mask, lse the natural-log row logsumexp of the scaled scores) from bf16
    q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS), with float32 out and lse. HS = 64 only, and q,
    k, v 16-byte aligned; otherwise it returns cudaErrorNotSupported. attention_bf16_forward is
-   the production alias. Not yet used by the training step (which keeps attention.cu's float32
-   kernels, forward and backward, in --dtype bf16 too): the backward on tensor cores comes next.
+   the production alias. attention_bf16_backward_v1_mma is its backward (further down: one
+   block per key tile, FA-2's backward order). Neither is used by the training step yet
+   (--dtype bf16 keeps attention.cu's float32 kernels): benchmarks/bench_gpu_bf16.py races them
+   against SDPA first.
 
    The split (FA-2): a block owns 64 queries of one head, 4 warps of 16 query rows each, and
    walks the key tiles of 64 that its queries can see (causal: the later query tiles see more,
