@@ -16,10 +16,11 @@ Sections (each fails alone: an error becomes its row):
         checked against the float64 product of the same bf16 values (only float32 summation
         error is left: flagged WRONG above 1e-4). Rows `gpu bf16 gemm <case>` and the summary
         `gpu bf16 gemm` (the smallest ratio). Target >= 0.7x cuBLAS at every shape.
-  attention  attention_bf16_forward (cuda/attention_bf16.cu) vs torch SDPA on bf16 q, k, v
-        (causal, B 8, NH 12, HS 64, T 1024 / 2048 / 4096), forward only: our bf16 attention
-        has no backward yet, so issue 19's fwd+bwd target is not measured. Checked at the
-        first T against float64 on one batch element (out within 2u, lse within 1e-5).
+  attention  cuda/attention_bf16.cu forward + backward vs torch SDPA (flash backend) forward +
+        backward on bf16 q, k, v, dout (causal, B 8, NH 12, HS 64, T 1024 / 2048 / 4096); rows
+        `gpu bf16 attention ... fwd+bwd`, target >= 0.8x (issue 19), and forward alone. Checked
+        at the first T against float64 autograd on one batch element (out, dq, dk, dv within
+        2u, lse within 1e-5).
   step  GPT-2-124M (12 layers, 12 heads, 768 channels, context 1024, vocab 50304), B = 8,
         AdamW lr 3e-4, 20 steps from the same initial weights on the same two batches
         alternated, four runs: ours float32, ours --dtype bf16 (backends/cuda_bf16.py), PyTorch
@@ -52,7 +53,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 
 import gpu_check  # noqa: E402 - the shared row format, timing and reporting
-from gpu_check import LOSS_TARGET, guarded, make_batches, max_gap, rel_err, row, time_ms  # noqa: E402
+from gpu_check import (LOSS_TARGET, attention_reference, guarded, make_batches, max_gap, rel_err, row,  # noqa: E402
+                       time_ms)
 
 ROWS = 8192                 # B x T of the step
 # (case, M, N, K, trans_a, trans_b): out (M, N) = op(a) @ op(b) as the linear layers call it
@@ -68,6 +70,7 @@ GEMM_CASES = [
     ("4096^3", 4096, 4096, 4096, 0, 0),
 ]
 GEMM_TARGET = 0.7
+ATTENTION_TARGET = 0.8      # issue 19: bf16 attention fwd+bwd, T = 1024 ... 4096, vs SDPA
 PROFILE = []                # markdown lines of the profiled steps (--profile FILE writes them)
 STEP_TARGETS = {"fp32": 1.0, "bf16": 0.9}
 
@@ -139,21 +142,44 @@ def attention_section(torch, rt, batch, heads, lengths, budget_s=0.5):
             rt.call("attention_bf16_forward", ptr("float*", out), ptr("float*", lse), ptr("uint16_t*", q),
                     ptr("uint16_t*", k), ptr("uint16_t*", v), rt.ffi.NULL, batch, heads, heads, t, t, 64)
 
+        dout16 = torch.randn(batch, heads, t, 64, device="cuda", generator=gen).to(torch.bfloat16)
+        dout = dout16.float()                                  # the same values, float32 (for delta)
+        dq, dk, dv = (torch.full((batch, heads, t, 64), float("nan"), device="cuda") for _ in range(3))
+        delta = torch.empty(batch, heads, t, device="cuda")
+
+        def backward():
+            rt.call("attention_bf16_backward_v1_mma", ptr("float*", dq), ptr("float*", dk), ptr("float*", dv),
+                    ptr("float*", delta), ptr("float*", dout), ptr("uint16_t*", dout16), ptr("uint16_t*", q),
+                    ptr("uint16_t*", k), ptr("uint16_t*", v), ptr("float*", out), ptr("float*", lse), rt.ffi.NULL,
+                    batch, heads, heads, t, t, 64)
+
         note = ""
         if t == lengths[0]:
             ours()
+            backward()
             torch.cuda.synchronize()
-            qd, kd, vd = (x[:1].double() for x in (q, k, v))
+            want = attention_reference(q[:1], k[:1], v[:1], dout[:1])           # float64 autograd
+            qd, kd = q[:1].double(), k[:1].double()
             scores = (qd @ kd.transpose(-1, -2)) / 8.0
             scores = scores.masked_fill(~torch.ones(t, t, dtype=torch.bool, device="cuda").tril(), float("-inf"))
-            err = rel_err(out[:1], scores.softmax(-1) @ vd)
+            errs = [rel_err(got[:1], w) for got, w in zip((out, dq, dk, dv), want)]
             err_lse = rel_err(lse[:1], scores.logsumexp(-1))
-            ok = err < 2 * 2.0 ** -8 and err_lse < 1e-5
-            note = f"err out {err:.1e}, lse {err_lse:.1e}{'' if ok else ' WRONG'}"
+            ok = all(e < 2 * 2.0 ** -8 for e in errs) and err_lse < 1e-5
+            note = (f"err out/dq/dk/dv {'/'.join(f'{e:.1e}' for e in errs)}, lse {err_lse:.1e}"
+                    f"{'' if ok else ' WRONG'}")
+        qt, kt, vt = (x.clone().requires_grad_() for x in (q, k, v))
+
+        def peer_both():
+            qt.grad = kt.grad = vt.grad = None
+            F.scaled_dot_product_attention(qt, kt, vt, is_causal=True).backward(dout16)
+
         ours_ms = time_ms(torch, ours, budget_s=budget_s)
         peer_ms = time_ms(torch, lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True), budget_s=budget_s)
-        row("bf16", f"gpu bf16 attention fwd B{batch} NH{heads} HS64 T{t}", ours_ms, peer_ms, "ms",
-            note=note or "forward only (the target of issue 19 is fwd+bwd >= 0.8x: no bf16 backward yet)")
+        both_ms = time_ms(torch, lambda: (ours(), backward()), budget_s=budget_s)
+        peer_both_ms = time_ms(torch, peer_both, budget_s=budget_s)
+        row("bf16", f"gpu bf16 attention B{batch} NH{heads} HS64 T{t} fwd+bwd", both_ms, peer_both_ms, "ms",
+            target=ATTENTION_TARGET, note=note)
+        row("bf16", f"gpu bf16 attention fwd only T{t}", ours_ms, peer_ms, "ms")
 
 
 # --- step -----------------------------------------------------------------------------------------
@@ -355,6 +381,15 @@ def kernels_once():
         failures += not ok
         print(f"attention_bf16_forward segments {segments is not None}: err {err:.1e} lse {err_lse:.1e} "
               f"{'ok' if ok else 'WRONG'}")
+        dout = rng.standard_normal(q.shape).astype(np.float32)
+        got = cuda.attention_bf16_backward(*(cuda.asarray(x, np.float32) for x in (dout, q, *kv)), out, lse, segments)
+        want = ref.attention_backward(bf16(dout), bf16(q), bf16(kv[0]), bf16(kv[1]), cuda.to_numpy(out),
+                                      cuda.to_numpy(lse), segments)
+        errs = [np.linalg.norm(cuda.to_numpy(g) - w) / np.linalg.norm(w) for g, w in zip(got, want)]
+        ok = all(e < 2 * 2.0 ** -8 for e in errs)
+        failures += not ok
+        print(f"attention_bf16_backward segments {segments is not None}: err dq/dk/dv "
+              f"{'/'.join(f'{e:.1e}' for e in errs)} {'ok' if ok else 'WRONG'}")
     cuda.synchronize()
     return failures
 
