@@ -23,7 +23,9 @@ Sections (each fails alone: an error becomes its row):
         2u, lse within 1e-5).
   step  GPT-2-124M (12 layers, 12 heads, 768 channels, context 1024, vocab 50304), B = 8,
         AdamW lr 3e-4, 20 steps from the same initial weights on the same two batches
-        alternated, four runs: ours float32, ours --dtype bf16 (backends/cuda_bf16.py), PyTorch
+        alternated, five runs: ours float32, ours --dtype bf16 (backends/cuda_bf16.py: bf16
+        matmuls and attention), ours bf16 with float32 attention (MICROGPT_BF16_ATTENTION=0:
+        what the bf16 attention kernels are worth, and a figure should they fail), PyTorch
         eager float32 (TF32 off) and PyTorch eager under torch.autocast(bfloat16) (SDPA in both).
         Rows and targets, fixed before the run (issue 19):
           gpu step fp32   ours / PyTorch eager float32 tokens/s, >= 1.0x
@@ -306,7 +308,14 @@ def step_section(torch, config, batch, steps, lr, profile=False):
     cuda.rt.POOL.release_cache()
     _, bf16, bf16_s = train_ours(config, batches, len(fp32), lr, "bf16", profile_with=prof)
     cuda.rt.POOL.release_cache()
-    steps = min(len(fp32), len(bf16))
+    from microgpt.backends import cuda_bf16
+    attention, cuda_bf16.ATTENTION = cuda_bf16.ATTENTION, False   # bf16 matmuls, float32 attention
+    try:
+        _, bf16_fa, bf16_fa_s = train_ours(config, batches, len(fp32), lr, "bf16")
+    finally:
+        cuda_bf16.ATTENTION = attention
+    cuda.rt.POOL.release_cache()
+    steps = min(len(fp32), len(bf16), len(bf16_fa))
     peer32, peer32_s = train_torch(torch, config, state, batches, steps, lr, autocast=False, profile=profile)
     torch.cuda.empty_cache()                     # the float32 peer's memory back before the next run
     peer16, peer16_s = train_torch(torch, config, state, batches, steps, lr, autocast=True, profile=profile)
@@ -322,6 +331,10 @@ def step_section(torch, config, batch, steps, lr, profile=False):
         row("step", f"gpu step {dtype}", o, p, "tokens/s", target=STEP_TARGETS[dtype],
             note=f"GPT-2 124M B{batch} T{config.block_size}: {1e3 * tokens / o:.0f} ms vs {1e3 * tokens / p:.0f} ms "
                  f"({peer_name})")
+    o, p = tps(bf16_fa_s), tps(peer16_s)
+    row("step", "gpu step bf16, float32 attention", o, p, "tokens/s",
+        note=f"bf16 matmuls only (MICROGPT_BF16_ATTENTION=0): {1e3 * tokens / o:.0f} ms; its loss gap to fp32: "
+             f"{'within' if bf16_gaps(bf16_fa[:steps], fp32[:steps])[0] else 'OVER'} the bound")
     largest, worst = max_gap(fp32[:steps], peer32)
     r = row("step", f"loss fp32 vs PyTorch fp32, {steps} steps", fp32[steps - 1], peer32[-1], "loss",
             target=LOSS_TARGET, passed=largest <= 1e-3, note=f"largest abs diff {largest:.1e} (step {worst + 1})")
@@ -337,7 +350,8 @@ def step_section(torch, config, batch, steps, lr, profile=False):
     r = row("step", f"loss PyTorch autocast vs fp32, {steps} steps", peer16[-1], peer32[-1], "loss",
             note=f"for scale: PyTorch's own bf16 gap, largest {largest:.1e} (step {worst + 1})")
     r["losses_ours"], r["losses_peer"] = peer16, peer32
-    for name, values in (("ours fp32", fp32), ("ours bf16", bf16), ("torch fp32", peer32), ("torch bf16", peer16)):
+    for name, values in (("ours fp32", fp32), ("ours bf16", bf16), ("ours bf16 fp32-attention", bf16_fa),
+                         ("torch fp32", peer32), ("torch bf16", peer16)):
         print(f"losses {name}:", " ".join(f"{x:.5f}" for x in values))
 
 

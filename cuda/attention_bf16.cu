@@ -7,9 +7,9 @@
    q (B, NH, Tq, HS), k and v (B, NKV, Tk, HS), with float32 out and lse. HS = 64 only, and q,
    k, v 16-byte aligned; otherwise it returns cudaErrorNotSupported. attention_bf16_forward is
    the production alias. attention_bf16_backward_v1_mma is its backward (further down: one
-   block per key tile, FA-2's backward order). Neither is used by the training step yet
-   (--dtype bf16 keeps attention.cu's float32 kernels): benchmarks/bench_gpu_bf16.py races them
-   against SDPA first.
+   block per key tile, FA-2's backward order). The cuda backend's attention_forward and
+   attention_backward call them inside a bf16 scope (--dtype bf16; MICROGPT_BF16_ATTENTION=0
+   keeps attention.cu's float32 kernels there).
 
    The split (FA-2): a block owns 64 queries of one head, 4 warps of 16 query rows each, and
    walks the key tiles of 64 that its queries can see (causal: the later query tiles see more,

@@ -44,10 +44,12 @@ def train(cfg, device, batches, dtype="float32", steps=4):
     return model, losses
 
 
-@pytest.mark.parametrize("family", ["gpt2", "llama"])
-def test_bf16_losses_within_the_bound_of_float32(device_mode, family):
-    cfg = GPTConfig(family=family, vocab_size=97, block_size=24, n_layer=2, n_head=4,
-                    n_kv_head=2 if family == "llama" else None, n_embd=32)
+@pytest.mark.parametrize("family,n_embd,n_head", [("gpt2", 32, 4), ("llama", 32, 4), ("gpt2", 128, 2),
+                                                  ("llama", 256, 4)])
+def test_bf16_losses_within_the_bound_of_float32(device_mode, family, n_embd, n_head):
+    """Head size 8: float32 attention; head size 64: attention on the tensor cores too."""
+    cfg = GPTConfig(family=family, vocab_size=97, block_size=24, n_layer=2, n_head=n_head,
+                    n_kv_head=n_head // 2 if family == "llama" else None, n_embd=n_embd)
     rng = np.random.default_rng(0)
     batches = [(rng.integers(0, 97, size=(3, 23)), rng.integers(0, 97, size=(3, 23))) for _ in range(2)]
     _, fp32 = train(cfg, "cpu", batches)
@@ -56,6 +58,10 @@ def test_bf16_losses_within_the_bound_of_float32(device_mode, family):
     model, bf16 = train(cfg, "cuda", batches, "bf16")
     if device_mode is not None:
         assert "matmul_bf16" in device_mode.calls and "matmul_forward_batched_v6_warptile" not in device_mode.calls
+        bf16_attention = n_embd // n_head == 64
+        assert ("attention_bf16_forward" in device_mode.calls) == bf16_attention
+        assert ("attention_bf16_backward_v1_mma" in device_mode.calls) == bf16_attention
+        assert ("attention_forward_v2_flash" in device_mode.calls) != bf16_attention
     gaps = np.abs(np.array(bf16) - np.array(fp32))
     bound = cuda_bf16.LOSS_GAP_BOUND * np.abs(fp32)
     assert np.all(gaps <= bound), f"per-step gaps {gaps} over the bound {bound}"

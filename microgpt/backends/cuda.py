@@ -327,8 +327,16 @@ def _segments(name, segment_ids, b, tq, tk):
     return device, device.ptr
 
 
+def _bf16_attention(q):
+    """Inside a matmul_precision("bf16") scope, attention runs on the tensor cores too
+    (attention_bf16.cu) where it can: HS = 64, and MICROGPT_BF16_ATTENTION is not 0."""
+    return cuda_bf16.active() and cuda_bf16.ATTENTION and q.ndim == 4 and q.shape[-1] == 64
+
+
 def attention_forward(q, k, v, segment_ids=None):
     q, k, v = on_device(q), on_device(k), on_device(v)
+    if _bf16_attention(q):
+        return attention_bf16_forward(q, k, v, segment_ids)
     b, nh, nkv, tq, tk, hs = _attention_sizes("attention_forward", q, k, v)
     _seg, seg_ptr = _segments("attention_forward", segment_ids, b, tq, tk)   # _seg holds the memory
     out, lse = empty(q.shape, np.float32), empty(q.shape[:3], np.float32)
@@ -340,6 +348,8 @@ def attention_forward(q, k, v, segment_ids=None):
 
 def attention_backward(dout, q, k, v, out, lse, segment_ids=None):
     q, k, v = on_device(q), on_device(k), on_device(v)
+    if _bf16_attention(q):
+        return attention_bf16_backward(dout, q, k, v, out, lse, segment_ids)
     dout, out, lse = on_device(dout), on_device(out), on_device(lse)
     b, nh, nkv, tq, tk, hs = _attention_sizes("attention_backward", q, k, v)
     _seg, seg_ptr = _segments("attention_backward", segment_ids, b, tq, tk)
@@ -361,8 +371,7 @@ def attention_backward(dout, q, k, v, out, lse, segment_ids=None):
 
 def attention_bf16_forward(q, k, v, segment_ids=None):
     """(out, lse) float32 of attention_forward from q, k, v rounded to bf16, on the tensor cores
-    (cuda/attention_bf16.cu; HS = 64). CUDA-only, and not used by the training step yet (no
-    backward on tensor cores so far): benchmarks/bench_gpu_bf16.py races it against SDPA."""
+    (cuda/attention_bf16.cu; HS = 64). attention_forward calls it inside a bf16 scope."""
     q, k, v = on_device(q), on_device(k), on_device(v)
     b, nh, nkv, tq, tk, hs = _attention_sizes("attention_bf16_forward", q, k, v)
     if hs != 64:

@@ -19,7 +19,10 @@ itself), the bounds tests/test_cuda_bf16.py derives from.
 
 How it is switched on: `with matmul_precision("bf16"):` makes the cuda backend's
 linear_forward, linear_backward, matmul_forward and matmul_backward run as above (the
-trainer's --dtype bf16 wraps each step's forward and backward, and evaluation, in it).
+trainer's --dtype bf16 wraps each step's forward and backward, and evaluation, in it), and
+attention_forward / attention_backward run on the tensor cores too (cuda/attention_bf16.cu:
+bf16 q, k, v, dout and P, dS; float32 softmax statistics, outputs and gradients) when the
+head size is 64; MICROGPT_BF16_ATTENTION=0 keeps the float32 attention kernels.
 Inside one such scope the bf16 copy of a weight is made once and reused (a layer's forward
 and its dX product read it, in every micro-batch of the step): the cache is keyed by the
 weight's DeviceArray and emptied when a scope is entered or left, so an optimizer update,
@@ -31,9 +34,10 @@ benchmarks/bench_gpu_bf16.py): every step's loss within LOSS_GAP_BOUND = 2u = 2^
 run's, relative (0.085 nats at GPT-2's initial ln 50304 = 10.8). Where that size comes from:
 at equal weights a row's loss moves by (p - onehot(y)) . dz, dz the logits' error; each
 product on the path adds a norm-wise relative error of about sqrt(2/3) u (the RMS of the
-bound of tests/test_cuda_bf16.py), independent errors add in quadrature, so GPT-2's 49
-products give rho ~ 7 sqrt(2/3) u ~ 0.02 on the logits, and the mean over N = 8192 rows of
-errors of random sign is ~ rho s_z / sqrt(N) ~ 1e-4 (s_z ~ 0.6 the RMS logit at init). Over
+bound of tests/test_cuda_bf16.py), independent errors add in quadrature, so GPT-2's 73
+products (4 linear layers and attention's 2 a block, and the head) give rho ~ 8.5 sqrt(2/3) u
+~ 0.03 on the logits, and the mean over N = 8192 rows of errors of random sign is
+~ rho s_z / sqrt(N) ~ 2e-4 (s_z ~ 0.6 the RMS logit at init). Over
 the steps the runs' weights part: AdamW moves each weight by about lr sign(g), and bf16
 gradients flip the sign of the smallest components, as rounding alone did between our
 float32 run and PyTorch's (3.9e-3 at the loss spike of step 9, benchmarks/results/gpu.md).
@@ -44,6 +48,7 @@ On the device a bf16 array is a DeviceArray of dtype uint16 holding the bit patt
 (NumPy has no bf16 type); to_bf16 / to_float32 convert (round to nearest even; exact).
 """
 import contextlib
+import os
 
 import numpy as np
 
@@ -55,6 +60,7 @@ BF16 = np.dtype(np.uint16)            # the storage of bf16 values: their 16 bit
 UNIT_ROUNDOFF = 2.0 ** -8             # u: bf16 keeps 8 significant bits
 LOSS_GAP_BOUND = 2 * UNIT_ROUNDOFF    # per step, relative to the float32 run's loss (see above)
 PRECISIONS = ("float32", "bf16")
+ATTENTION = os.environ.get("MICROGPT_BF16_ATTENTION", "1") != "0"   # attention on tensor cores in a bf16 scope
 _state = {"precision": "float32", "weights": {}}
 
 
