@@ -35,7 +35,8 @@ Evaluation and sampling never touch those states (eval mode, their own Generator
 Mixed precision (`dtype = "bf16"`, `--dtype bf16`, on `--device cuda` only): each step's
 forward and backward (and evaluation) run inside backends/cuda_bf16.py's matmul_precision
 scope, so the matrix products take bf16 copies of their operands (a weight's copy made once
-a step) and accumulate in float32 on the tensor cores; the weights, AdamW's moments, the
+a step) and accumulate in float32 on the tensor cores, as attention does at head size 64;
+the weights, AdamW's moments, the
 norms, softmax, the loss, the gradients and the checkpoints stay float32, and no loss
 scaling is needed (bf16 has float32's exponent range).
 
