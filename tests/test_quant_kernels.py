@@ -217,7 +217,7 @@ def test_the_prepared_kernel_checks_the_weight_once_and_x_every_call():
         be.linear_forward(wide, qw, None)
     with pytest.raises(DTypeError):                      # float64 x, float32 scales: as the checked kernel
         be.linear_forward(x.astype(np.float64), qw, b)
-    many = rng.standard_normal((20, 64)).astype(np.float32)                  # the GEMM hand-off
+    many = rng.standard_normal((cpu.cpu_quant.INTDOT_MAX_ROWS + 1, 64)).astype(np.float32)  # GEMM hand-off
     np.testing.assert_allclose(be.linear_forward(many, qw, b), cpu.linear_q4_forward(many, w_q, w_scale, b, 32),
                                rtol=1e-6, atol=1e-6)
     with pytest.raises(ShapeError):
@@ -227,6 +227,25 @@ def test_the_prepared_kernel_checks_the_weight_once_and_x_every_call():
     qw.w_q = w_q.copy()                                  # a new array: prepared again, not stale
     np.testing.assert_allclose(be.linear_forward(x, qw, b), intdot, rtol=1e-5, atol=1e-5)
     assert qw._fast[1] is qw.w_q
+
+
+@needs_c
+@pytest.mark.parametrize("scheme,group", [("int8", 96), ("int8", 32), ("int4", 32), ("int4", 64)])
+def test_a_short_prompt_takes_the_integer_rung_not_the_dequantize_gemm(scheme, group):
+    """The decoder's prefill of a short prompt (9 .. INTDOT_MAX_ROWS rows, above the checked
+    kernel's GEMV_MAX_ROWS) runs the integer dots, as decoding does and llama.cpp's small
+    batches do: dequantizing W into float32 for a 16-row GEMM cost ~2x the integer dots (the
+    measurement beside INTDOT_MAX_ROWS). Held to the integer-dot reference, odd shapes."""
+    rng = np.random.default_rng(12)
+    w_q, w_scale = _weights(rng, 21, 192, scheme, group)
+    kernel = "linear_q8_forward" if scheme == "int8" else "linear_q4_forward"
+    fn = cpu.cpu_quant.prepared(kernel, w_q, w_scale, group)
+    assert cpu.cpu_quant.INTDOT_MAX_ROWS > cpu.cpu_quant.GEMV_MAX_ROWS
+    for rows in (cpu.cpu_quant.GEMV_MAX_ROWS + 1, 17, cpu.cpu_quant.INTDOT_MAX_ROWS):
+        x = rng.standard_normal((rows, 192)).astype(np.float32)
+        b = rng.standard_normal(21).astype(np.float32)
+        expected = _reference(kernel)(x.astype(np.float64), w_q, w_scale.astype(np.float64), b, group)
+        np.testing.assert_allclose(fn(x, b), expected, rtol=1e-5, atol=1e-5, err_msg=str(rows))
 
 
 def test_the_cuda_binding_on_the_mock(monkeypatch):

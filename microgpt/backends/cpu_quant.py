@@ -8,7 +8,8 @@ Which kernel runs for a product of N rows (every leading axis of x flattened):
   N <= GEMV_MAX_ROWS (decoding)   quant.c's matrix-vector rung for this CPU: each weight row is
                                   read once, as 1 or 0.5 bytes per weight, and dequantized in
                                   registers (the float block rungs v5 / v4); prepared() below,
-                                  the decoder's path, multiplies integers instead (v8 / v6).
+                                  the decoder's path, multiplies integers instead (v8 / v6),
+                                  up to INTDOT_MAX_ROWS rows (a short prompt's prefill too).
   more rows (prefill, training)   dequantize W once into a float32 matrix, then the packed,
                                   threaded GEMM of matmul.c: one pass over W (1/N of the product's
                                   work) buys the GEMM's register blocking, which the
@@ -27,6 +28,14 @@ from .cpu_lib import ffi, lib
 from .cpu_lib import opt as _opt
 
 GEMV_MAX_ROWS = 8       # above this many rows: dequantize once + GEMM (see the docstring)
+# prepared() (the decoder's path) keeps the integer dots up to more rows: a short prompt's
+# prefill. Dequantizing W costs ~1 ns a weight (a float32 matrix written, 8x the int4 bytes),
+# a fixed price the GEMM must earn back, while the integer dots cost ~45-60 ps a weight a row
+# (the row's weights stay in L1 across the N rows). Measured on GPT-2-124M's 2304 x 768 and
+# 768 x 3072 int4 layers (1 and 2 threads, min of 5, load ~4): integer dots 1.2-1.7 ms
+# against dequantize + GEMM 2.1-2.7 ms at 16 rows, a toss-up at 32 (2.7-4.5 against 2.5-13),
+# so the cut sits between: 24. llama.cpp runs small batches on its integer dots too.
+INTDOT_MAX_ROWS = 24
 
 
 def _bytes(x, kind):
@@ -103,7 +112,7 @@ def linear_q4_forward(x, w_q, w_scale, b, group):
 def prepared(kernel, w_q, w_scale, group):
     """The decoder's form of linear_q8_forward / linear_q4_forward (kernel: the name), with its
     weight checked once: fn(x, b) -> out, or None where the weight takes another path (float64
-    scales). Up to GEMV_MAX_ROWS rows it runs quant.c's integer-dot entry (linear_q*_forward_intdot:
+    scales). Up to INTDOT_MAX_ROWS rows it runs quant.c's integer-dot entry (linear_q*_forward_intdot:
     the activations rounded to int8 per 32-block, as llama.cpp's Q8_0 / Q4_0 decoding; the
     reference is reference.py's linear_q*_forward_intdot); more rows, the float GEMM. Decoding
     calls each weight ~25 times a token; the full argument checks of the kernel cost ~18 us a
@@ -129,7 +138,7 @@ def prepared(kernel, w_q, w_scale, group):
                                        or not b.flags.c_contiguous))):
             return checked(x, w_q, w_scale, b, group)
         rows = x.size // c if c else 0
-        if rows > GEMV_MAX_ROWS:
+        if rows > INTDOT_MAX_ROWS:
             return cpu_matmul.linear_forward(x, dequant(w_q, w_scale, group), b)
         out = np.empty(x.shape[:-1] + (oc,), dtype=f32)
         c_fn(_fp(out), _fp(x), w_ptr, d_ptr, _opt(b), group, rows, c, oc)
