@@ -6,7 +6,7 @@ import json
 import os
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from microgpt import GPT, GPTConfig
 from microgpt.eval import chrf, runner, tasks
@@ -33,6 +33,11 @@ def assert_same(ours, theirs):
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.tuples(sentence, sentence, sentence), min_size=1, max_size=8))
+# Found by hypothesis: the second segment's two references score equal on paper; a different
+# order of the final multiply and divide rounded them apart and picked the other reference.
+@example(rows=[("", "the", ""),
+               ("3.14 1,000 - Cat. 0000 0000 0000 000000",
+                "the the the aaaaaaa aaaaaaa naïve \u3000x 2", "the the 22222")])
 def test_chrf_defaults_match_sacrebleu(rows):
     hyps = [h for h, _, _ in rows]
     one_ref = [[r for _, r, _ in rows]]

@@ -116,7 +116,12 @@ def chrf_from_statistics(stats, beta=BETA, eps_smoothing=False) -> float:
     precision, recall = precision_sum / effective, recall_sum / effective
     if precision + recall == 0:
         return 0.0
-    return 100 * (1 + factor) * precision * recall / (factor * precision + recall)
+    # The same operations in the same order as sacrebleu's CHRF._compute_f_score: the best
+    # reference of a segment is chosen by a strict '>' on this score, so two references whose
+    # scores are equal on paper must also round alike, or the tie breaks the other way.
+    score = (1 + factor) * precision * recall
+    score /= factor * precision + recall
+    return 100 * score
 
 
 def segment_statistics(hypothesis: str, references: Sequence[str], char_order=CHAR_ORDER,
