@@ -212,6 +212,10 @@ void linear_q8_forward_v8_unsigned_vnni(float* out, const float* x, const int8_t
                                         const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
 void linear_q4_forward_v8_unsigned_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
                                         const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q8_forward_v9_nibble_order_vnni(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                            const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
+void linear_q4_forward_v9_nibble_order_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                            const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);
 int quant_has_vnni(void);   /* 1 when linear_*_forward_v7_intdot_vnni runs VNNI (else it is v6) */
 void linear_q4_forward(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
                        const float* b, int64_t group, int64_t N, int64_t C, int64_t OC);

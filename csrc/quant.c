@@ -46,8 +46,13 @@
  *               sign moves per weight block (the comment above v8's code); int8: |a|, the sign
  *               masks and the lane-laid scales made once per call (VNNI). Both take a pair's
  *               scale in one multiply of two loads instead of two broadcasts and a blend
+ *   v9_nibble_order_vnni  int4: the activations laid out once per call in the order the stored
+ *               nibbles come in, so a pair of weight blocks is one broadcast load, a masked
+ *               shift and an AND (v8 also inserts and reorders: two 512-bit shuffles a pair for
+ *               every output channel); int8: v8. No repacking: the same weight bytes
  *   linear_q8_forward_intdot / linear_q4_forward_intdot (decoding): the integer-dot rung this
- *   CPU supports (int8: v8 with VNNI, else v6; int4: v8, VNNI or AVX2) (threads.c's microgpt_simd_level,
+ *   CPU supports (int8: v8 with VNNI, else v6; int4: v9 with VNNI, else v8's AVX2 form)
+ *   (threads.c's microgpt_simd_level,
  *   which tests can lower; VNNI from cpuid), the
  *   same arithmetic in portable C, threaded, where there is no SIMD. Shapes the 32-blocks do
  *   not tile (int8 per channel at C % 32 != 0) take the float rungs.
@@ -692,6 +697,69 @@ static float udot_q4_vnni(const int8_t* xq, const float* dxv, const int32_t* cor
         tail = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, USCALE8(b), tail);
     return total + hsum256(tail);
 }
+
+/* ---- v9: int4, the activations in the weights' nibble order ---------------------------------
+ * v8's pair of blocks spends two 512-bit shuffles a pair for every output channel (insert the
+ * high nibbles' half, then reorder the 128-bit quarters into element order), because the 32
+ * stored bytes of blocks b, b+1 hold, as low nibbles, b's elements 0-15 then b+1's 0-15, and as
+ * high nibbles b's 16-31 then b+1's 16-31. The order only has to agree between the two
+ * operands of vpdpbusd, and the activations are one row per call: v9 lays each pair of
+ * activation blocks out in the nibbles' order once per call (xq: [b 0-15, b+1 0-15, b 16-31,
+ * b+1 16-31]; the lane-laid corr and dxv the same way: int32 lanes 0-3 and 8-11 are block b's,
+ * 4-7 and 12-15 block b+1's), so the weights need no reordering at all: one 32-byte load
+ * broadcast to both halves, the upper half's 16-bit words shifted right by 4 (a masked shift),
+ * one AND: two operations instead of v8's five. Each int32 lane still sums the same 4
+ * products as v8's (only the lanes' places move), so the integer sums are v8's exactly; the
+ * float totals differ by the order of the final lane sum. Blocks past the last whole group of
+ * 4 (the tail) keep element order and v8's AVX2 block step. The weight bytes are unchanged:
+ * nothing is repacked, the checkpoint and GGUF bytes are what the kernel reads. */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512i nibbles_pair_v9(const uint8_t* qb) {
+    __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)qb));
+    both = _mm512_mask_srli_epi16(both, (__mmask32)0xFFFF0000u, both, 4);
+    return _mm512_and_si512(both, _mm512_set1_epi8(0x0F));
+}
+
+/* the pair's weight scales in v9's lane order: [d[b] x 4, d[b+1] x 4, d[b] x 4, d[b+1] x 4] */
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 pair_weight_scale_v9(const float* d, int64_t b, int shift, int64_t per_group) {
+    if (shift == 0) {
+        const __m512i spread = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+        __m128 two = _mm_castpd_ps(_mm_load_sd((const double*)(d + b)));
+        return _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(two));
+    }
+    if (shift > 0) return _mm512_set1_ps(d[b >> shift]);
+    return _mm512_mask_blend_ps(0xF0F0, _mm512_set1_ps(d[b / per_group]), _mm512_set1_ps(d[(b + 1) / per_group]));
+}
+
+__attribute__((target(VNNI_TARGET)))
+static inline __m512 upair_v9(const int8_t* xq, const int32_t* corr, const uint8_t* qb, __m512 scale, __m512 acc) {
+    __m512i sums = _mm512_dpbusd_epi32(_mm512_loadu_si512((const void*)corr), nibbles_pair_v9(qb),
+                                       _mm512_loadu_si512((const void*)xq));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(sums), scale, acc);
+}
+
+/* xq, dxv, corr: one activation row in v9's order (v9_activation_order) */
+__attribute__((target(VNNI_TARGET)))
+static float udot_q4_v9(const int8_t* xq, const float* dxv, const int32_t* corr, const void* qv, const float* d,
+                        int64_t group, int64_t C) {
+    const uint8_t* q = (const uint8_t*)qv;
+    int64_t blocks = C / QBLOCK, per_group = group / QBLOCK, b = 0;
+    int shift = block_shift(group);
+    __m512 t0 = _mm512_setzero_ps(), t1 = t0;
+    for (; b + 4 <= blocks; b += 4) {
+        t0 = upair_v9(xq + b * 32, corr + b * 8, q + b * 16,
+                      _mm512_mul_ps(_mm512_loadu_ps(dxv + b * 8), pair_weight_scale_v9(d, b, shift, per_group)), t0);
+        t1 = upair_v9(xq + b * 32 + 64, corr + b * 8 + 16, q + b * 16 + 32,
+                      _mm512_mul_ps(_mm512_loadu_ps(dxv + b * 8 + 16), pair_weight_scale_v9(d, b + 2, shift, per_group)),
+                      t1);
+    }
+    float total = _mm512_reduce_add_ps(_mm512_add_ps(t0, t1));
+    __m256 tail = _mm256_setzero_ps();
+    for (; b < blocks; b++)
+        tail = ublock_avx2(xq + b * 32, corr + b * 8, q + b * 16, USCALE8(b), tail);
+    return total + hsum256(tail);
+}
 #endif
 
 /* ---- the driver every rung shares: output channels across threads, rows inside --------------
@@ -842,8 +910,40 @@ void linear_q4_forward_v7_intdot_vnni(float* out, const float* x, const uint8_t*
 typedef float (*row_udot)(const int8_t* xq, const float* dxv, const int32_t* corr, const void* q, const float* d,
                           int64_t group, int64_t C);
 
+/* v9's activation order (its comment): within each row, the pairs of blocks that the main loop
+ * takes (those before the last whole group of 4 blocks ends) get their two 16-value halves
+ * interleaved, in xq and in the 8-lane corr / dxv alike; the tail stays in element order */
+static void v9_activation_order(int8_t* xq, int32_t* corr, float* dxv, int64_t N, int64_t C) {
+    int64_t blocks = C / QBLOCK, paired = blocks / 4 * 4;
+    for (int64_t n = 0; n < N; n++)
+        for (int64_t p = 0; p < paired; p += 2) {
+            int8_t* a = xq + n * C + p * QBLOCK;
+            int32_t* c = corr + (n * blocks + p) * 8;
+            float* s = dxv + (n * blocks + p) * 8;
+            int8_t tmp[64];
+            int32_t ctmp[16];
+            float stmp[16];
+            for (int k = 0; k < 16; k++) {
+                tmp[k] = a[k];                   /* b 0-15 */
+                tmp[16 + k] = a[32 + k];         /* b+1 0-15 */
+                tmp[32 + k] = a[16 + k];         /* b 16-31 */
+                tmp[48 + k] = a[48 + k];         /* b+1 16-31 */
+            }
+            for (int lane = 0; lane < 16; lane++) {     /* lanes 0-3, 8-11: b; 4-7, 12-15: b+1 */
+                int from = (lane & 4) ? 8 + (lane & 3) : (lane & 3);
+                ctmp[lane] = c[from];
+                stmp[lane] = s[from];
+            }
+            for (int k = 0; k < 64; k++) a[k] = tmp[k];
+            for (int lane = 0; lane < 16; lane++) {
+                c[lane] = ctmp[lane];
+                s[lane] = stmp[lane];
+            }
+        }
+}
+
 static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, const float* w_scale, const float* b,
-                             int64_t group, int64_t N, int64_t C, int64_t OC, row_udot dot) {
+                             int64_t group, int64_t N, int64_t C, int64_t OC, row_udot dot, int nibble_order) {
     int64_t blocks = C / QBLOCK, groups = C / group;
     int8_t* xq = (int8_t*)malloc((size_t)(N * C));
     float* dx = (float*)malloc(sizeof(float) * (size_t)(N * blocks));
@@ -866,6 +966,7 @@ static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, con
             dxv[blk * 8 + lane] = dx[blk];
         }
     }
+    if (nibble_order) v9_activation_order(xq, corr, dxv, N, C);
     #pragma omp parallel for schedule(dynamic, QUANT_INT_CHUNK) if (N * OC * C >= QUANT_INT_PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
         const uint8_t* row = w_q + o * (C / 2);
@@ -941,7 +1042,23 @@ void linear_q8_forward_v8_unsigned_vnni(float* out, const float* x, const int8_t
 void linear_q4_forward_v8_unsigned_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
                                         const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
 #ifdef QX86
-    quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC, has_vnni() ? udot_q4_vnni : udot_q4_avx2);
+    quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC, has_vnni() ? udot_q4_vnni : udot_q4_avx2, 0);
+#else
+    linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
+#endif
+}
+
+/* v9: int4 with the activations in the nibbles' order (VNNI; else v8's AVX2 form); int8: v8 */
+void linear_q8_forward_v9_nibble_order_vnni(float* out, const float* x, const int8_t* w_q, const float* w_scale,
+                                            const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+    linear_q8_forward_v8_unsigned_vnni(out, x, w_q, w_scale, b, group, N, C, OC);
+}
+
+void linear_q4_forward_v9_nibble_order_vnni(float* out, const float* x, const uint8_t* w_q, const float* w_scale,
+                                            const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
+#ifdef QX86
+    int vnni = has_vnni();
+    quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC, vnni ? udot_q4_v9 : udot_q4_avx2, vnni);
 #else
     linear_q4_forward_v6_intdot_avx2(out, x, w_q, w_scale, b, group, N, C, OC);
 #endif
@@ -956,8 +1073,8 @@ int quant_has_vnni(void) {
 }
 
 /* The decoding entry points (quantize/layers.py's QuantizedWeight calls them through
- * backends/cpu_quant.py's prepared kernel): the integer-dot rung this CPU supports (v8 with
- * VNNI; else v6 for int8 and v8's AVX2 form for int4), and the same arithmetic in portable C,
+ * backends/cpu_quant.py's prepared kernel): the integer-dot rung this CPU supports (with
+ * VNNI: v8 for int8, v9 for int4; else v6 for int8 and v8's AVX2 form for int4), and the same arithmetic in portable C,
  * threaded, where there is no SIMD, so every path rounds alike (the same exact integer sums). */
 void linear_q8_forward_intdot(float* out, const float* x, const int8_t* w_q, const float* w_scale,
                               const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
@@ -971,9 +1088,9 @@ void linear_q4_forward_intdot(float* out, const float* x, const uint8_t* w_q, co
                               const float* b, int64_t group, int64_t N, int64_t C, int64_t OC) {
     int level = microgpt_simd_level();
 #ifdef QX86
-    if (level >= 1) {       /* v8: AVX-512 VNNI where the level allows and the CPU has it, else AVX2 */
-        quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC,
-                         level >= 2 && has_vnni() ? udot_q4_vnni : udot_q4_avx2);
+    if (level >= 1) {       /* v9 with AVX-512 VNNI where the level allows and the CPU has it, else v8's AVX2 */
+        int vnni = level >= 2 && has_vnni();
+        quant_forward_u4(out, x, w_q, w_scale, b, group, N, C, OC, vnni ? udot_q4_v9 : udot_q4_avx2, vnni);
         return;
     }
 #endif

@@ -159,7 +159,7 @@ def test_the_activation_rounding_is_q8_0s():
 
 
 @needs_c
-@pytest.mark.parametrize("rung", ["v6_intdot_avx2", "v7_intdot_vnni", "v8_unsigned_vnni"])
+@pytest.mark.parametrize("rung", ["v6_intdot_avx2", "v7_intdot_vnni", "v8_unsigned_vnni", "v9_nibble_order_vnni"])
 def test_the_integer_rungs_round_exactly_as_the_reference(rung):
     """Ties and awkward magnitudes: halves of a step (rint's ties to even), a block of equal
     values, denormal-small blocks; the kernel's result must still be the reference's to float
