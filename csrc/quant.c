@@ -814,10 +814,16 @@ QUANT_RUNG(linear_q4_forward, v5_blocks_avx512, dot_q4_scalar, C / 2, 1)
  * paid a parallel region for it: waking the sleeping worker (OMP_WAIT_POLICY=PASSIVE, what the
  * decoder runs under) costs ~10 us on an idle 2-core VM and more under load, where the worker
  * waits for a core. Measured on the "small" shape at 2 threads, 2 threads were slower than 1
- * for every layer under load. So the integer rungs fork from 1 Mi weights (~60 us of work, a
- * region's cost several times over): GPT-2-124M's 768 x 2304 / 3072 layers and the LM heads
- * are threaded, the "small" preset's layers run on one core. */
-#define QUANT_INT_PAR_MIN (1L << 20)
+ * for every layer under load. The same held on GPT-2-124M's int4 layers (768 x 2304 / 3072,
+ * 1.8-2.4 Mi weights, 70-85 us of v9 work): forked at 1 Mi, a 128-token int4 decode ran 106-107
+ * tokens/s at 2 threads against 117-122 at 1 (two runs, load 2-3), and v9's micro-timing of
+ * each layer was 8-15 % slower at 2 threads than at 1. So the integer rungs fork from 4 Mi
+ * weights (~200 us of work): a single product that big (GPT-2-124M's LM head, 38.6 M weights,
+ * ~2 ms; any batched call) is threaded, the blocks' layers of both shapes run on one core. The
+ * price on an idle machine, where the second core is free: those layers lose their ~1.7x at 2
+ * threads, ~1.5 ms a GPT-2-124M token at most; on the shared machine this runs on, the worker
+ * rarely found a free core in time. */
+#define QUANT_INT_PAR_MIN (1L << 22)
 /* ... and hands the output channels out in chunks of 32 rows as the threads ask (dynamic), not
  * in one half each (static): on a shared machine one thread of the two is often off its core
  * for a while, and a static half then waits for it at the region's end, while with chunks the
