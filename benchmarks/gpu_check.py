@@ -251,13 +251,8 @@ def train_ours(config, batches, steps, lr, device="cuda", budget_s=80.0):
 
 def train_torch(torch, config, state, batches, steps, lr, device="cuda"):
     """The PyTorch peer from the same weights: (losses, seconds per step)."""
-    from gpu_train_peer import TorchGPT2, make_optimizer
-    model = TorchGPT2(config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd,
-                      config.norm_eps).to(device)
-    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
-    if unexpected or any(not m.endswith("lm_head.weight") for m in missing):
-        raise RuntimeError(f"peer weights do not match: missing {missing}, unexpected {unexpected}")
-    opt = make_optimizer(model, lr)
+    from gpu_train_peer import peer_from_state
+    model, opt = peer_from_state(config, state, lr, device)
     data = [(torch.from_numpy(i).to(device), torch.from_numpy(t).to(device)) for i, t in batches]
     losses, seconds = [], []
     for step in range(steps):

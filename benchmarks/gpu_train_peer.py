@@ -60,3 +60,14 @@ def make_optimizer(model, lr, weight_decay=0.1, betas=(0.9, 0.95), eps=1e-8):
     rest = [p for n, p in model.named_parameters() if not decays(n, p)]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
                              lr=lr, betas=betas, eps=eps, foreach=True)
+
+
+def peer_from_state(config, state, lr, device="cuda"):
+    """The peer built from our model's weights (a {name: array} of GPT-2 names; the tied
+    lm_head is the only name allowed missing) and its optimizer, on `device`."""
+    model = TorchGPT2(config.vocab_size, config.block_size, config.n_layer, config.n_head, config.n_embd,
+                      config.norm_eps).to(device)
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v) for k, v in state.items()}, strict=False)
+    if unexpected or any(not m.endswith("lm_head.weight") for m in missing):
+        raise RuntimeError(f"peer weights do not match: missing {missing}, unexpected {unexpected}")
+    return model, make_optimizer(model, lr)

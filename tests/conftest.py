@@ -21,6 +21,35 @@ def reference_backend():
         yield module
 
 
+def _cuda_params():
+    from microgpt.backends import cuda_runtime as rt
+    return ["mock", pytest.param("gpu", marks=[
+        pytest.mark.gpu, pytest.mark.skipif(not rt.AVAILABLE, reason=f"no CUDA: {rt.UNAVAILABLE_REASON}")])]
+
+
+@pytest.fixture(params=_cuda_params())
+def cu(request, monkeypatch):
+    """The CUDA backend twice: on the NumPy-backed mock (tests/cuda_mock.py, everywhere) and on a
+    real GPU with every output buffer poisoned first (marked gpu, skipped without one)."""
+    import cuda_mock
+    from microgpt.backends import cuda, cuda_runtime as rt
+    if request.param == "mock":
+        cuda_mock.install(monkeypatch)
+    else:
+        monkeypatch.setattr(rt, "POISON", True)
+    return cuda
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    """Run a C-kernel test on 1 and on 2 OpenMP threads, restoring the count afterwards."""
+    from microgpt.backends import cpu
+    before = cpu.get_num_threads()
+    cpu.set_num_threads(request.param)
+    yield request.param
+    cpu.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for a module of tests on tiny models: torch's thread pool only fights the

@@ -34,16 +34,6 @@ TOL_ACCUM = 1e-5
 TOL_INPUTS = 2 * U
 
 
-@pytest.fixture(params=["mock", pytest.param("gpu", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not rt.AVAILABLE, reason=f"no CUDA: {rt.UNAVAILABLE_REASON}")])])
-def cu(request, monkeypatch):
-    if request.param == "mock":
-        cuda_mock.install(monkeypatch)
-    else:
-        monkeypatch.setattr(rt, "POISON", True)
-    return cuda
-
-
 def torch_bf16_bits(x):
     """PyTorch's round-to-nearest-even float32 -> bf16, as uint16 bit patterns (the oracle)."""
     t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(torch.bfloat16)

@@ -11,22 +11,11 @@ float32-rounded inputs: < 1e-5 for float32, < 1e-2 for the bf16 tensor-core matm
 import numpy as np
 import pytest
 
-import cuda_mock
 from microgpt.backends import KERNELS, cuda, cuda_matmul, cuda_runtime as rt, reference as ref
 from microgpt.errors import BackendError, DTypeError, ShapeError
 
 TOL = 1e-5
 CHECKED = set()     # kernels some test below compares with the reference
-
-
-@pytest.fixture(params=["mock", pytest.param("gpu", marks=[
-    pytest.mark.gpu, pytest.mark.skipif(not rt.AVAILABLE, reason=f"no CUDA: {rt.UNAVAILABLE_REASON}")])])
-def cu(request, monkeypatch):
-    if request.param == "mock":
-        cuda_mock.install(monkeypatch)
-    else:
-        monkeypatch.setattr(rt, "POISON", True)
-    return cuda
 
 
 def rand(rng, *shape, scale=1.0):

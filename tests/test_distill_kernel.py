@@ -25,14 +25,6 @@ from microgpt.backends import cpu, reference as ref
 pytestmark = pytest.mark.skipif(not cpu.AVAILABLE, reason="C kernels not built")
 
 
-@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
-def threads(request):
-    before = cpu.get_num_threads()
-    cpu.set_num_threads(request.param)
-    yield request.param
-    cpu.set_num_threads(before)
-
-
 def logits(rng, n, v, scale):
     return (rng.standard_normal((n, v)) * scale).astype(np.float32)
 
