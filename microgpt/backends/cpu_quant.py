@@ -148,7 +148,8 @@ def prepared(kernel, w_q, w_scale, group):
 # The rungs, callable one by one (tests and benchmarks); each needs its instruction set.
 # v6 / v7 / v8 round the activations to int8 first: their reference is reference.py's *_intdot.
 # v8 is int4's unsigned-nibble form, its int8 v7's with the activation side hoisted; v9 is int4
-# with the activations in the nibbles' order (the decoder's int4 rung), its int8 v8's.
+# with the activations in the nibbles' order, its int8 v8's, both with a software prefetch of the
+# weights (the decoder's rung).
 RUNGS = {"v1_naive": "scalar", "v2_avx2": "avx2", "v3_avx512": "avx512", "v4_blocks_avx2": "avx2",
          "v5_blocks_avx512": "avx512", "v6_intdot_avx2": "avx2", "v7_intdot_vnni": "vnni",
          "v8_unsigned_vnni": "vnni", "v9_nibble_order_vnni": "vnni"}
