@@ -737,7 +737,7 @@ static float udot_q4_vnni(const int8_t* xq, const float* dxv, const int32_t* cor
  * loop waiting: from memory (40 different 3072 x 768 int4 matrices in turn, 1 and 2 threads)
  * v9 without it was 3-5 % faster than v8, with it 22 % (105-108 us against 134-140); the
  * 38.6 M-weight int8 head (v8 with the prefetch, as int8 v9) 1.89 ms against 2.34 (medians of
- * 30). 768 bytes ahead did nothing, 3 KiB and 6 KiB alike: 3 KiB. */
+ * 30). 768 bytes ahead did nothing on the head, 3 KiB and 6 KiB did alike on int4: 3 KiB. */
 __attribute__((target(VNNI_TARGET)))
 static inline __m512i nibbles_pair_v9(const uint8_t* qb) {
     __m512i both = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)qb));
