@@ -43,19 +43,33 @@ give all 32 tokens the same, and how many of the tokens agree in all.
 Targets, fixed before the run (the issue's): int8 within +0.5 % of fp32, int4 g32 within +5 %;
 memory 4x (int8) and ~7x (int4 g32); decode int8 >= 1.5x fp32, int4 >= 2x; llama.cpp goal 1.0x.
 
-OMP_WAIT_POLICY=PASSIVE for both sides (see bench_generate.py: spinning idle workers of one
-OpenMP runtime steal the cores of the other), and both sides alternate within each case.
+llama.cpp runs in a process of its own (benchmarks/llama_worker.py, driven over a pipe: the
+timed call sends the prompt and receives the 128 greedy tokens), with the environment this bench
+was started with: importing microgpt sets OMP_WAIT_POLICY=PASSIVE for its own process
+(backends/cpu_lib.py), and both sides load the same libgomp, so in one process llama.cpp would
+run under our policy. It was raced that way until 2026-12-01, when that was measured to cut its
+2-thread Q4_0 decode of GPT-2-124M to about 40 % (about 80 vs 190 tokens/s run alone): every
+graph's workers sleep and are woken per token. Each side now runs under its own default:
+llama.cpp libgomp's, ours what `microgpt generate` sets (PASSIVE with a 20,000-iteration spin
+first, cli.openmp_environment). The JSON records both sides' policies. Both sides alternate within each case.
 
     flock /tmp/bench.lock python benchmarks/bench_quantize.py [--quick] [--json FILE] [--quality RUN]
 """
+import json
 import os
+import subprocess
 import sys
 import tempfile
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before any OpenMP runtime starts
+PEER_ENV = dict(os.environ)       # llama.cpp's process: the environment the bench started with
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Ours runs as `microgpt generate` / `serve` run it: libgomp's workers spin briefly before they
+# sleep (cli.openmp_environment, which says why), set before the C kernels load.
+from microgpt.cli import openmp_environment  # noqa: E402
 
-import numpy as np
+openmp_environment("generate")
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE]
@@ -106,7 +120,8 @@ def ours_prefill(model, ids):
 
 
 def llama_decode(path, prompt, new_tokens, n_ctx):
-    """llama-cpp-python's model on `path`, decoded greedily by its low-level eval loop."""
+    """llama-cpp-python's model on `path`, decoded greedily by its low-level eval loop, in this
+    process (the agreement checks: they compare tokens, not speed)."""
     import llama_cpp
     llm = llama_cpp.Llama(model_path=path, n_ctx=n_ctx, n_threads=THREADS, n_threads_batch=THREADS,
                           n_batch=512, logits_all=False, verbose=False)
@@ -123,6 +138,34 @@ def llama_decode(path, prompt, new_tokens, n_ctx):
                 return out
             llm.eval([out[-1]])
     return llm, run
+
+
+class LlamaWorker:
+    """The same decode loop in a llama_worker.py child process (the timed side of the race)."""
+
+    def __init__(self, path, n_ctx):
+        self.proc = subprocess.Popen([sys.executable, os.path.join(HERE, "llama_worker.py"), path,
+                                      str(n_ctx), str(THREADS)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=PEER_ENV, text=True)
+        self.policy = self._ask({"op": "policy"})["policy"]
+
+    def _ask(self, request):
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"llama_worker.py exited (status {self.proc.poll()})")
+        return json.loads(line)
+
+    def decode(self, prompt, new_tokens):
+        return lambda: self._ask({"op": "decode", "prompt": list(map(int, prompt)), "n": new_tokens})["tokens"]
+
+    def logits(self, prompt):
+        return np.array(self._ask({"op": "logits", "prompt": list(map(int, prompt))})["logits"], np.float32)
+
+    def close(self):
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
 
 
 QUALITY = {"fp32": None, "int8": ("int8", None), "int8 g32": ("int8", 32), "int4 g32": ("int4", 32),
@@ -216,6 +259,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="bench_quantize_")
     quality_result = quality(args.quality, args.prompts, tmp) if args.quality else None
     cases, agreement = [], {}
+    workers, peer_policies = [], set()        # llama.cpp's processes and their OpenMP policy
     for shape in shapes:
         models = {v: build(shape, v) for v in VARIANTS}
         vocab = SHAPES[shape]["vocab_size"]
@@ -229,18 +273,19 @@ def main():
             for ftype, v in GGUF_OF.items():
                 path = export_gguf(models[v], tokenizer, os.path.join(tmp, f"{shape}-{ftype.replace(' ', '-')}.gguf"),
                                    ftype.split()[0])
-                llm, peer = llama_decode(path, prompt, new_tokens, PROMPT + new_tokens + 8)
+                worker = LlamaWorker(path, PROMPT + new_tokens + 8)
+                workers.append(worker)
+                peer_policies.add(worker.policy)
+                peer = worker.decode(prompt, new_tokens)
 
-                def check(ours=decode[v], peer=peer, llm=llm, model=models[v], key=f"{shape} {ftype}",
+                def check(ours=decode[v], peer=peer, worker=worker, model=models[v], key=f"{shape} {ftype}",
                           exact=ftype == "f32"):
                     a, b = ours(), peer()
                     agreement[key] = sum(x == y for x, y in zip(a, b))
                     first = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
                     print(f"{key}: {agreement[key]}/{len(a)} greedy tokens agree, first {first} in a row")
                     if exact:           # the same model: the prompt's last logits agree (F32 export)
-                        llm.reset()
-                        llm.eval(prompt)
-                        theirs = np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),))
+                        theirs = worker.logits(prompt)
                         with no_grad():
                             mine = Decoder(model).step(np.array([prompt]))[0]
                         gap, scale = float(np.abs(mine - theirs).max()), float(np.abs(mine).max())
@@ -256,11 +301,18 @@ def main():
     title = (f"quantized decoding, batch 1, {THREADS} threads, prompt {PROMPT}, {new_tokens} new tokens, greedy; "
              f"prefill {PREFILL}")
     rows = harness.run_cases(cases, args, title)
+    for worker in workers:
+        worker.close()
+    policies = {"ours": f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, GOMP_SPINCOUNT "
+                        f"{os.environ.get('GOMP_SPINCOUNT', 'unset')}",
+                "llama.cpp": sorted(peer_policies) or None}
+    print("OMP_WAIT_POLICY:", policies)
     print("greedy-token agreement with llama.cpp:", agreement)
     if getattr(args, "json", None):
         from microgpt.fileio import read_json_object, write_json
         from microgpt.errors import MicrogptError
         data = read_json_object(args.json, MicrogptError, "", "")
+        data["omp_wait_policy"] = policies
         data["llama_cpp_agreement"] = {k: [n, new_tokens] for k, n in agreement.items()}
         if quality_result is not None:
             data["quality"] = quality_result

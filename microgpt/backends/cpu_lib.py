@@ -10,6 +10,7 @@ import os
 # shared or busy machine a spinning worker holds a core that the thread it waits for needs: a
 # baby-preset step measured 11x slower with spinning than sleeping under load. Costs a few
 # microseconds per parallel region when the machine is idle; OMP_WAIT_POLICY=active opts out.
+# The decoding commands (generate, chat, serve) add a short spin first: cli.openmp_environment.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 try:
     from ._cpu import ffi, lib
