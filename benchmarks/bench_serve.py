@@ -38,9 +38,17 @@ import sys
 import threading
 import time
 
+# llama.cpp's server gets the environment the bench started with: importing microgpt sets
+# OMP_WAIT_POLICY=PASSIVE (backends/cpu_lib.py), which a child inheriting our environment would
+# run under, its workers put to sleep after every token (bench_quantize.py measured a 2-3x
+# handicap). Our server runs as `microgpt serve` runs: PASSIVE after a short spin.
+PEER_ENV = dict(os.environ)
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from microgpt.cli import openmp_environment  # noqa: E402
 
-import numpy as np
+openmp_environment("serve")
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -235,7 +243,7 @@ class LlamaCppServer:
         self.proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", path, "--n_ctx",
                                       str(block_size), "--n_threads", "2", "--n_threads_batch", "2",
                                       "--host", "127.0.0.1", "--port", str(self.port), "--model_alias", "small"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=PEER_ENV)
         for _ in range(1200):
             try:
                 if httpx.get(self.base + "/v1/models", timeout=1).status_code == 200:
