@@ -851,8 +851,25 @@ QUANT_RUNG(linear_q4_forward, v5_blocks_avx512, dot_q4_scalar, C / 2, 1)
  * ~2 ms; any batched call) is threaded, the blocks' layers of both shapes run on one core. The
  * price on an idle machine, where the second core is free: those layers lose their ~1.7x at 2
  * threads, ~1.5 ms a GPT-2-124M token at most; on the shared machine this runs on, the worker
- * rarely found a free core in time. */
-#define QUANT_INT_PAR_MIN (1L << 22)
+ * rarely found a free core in time.
+ * That price is the sleeping worker's wake-up. The decoding commands (generate, chat, serve:
+ * cli.openmp_environment) let idle workers spin GOMP_SPINCOUNT iterations before they sleep, so
+ * a fork there costs a microsecond or two, and the threshold drops to 256 Ki weights: every
+ * layer of both shapes forks. Measured in one full bench_quantize run each (2026-12-01, load
+ * ~1.5, spin 20,000): GPT-2-124M int4 143 -> 160 tokens/s, "small" int4 890 -> 1031. Read once,
+ * from the environment libgomp itself read at start-up. */
+#define QUANT_INT_PAR_MIN_SLEEPING (1L << 22)
+#define QUANT_INT_PAR_MIN_SPINNING (1L << 18)
+static long quant_int_par_min_value = -1;
+static long quant_int_par_min(void) {
+    if (quant_int_par_min_value < 0) {
+        const char *spin = getenv("GOMP_SPINCOUNT");
+        quant_int_par_min_value = (spin && atol(spin) > 0) ? QUANT_INT_PAR_MIN_SPINNING
+                                                           : QUANT_INT_PAR_MIN_SLEEPING;
+    }
+    return quant_int_par_min_value;
+}
+#define QUANT_INT_PAR_MIN (quant_int_par_min())
 /* ... and hands the output channels out in chunks of 32 rows as the threads ask (dynamic), not
  * in one half each (static): on a shared machine one thread of the two is often off its core
  * for a while, and a static half then waits for it at the region's end, while with chunks the
