@@ -173,11 +173,22 @@ def test_errors_are_openai_error_objects(served):
     assert [m.id for m in c.models.list().data] == ["tiny"]
 
 
-def test_a_killed_client_frees_its_blocks(served):
-    base, _, _, app = served
+@pytest.fixture
+def served_long():
+    """A server of its own whose context holds a 1000-token answer: the stream must still be
+    running when its client is killed (a 100-token answer of the tiny model could finish before
+    the server noticed the closed socket, and then count as finished, not cancelled)."""
+    model, tok = tiny_model(block=1024)
+    app = create_app(model, tok, "tiny", max_batch=8, max_queue=64, body_limit=4096)
+    with serve_in_thread(app) as base:
+        yield base, model, tok, app
+
+
+def test_a_killed_client_frees_its_blocks(served_long):
+    base, _, _, app = served_long
     sched = app.state.engine.scheduler
     sock = socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10)
-    body = json.dumps({"prompt": "kill me", "max_tokens": 100, "stream": True, "temperature": 0}).encode()
+    body = json.dumps({"prompt": "kill me", "max_tokens": 1000, "stream": True, "temperature": 0}).encode()
     sock.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                  b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
     received = b""
