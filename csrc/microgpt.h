@@ -254,6 +254,54 @@ void moe_combine_forward(float* out, const float* y, const float* weights, const
 void moe_combine_backward(float* dy, float* dweights, const float* dout, const float* y, const float* weights,
                           const int64_t* token_index, int64_t N, int64_t R, int64_t C);
 
+/* ---- one decoding step (decode_step.c): the paged decoder's decode rows in one call ---------
+ * The Python loop of inference/paged.py (PagedDecoder.forward, decode rows only) with the same
+ * kernels in the same order; backends/cpu_decode.py DecodeStep fills these structs once per
+ * decoder. A linear layer (OC, C): float32 w (OC, C), or (C, OC) when w_in_out; int8 w (OC, C)
+ * and int4 w (OC, C / 2) with w_scale (OC, C / group), as quant.c; b (OC) or NULL. A norm: w,
+ * b (C) (b NULL: none, and always for RMSNorm), eps. A layer's unused linears (GPT-2 has qkv,
+ * fc, proj; Llama q, k, v, gate, up, down) and q_norm / k_norm without qk_norm have w NULL.
+ * decode_step: logits (S, V) of rows last_rows (S) of the N rows ids (N) at positions (N), their
+ * k, v written to slots (N), attending through block_tables (N, MB); returns 0, -1 (work_len
+ * short of decode_step_workspace) or -2 (an id outside [0, V)), nothing written on an error. */
+enum { DECODE_LINEAR_FLOAT = 0, DECODE_LINEAR_INT8 = 1, DECODE_LINEAR_INT4 = 2 };
+typedef struct {
+    int kind;
+    int w_in_out;
+    const void* w;
+    const float* w_scale;
+    const float* b;
+    int64_t group;
+    int64_t C;
+    int64_t OC;
+} decode_linear;
+typedef struct {
+    const float* w;
+    const float* b;
+    float eps;
+} decode_norm;
+typedef struct {
+    decode_norm norm_1, norm_2, q_norm, k_norm;
+    decode_linear qkv, q, k, v, out, fc, proj, gate, up, down;
+    float* k_cache;
+    float* v_cache;
+} decode_layer;
+typedef struct {
+    int gpt2;
+    int64_t n_layer, C, NH, NKV, HS, V, hidden, block_size, NB, BS;
+    const float* wte;
+    const float* wpe;
+    const float* cos;
+    const float* sin;
+    decode_norm norm_f;
+    decode_linear head;
+    const decode_layer* layers;
+} decode_model;
+int64_t decode_step_workspace(const decode_model* m, int64_t N, int64_t S, int64_t MB);
+int decode_step(float* logits, float* work, int64_t work_len, const decode_model* m, const int64_t* ids,
+                const int64_t* positions, const int64_t* slots, const int64_t* block_tables,
+                const int64_t* last_rows, int64_t N, int64_t S, int64_t MB);
+
 /* END CDEF */
 
 #endif /* MICROGPT_H */

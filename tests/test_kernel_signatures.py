@@ -85,6 +85,10 @@ def declarations(language):
         text = f.read()
     begin, end = CDEF[language]
     block = _strip_comments(re.search(begin + "(.*)" + end, text, re.S).group(1))
+    # type declarations are not kernels: decode_step.c's structs (typedef struct { ... } name;)
+    # and their enum of linear kinds; no brace sits in a function declaration
+    block = re.sub(r"typedef\s+struct\s*\{[^{}]*\}\s*\w+\s*;|enum\s*\{[^{}]*\}\s*;", "", block)
+    assert "{" not in block and "}" not in block, f"{HEADERS[language]}: a type declaration the reader does not know"
     found = {}
     for decl in block.split(";"):
         decl = " ".join(decl.split())

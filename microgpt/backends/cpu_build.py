@@ -23,7 +23,7 @@ CSRC = os.path.join(ROOT, "csrc")
 HEADER = os.path.join(CSRC, "microgpt.h")
 SOURCES = ["threads.c", "matmul.c", "attention_naive.c", "attention.c", "softmax.c", "crossentropy.c",
            "norm.c", "activation.c", "rope.c", "embedding.c", "adamw.c", "paged_attention.c",
-           "quant.c", "moe.c"]
+           "quant.c", "moe.c", "decode_step.c"]
 CFLAGS = ["-O3", "-std=c11", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wno-unused-function"]
 LDFLAGS = ["-fopenmp"]
 # MICROGPT_SANITIZE=1 (csrc/Makefile's `make sanitize`): AddressSanitizer + UndefinedBehaviorSanitizer,

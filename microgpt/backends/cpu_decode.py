@@ -156,3 +156,149 @@ def for_decoder(be, dtype):
     if be is not cpu or np.dtype(dtype) != F32 or lib is None:
         return None
     return DecodeKernels(be)
+
+
+# --- the whole decode step in one call (csrc/decode_step.c) -----------------------------------
+
+class DecodeStep:
+    """csrc/decode_step.c's decode_step over one PagedDecoder's weights and cache: the decode rows
+    of a plan (no prompt rows) in one C call instead of ~80 kernel calls from Python.
+
+        step = DecodeStep.build(decoder)     # None: the model has something the C step lacks
+        logits = step(ids, plan)             # = decoder's Python loop on that plan, bit for bit
+
+    The structs are filled here once (decode_step.c says what each field is): every weight
+    checked against the config and held as a cffi pointer, with `self._keep` holding every
+    buffer a pointer was made from. Per call only the plan's arrays and the ids are converted;
+    the scratch is one float32 buffer, grown when a longer block table needs more."""
+
+    def __init__(self):
+        self._keep = []
+        self._work = np.empty(0, np.float32)
+
+    # --- building the structs -------------------------------------------------------------
+
+    def _ptr(self, array, kind="float[]"):
+        buf = ffi.from_buffer(kind, array)
+        self._keep.append((array, buf))
+        return buf
+
+    def _norm(self, target, params, c):
+        if len(params) == 3:                   # LayerNorm: (weight, bias or None, eps)
+            w, b, eps = params
+        else:                                  # RMSNorm: (weight, eps)
+            (w, eps), b = params, None
+        if not (_plain(w) and w.shape == (c,) and (b is None or (_plain(b) and b.shape == (c,)))):
+            raise _Unsupported
+        target.w, target.b, target.eps = self._ptr(w), (_NULL if b is None else self._ptr(b)), float(eps)
+
+    def _linear(self, target, wb, c, oc):
+        from ..quantize.layers import QuantizedWeight
+        w, b, w_in_out = wb
+        if b is not None and not (_plain(b) and b.shape == (oc,)):
+            raise _Unsupported
+        target.b, target.C, target.OC = (_NULL if b is None else self._ptr(b)), c, oc
+        if type(w) is QuantizedWeight:
+            want = np.int8 if w.bits == 8 else np.uint8
+            stored = c if w.bits == 8 else c // 2
+            if not (type(w.w_q) is np.ndarray and w.w_q.dtype == want and w.w_q.flags.c_contiguous
+                    and w.w_q.shape == (oc, stored) and w.shape == (oc, c) and _plain(w.w_scale)
+                    and c % w.group == 0 and w.w_scale.shape == (oc, c // w.group)
+                    and (w.bits == 8 or (w.group % 32 == 0 and c % 32 == 0))):
+                raise _Unsupported
+            target.kind = lib.DECODE_LINEAR_INT8 if w.bits == 8 else lib.DECODE_LINEAR_INT4
+            target.w = self._ptr(w.w_q, "int8_t[]" if w.bits == 8 else "uint8_t[]")
+            target.w_scale, target.group, target.w_in_out = self._ptr(w.w_scale), w.group, 0
+            self.quantized = True
+            return
+        if not (_plain(w) and w.shape == ((c, oc) if w_in_out else (oc, c))):
+            raise _Unsupported
+        target.kind, target.w, target.w_scale = lib.DECODE_LINEAR_FLOAT, self._ptr(w), _NULL
+        target.group, target.w_in_out = 0, int(bool(w_in_out))
+
+    @classmethod
+    def build(cls, decoder):
+        """The C step for decoder (an inference.paged.PagedDecoder on the C backend), or None when
+        one of its weights is not what decode_step.c takes (the Python loop then runs)."""
+        if lib is None or decoder.kernels is None:
+            return None
+        self = cls()
+        try:
+            self._build(decoder)
+        except _Unsupported:
+            return None
+        return self
+
+    def _build(self, decoder):
+        cfg, cache = decoder.config, decoder.paged
+        c, nh, nkv, hs, hidden = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_size, cfg.mlp_hidden
+        v = cfg.vocab_size
+        self.quantized = False
+        m = self.model = ffi.new("decode_model*")
+        m.gpt2, m.n_layer, m.C, m.NH, m.NKV, m.HS = int(decoder.gpt2), cfg.n_layer, c, nh, nkv, hs
+        m.V, m.hidden, m.block_size = v, hidden, cfg.block_size
+        m.NB, m.BS = cache.num_blocks, cache.block_size
+        if not (_plain(decoder.wte) and decoder.wte.shape == (v, c)):
+            raise _Unsupported
+        m.wte = self._ptr(decoder.wte)
+        if decoder.gpt2:
+            if not (_plain(decoder.wpe) and decoder.wpe.shape == (cfg.block_size, c)):
+                raise _Unsupported
+            m.wpe, m.cos, m.sin = self._ptr(decoder.wpe), _NULL, _NULL
+        else:
+            tables = [np.ascontiguousarray(t, np.float32) for t in (decoder.cos, decoder.sin)]
+            if any(t.shape != (cfg.block_size, hs // 2) for t in tables):
+                raise _Unsupported
+            m.wpe, m.cos, m.sin = _NULL, self._ptr(tables[0]), self._ptr(tables[1])
+        self._norm(m.norm_f, decoder.norm_f, c)
+        self._linear(m.head, (decoder.lm_head, None, False), c, v)
+        layers = self._layers = ffi.new("decode_layer[]", cfg.n_layer)
+        kv_shape = (cache.num_blocks, nkv, cache.block_size, hs)
+        for i, w in enumerate(decoder.layers):
+            layer = layers[i]
+            self._norm(layer.norm_1, w["ln_1"], c)
+            self._norm(layer.norm_2, w["ln_2"], c)
+            for name in ("qkv", "q", "k", "v", "out", "fc", "proj", "gate", "up", "down"):
+                getattr(layer, name).w = _NULL
+            layer.q_norm.w = layer.k_norm.w = _NULL
+            if decoder.gpt2:
+                self._linear(layer.qkv, w["qkv"], c, (nh + 2 * nkv) * hs)
+                self._linear(layer.fc, w["fc"], c, hidden)
+                self._linear(layer.proj, w["proj"], hidden, c)
+            else:
+                self._linear(layer.q, w["q"], c, nh * hs)
+                self._linear(layer.k, w["k"], c, nkv * hs)
+                self._linear(layer.v, w["v"], c, nkv * hs)
+                if w["q_norm"] is not None:
+                    self._norm(layer.q_norm, w["q_norm"], hs)
+                    self._norm(layer.k_norm, w["k_norm"], hs)
+                self._linear(layer.gate, w["gate"], c, hidden)
+                self._linear(layer.up, w["up"], c, hidden)
+                self._linear(layer.down, w["down"], hidden, c)
+            self._linear(layer.out, w["out"], nh * hs, c)
+            keys, values = cache.keys[i], cache.values[i]
+            if not (_plain(keys) and _plain(values) and keys.shape == kv_shape and values.shape == kv_shape):
+                raise _Unsupported
+            layer.k_cache, layer.v_cache = self._ptr(keys), self._ptr(values)
+        m.layers = layers
+        self.vocab_size = v
+
+    # --- one step -------------------------------------------------------------------------
+
+    def __call__(self, ids, plan):
+        """ids (N,) int64 already in the plan's row order (all decode rows) -> logits (S, V)."""
+        n, s, mb = ids.shape[0], plan.last_rows.shape[0], plan.tables.shape[1]
+        need = lib.decode_step_workspace(self.model, n, s, mb)
+        if self._work.size < need:
+            self._work = np.empty(need, np.float32)
+        logits = np.empty((s, self.vocab_size), np.float32)
+        status = lib.decode_step(_fp(logits), _fp(self._work), self._work.size, self.model, _ip(ids),
+                                 _ip(plan.positions), _ip(plan.slots), _ip(plan.tables), _ip(plan.last_rows),
+                                 n, s, mb)
+        if status:
+            return None        # -2: an id outside the vocabulary; the caller's checked path says so
+        return logits
+
+
+class _Unsupported(Exception):
+    """A weight decode_step.c does not take: the decoder keeps its Python loop."""

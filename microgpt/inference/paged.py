@@ -49,7 +49,12 @@ import numpy as np
 from .. import backends
 from ..errors import ConfigError
 from ..quantize.layers import QuantizedWeight
-from .decode import Decoder
+from .decode import Decoder, cpu_decode
+
+try:
+    from ..backends import cpu_quant
+except ImportError:             # the C extension is not built: no C step either
+    cpu_quant = None
 
 I64 = np.dtype(np.int64)
 LINEAR_ROWS = 4            # csrc/matmul.c LINEAR_ROWS_MAX: the streaming path's largest row count
@@ -199,6 +204,9 @@ class PagedDecoder(Decoder):
         self._bind_streamed()
         if not self.gpt2:
             self.cos, self.sin = model.rotary.slice(0, self.config.block_size, model.device, model.dtype)
+        # the decode rows' whole step in one C call (csrc/decode_step.c, the same kernels in the
+        # same order as forward's loop below); None where the weights or backend are not its kind
+        self.c_step = cpu_decode.DecodeStep.build(self) if cpu_decode is not None else None
 
     @property
     def position(self):
@@ -297,6 +305,12 @@ class PagedDecoder(Decoder):
         per planned sequence (its last new token)."""
         be = self.be
         ids = np.ascontiguousarray(np.asarray(ids, dtype=I64)[plan.order])
+        step = self.c_step
+        if (step is not None and plan.num_prefill == 0
+                and (not step.quantized or ids.shape[0] <= cpu_quant.INTDOT_MAX_ROWS)):
+            logits = step(ids, plan)
+            if logits is not None:             # None: an id out of range; the loop below says so
+                return logits
         self._num_prefill = plan.num_prefill
         ids = be.asarray(ids, I64)
         positions = be.asarray(plan.positions, I64)

@@ -26,7 +26,9 @@ class QuantizedWeight:
     __slots__ = ("w_q", "w_scale", "bits", "group", "out_features", "in_features", "_fast")
 
     def __init__(self, w_q, w_scale, bits, group):
-        self.w_q, self.w_scale = w_q, np.ascontiguousarray(w_scale, dtype=np.float32)
+        # contiguous: a transposed source (GPT-2's in_out layout) would otherwise leave a strided
+        # view that every kernel call copies or refuses
+        self.w_q, self.w_scale = np.ascontiguousarray(w_q), np.ascontiguousarray(w_scale, dtype=np.float32)
         self.bits, self.group = int(bits), int(group)
         self.out_features = w_q.shape[0]
         self.in_features = w_q.shape[1] * (1 if self.bits == 8 else 2)
