@@ -870,15 +870,28 @@ static long quant_int_par_min(void) {
     return quant_int_par_min_value;
 }
 #define QUANT_INT_PAR_MIN (quant_int_par_min())
-/* ... and hands the output channels out in chunks of 32 rows as the threads ask (dynamic), not
- * in one half each (static): on a shared machine one thread of the two is often off its core
- * for a while, and a static half then waits for it at the region's end, while with chunks the
- * thread that runs takes the rest (a chunk is ~2-20 us of work: 32 rows of 768-3072 weights;
- * each row is still one thread's, so the result does not depend on the split). llama.cpp's
- * matrix products hand out chunks the same way. Tried and dropped: four weight rows against
- * one load of the activation side (xq, corr, dxv) per pair of blocks: 132 us against v8's 114
- * on a 3072 x 768 int4 product from memory, 1 thread (the loads were not the bound). */
+/* ... and hands the output channels out in chunks of OC / 16 rows (at least 32) as the threads
+ * ask (dynamic), not in one half each (static): on a shared machine one thread of the two is
+ * often off its core for a while, and a static half then waits for it at the region's end,
+ * while with chunks the thread that runs takes the rest (each row is still one thread's, so the
+ * result does not depend on the split). llama.cpp's matrix products hand out chunks the same
+ * way. The chunks were 32 rows until 2026-12-01; that cut each thread's weight stream into
+ * 12-24 KB pieces at addresses the other thread had skipped, and from memory the integer rungs
+ * then streamed at ~11 GB/s on one thread and barely more on two, against 15-25 GB/s of the
+ * float rows kernel (its static halves). Measured, 40 different 3072 x 768 matrices in turn
+ * (from memory), 2 threads, the builds alternated in separate processes, medians: int4 v9
+ * 76-87 us with chunks of 32, 48-70 static halves, 50-61 chunks of OC / 8; int8 g32 116-130,
+ * 80-93, 80-97. A 128-token GPT-2-124M int4 decode: 136-167 tokens/s with chunks of 32,
+ * 185-228 with OC / 8 and 202-224 with OC / 16 (two runs each; "small", cache-resident,
+ * moved +-15 % run to run with no order between them). OC / 16 keeps 16 pieces to share when
+ * a thread stalls. Tried and dropped: four weight rows against one load of the activation side
+ * (xq, corr, dxv) per pair of blocks: 132 us against v8's 114 on a 3072 x 768 int4 product from
+ * memory, 1 thread (the loads were not the bound). */
 #define QUANT_INT_CHUNK 32
+static inline int64_t quant_int_chunk(int64_t OC) {
+    int64_t rows = OC / 16;
+    return rows < QUANT_INT_CHUNK ? QUANT_INT_CHUNK : rows;
+}
 
 /* The integer-dot driver: quantize the N activation rows once (a few us; every output channel
  * reuses them), then quant_forward's loop with an integer row dot. Shapes the 32-blocks do not
@@ -901,7 +914,7 @@ static void quant_forward_int(float* out, const float* x, const uint8_t* w_q, in
     }
     quantize_activations_q8(xq, dx, x, N, C);
     int64_t groups = C / group, blocks = C / QBLOCK;
-    #pragma omp parallel for schedule(dynamic, QUANT_INT_CHUNK) if (N * OC * C >= QUANT_INT_PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, quant_int_chunk(OC)) if (N * OC * C >= QUANT_INT_PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
         const uint8_t* row = w_q + o * row_bytes;
         const float* d = w_scale + o * groups;
@@ -1019,7 +1032,7 @@ static void quant_forward_u4(float* out, const float* x, const uint8_t* w_q, con
         }
     }
     if (nibble_order) v9_activation_order(xq, corr, dxv, N, C);
-    #pragma omp parallel for schedule(dynamic, QUANT_INT_CHUNK) if (N * OC * C >= QUANT_INT_PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, quant_int_chunk(OC)) if (N * OC * C >= QUANT_INT_PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
         const uint8_t* row = w_q + o * (C / 2);
         const float* d = w_scale + o * groups;
@@ -1063,7 +1076,7 @@ static void quant_forward_q8v8(float* out, const float* x, const int8_t* w_q, co
         }
     for (int64_t blk = 0; blk < N * blocks; blk++)
         for (int lane = 0; lane < 8; lane++) dxv[blk * 8 + lane] = dx[blk];
-    #pragma omp parallel for schedule(dynamic, QUANT_INT_CHUNK) if (N * OC * C >= QUANT_INT_PAR_MIN)
+    #pragma omp parallel for schedule(dynamic, quant_int_chunk(OC)) if (N * OC * C >= QUANT_INT_PAR_MIN)
     for (int64_t o = 0; o < OC; o++) {
         const int8_t* row = w_q + o * C;
         const float* d = w_scale + o * groups;

@@ -3,6 +3,7 @@ per-call argument checks (inference/decode.py and paged.py use it; nothing else 
 
     be = cpu_decode.DecodeKernels(cpu)        # every name is cpu's; the ones below skip checks
     fn = be.rows_linear(w, b, w_in_out)       # a weight's streaming product, checked once: fn(x)
+    step = DecodeStep.build(paged_decoder)    # the decode rows' whole step in one C call (below)
 
 Why. Decoding one token of the "small" shape (6 layers x 384 channels) runs ~80 kernel calls;
 many of them (a norm of 384 values, the cache write of one row, the attention of one query)
@@ -16,6 +17,13 @@ below checks only what can vary between calls, cheaply (the dtype and contiguity
 arguments; a call that fails that goes to cpu.py's checked function, which computes it or
 raises), and calls the *same C kernel with the same arguments* as cpu.py would: the results
 are bit-identical (tests/test_decode_fast.py runs both).
+
+The next step down (DecodeStep, csrc/decode_step.c): even without checks a token was ~1,300
+Python-level calls, ~0.3-0.5 ms of a 1-2 ms "small" step, the fixed cost that kept int8 and
+int4 near fp32 on small models. DecodeStep describes the decoder's weights to C once and runs
+a plan of decode rows (one new token per sequence) as one call: the same kernels, the same
+order, the same bits as paged.py's loop (tests/test_decode_step.py). Prompt rows (prefill)
+still take the loop: a prompt's rows are many, so their Python cost is shared.
 
 What is still checked at every call: token ids (an id outside the table would read outside
 it: they come from callers, so embedding_forward range-checks them, for a few rows as Python

@@ -41,6 +41,12 @@ and read the weights 8 times at 32 rows: 84 % of a 32-row step, benchmarks/resul
 Within each path every row's sums run in one order for any number of rows (a test checks that
 for the shapes here), so tests/test_paged_cache.py can ask for bit-identical greedy output.
 The padding costs little where it applies: a prompt is many rows anyway.
+
+A plan of decode rows only (every step after the prompts, in generate and in the server) runs
+as one C call on the C backend: csrc/decode_step.c is this loop over the same kernels in the
+same order (backends/cpu_decode.py DecodeStep describes the weights to it once), so its logits
+are the loop's bit for bit; the loop itself stays the specification and runs every other plan
+(prompt rows, more decode rows than the integer dots take, other backends, unusual weights).
 """
 from dataclasses import dataclass
 
