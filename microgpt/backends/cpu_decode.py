@@ -201,12 +201,15 @@ class DecodeStep:
         target.w, target.b, target.eps = self._ptr(w), (_NULL if b is None else self._ptr(b)), float(eps)
 
     def _linear(self, target, wb, c, oc):
-        from ..quantize.layers import QuantizedWeight
         w, b, w_in_out = wb
         if b is not None and not (_plain(b) and b.shape == (oc,)):
             raise _Unsupported
         target.b, target.C, target.OC = (_NULL if b is None else self._ptr(b)), c, oc
-        if type(w) is QuantizedWeight:
+        if type(w) is not np.ndarray:
+            # quantize/layers.py's QuantizedWeight (a layer above this one, so known by its fields:
+            # w_q, w_scale float32, bits 8 or 4, group), anything else is not the C step's
+            if getattr(w, "bits", None) not in (4, 8) or not hasattr(w, "w_q"):
+                raise _Unsupported
             want = np.int8 if w.bits == 8 else np.uint8
             stored = c if w.bits == 8 else c // 2
             if not (type(w.w_q) is np.ndarray and w.w_q.dtype == want and w.w_q.flags.c_contiguous
