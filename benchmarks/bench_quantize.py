@@ -6,10 +6,12 @@ Two GPT-2-family shapes with random weights built from a config (nothing is down
               (context 512 here instead of the preset's 256, so a 512-token prefill fits)
 Every variant of a shape holds the *same* weights (same seed), quantized by quantize_model:
   fp32          the float model
-  int8          per output channel (the CLI's default), LM head float32 (int8's default)
-  int8 g32      = GGUF Q8_0 (the model raced against llama.cpp's Q8_0), LM head float32
-  int4          group 32 (= Q4_0), LM head int8 group 32 (= Q8_0: int4's default head)
-  int4 head fp32  the same blocks, LM head float32 (the default before the int8 head)
+  int8          per output channel (the CLI's default), LM head int8 group 32 (= Q8_0: the
+                default head of both schemes since 2026-12-01)
+  int8 head fp32  the same blocks, LM head float32 (int8's default head before that)
+  int8 g32      = GGUF Q8_0 (the model raced against llama.cpp's Q8_0), LM head int8 g32 (Q8_0)
+  int4          group 32 (= Q4_0), LM head int8 group 32 (= Q8_0: the default head)
+  int4 head fp32  the same blocks, LM head float32 (int4's default before the int8 head)
 The GGUF export writes each variant's head as it is held (F32, or Q8_0 for the int8 head), so
 the llama.cpp rows compare the same arithmetic on the same bytes; both int4 heads are raced,
 so the effect of the head's default is measured, not assumed.
@@ -17,7 +19,7 @@ so the effect of the head's default is measured, not assumed.
 Rows (batch 1, greedy, 2 threads, a 16-token prompt then 128 new tokens, tokens/s; the
 prompt's prefill is inside the timing on both sides):
   decode int8 vs fp32, decode int4 vs fp32     ours vs ours             (targets 1.5x, 2x)
-  decode int4 head fp32 vs fp32                the same, the head left float32 (no target: the
+  decode int8 | int4 head fp32 vs fp32         the same, the head left float32 (no target: the
                                                reference for the head's default)
   decode vs llama.cpp f32 | q8_0 | q4_0        ours vs llama-cpp-python on our GGUF export of the
                                                same model, n_threads = n_threads_batch = 2, the
@@ -35,7 +37,7 @@ to 8 bits for its Q8_0 / Q4_0 dot products, we keep them float32, so near ties m
 Quality (--quality RUN: a trained run, e.g. `microgpt train --preset baby --family gpt2 ...`,
 its val split in RUN/data): val perplexity (disjoint windows of the model's context over the
 whole val split) at fp32, int8 (per channel), int8 g32, int4 g32 / g64 / g128 (their default
-int8 head) and int4 g32 head fp32 (the head the int8 default replaced); the weight
+int8 head), int8 and int4 g32 with the head fp32 (the head the int8 default replaced); the weight
 memory of the blocks' Linear layers (fp32 bytes / held bytes, fp16 scales included); and the
 greedy-token agreement of our Q8_0 / Q4_0 (int8 g32 / int4 g32) models with llama.cpp on their
 GGUF export over --prompts prompts (16 val tokens each, 32 greedy tokens): how many prompts
@@ -89,8 +91,8 @@ SHAPES = {
     "small": dict(family="gpt2", vocab_size=8192, block_size=512, n_layer=6, n_head=6, n_embd=384),
 }
 # variant -> (scheme, group) for quantize_model; None = float
-VARIANTS = {"fp32": None, "int8": ("int8", None), "int8 g32": ("int8", 32), "int4": ("int4", 32),
-            "int4 head fp32": ("int4", 32, "fp32")}
+VARIANTS = {"fp32": None, "int8": ("int8", None), "int8 head fp32": ("int8", None, "fp32"), "int8 g32": ("int8", 32),
+            "int4": ("int4", 32), "int4 head fp32": ("int4", 32, "fp32")}
 GGUF_OF = {"f32": "fp32", "q8_0": "int8 g32", "q4_0": "int4", "q4_0 head f32": "int4 head fp32"}
 PROMPT, NEW_TOKENS, PREFILL, THREADS = 16, 128, 512, 2
 
@@ -168,7 +170,8 @@ class LlamaWorker:
         self.proc.wait(timeout=30)
 
 
-QUALITY = {"fp32": None, "int8": ("int8", None), "int8 g32": ("int8", 32), "int4 g32": ("int4", 32),
+QUALITY = {"fp32": None, "int8": ("int8", None), "int8 head fp32": ("int8", None, "fp32"), "int8 g32": ("int8", 32),
+           "int4 g32": ("int4", 32),
            "int4 g32 head fp32": ("int4", 32, "fp32"), "int4 g64": ("int4", 64), "int4 g128": ("int4", 128)}
 TARGETS = {"int8": 0.5, "int4 g32": 5.0}          # max perplexity increase over fp32, percent
 
@@ -266,7 +269,7 @@ def main():
         prompt = np.random.default_rng(0).integers(0, vocab, size=PROMPT).tolist()
         decode = {v: ours_decode(m, prompt, new_tokens) for v, m in models.items()}
         common = dict(unit="tokens/s", work=new_tokens, repeats=repeats, warmup=1)
-        for v in ("int8", "int4", "int4 head fp32"):
+        for v in ("int8", "int8 head fp32", "int4", "int4 head fp32"):
             cases.append(harness.Case(name=f"decode {v} vs fp32, {shape}", ours=decode[v], peer=decode["fp32"],
                                       peer_name="ours fp32", **common))
         if have_llama:

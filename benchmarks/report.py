@@ -364,6 +364,11 @@ def quantization(results):
         pre = row(data, f"prefill 512 int8 vs fp32, {shape}")
         head = f"int4 with the head fp32 {x(row(data, f'decode int4 head fp32 vs fp32, {shape}')['ratio'])}; " \
             if both else ""
+        # records from 2026-12-01 on: int8's default head is int8 too, its float head a row of its own
+        int8_head = any(r.get("name") == f"decode int8 head fp32 vs fp32, {shape}" for r in data.get("rows", []))
+        if int8_head:
+            int8_fp32 = row(data, f"decode int8 head fp32 vs fp32, {shape}")
+            head = f"int8 with the head fp32 {x(int8_fp32['ratio'])}, " + head
         out.append((f"batch-1 decoding, 128 tokens, 2 threads, {what}: ours int8 / int4 (g32"
                     + (", head int8" if both else "") + ") vs ours fp32",
                     f"int8 {_vs(i8, 1.5)}, int4 {_vs(i4, 2.0)} tokens/s ({i8['ours']:.0f} / {i4['ours']:.0f} vs "

@@ -658,7 +658,7 @@ def _add_compress(sub):
                         "each layer's inputs (no padding), int4 groups a multiple of 32")
     p.add_argument("--head", nargs="?", const="same", default="default", choices=("default", "fp32", "int8", "same"),
                    help="the LM head: fp32, int8 (group 32, = Q8_0) or same (the blocks' scheme; a bare "
-                        "--head); default: int8 in an int4 model, fp32 in an int8 one")
+                        "--head); default: int8 (group 32) in int4 and int8 models")
     p.add_argument("--out", default=None, help="the new directory (default RUN-SCHEME[-gGROUP])")
     p = _leaf(sub, "prune", _run_prune, help="prune a model's Linear weights (magnitude or 2:4)",
               description="Zero the smallest weights of every Linear of the blocks: per layer by "

@@ -34,8 +34,9 @@ CONFIGS = {
                                 "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
 }
 # quantize_model(scheme, group, head)
-SCHEMES = {"fp32": None, "int8": ("int8", None, "default"), "int8 g32 head int8": ("int8", 32, "int8"),
-           "int4": ("int4", 32, "default"), "int4 g64 head same": ("int4", 64, "same")}
+SCHEMES = {"fp32": None, "int8 head fp32": ("int8", None, "fp32"), "int8": ("int8", None, "default"),
+           "int8 g32 head int8": ("int8", 32, "int8"), "int4": ("int4", 32, "default"),
+           "int4 g64 head same": ("int4", 64, "same")}
 
 
 def _model(name, scheme, seed=0):

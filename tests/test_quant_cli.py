@@ -45,14 +45,15 @@ def test_bad_requests_exit_2_and_write_nothing(model_dir, tmp_path, capsys, monk
     assert not (tmp_path / "q").exists()
 
 
-@pytest.mark.parametrize("flag,head", [([], "int8"), (["--head", "fp32"], False), (["--head"], "int4"),
-                                       (["--head", "int8"], "int8")])
-def test_quantize_head_choice(model_dir, tmp_path, capsys, monkeypatch, flag, head):
+@pytest.mark.parametrize("scheme,flag,head", [("int4", [], "int8"), ("int4", ["--head", "fp32"], False),
+                                              ("int4", ["--head"], "int4"), ("int4", ["--head", "int8"], "int8"),
+                                              ("int8", [], "int8"), ("int8", ["--head", "fp32"], False)])
+def test_quantize_head_choice(model_dir, tmp_path, capsys, monkeypatch, scheme, flag, head):
     d, model = model_dir
     from microgpt.train import checkpoint
     monkeypatch.setattr(checkpoint, "load_model", lambda path, device="cpu": (copy.deepcopy(model), None, {}))
     out = tmp_path / "q"
-    assert cli.main(["quantize", str(d), "--scheme", "int4", "--out", str(out)] + flag) == 0
+    assert cli.main(["quantize", str(d), "--scheme", scheme, "--out", str(out)] + flag) == 0
     assert f"LM head {head or 'fp32'}" in capsys.readouterr().out
     loaded, _, _ = load_quantized(str(out))
     assert loaded.quantization["head"] == head

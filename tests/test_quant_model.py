@@ -137,9 +137,10 @@ def test_bad_requests_are_refused_and_leave_the_model_alone():
 
 
 @pytest.mark.parametrize("scheme,head,want", [
-    ("int4", "default", (8, 32)), ("int8", "default", None), ("int4", "fp32", None), ("int4", False, None),
+    ("int4", "default", (8, 32)), ("int8", "default", (8, 32)), ("int8", "fp32", None), ("int4", "fp32", None),
+    ("int4", False, None),
     ("int4", "int8", (8, 32)), ("int8", "int8", (8, 32)), ("int4", "same", (4, 64)), ("int4", True, (4, 64))])
-def test_the_lm_head_by_choice_int8_by_default_in_an_int4_model(scheme, head, want):
+def test_the_lm_head_by_choice_int8_by_default(scheme, head, want):
     model = _model("gpt2")                       # tied: the head is quantized as a copy
     table = model.transformer.wte.weight.numpy().copy()
     config = quantize_model(model, scheme, 64, head=head)

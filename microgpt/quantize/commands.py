@@ -2,7 +2,7 @@
 
     microgpt quantize RUN --scheme int8|int4 [--group 32] [--head fp32|int8|same] [--out DIR]
         RUN's newest checkpoint, its Linear layers quantized (model.py; the LM head by default
-        int8 group 32 in an int4 model, float32 in an int8 one), written to DIR
+        int8 group 32 in int4 and int8 models, --head fp32 keeps it float32), written to DIR
         (default: RUN-int8 / RUN-int4-g32 beside it); `generate DIR` runs it.
     microgpt export-gguf RUN --type f32|f16|q8_0|q4_0 --out FILE
         the model (float, or quantized with matching Q8_0 / Q4_0 layers) as a GGUF file.

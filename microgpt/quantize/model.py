@@ -17,20 +17,22 @@ hands it here when quantization.json is present):
                           "head", "layers": {NAME: {"bits", "group", "in", "out"}}}
 The embedding stays float32 (a lookup reads one row a token: its size costs memory, not
 time). The LM head (a tied head: a quantized copy, the embedding untouched), by `head`:
-    "default"   int4 models: int8 group 32 (= GGUF Q8_0); int8 models: float32
+    "default"   int8 group 32 (= GGUF Q8_0), in int4 and int8 models alike
     "fp32"      float32 (False means the same)
     "int8"      int8 group 32 (per output channel where 32 does not divide C)
     "same"      the blocks' scheme and group (True means the same)
-Why int4 models get an int8 head by default. Decoding reads every weight once a token, and
-the head is a large share of them in small models: 8192 x 384 of the "small" preset is 12.6 MB
-in float32, as much as the six int4 blocks' 6 MB twice over, so a float head left int4
-decoding short of its 2x over fp32 however fast the blocks ran (benchmarks/results/quantize.md
-measures both heads). The head is also the layer whose rounding moves the logits directly,
-which is why llama.cpp's own quantizer keeps the output tensor at a higher precision (Q6_K /
-Q8_0) in its Q4_0 files; int8 rounds it ~16x finer than int4 for 4x fewer bytes than float32,
-and the GGUF export writes it as Q8_0 so llama.cpp computes the same head. int8 models keep
-a float head by default: their head costs 2x the int8 bytes, not 4-8x, and the int8 rows
-stay what they were measured as.
+Why the head is int8 by default. Decoding reads every weight once a token, and the head is a
+large share of them in small models: 8192 x 384 of the "small" preset is 12.6 MB in float32,
+as much as the six int4 blocks' 6 MB twice over and more than the six int8 blocks' 10.6 MB, so
+a float head kept quantized decoding short of its speed-up however fast the blocks ran
+(benchmarks/results/quantize.md measures both heads, for int8 and int4). The head is also the
+layer whose rounding moves the logits directly, which is why llama.cpp's own quantizer keeps the
+output tensor at a higher precision (Q6_K / Q8_0) in its Q4_0 files and at Q8_0 in its Q8_0
+files; int8 rounds it ~16x finer than int4 for 4x fewer bytes than float32, and the GGUF export
+writes it as Q8_0 so llama.cpp computes the same head. Until 2026-12-01 int8 models kept a
+float head by default (their head costs 2x the int8 bytes, not 4-8x); once the decode step ran
+in one C call (csrc/decode_step.c) the float head was the largest part of an int8 "small" token,
+and its int8 vs fp32 decoding measured 1.45-1.82x over three runs against a 1.5x target.
 
 Refused, with nothing written or changed: a model that is already quantized, a group that
 does not fit a layer (formats.check_group names the layer), an unknown scheme.
@@ -77,7 +79,7 @@ def head_scheme(scheme, group, head, in_features):
     if head not in HEADS:
         raise formats.QuantizeError(f"unknown LM head choice {head!r}: choose one of {', '.join(HEADS)}")
     if head == "default":
-        head = "int8" if scheme == "int4" else "fp32"
+        head = "int8"
     if head == "fp32":
         return None
     if head == "same":
