@@ -133,3 +133,26 @@ def test_cuda_flags_bad_indices(monkeypatch):
                                        cuda.asarray(np.array([[7]]), np.int64), cuda.asarray(np.array([0]), np.int64))
     with pytest.raises(ShapeError, match="paged_attention_forward"):
         cuda.to_numpy(out)
+
+
+@pytest.mark.parametrize("hs", [32, 64, 128, 48])
+def test_nan_and_far_apart_scores_behave_as_the_reference(hs):
+    """The fixed head sizes (32, 64, 128) take their own loop with a vector exp: a NaN key still
+    turns exactly the outputs of the pairs that see it NaN, and scores hundreds apart (weights
+    that underflow to 0) still give the reference's outputs; 48 is the general loop."""
+    be = _cpu()
+    rng = np.random.default_rng(hs)
+    nb, nkv, bs, nh = 8, 2, 4, 4
+    kc, vc = rng.standard_normal((2, nb, nkv, bs, hs)).astype(F32)
+    tables = np.array([[0, 1, 2, 3], [0, 1, 2, 3], [3, 2, 0, 0]], np.int64)
+    positions = np.array([3, 12, 9], np.int64)
+    q = (30 * rng.standard_normal((3, nh, hs))).astype(F32)          # scores far apart
+    assert_close(be.paged_attention_forward(q, kc, vc, tables, positions),
+                 ref.paged_attention_forward(q, kc, vc, tables, positions), atol=2e-5, rtol=2e-5,
+                 what="far-apart scores")
+    kc[1, 0, 2, 5] = np.nan                     # block 1, kv head 0: positions 4-7 of rows 0-1
+    got = be.paged_attention_forward(q, kc, vc, tables, positions)
+    want = ref.paged_attention_forward(q, kc, vc, tables, positions)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[1, :2]).all() and not np.isnan(got[0]).any() and not np.isnan(got[2]).any()
+    assert_close(np.nan_to_num(got), np.nan_to_num(want), atol=2e-5, rtol=2e-5, what="the pairs without NaN")
