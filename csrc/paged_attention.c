@@ -85,44 +85,19 @@ MG_CLONES static void attend_pair(float* oi, float* row, const float* qi, const 
  * every key and carries oi through memory, each key's multiply-add waiting on the store of the
  * last (at 32 rows x 6 heads x ~150 keys a step that was a quarter of a "small" step). And each
  * weight is computed once, P_j = e^(S_j - m) / sum, not e^(S_j - lse) again in the last pass:
- * one expf a key instead of two. Same S_j (the same dot), the same max and sum; the output
- * rounds differently from the general loop (e^(S-m)/sum against e^(S-lse)), so the two are
+ * one exp a key instead of two, 16 at a time (common.h's mg_expf, which the compiler vectorizes;
+ * libm's expf is one call a key). Same S_j (the same dot) and max; the sum runs in 16 lanes and
+ * the output rounds differently from the general loop (e^(S-m)/sum against e^(S-lse)), so the two are
  * not interchangeable bit for bit, but each is one fixed order for any batch. NaN and inf
  * behave as above: a NaN S_j makes m, the sum and every output of its pair NaN. Measured
  * (2026-12-01, 6 heads of 64, positions 100-158, blocks of 16, 2 threads, medians of 300 calls,
  * the builds alternated in separate processes): 32 rows 295-311 us with the general loop, 198-260
- * with this one and libm's expf, 199-230 with vexp16 below; one row 26-27 us, 16-18. */
-/* e^x for 16 values at once, for x <= 0 or NaN (attention's S_j - m): x = n ln 2 + r, |r| <=
- * ln 2 / 2, e^r by its degree-6 Taylor polynomial (relative error < 2e-7, within two float
- * ulps of expf), times 2^n built in the exponent bits. Below -87.3 (where e^x leaves the normal
- * floats) it gives 0, as the weight of such a key is nothing beside the max's 1; a NaN stays NaN
- * (every comparison with it is false, so neither clamp replaces it). libm's expf, one call a
- * key, was the largest part of the pair's time. */
+ * with this one and libm's expf, 199-230 with mg_expf 16 at a time; one row 26-27 us, 16-18. */
 static inline float sum16_attn(f32x16 v) {
     f32x8 lo = {v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]};
     f32x8 hi = {v[8], v[9], v[10], v[11], v[12], v[13], v[14], v[15]};
     f32x8 h = lo + hi;
     return ((h[0] + h[4]) + (h[1] + h[5])) + ((h[2] + h[6]) + (h[3] + h[7]));
-}
-typedef int32_t i32x16 __attribute__((vector_size(64), aligned(4)));
-/* y[0..15] = e^x[0..15] (pointers, not vector values: no vector crosses a call boundary) */
-static inline __attribute__((always_inline)) void vexp16(float* y, const float* xs) {
-    const f32x16 x = *(const f32x16*)xs;
-    const i32x16 tiny = x < -87.3f;                                  /* all ones where x < -87.3 */
-    const f32x16 floor_value = (f32x16){0} - 87.3f;
-    const f32x16 lowest = (f32x16)(((i32x16)floor_value & tiny) | ((i32x16)x & ~tiny));   /* NaN: kept */
-    const f32x16 n = (lowest * 1.44269504f + 12582912.0f) - 12582912.0f;   /* round(x / ln 2) */
-    const f32x16 r = (lowest - n * 0.693145752f) - n * 1.42860677e-6f;      /* ln 2 = hi + lo */
-    f32x16 p = (f32x16){0} + 1.0f / 720;
-    p = p * r + 1.0f / 120;
-    p = p * r + 1.0f / 24;
-    p = p * r + 1.0f / 6;
-    p = p * r + 0.5f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
-    const i32x16 bits = (__builtin_convertvector(n, i32x16) + 127) << 23;
-    const f32x16 e = p * (f32x16)bits;
-    *(f32x16*)y = (f32x16)((i32x16)e & ~tiny);                       /* 0 below -87.3 */
 }
 
 #define ATTEND_PAIR_FIXED(VECS)                                                                              \
@@ -151,9 +126,8 @@ static inline __attribute__((always_inline)) void vexp16(float* y, const float* 
         }                                                                                                    \
         f32x16 sums = {0};                        /* the weights, 16 at a time (a padded last group) */ \
         for (int64_t j = 0; j < seen; j += 16) {                                                             \
-            float x16[16], e16[16];                                                                          \
-            for (int l = 0; l < 16; l++) x16[l] = j + l < seen ? row[j + l] - m : -INFINITY;                 \
-            vexp16(e16, x16);                                                                                \
+            float e16[16];                          /* common.h's mg_expf, vectorized here: a NaN stays */ \
+            for (int l = 0; l < 16; l++) e16[l] = mg_expf(j + l < seen ? row[j + l] - m : -INFINITY);       \
             sums += *(const f32x16*)e16;                                                                     \
             for (int l = 0; l < 16 && j + l < seen; l++) row[j + l] = e16[l];                                \
         }                                                                                                    \
