@@ -679,7 +679,8 @@ def _add_compress(sub):
     p.add_argument("--out", required=True, help=f"the new run directory ({_CREATED})")
     p = _leaf(sub, "export-gguf", _run_export_gguf, help="write a model as a GGUF file for llama.cpp",
               description="GPT-2 and Llama-family models, tokenizer included. q8_0/q4_0 store the blocks' "
-                          "Linear weights in GGUF's Q8_0/Q4_0 blocks (embeddings and head float32).")
+                          "Linear weights in GGUF's Q8_0/Q4_0 blocks (embeddings float32; the head float32, or "
+                          "Q8_0 / Q4_0 when a quantized model holds it at group 32).")
     p.add_argument("run_dir", metavar="RUN", help="a run, checkpoint or quantized directory")
     p.add_argument("--type", default="f32", choices=("f32", "f16", "q8_0", "q4_0"))
     p.add_argument("--out", required=True, help="the .gguf file to write")

@@ -25,7 +25,7 @@ Types: f32 and f16 write every matrix in that type (norms and biases stay F32, a
 requires); q8_0 and q4_0 write the blocks' Linear weights in GGUF's Q8_0 / Q4_0 blocks (34 / 18
 bytes per 32 weights: an fp16 scale, then the values; formats.py's int8 group 32 / int4 group
 32 are the same numbers), the embeddings in F32, the LM head in F32 or, when the model's head
-is quantized at group 32 (an int4 model's default head is int8 group 32), in its own Q8_0 /
+is quantized at group 32 (int8 and int4 models' default head is int8 group 32), in its own Q8_0 /
 Q4_0 blocks, so the file computes exactly what our own quantized model computes. A model
 quantized already (quantize_model) is written as it is when its layers are in the matching
 format, else refused (quantize the float model).
@@ -216,7 +216,7 @@ def export_gguf(model, tokenizer, path, ftype="f32"):
         _vector(writer, "output_norm.weight", m.norm.weight)
     head = _matrix(model.lm_head)
     if hasattr(head, "w_q") and head.group == 32 and ftype in ("q8_0", "q4_0"):
-        # a quantized head (int4 models' default: int8 group 32) in its own block type, so the
+        # a quantized head (int8 and int4 models' default: int8 group 32) in its own block type, so the
         # file holds the bytes our model decodes with (llama.cpp's quantizer also keeps the
         # output tensor above Q4_0 in its Q4_0 files)
         _tensor(writer, gguf, "output.weight", head, "q8_0" if head.bits == 8 else "q4_0")
