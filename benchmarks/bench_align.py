@@ -17,7 +17,9 @@ Rows:
                      -logsigmoid, torch.optim.AdamW); target >= 1.0x
 
 The check compares the prompt logits and the first greedy tokens, and the first DPO loss.
-Both sides run OpenMP on the same cores; OMP_WAIT_POLICY=PASSIVE as in bench_generate.py.
+Both sides run OpenMP on the same cores, in one process (one libgomp, one wait policy): what
+`microgpt generate` sets, PASSIVE after a 20,000-iteration spin, as in bench_generate.py (pure
+PASSIVE, used until 2026-12-01, cost HF's generate ~20 % measured alone; see generate.md).
 
     python benchmarks/bench_align.py [--quick] [--json FILE]
 """
@@ -25,9 +27,11 @@ import os
 import sys
 import tempfile
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+from microgpt.cli import openmp_environment   # before any OpenMP runtime starts
 
-import numpy as np
+openmp_environment("generate")
+
+import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE]
