@@ -36,9 +36,12 @@ as dense GEMMs (printed, not written to results; results/moe.md quotes its run):
 
     python benchmarks/bench_moe.py --rungs [--threads N]
 
-Both rows run in one process, sides alternated by the harness (no memory is measured);
-OMP_WAIT_POLICY=PASSIVE so the idle OpenMP workers of one library do not spin on the other's
-cores (as bench_finetune.py).
+Both rows run in one process, sides alternated by the harness (no memory is measured). The two
+libraries then share one libgomp and one wait policy: PASSIVE after a 20,000-iteration spin (what
+`microgpt generate` sets, cli.openmp_environment). Until 2026-12-01 it was pure PASSIVE, under
+which PyTorch's eager MoE step ran ~14 % slower than with the spin (a --quick A/B at load ~1:
+2017 vs 2345 tokens/s; ours 3496 vs 3242, since our training keeps pure PASSIVE by default):
+the spin gives the peer about its own default and costs ours a little.
 
     python benchmarks/bench_moe.py [--quick] [--json FILE] [--threads N]
 
@@ -53,6 +56,7 @@ import os
 import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before any OpenMP runtime starts
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")      # = cli.DECODE_SPINCOUNT (the docstring says why)
 
 import numpy as np
 
