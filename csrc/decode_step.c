@@ -32,8 +32,10 @@
  *
  * A linear layer is one of three kinds, the decoder's streaming path for each (paged.py's
  * _streamed): float32 (linear_rows_forward, either weight layout), int8 and int4
- * (linear_q8_forward_intdot / linear_q4_forward_intdot, quant.c's integer dots). Every kernel
- * keeps its own threading (its OpenMP region and threshold), as under the Python loop.
+ * (linear_q8_forward_intdot / linear_q4_forward_intdot, quant.c's integer dots). A decoder that
+ * need not be batch invariant (paged.py, batch_invariant=False: RL rollouts) marks its float
+ * layers packed: linear_forward, whose GEMM serves many rows faster, as its Python loop does.
+ * Every kernel keeps its own threading (its OpenMP region and threshold), as under the loop.
  *
  * What the binding guarantees (it checks them once, at build, and per call what varies): the
  * weights' shapes against the config, float32 C-contiguous arrays, ids in [0, V) (checked here
@@ -52,6 +54,8 @@ static void linear_run(float* out, const float* x, const decode_linear* L, int64
         linear_q8_forward_intdot(out, x, (const int8_t*)L->w, L->w_scale, L->b, L->group, N, L->C, L->OC);
     else if (L->kind == DECODE_LINEAR_INT4)
         linear_q4_forward_intdot(out, x, (const uint8_t*)L->w, L->w_scale, L->b, L->group, N, L->C, L->OC);
+    else if (L->packed)
+        linear_forward(out, x, (const float*)L->w, L->b, L->w_in_out, N, L->C, L->OC);
     else
         linear_rows_forward(out, x, (const float*)L->w, L->b, L->w_in_out, N, L->C, L->OC);
 }

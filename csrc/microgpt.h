@@ -261,6 +261,8 @@ void moe_combine_backward(float* dy, float* dweights, const float* dout, const f
  * and int4 w (OC, C / 2) with w_scale (OC, C / group), as quant.c; b (OC) or NULL. A norm: w,
  * b (C) (b NULL: none, and always for RMSNorm), eps. A layer's unused linears (GPT-2 has qkv,
  * fc, proj; Llama q, k, v, gate, up, down) and q_norm / k_norm without qk_norm have w NULL.
+ * packed (float32 only): linear_forward (the GEMM above LINEAR_ROWS rows: a batch-dependent
+ * rounding) instead of linear_rows_forward, for decoders that need not be batch invariant.
  * decode_step: logits (S, V) of rows last_rows (S) of the N rows ids (N) at positions (N), their
  * k, v written to slots (N), attending through block_tables (N, MB); returns 0, -1 (work_len
  * short of decode_step_workspace) or -2 (an id outside [0, V)), nothing written on an error. */
@@ -268,6 +270,7 @@ enum { DECODE_LINEAR_FLOAT = 0, DECODE_LINEAR_INT8 = 1, DECODE_LINEAR_INT4 = 2 }
 typedef struct {
     int kind;
     int w_in_out;
+    int packed;
     const void* w;
     const float* w_scale;
     const float* b;

@@ -1,7 +1,8 @@
 """Rollouts (finetune/ppo.py rollout, finetune/preference.py make_pairs) decode with
-Engine(batch_invariant=False): the lockstep rows share one decode.Decoder instead of the paged
-cache. Its tokens must be those of GPT.forward with its KV cache (Engine fast=False, the
-independent path), for prompts of different lengths, greedy and sampled, both families."""
+Engine(batch_invariant=False): the paged decoder with every float layer through the packed
+GEMM (paged.py batch_invariant=False). Its tokens must be those of GPT.forward with its KV cache
+(Engine fast=False, the independent path), for prompts of different lengths, greedy and sampled,
+both families."""
 import numpy as np
 import pytest
 

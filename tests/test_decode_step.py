@@ -51,10 +51,10 @@ def _model(name, scheme, seed=0):
     return model
 
 
-def _pair(model, sequences):
+def _pair(model, sequences, batch_invariant=True):
     """Two decoders over caches of their own: one with the C step, one with the Python loop."""
-    fast = PagedDecoder(model, PagedKVCache(model.config, 64, block_size=4))
-    slow = PagedDecoder(model, PagedKVCache(model.config, 64, block_size=4))
+    fast = PagedDecoder(model, PagedKVCache(model.config, 64, block_size=4), batch_invariant)
+    slow = PagedDecoder(model, PagedKVCache(model.config, 64, block_size=4), batch_invariant)
     slow.c_step = None
     for decoder in (fast, slow):
         for seq in range(sequences):
@@ -71,9 +71,11 @@ def _run(decoder, items, ids):
 
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 @pytest.mark.parametrize("scheme", sorted(SCHEMES))
-def test_the_c_step_gives_the_python_loops_bits(name, scheme):
+@pytest.mark.parametrize("batch_invariant", [True, False])
+def test_the_c_step_gives_the_python_loops_bits(name, scheme, batch_invariant):
+    """batch_invariant=False (RL rollouts): the float layers through linear_forward on both sides."""
     model = _model(name, scheme)
-    fast, slow = _pair(model, 3)
+    fast, slow = _pair(model, 3, batch_invariant)
     assert fast.c_step is not None, "the C step did not take this model"
     c_step, answered = fast.c_step, []
 
@@ -165,3 +167,31 @@ def test_the_workspace_is_checked_by_the_kernel():
     status = lib.decode_step(fp(logits), fp(short), short.size, fast.c_step.model, ip(ids), ip(plan.positions),
                              ip(plan.slots), ip(plan.tables), ip(plan.last_rows), 1, 1, plan.tables.shape[1])
     assert status == -1 and (logits == 7.0).all()
+
+
+@pytest.mark.parametrize("name", ["gpt2-in-out", "qwen3"])
+@pytest.mark.parametrize("scheme", ["fp32", "int4"])
+def test_many_rows_not_batch_invariant_take_the_gemm_in_both(name, scheme):
+    """8 sequences (more rows than the streaming path's 4: linear_forward's GEMM) through the C
+    step and the loop of a batch_invariant=False decoder: the same bits, a different rounding
+    from the batch-invariant decoder's streaming path (so the GEMM really ran)."""
+    model = _model(name, scheme)
+    rows = 8
+    fast, slow = _pair(model, rows, batch_invariant=False)
+    steady, _ = _pair(model, rows)
+    rng = np.random.default_rng(3)
+    v = model.config.vocab_size
+    prompts = [rng.integers(0, v, size=n).tolist() for n in range(2, 2 + rows)]
+    items = [(s, len(p), len(p)) for s, p in enumerate(prompts)]
+    flat = [t for p in prompts for t in p]
+    for decoder in (fast, slow, steady):
+        _run(decoder, items, flat)
+    differs = False
+    for _ in range(4):
+        ids = rng.integers(0, v, size=rows).tolist()
+        items = [(s, 1, 0) for s in range(rows)]
+        a, b, c = _run(fast, items, ids), _run(slow, items, ids), _run(steady, items, ids)
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-4)
+        differs |= not np.array_equal(a, c)
+    assert differs or scheme != "fp32"

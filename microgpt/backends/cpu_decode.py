@@ -219,13 +219,13 @@ class DecodeStep:
                 raise _Unsupported
             target.kind = lib.DECODE_LINEAR_INT8 if w.bits == 8 else lib.DECODE_LINEAR_INT4
             target.w = self._ptr(w.w_q, "int8_t[]" if w.bits == 8 else "uint8_t[]")
-            target.w_scale, target.group, target.w_in_out = self._ptr(w.w_scale), w.group, 0
+            target.w_scale, target.group, target.w_in_out, target.packed = self._ptr(w.w_scale), w.group, 0, 0
             self.quantized = True
             return
         if not (_plain(w) and w.shape == ((c, oc) if w_in_out else (oc, c))):
             raise _Unsupported
         target.kind, target.w, target.w_scale = lib.DECODE_LINEAR_FLOAT, self._ptr(w), _NULL
-        target.group, target.w_in_out = 0, int(bool(w_in_out))
+        target.group, target.w_in_out, target.packed = 0, int(bool(w_in_out)), int(self.packed)
 
     @classmethod
     def build(cls, decoder):
@@ -245,6 +245,7 @@ class DecodeStep:
         c, nh, nkv, hs, hidden = cfg.n_embd, cfg.n_head, cfg.n_kv_head, cfg.head_size, cfg.mlp_hidden
         v = cfg.vocab_size
         self.quantized = False
+        self.packed = not decoder.batch_invariant        # float layers through the GEMM path
         m = self.model = ffi.new("decode_model*")
         m.gpt2, m.n_layer, m.C, m.NH, m.NKV, m.HS = int(decoder.gpt2), cfg.n_layer, c, nh, nkv, hs
         m.V, m.hidden, m.block_size = v, hidden, cfg.block_size

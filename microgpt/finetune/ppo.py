@@ -79,7 +79,7 @@ def rollout(policy_gpt, reference, tokenizer, prompts, reward_fn, max_new_tokens
     ids = [i for i in ids for _ in range(samples)]
     prompts = [p for p in prompts for _ in range(samples)]
     # batch_invariant=False: the samples are re-scored below by the training forward, so no row
-    # needs the server's alone-or-in-a-crowd rounding; the shared dense decoder is ~2x faster
+    # needs the server's alone-or-in-a-crowd rounding, and the float layers take the GEMM
     outs = Engine(policy_gpt, tokenizer, batch_invariant=False).generate_ids(
         ids, min(max_new_tokens, room), SamplingConfig(temperature=temperature), seed, stops)
     responses = [o.ids if o.ids else [stops[-1]] for o in outs]

@@ -61,12 +61,13 @@ class Engine:
     equal what the server (serve/scheduler.py) gives the same request. batch_invariant=False
     is for callers that only need *a* correct sample and score it again afterwards, as RL
     rollouts do (finetune/ppo.py recomputes every log-prob with the training forward): the
-    lockstep rows then share one decode.Decoder, whose linear calls take the packed GEMM for
-    all B rows (the paged path streams each weight row past the rows, linear_rows_forward) and
-    whose attention runs over the contiguous (B, NH, T, HS) cache (the kernel's blocked loops,
-    not one dot product per key through a block table). At 16 rows that was about twice as
-    fast (benchmarks/bench_align.py) while the paged path still read the weights once per 4
-    rows; the cost is that a row's rounding can depend on B."""
+    paged decoder then sends every row of every float layer through linear_forward, whose
+    packed GEMM serves many rows faster than the streaming path (paged.py, batch_invariant),
+    and each decode step is still one C call (csrc/decode_step.c). The cost is that a row's
+    rounding can depend on B. Until 2026-12-01 these rows shared a decode.Decoder over the
+    contiguous cache; with the C step the paged decoder is faster: 16 rows x 64 tokens of the
+    demo shape (benchmarks/bench_align.py's rollout), one script at load ~1: 11.5-11.9 thousand
+    tokens/s through decode.Decoder, 13.7-16.4 thousand through this path."""
 
     def __init__(self, model, tokenizer=None, fast=True, batch_invariant=True):
         self.model = model
@@ -78,9 +79,8 @@ class Engine:
         """A function ids (B, T) -> last-position logits (B, V) that extends its own cache
         (room for `positions` per row, default the whole context)."""
         if self.fast and Decoder.supports(self.model):
-            if not self.batch_invariant:
-                return Decoder(self.model).step
-            return PagedDecoder(self.model, PagedKVCache.for_batch(self.model, batch_size, positions=positions)).step
+            cache = PagedKVCache.for_batch(self.model, batch_size, positions=positions)
+            return PagedDecoder(self.model, cache, batch_invariant=self.batch_invariant).step
         cache = self.model.new_kv_cache(batch_size)
         return lambda ids: _last_logits(self.model(ids, kv_cache=cache)[0])
 

@@ -201,9 +201,12 @@ class PagedDecoder(Decoder):
     forward(ids, plan) runs any mix of sequences; step(ids) is the lockstep interface of
     Decoder.step (ids (B, T) -> (B, V), row b its own sequence) that Engine uses."""
 
-    def __init__(self, model, cache=None):
+    def __init__(self, model, cache=None, batch_invariant=True):
         super().__init__(model)
         self.paged = cache if cache is not None else PagedKVCache.for_batch(model, 1)
+        # False: every row through linear_forward (the packed GEMM above LINEAR_ROWS rows), whose
+        # rounding depends on the batch, for callers that re-score their samples (RL rollouts)
+        self.batch_invariant = batch_invariant
         self._rows = 0                    # lockstep rows added by step()
         self._num_prefill = 0
         self._position = 0
@@ -269,6 +272,8 @@ class PagedDecoder(Decoder):
         """linear_forward(x, *wb) (wb: a layer's weight arguments, decode.py's _wb), each row by
         its kind's path."""
         be, n, p = self.be, x.shape[0], self._num_prefill
+        if not self.batch_invariant:
+            return be.linear_forward(x, *wb)
         if p == 0:
             return self._streamed(x, *wb)
         if p == n:
@@ -330,6 +335,8 @@ class PagedDecoder(Decoder):
             x = be.add(x, self._paged_attention(self._norm(x, w["ln_1"]), w, layer, plan, rotary))
             x = be.add(x, self._mlp(self._norm(x, w["ln_2"]), w))
         x = be.getitem(x, (plan.last_rows,))                                     # (S, C)
+        if not self.batch_invariant:
+            return be.to_numpy(be.linear_forward(self._norm(x, self.norm_f), self.lm_head, None))
         return be.to_numpy(self._streamed(self._norm(x, self.norm_f), self.lm_head, None))
 
     def step(self, ids):
